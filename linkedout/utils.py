@@ -1,0 +1,71 @@
+"""Small shared helpers: logging, seeding, progress bars, atomic file writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+LOG = logging.getLogger("linkedout")
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A child of the ``linkedout`` logger; configuration is left to the application (the CLI)."""
+    return logging.getLogger(f"linkedout.{name}")
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Configure the root ``linkedout`` logger for command-line use (called by the CLI only)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and (if imported) PyTorch."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+    """A tqdm progress bar (rate and ETA) on stderr; disabled with ``LINKEDOUT_PROGRESS=0``."""
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get("LINKEDOUT_PROGRESS", "1") == "0"
+    yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
+                    mininterval=1.0)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
