@@ -19,8 +19,8 @@ LOG = logging.getLogger("linkedout")
 
 
 def get_logger(name: str) -> logging.Logger:
-    """A child of the ``linkedout`` logger; configuration is left to the application (the CLI)."""
-    return logging.getLogger(f"linkedout.{name}")
+    """A child of the ``linkedout`` logger (pass ``__name__``); configuration is left to the CLI."""
+    return logging.getLogger(name if name.startswith("linkedout") else f"linkedout.{name}")
 
 
 def configure_logging(level: int | str = logging.INFO) -> None:
