@@ -1,0 +1,5 @@
+import sys
+
+from linkedout.cli import main
+
+sys.exit(main())
