@@ -1,0 +1,33 @@
+"""Interpretability and reporting: per-video layer gate weights and contributions, the HTML report."""
+
+from linkedout.interpret.contributions import (
+    Contributions,
+    contributions_from_arrays,
+    default_layer_names,
+    layer_contributions,
+)
+from linkedout.interpret.report import (
+    EVAL_SCHEMA,
+    RunRecord,
+    count_parameters,
+    eval_record,
+    load_run,
+    read_metrics_jsonl,
+    write_eval_json,
+    write_report,
+)
+
+__all__ = [
+    "EVAL_SCHEMA",
+    "Contributions",
+    "RunRecord",
+    "contributions_from_arrays",
+    "count_parameters",
+    "default_layer_names",
+    "eval_record",
+    "layer_contributions",
+    "load_run",
+    "read_metrics_jsonl",
+    "write_eval_json",
+    "write_report",
+]

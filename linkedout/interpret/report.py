@@ -1,0 +1,583 @@
+"""The self-contained HTML report of a LinkedOut run, and the run files it is built from.
+
+A run directory (written by the trainer and the evaluator) holds:
+
+``metrics.jsonl``
+    One JSON object per line, written by the trainer::
+
+        {"kind": "step" | "epoch", "epoch": int, "step": int, "loss": float,
+         "lr": {group: float}, "seq_per_s": float, "eta_s": float,
+         "valid": {metric: float}, "time": float}
+
+    ``valid`` (epoch lines) holds the overall full-catalogue validation metrics
+    (:meth:`EvalResult.summary`, keys ``HR@10``, ``NDCG@10``, ...).
+
+``eval.json`` (schema version 1; :func:`write_eval_json`)
+    The :meth:`~linkedout.evaluation.EvalResult.to_dict` of the test-set evaluation plus who was
+    evaluated::
+
+        {
+          "schema": 1,
+          "model": str,            # display name: "LinkedOut", "SASRec (IDs)", "uniform gate", ...
+          "params": int,           # trainable parameters
+          "seed": int,             # training seed
+          "group": str,            # optional: "model" | "baseline" | "ablation" (table sections)
+          "full": {                # full-catalogue protocol, history masked
+            "overall": {"HR@5": float, "HR@10": ..., "HR@20": ..., "NDCG@5": ..., "NDCG@10": ...,
+                        "NDCG@20": ..., "MRR": float},
+            "warm": {...same keys...},  # users whose target occurs in training
+            "cold": {...same keys...},  # users whose target never occurs in training
+            "n_users": {"overall": int, "warm": int, "cold": int}
+          },
+          "sampled": {... same as "full" ..., "num_negatives": int, "seed": int} | null,
+          "settings": {"ks": [5, 10, 20], "mask_history": bool, "ties": str, ...},
+          ...                      # any further keys given as ``extra`` are kept
+        }
+
+    A metric over zero users is ``null``.
+
+``config.json`` (optional)
+    The run's configuration, shown in the report's summary section when present.
+
+:func:`load_run` reads these into a :class:`RunRecord`; :func:`write_report` renders one HTML
+page with inline CSS and inline base64 PNG figures (matplotlib, no pyplot state, Agg canvas): the
+metrics tables (best value per column in bold), training curves, the paper's three-panel
+gate/contribution/difference heatmap, per-layer contribution shares, and a dataset/config summary.
+The page loads nothing from outside itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from linkedout.evaluation.evaluate import EvalResult
+from linkedout.evaluation.metrics import metric_names
+from linkedout.interpret.contributions import Contributions
+from linkedout.utils import atomic_write_text, get_logger
+
+log = get_logger(__name__)
+
+EVAL_SCHEMA = 1
+_GROUP_ORDER = {"model": 0, "baseline": 1, "ablation": 2}
+
+__all__ = [
+    "EVAL_SCHEMA",
+    "RunRecord",
+    "count_parameters",
+    "eval_record",
+    "load_run",
+    "read_metrics_jsonl",
+    "write_eval_json",
+    "write_report",
+]
+
+
+# ----------------------------------------------------------------------------- run files
+
+
+@dataclass
+class RunRecord:
+    """What :func:`load_run` found in a run directory.
+
+    Attributes:
+        name: the model's display name (``eval.json``'s ``model``, else the directory name).
+        run_dir: the directory.
+        eval: the ``eval.json`` record, or None when the run has not been evaluated.
+        logs: the ``metrics.jsonl`` records in file order (empty when absent).
+        config: ``config.json``, or None.
+    """
+
+    name: str
+    run_dir: Path
+    eval: dict[str, Any] | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def eval_record(
+    result: EvalResult | Mapping[str, Any],
+    *,
+    model: str,
+    params: int,
+    seed: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``eval.json`` record (schema in the module docstring) of an evaluation result."""
+    if not model:
+        raise ValueError("eval_record model must be a non-empty name")
+    body = result.to_dict() if isinstance(result, EvalResult) else dict(result)
+    if "full" not in body:
+        raise ValueError("eval_record result must hold a 'full' protocol")
+    record: dict[str, Any] = {"schema": EVAL_SCHEMA, "model": model, "params": int(params), "seed": int(seed)}
+    record.update(body)
+    if extra:
+        clash = set(extra) & set(record)
+        if clash:
+            raise ValueError(f"eval_record extra keys clash with the schema: {sorted(clash)}")
+        record.update(extra)
+    return record
+
+
+def write_eval_json(
+    path: str | Path,
+    result: EvalResult | Mapping[str, Any],
+    *,
+    model: str,
+    params: int,
+    seed: int,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``eval.json`` atomically (strict JSON: no NaN) and return its path."""
+    path = Path(path)
+    record = eval_record(result, model=model, params=params, seed=seed, extra=extra)
+    atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a trainer's ``metrics.jsonl``.
+
+    Blank lines are skipped; a torn last line (a run still writing) is dropped with a warning; any
+    other line that is not a JSON object raises ``ValueError`` naming the file and line.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines):
+                log.warning("%s:%d: dropping an incomplete last line", path, i)
+                break
+            raise ValueError(f"{path}:{i}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
+        records.append(rec)
+    return records
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """Read ``metrics.jsonl``, ``eval.json`` and ``config.json`` (each optional) from a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    logs = read_metrics_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    ev: dict[str, Any] | None = None
+    eval_path = run_dir / "eval.json"
+    if eval_path.is_file():
+        ev = _read_json_object(eval_path)
+        if "full" not in ev or not isinstance(ev["full"], dict):
+            raise ValueError(f"{eval_path}: missing the 'full' protocol (see linkedout.interpret.report)")
+        schema = ev.get("schema", EVAL_SCHEMA)
+        if schema != EVAL_SCHEMA:
+            raise ValueError(f"{eval_path}: schema {schema} is not supported (expected {EVAL_SCHEMA})")
+    config = _read_json_object(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
+    if not logs and ev is None:
+        raise FileNotFoundError(f"{run_dir} holds neither metrics.jsonl nor eval.json")
+    name = str(ev["model"]) if ev is not None and ev.get("model") else run_dir.name
+    return RunRecord(name=name, run_dir=run_dir, eval=ev, logs=logs, config=config)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return obj
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _png(fig: Any) -> str:
+    """Render a matplotlib Figure to an inline ``<img>`` data URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas on savefig
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _valid_metric(valid: Mapping[str, Any], name: str) -> float | None:
+    value = valid.get(name)
+    if value is None:  # tolerate prefixed keys such as "full/overall/NDCG@10"
+        value = next((v for k, v in valid.items() if k.endswith(name)), None)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _epoch_curves(records: Sequence[Mapping[str, Any]], metric: str) -> tuple[list[tuple[float, float]], ...]:
+    """(epoch, loss) and (epoch, valid metric) points from metrics.jsonl records."""
+    loss: dict[float, float] = {}
+    step_losses: dict[float, list[float]] = {}
+    valid: dict[float, float] = {}
+    for rec in records:
+        epoch = rec.get("epoch")
+        if not isinstance(epoch, int | float):
+            continue
+        value = rec.get("loss")
+        if rec.get("kind") == "epoch":
+            if isinstance(value, int | float) and math.isfinite(value):
+                loss[epoch] = float(value)
+            v = _valid_metric(rec.get("valid") or {}, metric)
+            if v is not None:
+                valid[epoch] = v
+        elif rec.get("kind") == "step" and isinstance(value, int | float) and math.isfinite(value):
+            step_losses.setdefault(epoch, []).append(float(value))
+    for epoch, values in step_losses.items():  # epochs whose summary line has no loss
+        loss.setdefault(epoch, float(np.mean(values)))
+    return sorted(loss.items()), sorted(valid.items())
+
+
+def _training_figure(training_logs: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> str | None:
+    from matplotlib.ticker import MaxNLocator
+
+    curves = {name: _epoch_curves(recs, metric) for name, recs in training_logs.items()}
+    if not any(loss or valid for loss, valid in curves.values()):
+        return None
+    fig = _new_figure(10, 3.6)
+    ax_loss, ax_valid = fig.subplots(1, 2)
+    for name, (loss, valid) in curves.items():
+        if loss:
+            ax_loss.plot(*zip(*loss), marker="o", markersize=3, label=name)
+        if valid:
+            ax_valid.plot(*zip(*valid), marker="o", markersize=3, label=name)
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    ax_valid.set(title=f"validation {metric} (full catalogue)", xlabel="epoch", ylabel=metric)
+    for ax in (ax_loss, ax_valid):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _heatmap_figure(c: Contributions, labels: Sequence[str]) -> str:
+    rows = len(labels)
+    fig = _new_figure(12, max(3.0, 0.22 * rows + 1.4))
+    axes = fig.subplots(1, 3, sharey=True)
+    vmax = float(max(c.gate.max(initial=0.0), c.contrib.max(initial=0.0), 1e-12))
+    dmax = float(max(np.abs(c.diff).max(initial=0.0), 1e-12))
+    panels = [
+        (c.gate, "gate weight $\\pi_\\ell$", "viridis", 0.0, vmax),
+        (c.contrib, "contribution $\\pi_\\ell\\,\\|h^{(\\ell)}\\|$ (share)", "viridis", 0.0, vmax),
+        (c.diff, "difference (contribution − gate)", "RdBu_r", -dmax, dmax),
+    ]
+    for ax, (data, title, cmap, lo, hi) in zip(axes, panels):
+        im = ax.imshow(data, aspect="auto", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(c.num_layers), c.layer_names, fontsize=8)
+        ax.set_xlabel("layer")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    axes[0].set_yticks(range(rows), list(labels), fontsize=7)
+    axes[0].set_ylabel("video")
+    return _png(fig)
+
+
+def _share_figure(c: Contributions) -> str:
+    fig = _new_figure(7, 3.4)
+    ax = fig.subplots()
+    x = np.arange(c.num_layers)
+    ax.bar(x - 0.2, c.share_pct, width=0.4, label="contribution")
+    ax.bar(x + 0.2, c.gate_pct, width=0.4, label="gate weight", alpha=0.6)
+    for xi, v in zip(x, c.share_pct):
+        ax.annotate(f"{v:.1f}", (xi - 0.2, v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, c.layer_names)
+    ax.set(ylabel="% (mean over videos)", title="per-layer share over the catalogue")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------- HTML pieces
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
+color:#1d1d1f;padding:0 1rem;line-height:1.45}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;
+padding-bottom:.2rem}h3{font-size:1.02rem;margin:1.2rem 0 .4rem}
+table{border-collapse:collapse;margin:.4rem 0 1rem;font-size:.86rem}
+th,td{border:1px solid #d8d8d8;padding:.25rem .55rem;text-align:right}
+th{background:#f3f4f6}td.name,th.name{text-align:left}tr.group td{background:#fafafa;font-style:italic;text-align:left}
+td.best{font-weight:700;background:#eef7ee}img{max-width:100%;height:auto}
+.muted{color:#666;font-size:.85rem}ul.notes li{margin:.2rem 0}
+"""
+
+
+def _esc(x: object) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _fmt_plain(v: Any) -> str:
+    """Summary values: floats with 6 significant digits (learning rates stay readable)."""
+    if isinstance(v, float) and math.isfinite(v):
+        return f"{v:.6g}"
+    return _fmt(v)
+
+
+def _row_name(row: Mapping[str, Any] | RunRecord) -> tuple[str, dict[str, Any]] | None:
+    if isinstance(row, RunRecord):
+        if row.eval is None:
+            log.warning("run %s has no eval.json; left out of the metrics tables", row.run_dir)
+            return None
+        return row.name, row.eval
+    name = row.get("model")
+    if not name:
+        raise ValueError("each metrics row needs a 'model' name (see the eval.json schema)")
+    if "full" not in row:
+        raise ValueError(f"metrics row {name!r} has no 'full' protocol")
+    return str(name), dict(row)
+
+
+def _metric_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    ks: set[int] = set()
+    for rec in rows:
+        for proto in ("full", "sampled"):
+            for key in ((rec.get(proto) or {}).get("overall") or {}):
+                if "@" in key:
+                    ks.add(int(key.split("@", 1)[1]))
+    return metric_names(sorted(ks))
+
+
+def _metrics_table(rows: Sequence[tuple[str, dict[str, Any]]], proto: str, group: str, keys: list[str]) -> str:
+    present = [(name, rec) for name, rec in rows if rec.get(proto)]
+    if not present:
+        return ""
+    values: dict[str, list[float | None]] = {
+        name: [_num((rec[proto].get(group) or {}).get(k)) for k in keys] for name, rec in present
+    }
+    best: list[float | None] = []
+    for j in range(len(keys)):
+        col = [x for v in values.values() if (x := v[j]) is not None]
+        best.append(max(col) if col else None)
+    head = "".join(f"<th>{_esc(k)}</th>" for k in keys)
+    params_head = "<th>params</th>" if group == "overall" else ""
+    out = [f'<table><thead><tr><th class="name">model</th>{params_head}<th>users</th>{head}</tr></thead><tbody>']
+    last_group = None
+    for name, rec in present:
+        grp = rec.get("group")
+        if grp and grp != last_group and any(r.get("group") for _, r in present):
+            out.append(f'<tr class="group"><td colspan="{len(keys) + 2 + bool(params_head)}">{_esc(grp)}</td></tr>')
+        last_group = grp
+        users = (rec[proto].get("n_users") or {}).get(group)
+        cells = []
+        for j, v in enumerate(values[name]):
+            is_best = v is not None and v == best[j] and len(present) > 1
+            cells.append(f'<td class="best">{_fmt(v)}</td>' if is_best else f"<td>{_fmt(v)}</td>")
+        params = f"<td>{_fmt(rec.get('params'))}</td>" if group == "overall" else ""
+        out.append(f'<tr><td class="name">{_esc(name)}</td>{params}<td>{_fmt(users)}</td>{"".join(cells)}</tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, or None (missing, null, NaN)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            items.extend(_flatten(v, key + "."))
+        elif isinstance(v, list | tuple) and len(v) > 12:
+            items.append((key, f"[{len(v)} values] " + ", ".join(_fmt_plain(x) for x in v[:12]) + ", …"))
+        elif isinstance(v, list | tuple):
+            items.append((key, ", ".join(_fmt_plain(x) for x in v)))
+        else:
+            items.append((key, v))
+    return items
+
+
+def _kv_table(obj: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f'<tr><td class="name">{_esc(k)}</td><td class="name">{_esc(_fmt_plain(v))}</td></tr>' for k, v in _flatten(obj)
+    )
+    return f"<table><tbody>{rows}</tbody></table>"
+
+
+def _pick_heatmap_rows(c: Contributions, n: int, item_counts: Sequence[int] | np.ndarray | None, seed: int) -> np.ndarray:
+    m = c.item_idx.size
+    if m <= n:
+        return np.arange(m)
+    if item_counts is not None:
+        counts = np.asarray(item_counts)
+        if counts.ndim != 1 or int(c.item_idx.max()) >= counts.size:
+            raise ValueError(f"item_counts must be indexed by item index (length > {int(c.item_idx.max())})")
+        return np.argsort(-counts[c.item_idx], kind="stable")[:n]
+    return np.sort(np.random.default_rng(seed).choice(m, size=n, replace=False))
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def write_report(
+    path: str | Path,
+    *,
+    title: str,
+    metrics_rows: Sequence[Mapping[str, Any] | RunRecord],
+    training_logs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    contributions: Contributions | None = None,
+    dataset_summary: Mapping[str, Any] | None = None,
+    notes: str | Sequence[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    item_labels: Sequence[str] | None = None,
+    item_counts: Sequence[int] | np.ndarray | None = None,
+    heatmap_videos: int = 30,
+    valid_metric: str = "NDCG@10",
+    seed: int = 0,
+) -> Path:
+    """Write the run report as one self-contained HTML page and return its path.
+
+    Args:
+        path: the HTML file to write (atomically).
+        title: page title.
+        metrics_rows: ``eval.json`` records (or :class:`RunRecord` s; runs without ``eval.json``
+            are left out) — the model, baselines and ablations; an optional ``group`` key
+            ("model" / "baseline" / "ablation") orders and heads the rows.
+        training_logs: run name -> ``metrics.jsonl`` records; plotted as loss and ``valid_metric``
+            per epoch.
+        contributions: catalogue-wide :class:`Contributions` (heatmap rows are picked from them).
+        dataset_summary: dataset statistics (nested mappings are flattened to ``a.b`` keys).
+        notes: free text (one paragraph, or a list of bullet points).
+        config: the configuration summary.
+        item_labels: dataset id per item index (``SplitData.item_ids``) to label heatmap rows.
+        item_counts: training popularity per item index (``SplitData.item_counts``); when given the
+            heatmap shows the ``heatmap_videos`` most popular videos, otherwise a seeded sample.
+        heatmap_videos: number of heatmap rows, >= 1.
+        valid_metric: the validation metric plotted per epoch.
+        seed: seed of the heatmap row sample.
+    """
+    if heatmap_videos < 1:
+        raise ValueError(f"write_report heatmap_videos must be >= 1, got {heatmap_videos}")
+    path = Path(path)
+    rows = [named for r in metrics_rows if (named := _row_name(r)) is not None]
+    rows.sort(key=lambda r: _GROUP_ORDER.get(str(r[1].get("group")), len(_GROUP_ORDER)))
+    keys = _metric_keys([rec for _, rec in rows])
+    body: list[str] = [f"<h1>{_esc(title)}</h1>"]
+
+    body.append("<h2>Ranking metrics</h2>")
+    body.append(
+        '<p class="muted">Full catalogue: every item scored, the user\'s history masked (never the target); '
+        "leave-one-out test item. Warm / cold: the target video does / does not occur in training. "
+        "Ties count against the model. Best value per column in bold.</p>"
+    )
+    if not rows:
+        body.append("<p>No evaluated runs.</p>")
+    for proto, group, heading in (
+        ("full", "overall", "Full catalogue — all users"),
+        ("full", "warm", "Full catalogue — warm target videos"),
+        ("full", "cold", "Full catalogue — cold target videos"),
+        ("sampled", "overall", "Sampled protocol — target vs. uniformly sampled negatives"),
+    ):
+        table = _metrics_table(rows, proto, group, keys)
+        if table:
+            if proto == "sampled":
+                negs = sorted({str(rec["sampled"].get("num_negatives")) for _, rec in rows if rec.get("sampled")})
+                heading += f" (N = {', '.join(negs)}; not comparable with the full-catalogue figures)"
+            body.append(f"<h3>{_esc(heading)}</h3>{table}")
+
+    if training_logs:
+        body.append("<h2>Training curves</h2>")
+        img = _training_figure(training_logs, valid_metric)
+        if img:
+            body.append(f'<img src="{img}" alt="training loss and validation {_esc(valid_metric)} per epoch">')
+        else:
+            body.append("<p>No epoch records in the training logs.</p>")
+
+    if contributions is not None:
+        c = contributions
+        body.append("<h2>Which layers make a video — gate weights and contributions</h2>")
+        body.append(
+            '<p class="muted">Per video: gate weight π<sub>ℓ</sub>, actual contribution '
+            "π<sub>ℓ</sub>‖h<sup>(ℓ)</sup>‖ as a share of the video's total, and their difference "
+            "(red: the layer weighs more than its gate weight suggests). "
+            f"{c.item_idx.size:,} videos; the paper reports L8 40.9 %, L20 20.5 %, L0 16.4 %, L4+L16 &lt; 7 %.</p>"
+        )
+        if c.item_idx.size:
+            pick = _pick_heatmap_rows(c, heatmap_videos, item_counts, seed)
+            sub = c.rows(pick)
+            how = "most popular" if item_counts is not None and c.item_idx.size > heatmap_videos else "sampled"
+            labels = [
+                str(item_labels[i]) if item_labels is not None and i < len(item_labels) else f"#{i}"
+                for i in sub.item_idx.tolist()
+            ]
+            body.append(f'<img src="{_heatmap_figure(sub, labels)}" alt="gate, contribution and difference heatmaps '
+                        f'of {len(labels)} {how} videos">')
+            body.append(f'<img src="{_share_figure(c)}" alt="per-layer contribution share">')
+        head = "".join(f"<th>{_esc(n)}</th>" for n in c.layer_names)
+        share = "".join(f"<td>{_fmt_pct(v)}</td>" for v in c.share_pct)
+        gate = "".join(f"<td>{_fmt_pct(v)}</td>" for v in c.gate_pct)
+        body.append(
+            f'<table><thead><tr><th class="name">mean over videos</th>{head}</tr></thead><tbody>'
+            f'<tr><td class="name">contribution share</td>{share}</tr>'
+            f'<tr><td class="name">gate weight</td>{gate}</tr></tbody></table>'
+        )
+
+    if dataset_summary or config:
+        body.append("<h2>Dataset and configuration</h2>")
+        if dataset_summary:
+            body.append(f"<h3>Dataset</h3>{_kv_table(dataset_summary)}")
+        if config:
+            body.append(f"<h3>Configuration</h3>{_kv_table(config)}")
+
+    if notes:
+        body.append("<h2>Notes</h2>")
+        if isinstance(notes, str):
+            body.append(f"<p>{_esc(notes)}</p>")
+        else:
+            body.append('<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+    atomic_write_text(path, page)
+    log.info("wrote report %s (%.1f kB)", path, len(page) / 1e3)
+    return path
+
+
+def _fmt_pct(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.1f} %"
