@@ -1,0 +1,438 @@
+"""Prompt-driven LinkedOut feature extraction: one prefill of the frozen video LLM per batch of videos.
+
+For each video the backbone reads one user turn, the video followed by the query prompts
+("Which objects appear in this video?", ...), with no generation: the hidden states of the prefill
+at the kept layers (``L0`` = the embedding output with the visual tokens merged in, ``Li`` = the
+output of decoder layer ``i``, i.e. HF's ``hidden_states[i]``) are compressed to ``K`` tokens each
+(:mod:`linkedout.extraction.compress`) and stored as the video's ``(L, K, D)`` features.
+
+Early exit: forward hooks on the decoder layers capture the kept states as they are produced and,
+once the deepest kept layer has run, stop the forward pass by raising a private exception; the
+deeper decoder layers, the final norm and the LM head are never computed (the LM head is not even
+called: the extractor runs the inner ``LlavaOnevisionModel``). The captured tensors are the very
+ones HF's ``output_hidden_states`` records, so features with and without early exit are equal
+(tested). For the paper's layers on a 28-layer Qwen2-7B, 8 of 28 decoder layers are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from linkedout.data.microlens import sort_ids
+from linkedout.extraction.backbone import Backbone, BackboneConfig, load_backbone
+from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
+from linkedout.extraction.video import VideoDecodeError, decode_frames
+from linkedout.features.shards import FeatureSpec, ShardManifest, ShardWriter, read_manifest
+from linkedout.features.storage import Storage
+from linkedout.utils import get_logger, progress
+
+__all__ = [
+    "DEFAULT_PROMPTS",
+    "ExtractionConfig",
+    "ExtractionSummary",
+    "LinkedOutExtractor",
+    "VideoDataset",
+    "extract_dataset",
+    "feature_spec",
+]
+
+log = get_logger(__name__)
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "Which objects appear in this video?",
+    "What is the mood of the scene?",
+    "What type of action happens?",
+)
+
+
+@dataclass
+class ExtractionConfig:
+    """How videos become ``(L, K, D)`` features.
+
+    layers: hidden states kept, strictly increasing, ``0`` = embedding output, ``i`` = output of
+        decoder layer ``i`` (must exist in the backbone: checked by ``LinkedOutExtractor``).
+    prompts: query prompts put after the video in the user turn (>= 1, non-empty).
+    num_frames: frames sampled uniformly per video (>= 1).
+    frame_size: side of the decoded square frames (the backbone resizes to its own input size).
+    tokens: ``K``, tokens kept per layer (>= 1).
+    text_tokens: ``K_text`` of the ``K`` bins given to the prompt span (``0 <= K_text < K``); the
+        other ``K - K_text`` pool the video span.
+    batch_size: videos per forward pass (>= 1).
+    early_exit: stop the decoder after the deepest kept layer (the features are the same).
+    dtype: storage dtype of the features, ``float16`` or ``int8`` (per-row scales).
+    shard_size: videos per shard (>= 1); shards are the unit of resume.
+    decode_workers: threads decoding videos while the model runs (0 = decode in the main thread).
+    """
+
+    layers: tuple[int, ...] = (0, 4, 8, 12, 16, 20)
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    num_frames: int = 8
+    frame_size: int = 224
+    tokens: int = 64
+    text_tokens: int = 8
+    batch_size: int = 4
+    early_exit: bool = True
+    dtype: str = "float16"
+    shard_size: int = 256
+    decode_workers: int = 2
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(x) for x in self.layers)
+        self.prompts = tuple(self.prompts)
+        if not self.layers:
+            raise ValueError("ExtractionConfig.layers must name at least one layer")
+        if min(self.layers) < 0:
+            raise ValueError(f"ExtractionConfig.layers must be >= 0, got {self.layers}")
+        if any(b <= a for a, b in zip(self.layers, self.layers[1:])):
+            raise ValueError(f"ExtractionConfig.layers must be strictly increasing, got {self.layers}")
+        if not self.prompts or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            raise ValueError(f"ExtractionConfig.prompts must be >= 1 non-empty strings, got {self.prompts}")
+        for name in ("num_frames", "frame_size", "tokens", "batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ExtractionConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.text_tokens < self.tokens:
+            raise ValueError(
+                f"ExtractionConfig.text_tokens must be in [0, tokens={self.tokens}), got {self.text_tokens}"
+            )
+        if self.dtype not in ("float16", "int8"):
+            raise ValueError(f"ExtractionConfig.dtype must be float16 or int8, got {self.dtype!r}")
+        if self.decode_workers < 0:
+            raise ValueError(f"ExtractionConfig.decode_workers must be >= 0, got {self.decode_workers}")
+
+    @property
+    def video_tokens(self) -> int:
+        """Bins pooling the video span (``K - K_text``)."""
+        return self.tokens - self.text_tokens
+
+    @property
+    def compression(self) -> str:
+        """Description of the token compression, for the feature spec."""
+        return f"{COMPRESSION_METHOD}(video={self.video_tokens},text={self.text_tokens})"
+
+
+class _EarlyExit(Exception):
+    """Raised by the capture hook of the deepest kept layer to stop the decoder."""
+
+
+class LinkedOutExtractor:
+    """Turns uint8 video frames into LinkedOut features with a frozen :class:`Backbone`.
+
+    ``encode(frames (B, F, H, W, 3) uint8) -> float32 (B, L, K, D)``. Raises ``ValueError`` naming
+    ``ExtractionConfig.layers`` if a kept layer does not exist in the backbone.
+
+    The capture hooks live on the backbone's modules for the duration of one forward pass, so one
+    backbone serves one forward at a time (run extractors of a shared backbone from one thread;
+    :func:`extract_dataset` parallelises decoding, not the model).
+    """
+
+    def __init__(self, backbone: Backbone, cfg: ExtractionConfig) -> None:
+        bad = [layer for layer in cfg.layers if layer > backbone.num_layers]
+        if bad:
+            raise ValueError(
+                f"ExtractionConfig.layers {bad} do not exist in backbone {backbone.name!r}, which has hidden "
+                f"states 0..{backbone.num_layers} (0 = embeddings, i = output of decoder layer i)"
+            )
+        self.backbone = backbone
+        self.cfg = cfg
+        self._weights: dict[int, tuple[Tensor, Tensor]] = {}  # num_frames -> (input_ids (T,), pool (K, T))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.hidden_size
+
+    def _inputs(self, num_frames: int) -> tuple[Tensor, Tensor]:
+        """Token ids (T,) and pooling weights (K, T) for videos of ``num_frames`` frames (cached)."""
+        if num_frames not in self._weights:
+            ids = self.backbone.prompt_ids(self.cfg.prompts, num_frames)  # (T,)
+            spans = find_spans(ids, self.backbone.video_token_id, self.backbone.end_of_turn_id)
+            pool = pooling_weights(spans, ids.numel(), self.cfg.video_tokens, self.cfg.text_tokens)  # (K, T)
+            device = self.backbone.device
+            self._weights[num_frames] = (ids.to(device), pool.to(device))
+        return self._weights[num_frames]
+
+    def _prefill(self, frames: np.ndarray | Tensor, sink: Callable[[int, Tensor], None]) -> None:
+        """One prefill over a batch; ``sink(layer, state (B, T, D))`` receives each kept state in order."""
+        if frames.ndim != 5:
+            raise ValueError(f"frames must be (B, F, H, W, 3) uint8, got shape {tuple(frames.shape)}")
+        b, num_frames = int(frames.shape[0]), int(frames.shape[1])
+        ids, _ = self._inputs(num_frames)
+        pixel_values = self.backbone.pixel_values(frames)  # (B, F, 3, S, S)
+        input_ids = ids.unsqueeze(0).expand(b, -1)  # (B, T)
+        inner = self.backbone.model.model  # LlavaOnevisionModel: no LM head
+        decoder = inner.language_model
+        layers: nn.ModuleList = decoder.layers
+        deepest = self.cfg.layers[-1]
+        stop = self.cfg.early_exit
+
+        def capture(layer: int, state: Tensor) -> None:
+            if layer == self.backbone.num_layers:
+                state = decoder.norm(state)  # HF's last hidden state is the normed one
+            sink(layer, state)
+            if stop and layer == deepest:
+                raise _EarlyExit
+
+        def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            capture(0, args[0] if args else kwargs["hidden_states"])
+
+        def make_hook(layer: int) -> Callable[[nn.Module, Any, Any], None]:
+            def hook(_m: nn.Module, _args: Any, output: Any) -> None:
+                capture(layer, output[0] if isinstance(output, tuple) else output)
+
+            return hook
+
+        handles = []
+        try:
+            for layer in self.cfg.layers:
+                if layer == 0:
+                    handles.append(layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+                else:
+                    handles.append(layers[layer - 1].register_forward_hook(make_hook(layer)))
+            with torch.inference_mode():
+                inner(
+                    input_ids=input_ids,
+                    pixel_values_videos=pixel_values,
+                    attention_mask=torch.ones_like(input_ids),
+                    use_cache=False,
+                )
+        except _EarlyExit:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def kept_hidden_states(self, frames: np.ndarray | Tensor) -> Tensor:
+        """Uncompressed kept states (B, L, T, D) in the backbone's dtype (for analysis and tests)."""
+        states: dict[int, Tensor] = {}
+        self._prefill(frames, lambda layer, h: states.__setitem__(layer, h.clone()))
+        return torch.stack([states[layer] for layer in self.cfg.layers], dim=1)  # (B, L, T, D)
+
+    def encode(self, frames: np.ndarray | Tensor) -> np.ndarray:
+        """Features float32 (B, L, K, D) of a batch of videos given as uint8 frames (B, F, H, W, 3).
+
+        Each kept layer is compressed as soon as the decoder produces it, so the full ``(L, T, D)``
+        states of a batch are never held at once.
+        """
+        num_frames = int(frames.shape[1]) if frames.ndim == 5 else 0
+        pooled: dict[int, Tensor] = {}
+
+        def sink(layer: int, state: Tensor) -> None:
+            _, pool = self._inputs(num_frames)
+            pooled[layer] = compress(state, pool)  # (B, K, D)
+
+        self._prefill(frames, sink)
+        out = torch.stack([pooled[layer] for layer in self.cfg.layers], dim=1)  # (B, L, K, D)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------------------------------ dataset
+
+
+class VideoDataset(Protocol):
+    """What :func:`extract_dataset` needs of a dataset (``MicroLensDataset`` has it)."""
+
+    @property
+    def item_ids(self) -> Sequence[str]: ...
+
+    def video_path(self, item: str) -> Path: ...
+
+
+@dataclass
+class ExtractionSummary:
+    """What one :func:`extract_dataset` run did.
+
+    ``failed`` holds every video of the store without features and why (this run's and earlier
+    runs'); ``complete`` is False when the run stopped after ``max_shards`` shards.
+    """
+
+    uri: str
+    spec: dict[str, Any]
+    videos: int  # videos in the dataset
+    shards: int  # shards planned
+    shards_written: int  # shards computed by this run
+    shards_skipped: int  # shards already complete (resume)
+    encoded: int  # videos encoded by this run
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0  # decoding, encoding and writing (backbone loading excluded)
+    load_seconds: float = 0.0  # loading the backbone
+    complete: bool = True
+
+    @property
+    def videos_per_second(self) -> float:
+        """Throughput of this run over the videos it processed (encoded or failed)."""
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "videos_per_second": self.videos_per_second}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+_Decoded = tuple[str, "np.ndarray | VideoDecodeError"]
+
+
+def _decode_one(dataset: VideoDataset, video_id: str, cfg: ExtractionConfig) -> _Decoded:
+    try:
+        return video_id, decode_frames(dataset.video_path(video_id), cfg.num_frames, cfg.frame_size)
+    except VideoDecodeError as err:
+        return video_id, err
+
+
+def _decode_stream(
+    dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig
+) -> Generator[_Decoded, None, None]:
+    """``(id, frames (F, S, S, 3) uint8 | VideoDecodeError)`` in ``ids`` order.
+
+    With ``decode_workers > 0`` a thread pool decodes up to ``2 * batch_size + workers`` videos
+    ahead (PyAV releases the GIL while decoding), overlapping decoding with the forward passes.
+    """
+    if cfg.decode_workers == 0:
+        for video_id in ids:
+            yield _decode_one(dataset, video_id, cfg)
+        return
+    window = 2 * cfg.batch_size + cfg.decode_workers
+    with ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="linkedout-decode") as pool:
+        pending: list[Future[_Decoded]] = []
+        next_id = 0
+        try:
+            while next_id < len(ids) or pending:
+                while next_id < len(ids) and len(pending) < window:
+                    pending.append(pool.submit(_decode_one, dataset, ids[next_id], cfg))
+                    next_id += 1
+                yield pending.pop(0).result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
+    """The :class:`FeatureSpec` recorded beside features extracted with ``backbone`` and ``cfg``."""
+    return FeatureSpec(
+        backbone=backbone.name,
+        layers=cfg.layers,
+        prompts=cfg.prompts,
+        num_frames=cfg.num_frames,
+        frame_size=cfg.frame_size,
+        tokens=cfg.tokens,
+        hidden=backbone.hidden_size,
+        dtype=cfg.dtype,
+        compression=cfg.compression,
+    )
+
+
+def _extract_shards(
+    extractor: LinkedOutExtractor,
+    writer: ShardWriter,
+    plan: list[list[str]],
+    todo: list[int],
+    stream: Iterator[_Decoded],
+    on_shard_written: Callable[[int, ShardManifest], None] | None,
+) -> int:
+    """Encode and write the shards ``todo`` from the decoded ``stream``; returns the videos encoded."""
+    cfg = extractor.cfg
+    encoded = 0
+    for shard in todo:
+        rows: list[np.ndarray] = []  # (b, L, K, D) per batch
+        ok_ids: list[str] = []
+        failed: dict[str, str] = {}
+        batch_ids: list[str] = []
+        batch: list[np.ndarray] = []
+        for position in range(len(plan[shard])):
+            video_id, frames = next(stream)
+            assert video_id == plan[shard][position], "the decode stream follows the plan"
+            if isinstance(frames, VideoDecodeError):
+                log.warning("video %s skipped: %s", video_id, frames.reason)
+                failed[video_id] = frames.reason
+            else:
+                batch_ids.append(video_id)
+                batch.append(frames)
+            if batch and (len(batch) == cfg.batch_size or position == len(plan[shard]) - 1):
+                rows.append(extractor.encode(np.stack(batch)))  # (b, L, K, D)
+                ok_ids += batch_ids
+                batch_ids, batch = [], []
+        features = np.concatenate(rows) if rows else np.zeros((0, *writer.spec.shape), np.float32)  # (n, L, K, D)
+        manifest = writer.write_shard(shard, ok_ids, features, failed)
+        encoded += len(ok_ids)
+        if on_shard_written is not None:
+            on_shard_written(shard, manifest)
+    return encoded
+
+
+def extract_dataset(
+    dataset: VideoDataset,
+    storage: Storage | str | os.PathLike[str],
+    cfg: ExtractionConfig | None = None,
+    backbone: Backbone | BackboneConfig | None = None,
+    *,
+    max_shards: int | None = None,
+    on_shard_written: Callable[[int, ShardManifest], None] | None = None,
+    endpoint_url: str | None = None,
+) -> ExtractionSummary:
+    """Extract the features of every video of ``dataset`` into a feature store; resumable.
+
+    Videos are sorted by id (``sort_ids``) and cut into shards of ``cfg.shard_size`` in that
+    order, so a re-run plans the same shards: complete shards are skipped, the others are
+    (re)computed. Each shard's videos are decoded (in a thread pool, ahead of the model), encoded
+    in batches of ``cfg.batch_size`` and written with :class:`ShardWriter`. A video that cannot be
+    decoded is logged and recorded by id with the reason in its shard's ``failed`` map; it gets no
+    row. ``max_shards`` stops after computing that many shards (the store stays resumable);
+    ``on_shard_written(shard, manifest)`` is called after each shard is written. When every shard is
+    complete the store's ``index.json`` is written.
+
+    ``backbone`` is a loaded :class:`Backbone` or a :class:`BackboneConfig` to load (default tiny).
+    """
+    cfg = cfg or ExtractionConfig()
+    if max_shards is not None and max_shards < 0:
+        raise ValueError(f"max_shards must be >= 0, got {max_shards}")
+    started = time.perf_counter()
+    bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone or BackboneConfig())
+    loaded = time.perf_counter()
+    extractor = LinkedOutExtractor(bb, cfg)
+    spec = feature_spec(bb, cfg)
+    writer = ShardWriter(storage, spec, cfg.shard_size, endpoint_url=endpoint_url)
+    ids = sort_ids(str(x) for x in dataset.item_ids)
+    plan = writer.plan(ids)
+    todo = [i for i, chunk in enumerate(plan) if not writer.is_complete(i, chunk, verify="size")]
+    skipped = len(plan) - len(todo)
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    log.info("extracting %d videos into %s: %d shards, %d already complete, %d to compute",
+             len(ids), writer.storage.uri, len(plan), skipped, len(todo))
+
+    todo_ids = [vid for i in todo for vid in plan[i]]
+    decoded = _decode_stream(dataset, todo_ids, cfg)
+    stream = progress(decoded, total=len(todo_ids), desc="extract", unit="video")
+    try:
+        encoded = _extract_shards(extractor, writer, plan, todo, stream, on_shard_written)
+    finally:  # stop the decoding threads now, also when interrupted
+        cast(Generator[Any, None, None], stream).close()
+        decoded.close()
+
+    complete = len(todo) + skipped == len(plan)
+    if complete:
+        index = writer.finalize()
+        all_failed = dict(index.failed)
+    else:
+        all_failed = {}
+        for i in writer.complete_shards():
+            all_failed.update(read_manifest(writer.storage, i).failed)
+    summary = ExtractionSummary(
+        uri=writer.storage.uri, spec=spec.to_dict(), videos=len(ids), shards=len(plan),
+        shards_written=len(todo), shards_skipped=skipped, encoded=encoded, failed=all_failed,
+        seconds=time.perf_counter() - loaded, load_seconds=loaded - started, complete=complete,
+    )
+    log.info("extraction %s: %d videos encoded in %.1f s (%.2f videos/s), %d failed in the store",
+             "complete" if complete else "stopped early", encoded, summary.seconds,
+             summary.videos_per_second, len(all_failed))
+    return summary
