@@ -35,7 +35,7 @@ def configure_logging(level: int | str = logging.INFO) -> None:
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and (if imported) PyTorch."""
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds the legacy global RNG that libraries still use
     if "torch" in sys.modules:
         import torch
 
