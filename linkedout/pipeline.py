@@ -365,8 +365,13 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
 
 
 def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, epochs: int | None = None,
-            variants: Sequence[str] | None = None, seed: int = 42, stop_after: str | None = None) -> Path:
-    """The main job on the embedded default; returns the report's path (or the last stage's output)."""
+            variants: Sequence[str] | None = None, seed: int = 42, stop_after: str | None = None,
+            extraction: Any = None, backbone: Any = None) -> Path:
+    """The main job on the embedded default; returns the report's path (or the last stage's output).
+
+    ``extraction`` / ``backbone``: an ``ExtractionConfig`` / ``BackboneConfig`` (default: the
+    paper's layers, prompts, 8 frames at 224 px, K = 64, float16, on the tiny seeded backbone).
+    """
     from linkedout.data.microlens import load_microlens, validate_microlens
     from linkedout.data.stats import dataset_stats, format_stats
     from linkedout.extraction.backbone import BackboneConfig
@@ -393,7 +398,7 @@ def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, e
 
     # 2. features (resumable: finished shards are skipped)
     features = workdir / "features"
-    summary = extract(data_dir, features, (ExtractionConfig(shard_size=64), BackboneConfig()))
+    summary = extract(data_dir, features, (extraction or ExtractionConfig(shard_size=64), backbone or BackboneConfig()))
     if summary.failed:
         print(f"== {len(summary.failed)} videos could not be decoded and have no features:")
         for vid, why in sorted(summary.failed.items())[:20]:
