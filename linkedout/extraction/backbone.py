@@ -90,6 +90,19 @@ _QWEN2_SPECIAL_IDS = {
 
 # Real architectures by name (the HF ``config.json`` of llava-hf/llava-onevision-qwen2-*-ov-hf, minus
 # the image-only anyres fields): for benchmarks with random weights.
+#: The SigLIP-so400m vision tower of every LLaVA-OneVision checkpoint (HF config values).
+_SIGLIP_SO400M: dict[str, Any] = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "layer_norm_eps": 1e-6,
+    "vision_use_head": False,
+}
+
 RANDOM_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llava-onevision-qwen2-7b": {
         "image_token_index": 151646,
@@ -99,17 +112,7 @@ RANDOM_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "vision_feature_select_strategy": "full",
         "vision_aspect_ratio": "anyres_max_9",
         "tie_word_embeddings": False,
-        "vision_config": {
-            "model_type": "siglip_vision_model",
-            "hidden_size": 1152,
-            "intermediate_size": 4304,
-            "num_hidden_layers": 26,
-            "num_attention_heads": 16,
-            "image_size": 384,
-            "patch_size": 14,
-            "layer_norm_eps": 1e-6,
-            "vision_use_head": False,
-        },
+        "vision_config": _SIGLIP_SO400M,
         "text_config": {
             "model_type": "qwen2",
             "hidden_size": 3584,
@@ -135,17 +138,7 @@ RANDOM_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "vision_feature_select_strategy": "full",
         "vision_aspect_ratio": "anyres_max_9",
         "tie_word_embeddings": True,
-        "vision_config": {
-            "model_type": "siglip_vision_model",
-            "hidden_size": 1152,
-            "intermediate_size": 4304,
-            "num_hidden_layers": 26,
-            "num_attention_heads": 16,
-            "image_size": 384,
-            "patch_size": 14,
-            "layer_norm_eps": 1e-6,
-            "vision_use_head": False,
-        },
+        "vision_config": _SIGLIP_SO400M,
         "text_config": {
             "model_type": "qwen2",
             "hidden_size": 896,
