@@ -88,8 +88,6 @@ _QWEN2_SPECIAL_IDS = {
     "<video>": 151647,
 }
 
-# Real architectures by name (the HF ``config.json`` of llava-hf/llava-onevision-qwen2-*-ov-hf, minus
-# the image-only anyres fields): for benchmarks with random weights.
 #: The SigLIP-so400m vision tower of every LLaVA-OneVision checkpoint (HF config values).
 _SIGLIP_SO400M: dict[str, Any] = {
     "model_type": "siglip_vision_model",
@@ -103,6 +101,8 @@ _SIGLIP_SO400M: dict[str, Any] = {
     "vision_use_head": False,
 }
 
+# Real architectures by name (the HF ``config.json`` of llava-hf/llava-onevision-qwen2-*-ov-hf, minus
+# the image-only anyres fields): for benchmarks with random weights.
 RANDOM_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llava-onevision-qwen2-7b": {
         "image_token_index": 151646,
