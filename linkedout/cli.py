@@ -269,8 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
-        # Bad input of any kind: a clear one-line error naming the problem, no traceback.
-        if args.verbose:
+        # Bad input of any kind: a clear one-line error naming the problem, no traceback. Of the
+        # RuntimeErrors only LinkedOut's own (FeatureStoreError, CheckpointError) are bad input; any
+        # other (CUDA out of memory, a shape bug) keeps its traceback.
+        own = type(e).__module__.startswith("linkedout.")
+        if args.verbose or (isinstance(e, RuntimeError) and not own):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"linkedout {args.command}: error: {msg}", file=sys.stderr)

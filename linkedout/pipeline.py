@@ -17,6 +17,7 @@ Work directory layout (``linkedout run --workdir W``)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from linkedout.utils import atomic_write_text, get_logger
+from linkedout.utils import atomic_write_text, get_logger, set_seed
 
 log = get_logger(__name__)
 
@@ -134,7 +135,9 @@ def extract(data: Path, out: str | os.PathLike[str], configs: tuple[Any, Any] | 
     from linkedout.extraction.extractor import extract_dataset
 
     ecfg, bcfg = configs if configs is not None else (None, None)
-    dataset = load_microlens(data)
+    # Missing or corrupt videos are not a reason to stop: the extractor records each by id with the
+    # reason, and the split drops their interactions.
+    dataset = load_microlens(data, check_videos=False)
     return extract_dataset(dataset, str(out), ecfg, bcfg, endpoint_url=s3_endpoint)
 
 
@@ -187,19 +190,27 @@ def build_split(data: Path, features: str | None, cache_dir: Path | None = None,
 
     dataset = load_microlens(data, check_videos=False)
     catalog = list(dataset.item_ids)
-    stamp = {"data": str(Path(data).resolve()), "pairs_rows": len(dataset.interactions), "items": len(catalog)}
+    pairs = sorted(Path(data).glob(f"{dataset.prefix}_pairs.*"))
+    stamp: dict[str, Any] = {
+        "data": str(Path(data).resolve()), "items": len(catalog),
+        "pairs": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in pairs],
+    }
     if features is not None:
         from linkedout.features import FeatureReader
 
         reader = FeatureReader(features, endpoint_url=s3_endpoint)
+        if not reader.storage.exists("index.json"):
+            raise ValueError(f"feature store {features} is incomplete (no index.json: extraction is still "
+                             "running or was stopped); finish it with `linkedout extract` first")
         have = set(reader.ids)
         stamp["features"] = str(features)
-        stamp["feature_ids"] = len(have)
+        stamp["feature_ids"] = hashlib.sha256("\n".join(sorted(have)).encode()).hexdigest()
         missing = [i for i in catalog if i not in have]
         if missing:
             log.warning("%d videos have no features (failed extraction: %s%s); their interactions are dropped",
                         len(missing), ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
             catalog = [i for i in catalog if i in have]
+            stamp["items"] = len(catalog)
     stamp_file = None if cache_dir is None else cache_dir / "stamp.json"
     if stamp_file is not None and stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return SplitData.load(stamp_file.parent)
@@ -278,10 +289,19 @@ def train_variant(data: Path, features: str | None, run_dir: Path, variant: str,
         "features": None if features is None else str(features), "num_items": split.num_items,
         "model": mcfg.to_dict(), "train": tcfg.to_dict(),
     }, indent=2))
+    set_seed(seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(mcfg, split.num_items, split.item_counts)
     log.info("training %s (%s) in %s", v.display, v.name, run_dir)
     result = Trainer(model, split, item_features, tcfg, run_dir).fit()
     return dict(result.to_dict())
+
+
+def _checkpoint_of(run_dir: Path) -> Path:
+    """The run's best checkpoint, else its last one."""
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise FileNotFoundError(f"{run_dir} has no checkpoint (train it first: linkedout train --run-dir {run_dir})")
 
 
 def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str = "test",
@@ -292,15 +312,11 @@ def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str 
     from linkedout.training.checkpoint import load_model_from_checkpoint
 
     run_dir = Path(run_dir)
+    _checkpoint_of(run_dir)  # fail before any loading when the run was never trained
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     if split is None:
         split = build_split(data, features, s3_endpoint=s3_endpoint)
-    ckpt = run_dir / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
-        ckpt = run_dir / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint (train it first: linkedout train --run-dir {run_dir})")
-    model: Any = load_model_from_checkpoint(ckpt, split.num_items)
+    model: Any = load_model_from_checkpoint(_checkpoint_of(run_dir), split.num_items)
     if model.needs_features and item_features is None:
         if features is None:
             raise ValueError(f"{run_dir} holds a model that reads backbone features: pass --features")
@@ -352,8 +368,7 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
             mode = ((rec.config or {}).get("model", {}).get("fusion", {}) or {}).get("mode")
             kind = (rec.config or {}).get("model", {}).get("kind")
             if kind in ("linkedout", "hybrid") and mode == "moe":
-                ckpt = rec.run_dir / "checkpoints" / "best.pt"
-                model: Any = load_model_from_checkpoint(ckpt, split.num_items)
+                model: Any = load_model_from_checkpoint(_checkpoint_of(rec.run_dir), split.num_items)
                 item_features = _item_features(split, features, s3_endpoint)
                 names = [f"L{layer}" for layer in item_features.reader.spec.layers]
                 with torch.no_grad():
@@ -396,10 +411,12 @@ def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, e
     # 1. dataset
     data_dir = Path(data) if data is not None else ensure_dataset(workdir / "data", preset)
     vreport = validate_microlens(data_dir, check_videos=True)
-    if vreport.errors:
+    if vreport.errors or vreport.warnings:
         print(vreport.format())
-    vreport.raise_if_errors()
-    dataset = load_microlens(data_dir)
+    # Tables must be sound; missing or unreadable videos are only reported here and recorded as
+    # failed by the extraction (their interactions are then dropped).
+    validate_microlens(data_dir, check_videos=False).raise_if_errors()
+    dataset = load_microlens(data_dir, check_videos=False)
     print("== dataset\n" + format_stats(dataset_stats(dataset)), flush=True)
     if stop_after == "data":
         return data_dir

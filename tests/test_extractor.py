@@ -267,3 +267,21 @@ def test_extract_dataset_int8(tiny: Backbone, dataset: tuple[MicroLensDataset, s
     got = reader.get_many(keep)
     bound = np.abs(expected).max(axis=-1, keepdims=True) / 254 + 1e-6  # int8 per-row error bound
     assert np.all(np.abs(got - expected) <= bound)
+
+
+def test_a_smaller_catalogue_drops_the_stale_shards(tiny: Backbone, dataset: tuple[MicroLensDataset, str], tmp_path: Path) -> None:
+    data, corrupt = dataset
+    cfg = ExtractionConfig(layers=(0, 4), shard_size=2, batch_size=2, decode_workers=0, **SMALL)
+    store = tmp_path / "features"
+    extract_dataset(data, store, cfg, tiny)  # 7 videos: 4 shards
+
+    class Fewer:
+        item_ids = sorted(data.item_ids, key=int)[:3]  # 2 shards
+
+        def video_path(self, item: str) -> Path:
+            return data.video_path(item)
+
+    summary = extract_dataset(Fewer(), store, cfg, tiny)
+    assert summary.complete and summary.shards == 2
+    reader = FeatureReader(store)
+    assert sorted(reader.ids, key=int) == [i for i in Fewer.item_ids if i != corrupt]

@@ -403,6 +403,9 @@ def extract_dataset(
     writer = ShardWriter(storage, spec, cfg.shard_size, endpoint_url=endpoint_url)
     ids = sort_ids(str(x) for x in dataset.item_ids)
     plan = writer.plan(ids)
+    dropped = writer.drop_shards_from(len(plan))
+    if dropped:
+        log.warning("the catalogue shrank to %d shards: dropped stale shards %s", len(plan), dropped)
     todo = [i for i, chunk in enumerate(plan) if not writer.is_complete(i, chunk, verify="size")]
     skipped = len(plan) - len(todo)
     if max_shards is not None:

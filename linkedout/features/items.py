@@ -8,6 +8,7 @@ an LRU of single items is kept, so repeated batches do not hit the store again.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
@@ -59,6 +60,7 @@ class ItemFeatures:
         total = len(self.item_ids) * int(np.prod(self.shape)) * itemsize
         self._table: Tensor | None = None
         self._lru: OrderedDict[int, Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # batch-building threads share the LRU
         self._lru_items = max(1, max_cache_bytes // max(1, int(np.prod(self.shape)) * itemsize))
         if total <= max_cache_bytes:
             feats = reader.get_many(self.item_ids[1:])  # (N, L, K, D)
@@ -80,14 +82,15 @@ class ItemFeatures:
             return self._table[idx]
         out = torch.zeros((idx.numel(), *self.shape), dtype=self.dtype)
         todo = [(pos, int(i)) for pos, i in enumerate(idx.tolist()) if i > 0]
-        miss = sorted({i for _, i in todo if i not in self._lru})
-        if miss:
-            feats = self.reader.get_many([self.item_ids[i] for i in miss])
-            for i, f in zip(miss, feats):
-                self._lru[i] = torch.from_numpy(np.asarray(f, dtype=np.float32)).to(self.dtype)
-        for pos, i in todo:
-            out[pos] = self._lru[i]
-            self._lru.move_to_end(i)
-        while len(self._lru) > self._lru_items:
-            self._lru.popitem(last=False)
+        with self._lock:
+            miss = sorted({i for _, i in todo if i not in self._lru})
+            if miss:
+                feats = self.reader.get_many([self.item_ids[i] for i in miss])
+                for i, f in zip(miss, feats):
+                    self._lru[i] = torch.from_numpy(np.asarray(f, dtype=np.float32)).to(self.dtype)
+            for pos, i in todo:
+                out[pos] = self._lru[i]
+                self._lru.move_to_end(i)
+            while len(self._lru) > max(self._lru_items, len(todo)):
+                self._lru.popitem(last=False)
         return out

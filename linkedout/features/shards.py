@@ -522,6 +522,20 @@ class ShardWriter:
         """Indices of the shards with a manifest (files not checked; see :meth:`is_complete`)."""
         return list_shards(self.storage)
 
+    def drop_shards_from(self, first: int) -> list[int]:
+        """Delete every shard with index ``>= first`` (a re-plan over a smaller catalogue).
+
+        The manifest goes first, so a killed drop leaves orphan data files that are never read.
+        Returns the indices dropped.
+        """
+        dropped = [i for i in self.complete_shards() if i >= first]
+        if dropped:
+            self.storage.delete(INDEX_KEY)
+        for i in dropped:
+            for key in (manifest_key(i), data_key(i), scale_key(i)):
+                self.storage.delete(key)
+        return dropped
+
     def write_shard(
         self,
         shard_index: int,
