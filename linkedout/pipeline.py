@@ -316,7 +316,10 @@ def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str 
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     if split is None:
         split = build_split(data, features, s3_endpoint=s3_endpoint)
+    import torch
+
     model: Any = load_model_from_checkpoint(_checkpoint_of(run_dir), split.num_items)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # scoring the catalogue is the heavy part
     if model.needs_features and item_features is None:
         if features is None:
             raise ValueError(f"{run_dir} holds a model that reads backbone features: pass --features")
