@@ -261,11 +261,12 @@ def _training_figure(training_logs: Mapping[str, Sequence[Mapping[str, Any]]], m
         return None
     fig = _new_figure(10, 3.6)
     ax_loss, ax_valid = fig.subplots(1, 2)
-    for name, (loss, valid) in curves.items():
+    palette = [f"C{i % 10}" for i in range(len(curves))]  # one colour per run in both panels
+    for (name, (loss, valid)), colour in zip(curves.items(), palette):
         if loss:
-            ax_loss.plot(*zip(*loss), marker="o", markersize=3, label=name)
+            ax_loss.plot(*zip(*loss), marker="o", markersize=3, label=name, color=colour)
         if valid:
-            ax_valid.plot(*zip(*valid), marker="o", markersize=3, label=name)
+            ax_valid.plot(*zip(*valid), marker="o", markersize=3, label=name, color=colour)
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
     ax_valid.set(title=f"validation {metric} (full catalogue)", xlabel="epoch", ylabel=metric)
     for ax in (ax_loss, ax_valid):
