@@ -98,6 +98,10 @@ def test_two_process_ddp_step_equals_single_process_step(tmp_path: Path) -> None
         other = ddp["optimizer"]["state"][key]
         assert torch.allclose(other["exp_avg"], st["exp_avg"], rtol=1e-4, atol=1e-8), key
         assert torch.allclose(other["exp_avg_sq"], st["exp_avg_sq"], rtol=1e-4, atol=1e-10), key
+    # each rank's own RNG streams are saved, so every rank resumes where it stopped (not at rank 0's)
+    assert len(ddp["rank_rng"]) == 2
+    assert not torch.equal(ddp["rank_rng"][0]["torch"], ddp["rank_rng"][1]["torch"])
+    assert torch.equal(ddp["rank_rng"][0]["torch"], ddp["rng"]["torch"])
     ddp_losses = [r["loss"] for r in map(json.loads, (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines())
                   if r["kind"] == "step"]
     single_losses = [r["loss"] for r in map(json.loads, (tmp_path / "single" / "metrics.jsonl").read_text()

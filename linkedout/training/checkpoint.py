@@ -90,8 +90,13 @@ def save_checkpoint(
     *,
     train_config: dict[str, Any] | None = None,
     item_counts: torch.Tensor | np.ndarray | None = None,
+    rank_rng: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically to ``path``; returns the path."""
+    """Write a checkpoint atomically to ``path``; returns the path.
+
+    ``rank_rng``: under DDP, every rank's ``rng_state()`` (rank order), so each rank resumes its own
+    random streams; ``rng`` always holds the saving process's.
+    """
     module = unwrap(model)
     config = getattr(module, "config", None)
     counts = None
@@ -110,6 +115,7 @@ def save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "state": dict(state),
         "rng": rng_state(),
+        "rank_rng": rank_rng,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)

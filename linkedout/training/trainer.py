@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from linkedout.model.base import Recommender, gather_history
 from linkedout.training.batches import Batch, BatchBuilder, ShardedOrder, iterate_batches, steps_per_epoch
-from linkedout.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from linkedout.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from linkedout.training.config import TrainConfig
 from linkedout.training.distributed import DistContext, all_reduce_mean, barrier, broadcast_flag, wrap_model
 from linkedout.training.losses import bpr_loss, full_softmax_loss, inbatch_logq_loss, log_popularity
@@ -344,10 +344,12 @@ class Trainer:
                                            (total_steps - self.state.step) * elapsed / window_steps)
                         window_loss.zero_()
                         window_steps, window_seqs, window_t0 = 0, 0, time.perf_counter()
-                    if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0 and main:
-                        self.state.epoch_loss_sum = float(epoch_loss)
-                        self.state.epoch_seconds = time.perf_counter() - epoch_t0
-                        self._save(self.last_path)
+                    if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                        rank_rng = self._gather_rng()  # collective: every rank takes part
+                        if main:
+                            self.state.epoch_loss_sum = float(epoch_loss)
+                            self.state.epoch_seconds = time.perf_counter() - epoch_t0
+                            self._save(self.last_path, rank_rng)
                     if self.on_step is not None:
                         self.on_step(self, self.state.step)
                 epoch_s = max(time.perf_counter() - epoch_t0, 1e-9)
@@ -362,8 +364,9 @@ class Trainer:
                 self.state.epoch_loss_sum, self.state.epoch_seqs, self.state.epoch_seconds = 0.0, 0, 0.0
                 validate = self.state.epoch % cfg.eval_every == 0 or self.state.epoch == cfg.epochs
                 stop = self._end_epoch(writer, train_stats, validate)
+                rank_rng = self._gather_rng()
                 if main:
-                    self._save(self.last_path)
+                    self._save(self.last_path, rank_rng)
                 barrier(self.dist)
         finally:
             if writer is not None:
@@ -465,11 +468,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoint/resume
 
-    def _save(self, path: Path) -> None:
+    def _gather_rng(self) -> list[dict[str, Any]] | None:
+        """Every rank's RNG states (collective under DDP), so that each rank resumes its own streams."""
+        if not self.dist.is_distributed:
+            return None
+        states: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(states, rng_state())
+        return states
+
+    def _save(self, path: Path, rank_rng: list[dict[str, Any]] | None = None) -> None:
         trainable = bool(self.trainable)
         save_checkpoint(path, self.model, self.optimizer if trainable else None,
                         self.scheduler if trainable else None, self.scaler if trainable else None,
-                        asdict(self.state), train_config=self.cfg.to_dict(), item_counts=self.item_counts)
+                        asdict(self.state), train_config=self.cfg.to_dict(), item_counts=self.item_counts,
+                        rank_rng=rank_rng)
 
     def _maybe_resume(self) -> bool:
         if not self.last_path.is_file():
@@ -490,7 +502,14 @@ class Trainer:
         if self.state.stopped_early:
             log.info("checkpoint %s had stopped early at epoch %d; not training further",
                      self.last_path, self.state.epoch)
-        set_rng_state(ckpt["rng"])
+        rank_rng = ckpt.get("rank_rng")
+        if self.dist.is_distributed and rank_rng is not None and len(rank_rng) == self.dist.world_size:
+            set_rng_state(rank_rng[self.dist.rank])  # this rank's own streams (dropout, negatives)
+        else:
+            if self.dist.is_distributed:
+                log.warning("%s holds no RNG states for %d ranks: ranks restore rank 0's, so the resumed "
+                            "run is not bit-identical", self.last_path, self.dist.world_size)
+            set_rng_state(ckpt["rng"])
         log.info("resumed from %s: epoch %d, batch %d, step %d", self.last_path, self.state.epoch,
                  self.state.batch_in_epoch, self.state.step)
         return True
