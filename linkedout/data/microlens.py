@@ -249,19 +249,27 @@ def _find_pairs(root: Path, report: ValidationReport, prefix: str | None = None)
     return name, files.get("csv", files.get("tsv"))  # type: ignore[return-value]
 
 
+def _columns(df: pd.DataFrame, columns: Sequence[str], path: Path, report: ValidationReport) -> pd.DataFrame | None:
+    """``df`` reduced to ``columns`` (header names compared case- and space-insensitively), or None
+    after reporting the missing ones."""
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        report.add("error", path.name, f"missing column(s) {missing}; found {list(df.columns)}, "
+                   f"expected header {','.join(columns)}")
+        return None
+    return df[list(columns)].copy()
+
+
 def _read_pairs_csv(path: Path, report: ValidationReport) -> pd.DataFrame | None:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         report.add("error", path.name, f"cannot be parsed as CSV: {e}")
         return None
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    missing = [c for c in PAIRS_COLUMNS if c not in df.columns]
-    if missing:
-        report.add("error", path.name, f"missing column(s) {missing}; found {list(df.columns)}, "
-                   f"expected header {','.join(PAIRS_COLUMNS)}")
+    df = _columns(df, PAIRS_COLUMNS, path, report)
+    if df is None:
         return None
-    df = df[list(PAIRS_COLUMNS)].copy()
     for col in ("user", "item"):
         df[col] = df[col].str.strip()
     ts = pd.to_numeric(df["timestamp"].str.strip(), errors="coerce")
@@ -350,13 +358,9 @@ def _read_titles(path: Path, report: ValidationReport) -> pd.DataFrame | None:
         df = _read_titles_lenient(path, report)
         if df is None:
             return None
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    missing = [c for c in TITLES_COLUMNS if c not in df.columns]
-    if missing:
-        report.add("error", path.name, f"missing column(s) {missing}; found {list(df.columns)}, "
-                   f"expected header {','.join(TITLES_COLUMNS)}")
+    df = _columns(df, TITLES_COLUMNS, path, report)
+    if df is None:
         return None
-    df = df[list(TITLES_COLUMNS)].copy()
     df["item"] = df["item"].str.strip()
     dup = df.duplicated(subset=["item"], keep="first").to_numpy()
     if dup.any():

@@ -71,13 +71,7 @@ def target_ranks(
     Raises:
         ValueError: on shape mismatches, an unknown tie policy, or a NaN target score.
     """
-    if ties not in TIE_POLICIES:
-        raise ValueError(f"ties must be one of {TIE_POLICIES}, got {ties!r}")
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be (B, M), got shape {tuple(scores.shape)}")
-    b, m = scores.shape
-    if target_col.shape != (b,):
-        raise ValueError(f"target_col must be ({b},), got shape {tuple(target_col.shape)}")
+    b, m = _check_scores(scores, target_col, ties)
     if competes is not None and competes.shape != scores.shape:
         raise ValueError(f"competes must have the shape of scores {(b, m)}, got {tuple(competes.shape)}")
     if b == 0:
@@ -120,13 +114,7 @@ def target_ranks_masked(
     Returns:
         (B,) int64 ranks.
     """
-    if ties not in TIE_POLICIES:
-        raise ValueError(f"ties must be one of {TIE_POLICIES}, got {ties!r}")
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be (B, M), got shape {tuple(scores.shape)}")
-    b, m = scores.shape
-    if target_col.shape != (b,):
-        raise ValueError(f"target_col must be ({b},), got shape {tuple(target_col.shape)}")
+    b, m = _check_scores(scores, target_col, ties)
     if masked_cols.dim() != 2 or masked_cols.shape[0] != b:
         raise ValueError(f"masked_cols must be ({b}, E), got shape {tuple(masked_cols.shape)}")
     if b == 0:
@@ -165,6 +153,18 @@ def _count_rows(mask: Tensor) -> Tensor:
         counts = np.ascontiguousarray(mask.numpy()).view(np.uint8).sum(axis=1, dtype=np.int32)  # (B,)
         return torch.from_numpy(counts.astype(np.int64))
     return mask.sum(dim=1)
+
+
+def _check_scores(scores: Tensor, target_col: Tensor, ties: str) -> tuple[int, int]:
+    """Validate ``scores`` (B, M), ``target_col`` (B,) and the tie policy; return ``(B, M)``."""
+    if ties not in TIE_POLICIES:
+        raise ValueError(f"ties must be one of {TIE_POLICIES}, got {ties!r}")
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (B, M), got shape {tuple(scores.shape)}")
+    b, m = scores.shape
+    if target_col.shape != (b,):
+        raise ValueError(f"target_col must be ({b},), got shape {tuple(target_col.shape)}")
+    return b, m
 
 
 def _as_ranks(ranks: npt.ArrayLike | Tensor) -> np.ndarray:
