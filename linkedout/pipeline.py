@@ -271,6 +271,9 @@ def train_variant(data: Path, features: str | None, run_dir: Path, variant: str,
     v = parse_variant(variant)
     run_dir = Path(run_dir)
     if split is None:
+        if features is None:
+            log.warning("no feature store given: the split keeps every video, also those whose extraction "
+                        "failed; pass --features to compare with LinkedOut runs on the same split")
         split = build_split(data, features, s3_endpoint=s3_endpoint)
     spec = None
     if v.kind in ("linkedout", "hybrid"):
