@@ -46,10 +46,11 @@ class Variant:
     kind: str  # ModelConfig.kind
     mode: str = "moe"  # FusionConfig.mode
     single_layer: int = -1  # FusionConfig.single_layer, for mode "single"
+    side_info: bool = False  # also encode titles (hashed word pieces) and cover images
 
 
 def parse_variant(name: str) -> Variant:
-    """``linkedout | hybrid | sasrec_id | popularity | last_layer | uniform | layer:N`` -> ``Variant``.
+    """``linkedout | hybrid | multimodal | sasrec_id | popularity | last_layer | uniform | layer:N`` -> ``Variant``.
 
     ``layer:N`` is the single-layer ablation on the N-th *kept* layer (0-based position in the
     feature store's layer list, e.g. ``layer:2`` is L8 at the paper's layers).
@@ -57,6 +58,8 @@ def parse_variant(name: str) -> Variant:
     fixed = {
         "linkedout": Variant("linkedout", "LinkedOut (MoE)", "model", "linkedout"),
         "hybrid": Variant("hybrid", "LinkedOut + IDs", "model", "hybrid"),
+        "multimodal": Variant("multimodal", "LinkedOut + title + cover", "model", "linkedout",
+                              side_info=True),
         "sasrec_id": Variant("sasrec_id", "SASRec (IDs)", "baseline", "sasrec_id"),
         "popularity": Variant("popularity", "Popularity", "baseline", "popularity"),
         "last_layer": Variant("last_layer", "last layer only", "ablation", "linkedout", "single", -1),
@@ -236,7 +239,7 @@ def model_config_for(variant: Variant, spec: Any | None, d_model: int = 64) -> A
     Ablations share the expert design, so they differ from the model only in how layers are fused.
     """
     from linkedout.model import ModelConfig
-    from linkedout.model.config import FusionConfig, SequenceConfig
+    from linkedout.model.config import FusionConfig, ImageConfig, SequenceConfig, TextConfig
 
     sequence = SequenceConfig(max_history=10, num_layers=2, num_heads=2, ffn_dim=4 * d_model, dropout=0.2)
     if variant.kind in ("linkedout", "hybrid"):
@@ -246,9 +249,38 @@ def model_config_for(variant: Variant, spec: Any | None, d_model: int = 64) -> A
                               d_model=d_model, expert_queries=4, expert_hidden=128,
                               mode=variant.mode,  # type: ignore[arg-type]
                               single_layer=variant.single_layer)
+        text, image = TextConfig(enabled=variant.side_info), ImageConfig(enabled=variant.side_info)
         return ModelConfig(kind=variant.kind, d_model=d_model, fusion=fusion,  # type: ignore[arg-type]
-                           sequence=sequence, head_hidden=4 * d_model)
+                           sequence=sequence, head_hidden=4 * d_model, text=text, image=image)
     return ModelConfig(kind=variant.kind, d_model=d_model, sequence=sequence)  # type: ignore[arg-type]
+
+
+def item_side_info(data: Path, item_ids: Sequence[str], cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Hashed title tokens int64 [N+1, Lt] and covers uint8 [N+1, 3, S, S] in item-index order.
+
+    Row 0 (padding) is empty. A missing or unreadable cover is logged and left black.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from linkedout.data.microlens import load_microlens
+    from linkedout.model.towers import hash_title_tokens
+
+    dataset = load_microlens(data, check_videos=False)
+    titles = dict(zip(dataset.titles["item"], dataset.titles["title"]))
+    tokens = hash_title_tokens(["", *(titles.get(i, "") for i in item_ids[1:])], cfg.text.max_tokens,
+                               cfg.text.num_buckets)  # (N+1, Lt)
+    size = cfg.image.size
+    covers = np.zeros((len(item_ids), 3, size, size), dtype=np.uint8)  # (N+1, 3, S, S)
+    bad = []
+    for row, item in enumerate(item_ids[1:], start=1):
+        try:
+            with Image.open(dataset.cover_path(item)) as img:
+                covers[row] = np.asarray(img.convert("RGB").resize((size, size))).transpose(2, 0, 1)
+        except (OSError, UnidentifiedImageError):
+            bad.append(item)
+    if bad:
+        log.warning("%d covers missing or unreadable (left black): %s", len(bad), bad[:5])
+    return tokens, covers
 
 
 def _item_features(split: Any, features: str | None, s3_endpoint: str | None) -> Any:
@@ -266,6 +298,7 @@ def train_variant(data: Path, features: str | None, run_dir: Path, variant: str,
                   item_features: Any = None) -> dict[str, Any]:
     """Train one variant into ``run_dir`` (resuming a killed run) and return the training result."""
     from linkedout.model import build_model
+    from linkedout.model.recommender import LinkedOutRecommender
     from linkedout.training import Trainer
 
     v = parse_variant(variant)
@@ -294,6 +327,11 @@ def train_variant(data: Path, features: str | None, run_dir: Path, variant: str,
     }, indent=2))
     set_seed(seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(mcfg, split.num_items, split.item_counts)
+    if v.side_info:
+        # titles and covers become model buffers: saved with every checkpoint, so evaluation and
+        # export need nothing but the checkpoint
+        assert isinstance(model, LinkedOutRecommender)
+        model.set_item_side_info(*item_side_info(data, split.item_ids, mcfg))
     log.info("training %s (%s) in %s", v.display, v.name, run_dir)
     result = Trainer(model, split, item_features, tcfg, run_dir).fit()
     return dict(result.to_dict())

@@ -73,3 +73,16 @@ def test_variants_parse() -> None:
     assert pipeline.parse_variant("last_layer").mode == "single"
     with pytest.raises(ValueError, match="layer:N"):
         pipeline.parse_variant("layer:-1")
+
+
+def test_multimodal_variant_trains_on_titles_and_covers(data: Path, tmp_path: Path) -> None:
+    store = tmp_path / "features"
+    pipeline.extract(data, store, (FAST, None))
+    run = tmp_path / "mm"
+    pipeline.train_variant(data, str(store), run, "multimodal", epochs=1)
+    ev = pipeline.evaluate_run(data, str(store), run)
+    assert ev["model"] == "LinkedOut + title + cover"
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model_state"]
+    assert state["title_tokens"][1:].gt(0).any()  # every real title hashed into the checkpoint
+    assert state["title_tokens"][0].eq(0).all()  # padding row empty
+    assert state["covers"][1:].float().std() > 0  # real cover pixels, not a black placeholder
