@@ -269,19 +269,33 @@ def test_extract_dataset_int8(tiny: Backbone, dataset: tuple[MicroLensDataset, s
     assert np.all(np.abs(got - expected) <= bound)
 
 
-def test_a_smaller_catalogue_drops_the_stale_shards(tiny: Backbone, dataset: tuple[MicroLensDataset, str], tmp_path: Path) -> None:
+def test_catalogue_changes_extract_only_new_videos(tiny: Backbone, dataset: tuple[MicroLensDataset, str], tmp_path: Path) -> None:
     data, corrupt = dataset
     cfg = ExtractionConfig(layers=(0, 4), shard_size=2, batch_size=2, decode_workers=0, **SMALL)
     store = tmp_path / "features"
-    extract_dataset(data, store, cfg, tiny)  # 7 videos: 4 shards
+    ids = sorted(data.item_ids, key=int)
 
-    class Fewer:
-        item_ids = sorted(data.item_ids, key=int)[:3]  # 2 shards
+    class Catalogue:
+        def __init__(self, item_ids: list[str]) -> None:
+            self.item_ids = item_ids
 
         def video_path(self, item: str) -> Path:
             return data.video_path(item)
 
-    summary = extract_dataset(Fewer(), store, cfg, tiny)
-    assert summary.complete and summary.shards == 2
+    first = extract_dataset(Catalogue(ids[1:4]), store, cfg, tiny)  # 3 videos: shards 0, 1
+    assert (first.shards, first.shards_written) == (2, 2)
+    written = {p.name: p.stat().st_mtime_ns for p in (store / "shards").glob("*")}
+
+    # new videos (one older by id than all extracted ones) go to a new shard; nothing is redone
+    grown = extract_dataset(Catalogue(ids), store, cfg, tiny)
+    assert corrupt in ids[1:4]  # failed in the first run, and not retried
+    assert grown.complete and grown.shards_skipped == 2 and grown.encoded == len(ids) - 3
+    assert {p.name: p.stat().st_mtime_ns for p in (store / "shards").glob("*") if p.name in written} == written
     reader = FeatureReader(store)
-    assert sorted(reader.ids, key=int) == [i for i in Fewer.item_ids if i != corrupt]
+    assert sorted(reader.ids, key=int) == [i for i in ids if i != corrupt]
+    assert corrupt in reader.failed
+
+    # a smaller catalogue recomputes nothing; every video it still holds stays readable
+    shrunk = extract_dataset(Catalogue(ids[:2]), store, cfg, tiny)
+    assert shrunk.complete and shrunk.encoded == 0
+    assert set(ids[:2]) - {corrupt} <= set(FeatureReader(store).ids)

@@ -381,9 +381,10 @@ def extract_dataset(
 ) -> ExtractionSummary:
     """Extract the features of every video of ``dataset`` into a feature store; resumable.
 
-    Videos are sorted by id (``sort_ids``) and cut into shards of ``cfg.shard_size`` in that
-    order, so a re-run plans the same shards: complete shards are skipped, the others are
-    (re)computed. Each shard's videos are decoded (in a thread pool, ahead of the model), encoded
+    Shards are planned incrementally (:meth:`ShardWriter.plan_incremental`): shards already in the
+    store keep their videos and are skipped when complete; the videos found in none (sorted by id,
+    ``sort_ids``) are cut into new shards of ``cfg.shard_size``. So a re-run resumes where it
+    stopped, and a grown catalogue extracts only its new videos. Each shard's videos are decoded (in a thread pool, ahead of the model), encoded
     in batches of ``cfg.batch_size`` and written with :class:`ShardWriter`. A video that cannot be
     decoded is logged and recorded by id with the reason in its shard's ``failed`` map; it gets no
     row. ``max_shards`` stops after computing that many shards (the store stays resumable);
@@ -402,16 +403,13 @@ def extract_dataset(
     spec = feature_spec(bb, cfg)
     writer = ShardWriter(storage, spec, cfg.shard_size, endpoint_url=endpoint_url)
     ids = sort_ids(str(x) for x in dataset.item_ids)
-    plan = writer.plan(ids)
-    dropped = writer.drop_shards_from(len(plan))
-    if dropped:
-        log.warning("the catalogue shrank to %d shards: dropped stale shards %s", len(plan), dropped)
-    todo = [i for i, chunk in enumerate(plan) if not writer.is_complete(i, chunk, verify="size")]
-    skipped = len(plan) - len(todo)
-    if max_shards is not None:
-        todo = todo[:max_shards]
+    plan = writer.plan_incremental(ids)  # shards already written keep their videos; new videos go to new shards
+    planned = [i for i, chunk in enumerate(plan) if chunk]
+    pending = [i for i in planned if not writer.is_complete(i, plan[i], verify="size")]
+    skipped = len(planned) - len(pending)
+    todo = pending[:max_shards] if max_shards is not None else pending
     log.info("extracting %d videos into %s: %d shards, %d already complete, %d to compute",
-             len(ids), writer.storage.uri, len(plan), skipped, len(todo))
+             len(ids), writer.storage.uri, len(planned), skipped, len(todo))
 
     todo_ids = [vid for i in todo for vid in plan[i]]
     decoded = _decode_stream(dataset, todo_ids, cfg)
@@ -422,7 +420,7 @@ def extract_dataset(
         cast(Generator[Any, None, None], stream).close()
         decoded.close()
 
-    complete = len(todo) + skipped == len(plan)
+    complete = len(todo) == len(pending)
     if complete:
         index = writer.finalize()
         all_failed = dict(index.failed)
@@ -431,7 +429,7 @@ def extract_dataset(
         for i in writer.complete_shards():
             all_failed.update(read_manifest(writer.storage, i).failed)
     summary = ExtractionSummary(
-        uri=writer.storage.uri, spec=spec.to_dict(), videos=len(ids), shards=len(plan),
+        uri=writer.storage.uri, spec=spec.to_dict(), videos=len(ids), shards=len(planned),
         shards_written=len(todo), shards_skipped=skipped, encoded=encoded, failed=all_failed,
         seconds=time.perf_counter() - loaded, load_seconds=loaded - started, complete=complete,
     )

@@ -483,6 +483,38 @@ class ShardWriter:
             raise ValueError(f"duplicate video ids in the shard plan: {dupes[:10]}")
         return [ids[i:i + self.shard_size] for i in range(0, len(ids), self.shard_size)]
 
+    def plan_incremental(self, ids: Sequence[str]) -> list[list[str]]:
+        """A shard plan that keeps what the store already holds (used by the extraction).
+
+        Every shard with a manifest keeps its videos (written and failed) at its index, whatever
+        the catalogue now holds; the ids of ``ids`` found in no such shard are cut, in the given
+        order, into chunks of ``shard_size`` that fill the free indices (gaps left by shards that
+        never completed first, then past the last one). So a re-run plans the same shards, a
+        catalogue that grows extracts only its new videos, and one that shrinks recomputes
+        nothing (the videos it dropped stay readable). Entry ``i`` of the result is shard ``i``;
+        an index with nothing to hold (a gap no new video fills) is ``[]``.
+        """
+        ids = [str(x) for x in ids]
+        dupes = sorted(x for x, n in Counter(ids).items() if n > 1)
+        if dupes:
+            raise ValueError(f"duplicate video ids in the shard plan: {dupes[:10]}")
+        held: dict[int, list[str]] = {}
+        for i in self.complete_shards():
+            try:
+                manifest = read_manifest(self.storage, i)
+            except FeatureStoreError as e:
+                log.warning("shard %d will be replanned: %s", i, e)
+                continue
+            held[i] = [*manifest.ids, *manifest.failed]
+        have = {x for chunk in held.values() for x in chunk}
+        new = [x for x in ids if x not in have]
+        chunks = [new[k:k + self.shard_size] for k in range(0, len(new), self.shard_size)]
+        end = max(held) + 1 if held else 0
+        free = [i for i in range(end) if i not in held] + list(range(end, end + len(chunks)))
+        plan: dict[int, list[str]] = dict(held)
+        plan.update(zip(free, chunks))
+        return [plan.get(i, []) for i in range(max(plan) + 1 if plan else 0)]
+
     def is_complete(
         self,
         shard_index: int,
@@ -521,20 +553,6 @@ class ShardWriter:
     def complete_shards(self) -> list[int]:
         """Indices of the shards with a manifest (files not checked; see :meth:`is_complete`)."""
         return list_shards(self.storage)
-
-    def drop_shards_from(self, first: int) -> list[int]:
-        """Delete every shard with index ``>= first`` (a re-plan over a smaller catalogue).
-
-        The manifest goes first, so a killed drop leaves orphan data files that are never read.
-        Returns the indices dropped.
-        """
-        dropped = [i for i in self.complete_shards() if i >= first]
-        if dropped:
-            self.storage.delete(INDEX_KEY)
-        for i in dropped:
-            for key in (manifest_key(i), data_key(i), scale_key(i)):
-                self.storage.delete(key)
-        return dropped
 
     def write_shard(
         self,
