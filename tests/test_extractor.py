@@ -26,6 +26,7 @@ from linkedout.extraction import (
 )
 from linkedout.extraction.backbone import Backbone
 from linkedout.extraction.compress import compress
+from linkedout.extraction.extractor import feature_spec
 from linkedout.features import FeatureReader, FeatureStoreError
 
 SMALL: dict[str, Any] = dict(num_frames=2, frame_size=56, tokens=8, text_tokens=2)
@@ -299,3 +300,10 @@ def test_catalogue_changes_extract_only_new_videos(tiny: Backbone, dataset: tupl
     shrunk = extract_dataset(Catalogue(ids[:2]), store, cfg, tiny)
     assert shrunk.complete and shrunk.encoded == 0
     assert set(ids[:2]) - {corrupt} <= set(FeatureReader(store).ids)
+
+
+def test_spec_records_the_backbone_precision(tiny: Backbone) -> None:
+    spec = feature_spec(tiny, ExtractionConfig(layers=(0, 4), **SMALL))
+    assert spec.backbone_dtype == "float32"  # the tiny backbone runs in float32 on the CPU
+    bf16 = dataclasses.replace(spec, backbone_dtype="bfloat16")
+    assert bf16 != spec  # so a bf16 GPU run cannot append rows to a float32 store

@@ -328,6 +328,7 @@ def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
         hidden=backbone.hidden_size,
         dtype=cfg.dtype,
         compression=cfg.compression,
+        backbone_dtype=str(backbone.dtype).removeprefix("torch."),
     )
 
 

@@ -105,6 +105,8 @@ class FeatureSpec:
             ``(layer, token)`` row; see :mod:`.quant`).
         compression: name of the token-compression method that reduced the prefill to ``K``
             tokens (provenance only), a non-empty string.
+        backbone_dtype: precision the backbone ran in (``float32`` | ``bfloat16`` | ``float16``):
+            part of the spec so that a store never mixes, say, CPU float32 and GPU bf16 rows.
     """
 
     backbone: str
@@ -116,9 +118,13 @@ class FeatureSpec:
     hidden: int
     dtype: str = "float16"
     compression: str = "segment_mean"
+    backbone_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if self.backbone_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"{name}.backbone_dtype must be float32, bfloat16 or float16, "
+                             f"got {self.backbone_dtype!r}")
         # Accept lists (e.g. from JSON) and store tuples, so specs compare and hash by value.
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "prompts", tuple(self.prompts))
