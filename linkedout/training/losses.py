@@ -79,11 +79,7 @@ def inbatch_logq_loss(
     ``log_q`` (N+1,) is ``log_popularity(item_counts)`` indexed by item index. Returns () mean
     cross-entropy of each position's target against all distinct batch items.
     """
-    _check(user, targets, cand_idx, cand_emb)
-    col = positions_in(cand_idx, targets)  # (P,)
-    logits = score(user, cand_emb).float() / temperature  # (P, C)
-    logits = logits - log_q.to(logits.device)[cand_idx].unsqueeze(0)  # (P, C)
-    return F.cross_entropy(logits, col)
+    return _softmax_loss(user, targets, cand_idx, cand_emb, temperature, score, log_q)
 
 
 def bpr_loss(
@@ -119,8 +115,16 @@ def full_softmax_loss(
     score: ScoreFn = dot_score,
 ) -> Tensor:
     """Cross-entropy over every candidate (``cand_idx`` = ``1..N``, the whole catalogue)."""
+    return _softmax_loss(user, targets, cand_idx, cand_emb, temperature, score)
+
+
+def _softmax_loss(user: Tensor, targets: Tensor, cand_idx: Tensor, cand_emb: Tensor, temperature: float,
+                  score: ScoreFn, log_q: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of each target among the candidates, logits ``score / tau - log q``."""
     _check(user, targets, cand_idx, cand_emb)
     logits = score(user, cand_emb).float() / temperature  # (P, C)
+    if log_q is not None:
+        logits = logits - log_q.to(logits.device)[cand_idx].unsqueeze(0)  # (P, C)
     return F.cross_entropy(logits, positions_in(cand_idx, targets))
 
 
