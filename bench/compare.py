@@ -38,7 +38,7 @@ def main() -> None:
 
     data, features = args.workdir / "data", str(args.workdir / "features")
     split = pipeline.build_split(data, features, cache_dir=args.workdir / "split")
-    item_features = pipeline._item_features(split, features, None)
+    item_features = pipeline.item_features_for(split, features)
     variants = [v.strip() for v in args.variants.split(",")]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     t0 = time.perf_counter()
