@@ -44,7 +44,8 @@ def test_features_info_at_the_paper_setting(capsys: pytest.CaptureFixture[str]) 
 def test_model_summary_prints_the_paper_comparison(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "summary"]) == 0
     out = capsys.readouterr().out
-    assert "6.3" in out and "2.1" in out
+    # counted from the built model, not the paper's text: D=4096 -> MoE 6.31 M + head 2.11 M
+    assert "6,313,286" in out and "2,108,672" in out and "8,421,958" in out
 
 
 def test_bad_input_gives_one_clear_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
