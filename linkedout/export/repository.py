@@ -1,0 +1,296 @@
+"""The Triton model repository: ``config.pbtxt`` per model, numbered versions, publish and roll back.
+
+Layout (docs/serving.md §1)::
+
+    ROOT/NAME_encoder/config.pbtxt   ROOT/NAME_encoder/<v>/model.onnx, id_rows.json
+    ROOT/NAME_ranker/config.pbtxt    ROOT/NAME_ranker/<v>/model.onnx, catalog.json, catalog.npz
+
+- A version is published by writing it into a hidden staging directory (``.staging-<v>-<pid>``,
+  which Triton ignores: it only reads numeric directory names), checking it (the ONNX file loads in
+  onnxruntime and its inputs and outputs match ``config.pbtxt``), and renaming it to ``<v>``. A
+  version that fails its check is never renamed: the repository, and what Triton serves from it,
+  are left as they were, and the error says why.
+- Version numbers only grow: a rolled-back version moves to ``.retired/<v>`` and its number is
+  never reused, so a client pinned to a version number never gets another model under it.
+- ``config.pbtxt`` is written for Triton's ONNX Runtime backend (``config_pbtxt``): dynamic batching,
+  an instance group, ``version_policy { latest { num_versions: 2 } }`` so that the old version keeps
+  serving while the new one loads. A version whose graph does not fit the model's existing
+  configuration is refused: a retrained model with other dimensions is a new model name, or
+  ``replace=True`` retires every old version first.
+
+No server import here: Triton's ``ModelConfig`` protobuf (in ``tritonclient``) is used by the tests
+and tools that check these files, never by this module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from linkedout.export.graphs import GraphSpec, TensorSpec
+from linkedout.utils import atomic_write_text, get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["ModelRepository", "RepositoryError", "TritonConfig", "config_pbtxt", "validate_onnx"]
+
+INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
+
+
+class RepositoryError(RuntimeError):
+    """A model or version is missing, a new version fails its check, or a configuration conflicts."""
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """What ``config.pbtxt`` says beyond the graph's inputs and outputs."""
+
+    # Largest batch Triton's dynamic batcher forms (and a client may send); >= 1.
+    max_batch_size: int = 64
+    # Where each instance runs: KIND_GPU (production) or KIND_CPU.
+    instance_kind: str = "KIND_GPU"
+    # Model instances per device; >= 1.
+    instance_count: int = 1
+    # How long the dynamic batcher may hold a request to form a batch, in microseconds; >= 0.
+    max_queue_delay_us: int = 100
+    # Versions served at once (version_policy latest N): 2 keeps the old one up while a new one loads; >= 1.
+    num_versions: int = 2
+    # Triton backend: onnxruntime in production.
+    backend: str = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        for name, lo in (("max_batch_size", 1), ("instance_count", 1), ("max_queue_delay_us", 0), ("num_versions", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"TritonConfig.{name} must be an int >= {lo}, got {v!r}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise ValueError(f"TritonConfig.instance_kind must be one of {list(INSTANCE_KINDS)}, got {self.instance_kind!r}")
+        if not self.backend:
+            raise ValueError("TritonConfig.backend must not be empty")
+
+
+def _tensor_block(t: TensorSpec, indent: str) -> str:
+    if not t.shape or t.shape[0] != -1:
+        raise ValueError(f"tensor {t.name}: the first axis must be the batch axis (-1), got {list(t.shape)}")
+    dims = list(t.shape[1:])
+    lines = [f'{indent}  name: "{t.name}"', f"{indent}  data_type: TYPE_{t.dtype}"]
+    if dims:
+        lines.append(f"{indent}  dims: [ {', '.join(str(d) for d in dims)} ]")
+    else:
+        # one value per batch entry: Triton needs non-empty dims, so [1] reshaped to a scalar
+        lines.append(f"{indent}  dims: [ 1 ]")
+        lines.append(f"{indent}  reshape: {{ shape: [ ] }}")
+    return f"{indent}{{\n" + "\n".join(lines) + f"\n{indent}}}"
+
+
+def config_pbtxt(name: str, spec: GraphSpec, cfg: TritonConfig | None = None) -> str:
+    """``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``) for a graph."""
+    cfg = cfg or TritonConfig()
+    if not name or any(c not in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-" for c in name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '_' or '-'")
+    ins = ",\n".join(_tensor_block(t, "  ") for t in spec.inputs)
+    outs = ",\n".join(_tensor_block(t, "  ") for t in spec.outputs)
+    return (
+        f'name: "{name}"\n'
+        f'backend: "{cfg.backend}"\n'
+        f"max_batch_size: {cfg.max_batch_size}\n"
+        f"input [\n{ins}\n]\n"
+        f"output [\n{outs}\n]\n"
+        f"instance_group [\n  {{\n    count: {cfg.instance_count}\n    kind: {cfg.instance_kind}\n  }}\n]\n"
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {cfg.max_queue_delay_us}\n}}\n"
+        f"version_policy {{\n  latest {{\n    num_versions: {cfg.num_versions}\n  }}\n}}\n"
+    )
+
+
+def validate_onnx(path: str | os.PathLike[str], spec: GraphSpec) -> None:
+    """Load ``path`` in onnxruntime and check its inputs and outputs against ``spec``.
+
+    Raises ``RepositoryError`` saying what is wrong: the file does not load (corrupt, truncated, not
+    ONNX), or a tensor's name, type or shape disagrees with the configuration.
+    """
+    import onnxruntime as ort
+
+    ort_types = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(bool)": "BOOL",
+                 "tensor(float16)": "FP16", "tensor(int32)": "INT32"}
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise RepositoryError(f"{path} does not load in onnxruntime: {e}") from e
+    problems = []
+    for what, want_list, got_list in (("input", spec.inputs, sess.get_inputs()),
+                                      ("output", spec.outputs, sess.get_outputs())):
+        got = {g.name: g for g in got_list}
+        if set(got) != {w.name for w in want_list}:
+            problems.append(f"{what}s are {sorted(got)}, the configuration says {sorted(w.name for w in want_list)}")
+            continue
+        for w in want_list:
+            g = got[w.name]
+            dtype = ort_types.get(g.type, g.type)
+            shape = tuple(d if isinstance(d, int) else -1 for d in g.shape)
+            if dtype != w.dtype or len(shape) != len(w.shape) or any(
+                    a != b and -1 not in (a, b) for a, b in zip(shape, w.shape)):
+                problems.append(f"{what} {w.name} is {dtype}{list(shape)}, the configuration says "
+                                f"{w.dtype}{list(w.shape)}")
+    if problems:
+        raise RepositoryError(f"{path} does not match its configuration: {'; '.join(problems)}")
+
+
+class ModelRepository:
+    """A Triton model repository on a local directory (upload it to S3 with ``upload``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ModelRepository({str(self.root)!r})"
+
+    # ------------------------------------------------------------------------------ reading
+
+    def models(self) -> list[str]:
+        """Model names (directories with a ``config.pbtxt``), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "config.pbtxt").is_file())
+
+    def model_dir(self, model: str) -> Path:
+        return self.root / model
+
+    def versions(self, model: str) -> list[int]:
+        """Published versions of ``model`` (numeric directories), ascending."""
+        d = self.model_dir(model)
+        if not d.is_dir():
+            return []
+        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+
+    def latest(self, model: str) -> int | None:
+        vs = self.versions(model)
+        return vs[-1] if vs else None
+
+    def version_dir(self, model: str, version: int | None = None) -> Path:
+        """The directory of ``version`` (default: the latest); ``RepositoryError`` when there is none."""
+        v = self.latest(model) if version is None else version
+        if v is None:
+            raise RepositoryError(f"{self.root}: model {model!r} has no published version")
+        d = self.model_dir(model) / str(v)
+        if not d.is_dir():
+            raise RepositoryError(f"{self.root}: model {model!r} has no version {v} (versions: {self.versions(model)})")
+        return d
+
+    def config_text(self, model: str) -> str:
+        f = self.model_dir(model) / "config.pbtxt"
+        if not f.is_file():
+            raise RepositoryError(f"{self.root}: model {model!r} has no config.pbtxt")
+        return f.read_text()
+
+    def _next_version(self, model: str) -> int:
+        d = self.model_dir(model)
+        used = self.versions(model)
+        retired = d / ".retired"
+        if retired.is_dir():
+            used += [int(p.name.split("-")[0]) for p in retired.iterdir() if p.name.split("-")[0].isdigit()]
+        return max(used, default=0) + 1
+
+    # ------------------------------------------------------------------------------ writing
+
+    def publish(self, model: str, config: str, spec: GraphSpec, write: Callable[[Path], None], *,
+                replace: bool = False) -> int:
+        """Publish a new version of ``model``; returns its number.
+
+        ``write(staging_dir)`` writes the version's files (``model.onnx`` and any others) into a
+        staging directory; the graph is checked against ``spec`` (``validate_onnx``), then the
+        directory is renamed to the next version number and ``config.pbtxt`` written. If the model
+        exists with another configuration, ``RepositoryError`` (or, with ``replace``, every existing
+        version is retired first).
+        """
+        mdir = self.model_dir(model)
+        cfg_file = mdir / "config.pbtxt"
+        if cfg_file.is_file() and cfg_file.read_text() != config and self.versions(model):
+            if not replace:
+                raise RepositoryError(
+                    f"{self.root}: model {model!r} exists with another configuration (other inputs, outputs or "
+                    f"serving settings); publish under a new name, or replace it (retires versions "
+                    f"{self.versions(model)})")
+            for v in self.versions(model):
+                self.retire(model, v)
+        version = self._next_version(model)
+        mdir.mkdir(parents=True, exist_ok=True)
+        staging = mdir / f".staging-{version}-{os.getpid()}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        try:
+            write(staging)
+            onnx_file = staging / "model.onnx"
+            if not onnx_file.is_file():
+                raise RepositoryError(f"version {version} of {model!r} has no model.onnx")
+            validate_onnx(onnx_file, spec)
+            _fsync_dir(staging)
+            os.replace(staging, mdir / str(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if not cfg_file.is_file() or cfg_file.read_text() != config:
+            atomic_write_text(cfg_file, config)
+        _fsync_dir(mdir)
+        log.info("published %s version %d in %s", model, version, self.root)
+        return version
+
+    def retire(self, model: str, version: int) -> Path:
+        """Move ``version`` out of the served versions (to ``.retired/<v>-<time>``); returns where."""
+        src = self.version_dir(model, version)
+        dst = self.model_dir(model) / ".retired" / f"{version}-{int(time.time())}"
+        dst.parent.mkdir(exist_ok=True)
+        os.replace(src, dst)
+        log.info("retired %s version %d (kept in %s)", model, version, dst)
+        return dst
+
+    def rollback(self, model: str) -> int:
+        """Retire the latest version of ``model``; returns the version that is now the latest."""
+        vs = self.versions(model)
+        if len(vs) < 2:
+            raise RepositoryError(f"{self.root}: model {model!r} has {len(vs)} version(s); nothing to roll back to")
+        self.retire(model, vs[-1])
+        return vs[-2]
+
+    def upload(self, uri: str, *, endpoint_url: str | None = None) -> list[str]:
+        """Copy the repository to ``uri`` (a directory or ``s3://bucket/prefix``); returns the keys written.
+
+        Version files go first and each model's ``config.pbtxt`` last; files already there with the
+        same size are skipped; staging and retired directories are not copied.
+        """
+        from linkedout.features.storage import open_storage
+
+        store = open_storage(uri, endpoint_url=endpoint_url)
+        written: list[str] = []
+        for model in self.models():
+            mdir = self.model_dir(model)
+            for v in self.versions(model):
+                for f in sorted((mdir / str(v)).rglob("*")):
+                    if f.is_file():
+                        key = f.relative_to(self.root).as_posix()
+                        if not (store.exists(key) and store.size(key) == f.stat().st_size):
+                            store.write_bytes(key, f.read_bytes())
+                            written.append(key)
+            key = f"{model}/config.pbtxt"
+            store.write_bytes(key, (mdir / "config.pbtxt").read_bytes())
+            written.append(key)
+        return written
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,380 @@
+"""ONNX export of every model under the recommender contract, the Triton model repository, live catalogues.
+
+The catalogue is a real one: the toy synthetic dataset's mp4s read by the tiny LLaVA-OneVision
+backbone (2 frames each). onnxruntime is checked against PyTorch independently of the exporter's own
+checks, on random features and on those extracted features, for every variant.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from linkedout import pipeline
+from linkedout.export import (
+    Catalog,
+    CatalogError,
+    ExportConfig,
+    ModelRepository,
+    RepositoryError,
+    TritonConfig,
+    encoder_name,
+    export_model,
+    ranker_name,
+    update_catalog,
+)
+from linkedout.export.exporter import topk_mismatch
+from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
+from linkedout.extraction.extractor import ExtractionConfig
+from linkedout.features import FeatureReader
+from linkedout.model import build_model
+from linkedout.model.recommender import LinkedOutRecommender
+from linkedout.utils import set_seed
+
+VARIANTS = ("linkedout", "hybrid", "multimodal", "sasrec_id", "popularity", "uniform", "last_layer")
+TOL = 1e-4
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Toy:
+    data: Path
+    features: Path
+    split: Any
+    item_features: Any
+
+
+@dataclass
+class Exported:
+    variant: str
+    model: Any
+    repo: ModelRepository
+    result: Any
+    toy: Toy
+
+
+def session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Toy:
+    root = tmp_path_factory.mktemp("export-toy")
+    data = pipeline.ensure_dataset(root / "data", "toy")
+    features = root / "features"
+    pipeline.extract(data, features, (ExtractionConfig(num_frames=2, batch_size=8, shard_size=16), None))
+    split = pipeline.build_split(data, str(features))
+    return Toy(data, features, split, pipeline.item_features_for(split, str(features)))
+
+
+def build_variant(variant: str, toy: Toy) -> Any:
+    v = pipeline.parse_variant(variant)
+    spec = toy.item_features.reader.spec if v.kind in ("linkedout", "hybrid") else None
+    cfg = pipeline.model_config_for(v, spec, d_model=32)
+    set_seed(7)
+    model = build_model(cfg, toy.split.num_items, toy.split.item_counts)
+    if v.side_info:
+        assert isinstance(model, LinkedOutRecommender)
+        model.set_item_side_info(*pipeline.item_side_info(toy.data, toy.split.item_ids, cfg))
+    with torch.no_grad():  # make untrained parameters non-trivial (LayerNorm gains, biases)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for m in model.modules():  # padding rows stay zero, as training keeps them
+            if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
+                m.weight[m.padding_idx].zero_()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def exported(request: pytest.FixtureRequest, toy: Toy, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    variant = request.param
+    model = build_variant(variant, toy)
+    repo = ModelRepository(tmp_path_factory.mktemp(f"repo-{variant}"))
+    layers = [f"L{layer}" for layer in toy.item_features.reader.spec.layers]
+    result = export_model(model, repo, item_ids=toy.split.item_ids,
+                          item_features=toy.item_features if model.needs_features else None,
+                          popularity=toy.split.item_counts, layers=layers,
+                          config=ExportConfig(name=variant, max_k=20))
+    return Exported(variant, model, repo, result, toy)
+
+
+def encoder_feeds(sess: ort.InferenceSession, rows: np.ndarray, feats: np.ndarray | None) -> dict[str, np.ndarray]:
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {"id_rows": rows.astype(np.int64)}
+    if "features" in names:
+        assert feats is not None
+        feeds["features"] = feats.astype(np.float32)
+    return feeds
+
+
+# ------------------------------------------------------------------------------------- every variant
+
+
+def test_encoder_matches_pytorch_on_random_and_extracted_features(exported: Exported) -> None:
+    model, toy = exported.model, exported.toy
+    sess = session(exported.repo.version_dir(encoder_name(exported.variant)) / "model.onnx")
+    graph = EncoderGraph(model).eval()
+    n = toy.split.num_items
+    rng = np.random.default_rng(1)
+    all_rows = np.arange(1, n + 1)
+    extracted = toy.item_features(torch.from_numpy(all_rows)).numpy()  # (N, L, K, D) from the real store
+    random_feats = rng.standard_normal((17, *extracted.shape[1:])).astype(np.float32) * extracted.std()
+    random_rows = rng.integers(0, n + 1, size=17)  # 0 = a video the model was not trained on
+    for rows, feats in ((all_rows, extracted), (random_rows, random_feats)):
+        got = sess.run(None, encoder_feeds(sess, rows, feats))
+        with torch.no_grad():
+            want = graph(torch.from_numpy(rows), torch.from_numpy(feats) if model.needs_features else None)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == tuple(w.shape)
+            assert np.abs(g - w.numpy()).max() <= TOL
+    names = [o.name for o in sess.get_outputs()]
+    assert names == (["embedding", "gate", "contributions"] if model.needs_features else ["embedding"])
+
+
+def test_ranker_matches_pytorch_top_k_for_real_histories(exported: Exported) -> None:
+    model, split = exported.model, exported.toy.split
+    vdir = exported.repo.version_dir(ranker_name(exported.variant))
+    catalog = Catalog.load(vdir)
+    sess = session(vdir / "model.onnx")
+    torch_ranker = RankerGraph(model, torch.from_numpy(catalog.table()), 20).eval()
+    for hist in (split.test.histories, split.test.histories[:1], split.valid.histories[:37]):  # dynamic batch
+        rows, scores, user = sess.run(None, {"history": hist.astype(np.int64)})
+        with torch.no_grad():
+            w_rows, w_scores, w_user = (x.numpy() for x in torch_ranker(torch.from_numpy(hist)))
+            w_full = torch_ranker.full_scores(torch.from_numpy(hist)).numpy()
+        assert rows.shape == scores.shape == (len(hist), 20)
+        if exported.variant == "popularity":  # equal counts tie: any order of the tied rows is right
+            assert topk_mismatch(rows, scores, w_full, TOL) is None
+        else:
+            assert np.array_equal(rows, w_rows)
+        assert np.abs(scores - w_scores).max() <= TOL
+        assert np.abs(user - w_user).max() <= TOL
+        # never the padding row, never a video of the history
+        assert (rows > 0).all()
+        for h, r in zip(hist, rows):
+            assert not set(h[h > 0].tolist()) & set(r.tolist())
+
+
+def test_catalogue_holds_the_model_item_table(exported: Exported) -> None:
+    model, toy = exported.model, exported.toy
+    catalog = Catalog.load(exported.repo.version_dir(ranker_name(exported.variant)))
+    assert catalog.ids.tolist() == [int(i) for i in toy.split.item_ids[1:]]
+    rows = torch.arange(1, toy.split.num_items + 1)
+    with torch.no_grad():
+        emb = model.encode_items(rows, toy.item_features(rows) if model.needs_features else None).emb
+    assert np.abs(catalog.embeddings - emb.numpy()).max() <= TOL
+    assert catalog.popularity.tolist() == toy.split.item_counts[1:].tolist()
+    if model.needs_features:
+        assert catalog.gate.shape == (toy.split.num_items, 6)
+        assert np.allclose(catalog.gate.sum(1), 1.0, atol=1e-5)
+        assert np.allclose(catalog.contributions.sum(1), 1.0, atol=1e-5)
+        assert catalog.layers == ["L0", "L4", "L8", "L12", "L16", "L20"]
+    else:
+        assert catalog.gate.shape == (toy.split.num_items, 0)
+    meta = json.loads((exported.repo.version_dir(ranker_name(exported.variant)) / "catalog.json").read_text())
+    assert meta["encoder_version"] == exported.result.encoder_version
+    assert meta["max_k"] == 20 and meta["max_history"] == 10
+
+
+def test_configs_parse_as_triton_model_configs_and_match_the_graphs(exported: Exported) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    dtypes = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64}
+    for model_name in (encoder_name(exported.variant), ranker_name(exported.variant)):
+        cfg = text_format.Parse(exported.repo.config_text(model_name), mc.ModelConfig())
+        assert cfg.name == model_name
+        assert cfg.backend == "onnxruntime"
+        assert cfg.max_batch_size == 64
+        assert cfg.HasField("dynamic_batching")
+        assert cfg.version_policy.latest.num_versions == 2
+        assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+        graph = graph_spec_of(onnx.load(str(exported.repo.version_dir(model_name) / "model.onnx")))
+        for tensors, specs in ((cfg.input, graph.inputs), (cfg.output, graph.outputs)):
+            assert [t.name for t in tensors] == [s.name for s in specs]
+            for t, s in zip(tensors, specs):
+                assert t.data_type == dtypes[s.dtype]
+                assert s.shape[0] == -1  # the batch axis is dynamic
+                dims = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)
+                assert dims == list(s.shape[1:])
+
+
+# ------------------------------------------------------------------------------------- versions
+
+
+@pytest.fixture()
+def linkedout_repo(toy: Toy, tmp_path: Path) -> Iterator[tuple[Any, ModelRepository]]:
+    model = build_variant("linkedout", toy)
+    repo = ModelRepository(tmp_path / "repo")
+    export_model(model, repo, item_ids=toy.split.item_ids, item_features=toy.item_features,
+                 popularity=toy.split.item_counts, config=ExportConfig(name="lo", max_k=10))
+    yield model, repo
+
+
+def test_a_new_export_is_a_new_version_and_the_old_one_stays(toy: Toy, linkedout_repo: tuple[Any, ModelRepository]) -> None:
+    model, repo = linkedout_repo
+    before = (repo.version_dir("lo_ranker", 1) / "model.onnx").read_bytes()
+    result = export_model(model, repo, item_ids=toy.split.item_ids, item_features=toy.item_features,
+                          config=ExportConfig(name="lo", max_k=10))
+    assert (result.encoder_version, result.ranker_version) == (2, 2)
+    assert repo.versions("lo_ranker") == [1, 2]
+    assert (repo.version_dir("lo_ranker", 1) / "model.onnx").read_bytes() == before
+    assert repo.latest("lo_encoder") == 2
+
+
+def test_a_corrupt_or_mismatched_version_is_refused_and_nothing_changes(linkedout_repo: tuple[Any, ModelRepository]) -> None:
+    _, repo = linkedout_repo
+    spec = graph_spec_of(onnx.load(str(repo.version_dir("lo_ranker") / "model.onnx")))
+    config = repo.config_text("lo_ranker")
+    good = (repo.version_dir("lo_ranker") / "model.onnx").read_bytes()
+
+    def corrupt(d: Path) -> None:
+        (d / "model.onnx").write_bytes(good[: len(good) // 2])
+
+    with pytest.raises(RepositoryError, match="does not load in onnxruntime"):
+        repo.publish("lo_ranker", config, spec, corrupt)
+    encoder_file = repo.version_dir("lo_encoder") / "model.onnx"
+
+    def wrong_graph(d: Path) -> None:
+        shutil.copy(encoder_file, d / "model.onnx")
+
+    with pytest.raises(RepositoryError, match="does not match its configuration"):
+        repo.publish("lo_ranker", config, spec, wrong_graph)
+    assert repo.versions("lo_ranker") == [1]
+    assert not [p for p in repo.model_dir("lo_ranker").iterdir() if p.name.startswith(".staging")]
+    assert repo.config_text("lo_ranker") == config
+
+
+def test_rollback_retires_the_newest_and_numbers_are_never_reused(
+        toy: Toy, linkedout_repo: tuple[Any, ModelRepository]) -> None:
+    model, repo = linkedout_repo
+    export_model(model, repo, item_ids=toy.split.item_ids, item_features=toy.item_features,
+                 config=ExportConfig(name="lo", max_k=10))
+    assert repo.rollback("lo_ranker") == 1
+    assert repo.versions("lo_ranker") == [1]
+    assert [p.name.split("-")[0] for p in (repo.model_dir("lo_ranker") / ".retired").iterdir()] == ["2"]
+    result = export_model(model, repo, item_ids=toy.split.item_ids, item_features=toy.item_features,
+                          config=ExportConfig(name="lo", max_k=10))
+    assert result.ranker_version == 3 and repo.versions("lo_ranker") == [1, 3]
+    assert repo.rollback("lo_ranker") == 1
+    with pytest.raises(RepositoryError, match="nothing to roll back"):
+        repo.rollback("lo_ranker")  # only version 1 is left
+
+
+def test_another_configuration_under_the_same_name_is_refused_unless_replaced(
+        toy: Toy, linkedout_repo: tuple[Any, ModelRepository]) -> None:
+    model, repo = linkedout_repo
+    other = ExportConfig(name="lo", max_k=10, triton=TritonConfig(max_batch_size=8))
+    with pytest.raises(RepositoryError, match="exists with another configuration"):
+        export_model(model, repo, item_ids=toy.split.item_ids, item_features=toy.item_features, config=other)
+    assert repo.versions("lo_encoder") == [1]
+    replaced = export_model(model, repo, item_ids=toy.split.item_ids, item_features=toy.item_features,
+                            config=ExportConfig(name="lo", max_k=10, triton=TritonConfig(max_batch_size=8),
+                                                replace=True))
+    assert repo.versions("lo_ranker") == [replaced.ranker_version] == [2]
+    assert "max_batch_size: 8" in repo.config_text("lo_ranker")
+
+
+# ------------------------------------------------------------------------------------- live catalogue
+
+
+def test_update_catalog_adds_and_removes_videos_without_retraining(
+        toy: Toy, linkedout_repo: tuple[Any, ModelRepository]) -> None:
+    model, repo = linkedout_repo
+    parent = Catalog.load(repo.version_dir("lo_ranker", 1))
+    reader = FeatureReader(toy.features)
+    twin_of = [str(i) for i in parent.ids[:3]]
+    feats = reader.get_many(twin_of)  # new videos whose content equals three known ones
+    gone = int(parent.ids[-1])
+    version, catalog = update_catalog(repo, "lo", add_ids=[900001, 900002, 900003], add_features=feats,
+                                      remove_ids=[gone], add_published=np.array([7, 8, 9]))
+    assert version == 2 and repo.versions("lo_ranker") == [1, 2]
+    assert repo.versions("lo_encoder") == [1]  # the encoder did not change
+    assert Catalog.load(repo.version_dir("lo_ranker", 1)).num_items == parent.num_items  # parent untouched
+    assert catalog.num_items == parent.num_items + 3 - 1
+    assert gone not in catalog and 900002 in catalog
+    assert catalog.meta["added"] == [900001, 900002, 900003] and catalog.meta["removed"] == [gone]
+    assert catalog.published[-3:].tolist() == [7, 8, 9] and catalog.popularity[-3:].tolist() == [0, 0, 0]
+    # an ID-free model encodes a new video exactly like the known video with the same content
+    assert np.abs(catalog.embeddings[-3:] - parent.embeddings[:3]).max() <= TOL
+    sess = session(repo.version_dir("lo_ranker", 2) / "model.onnx")
+    hist = catalog.rows_of([int(i) for i in parent.ids[3:13]])[None, :]  # (1, 10)
+    rows, scores, _ = sess.run(None, {"history": hist})
+    ranked = catalog.ids_of(rows[0]).tolist()
+    assert gone not in ranked
+    meta = json.loads((repo.version_dir("lo_ranker", 2) / "catalog.json").read_text())
+    assert meta["parent_version"] == 1 and meta["encoder_version"] == 1
+    torch_ranker = RankerGraph(model, torch.from_numpy(catalog.table()), 10).eval()
+    with torch.no_grad():
+        w_rows, w_scores, _ = torch_ranker(torch.from_numpy(hist))
+    assert np.array_equal(rows, w_rows.numpy()) and np.abs(scores - w_scores.numpy()).max() <= TOL
+    # a new twin scores exactly as its original
+    _, _, user = sess.run(None, {"history": hist})
+    table = catalog.table()
+    twins = catalog.rows_of([900001, 900002, 900003])
+    originals = catalog.rows_of([int(i) for i in twin_of])
+    assert np.abs(user[0] @ table[twins].T - user[0] @ table[originals].T).max() <= TOL
+
+
+def test_update_catalog_errors_name_the_problem_and_publish_nothing(
+        toy: Toy, linkedout_repo: tuple[Any, ModelRepository]) -> None:
+    _, repo = linkedout_repo
+    known = int(Catalog.load(repo.version_dir("lo_ranker")).ids[0])
+    feats = FeatureReader(toy.features).get_many([str(known)])
+    with pytest.raises(CatalogError, match="already in the catalogue"):
+        update_catalog(repo, "lo", add_ids=[known], add_features=feats)
+    with pytest.raises(CatalogError, match="not in the catalogue"):
+        update_catalog(repo, "lo", remove_ids=[123456789])
+    with pytest.raises(CatalogError, match="features of the new videos must be"):
+        update_catalog(repo, "lo", add_ids=[900001], add_features=feats[:, :2])
+    with pytest.raises(CatalogError, match="is not an integer"):
+        update_catalog(repo, "lo", add_ids=["clip-7"], add_features=feats)
+    with pytest.raises(CatalogError, match="reads backbone features"):
+        update_catalog(repo, "lo", add_ids=[900001])
+    with pytest.raises(RepositoryError, match="no published version"):
+        update_catalog(repo, "nope", add_ids=[1], add_features=feats)
+    assert repo.versions("lo_ranker") == [1]
+
+
+def test_id_models_encode_new_videos_without_an_id_row(toy: Toy, tmp_path: Path) -> None:
+    """A video added live has no ID row: SASRec gets the padding (zero) embedding, the hybrid its content alone."""
+    reader = FeatureReader(toy.features)
+    for variant in ("sasrec_id", "hybrid"):
+        model = build_variant(variant, toy)
+        repo = ModelRepository(tmp_path / variant)
+        export_model(model, repo, item_ids=toy.split.item_ids,
+                     item_features=toy.item_features if model.needs_features else None,
+                     config=ExportConfig(name=variant, max_k=10))
+        known = str(toy.split.item_ids[1])
+        _, catalog = update_catalog(repo, variant, add_ids=[900001], add_features=reader.get_many([known]))
+        new = torch.from_numpy(catalog.embeddings[-1])
+        with torch.no_grad():
+            feats = toy.item_features(torch.tensor([1]))
+            content = model.encode_items(torch.tensor([0]), feats if model.needs_features else None).emb[0]
+        assert torch.allclose(new, content, atol=TOL)
+        if variant == "sasrec_id":
+            assert float(new.abs().max()) == 0.0
+
+
+# ------------------------------------------------------------------------------------- committed configs
+
+
+def test_committed_model_repository_configs_are_what_the_exporter_writes() -> None:
+    expected = pipeline.default_repository_configs()
+    committed = {p.relative_to(REPO_ROOT / "model_repository").as_posix(): p.read_text()
+                 for p in (REPO_ROOT / "model_repository").glob("*/config.pbtxt")}
+    assert committed == expected, ("model_repository/ is stale: regenerate it with "
+                                   "`linkedout export --configs-only --repo model_repository`")
