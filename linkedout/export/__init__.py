@@ -11,28 +11,25 @@ The contracts are in docs/serving.md §1. ``catalog`` needs numpy only (the KSer
 it); the rest needs torch, onnx and onnxruntime, and no server package.
 """
 
-from linkedout.export.catalog import Catalog, CatalogError
-from linkedout.export.exporter import (
-    ExportConfig,
-    ExportResult,
-    encoder_name,
-    export_model,
-    ranker_name,
-    update_catalog,
-)
-from linkedout.export.repository import ModelRepository, RepositoryError, TritonConfig, config_pbtxt
+from __future__ import annotations
 
-__all__ = [
-    "Catalog",
-    "CatalogError",
-    "ExportConfig",
-    "ExportResult",
-    "ModelRepository",
-    "RepositoryError",
-    "TritonConfig",
-    "config_pbtxt",
-    "encoder_name",
-    "export_model",
-    "ranker_name",
-    "update_catalog",
-]
+import importlib
+from typing import Any
+
+from linkedout.export.catalog import Catalog, CatalogError
+
+# heavy parts (torch, onnx) load on first use, so that the transformer can read catalogues alone
+_LAZY = {
+    "ExportConfig": "exporter", "ExportResult": "exporter", "encoder_name": "exporter", "export_model": "exporter",
+    "ranker_name": "exporter", "update_catalog": "exporter",
+    "ModelRepository": "repository", "RepositoryError": "repository", "TritonConfig": "repository",
+    "config_pbtxt": "repository",
+}
+
+__all__ = ["Catalog", "CatalogError", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"linkedout.export.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'linkedout.export' has no attribute {name!r}")

@@ -1,0 +1,275 @@
+"""The recommendation logic of the transformer, with no server in it.
+
+``RecommendationEngine.recommend`` answers a checked ``RecRequest``:
+
+1. route every user to a variant (``Router``: salted hash, sticky);
+2. read the histories of the users without an explicit one from the online feature store
+   (``HistorySource``, e.g. Feast's ``user_history:watched``), bounded by ``feast_timeout``;
+3. per variant's model: take the catalogue version it serves (the newest one the predictor has
+   ready, or the version a variant pins), map history video ids to catalogue rows (ids not in the
+   catalogue are reported as ``unknown_items``), keep the last ``T`` rows;
+4. users with a history: one ranker call per model (``Ranker``, Triton's ``NAME_ranker`` in the
+   transformer); users with none: the catalogue's cold-start list (popular and recent), marked;
+5. drop every video of the user's known history from the results, keep ``k``, attach the layer
+   gate weights and contributions behind each result on request;
+6. log one record per user (``RequestLog``) and count the Prometheus metrics.
+
+Failures: a store or predictor outage (or no served version) raises ``ServingUnavailable`` with
+what was unreachable; the engine holds no state that an outage breaks, so the next request after
+they are back is served normally. The KServe transformer (``linkedout.serving.transformer``)
+plugs in the Triton ranker and turns these errors into gRPC / HTTP statuses; tests plug in an
+onnxruntime ranker over the same ONNX files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from linkedout.export.catalog import Catalog
+from linkedout.serving import metrics
+from linkedout.serving.catalogs import CatalogView, ServedCatalogs
+from linkedout.serving.request import RecRequest
+from linkedout.serving.request_log import RequestLog
+from linkedout.serving.routing import Router, RoutingVariant
+from linkedout.utils import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["HistorySource", "Ranker", "RecResult", "RecommendationEngine", "ServingUnavailable"]
+
+
+class ServingUnavailable(RuntimeError):
+    """A dependency (feature store, predictor) is down or no model version is ready; says which."""
+
+    def __init__(self, reason: str, dependency: str) -> None:
+        super().__init__(reason)
+        self.dependency = dependency
+
+
+class HistorySource(Protocol):
+    """Users' recent watches: ``get(user_ids) -> [[video id, ...] oldest first, ...]`` ([] = unknown user)."""
+
+    def get(self, user_ids: Sequence[str]) -> list[list[int]]: ...
+
+
+#: ``rank(model, version, history rows (B, T) int64) -> (rows (B, KMAX) int64, scores (B, KMAX) float32)``.
+Ranker = Callable[[str, int, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass
+class RecResult:
+    """The answer for ``B`` users (see docs/serving.md §3 for the tensors)."""
+
+    request_id: str
+    user_ids: list[str]
+    items: np.ndarray  # (B, k) int64 video ids, -1 where fewer are left
+    scores: np.ndarray  # (B, k) float32, 0 where padded
+    variants: list[str]
+    model_versions: list[str]  # "NAME_ranker:v"
+    cold_start: np.ndarray  # (B,) bool
+    unknown_items: list[list[int]]
+    gate: np.ndarray | None = None  # (B, k, L) with explain
+    contributions: np.ndarray | None = None  # (B, k, L) with explain
+    layers: list[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+
+@dataclass
+class _Group:
+    variant: RoutingVariant
+    view: CatalogView
+    users: list[int]  # positions in the request
+
+
+class RecommendationEngine:
+    """Everything between a checked request and its answer; see the module docstring."""
+
+    def __init__(self, *, router: Router, catalogs: ServedCatalogs, ranker: Ranker,
+                 histories: HistorySource | None = None, request_log: RequestLog | None = None,
+                 feast_timeout: float = 0.2, max_k: int = 100) -> None:
+        self.router = router
+        self.catalogs = catalogs
+        self.ranker = ranker
+        self.histories = histories
+        self.request_log = request_log
+        self.feast_timeout = feast_timeout
+        self.max_k = max_k
+        #: model -> the catalogue version served by default (set by the transformer's refresh loop)
+        self.serving: dict[str, int] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
+
+    # -------------------------------------------------------------------------------------- versions
+
+    def view_for(self, variant: RoutingVariant) -> CatalogView:
+        version = variant.version if variant.version is not None else self.serving.get(variant.model)
+        if version is None:
+            raise ServingUnavailable(f"no version of model {variant.model!r} is ready to serve yet", "predictor")
+        return self.catalogs.view(variant.model, version)
+
+    def largest_k(self) -> int:
+        """The largest k a request may ask for now: ``max_k`` capped by the smallest served catalogue."""
+        sizes = [self.catalogs.view(m, v).catalog.num_items for m, v in self.serving.items()]
+        return min([self.max_k, *sizes]) if sizes else self.max_k
+
+    # -------------------------------------------------------------------------------------- serving
+
+    async def _read_histories(self, users: Sequence[str]) -> list[list[int]]:
+        if self.histories is None:
+            return [[] for _ in users]
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            out = await asyncio.wait_for(loop.run_in_executor(self._pool, self.histories.get, list(users)),
+                                         timeout=self.feast_timeout)
+        except TimeoutError:
+            raise ServingUnavailable(f"the feature store did not answer within {self.feast_timeout * 1000:.0f} ms",
+                                     "feast") from None
+        except Exception as e:  # the store's own errors: connection refused, missing tables, ...
+            raise ServingUnavailable(f"the feature store failed: {type(e).__name__}: {e}", "feast") from e
+        finally:
+            metrics.FEAST_LATENCY.observe(time.perf_counter() - t0)
+        return out
+
+    async def recommend(self, req: RecRequest, request_id: str | None = None) -> RecResult:
+        t0 = time.perf_counter()
+        rid = request_id or uuid.uuid4().hex
+        cfg = self.router.current()
+        variants = [cfg.assign(u) for u in req.user_ids]
+        b, k = len(req.user_ids), req.k
+        try:
+            histories = req.histories if req.histories is not None else await self._read_histories(req.user_ids)
+            groups: dict[tuple[str, int], _Group] = {}
+            for i, v in enumerate(variants):
+                view = self.view_for(v)
+                groups.setdefault((view.model, view.version), _Group(v, view, [])).users.append(i)
+            items = np.full((b, k), -1, dtype=np.int64)
+            scores = np.zeros((b, k), dtype=np.float32)
+            cold = np.zeros(b, dtype=bool)
+            unknown: list[list[int]] = [[] for _ in range(b)]
+            result_rows = np.zeros((b, k), dtype=np.int64)
+            versions = [""] * b
+            await asyncio.gather(*(self._serve_group(g, histories, k, items, scores, cold, unknown, result_rows,
+                                                     versions) for g in groups.values()))
+        except ServingUnavailable as e:
+            for name in {v.name for v in variants}:
+                metrics.ERRORS.labels(variant=name, reason=e.dependency).inc()
+            raise
+        result = RecResult(rid, list(req.user_ids), items, scores, [v.name for v in variants], versions, cold,
+                           unknown)
+        if req.explain:
+            self._explain(result, groups, result_rows)
+        result.latency_ms = (time.perf_counter() - t0) * 1000.0
+        self._account(result, cfg.experiment, variants, t0)
+        return result
+
+    async def _serve_group(self, g: _Group, histories: Sequence[Sequence[int]], k: int, items: np.ndarray,
+                           scores: np.ndarray, cold: np.ndarray, unknown: list[list[int]], result_rows: np.ndarray,
+                           versions: list[str]) -> None:
+        cat = g.view.catalog
+        t = int(cat.meta.get("max_history") or 10)
+        rowmap = cat.row_map()
+        warm: list[int] = []
+        hist_rows = np.zeros((len(g.users), t), dtype=np.int64)
+        seen: dict[int, set[int]] = {}
+        for j, i in enumerate(g.users):
+            rows = []
+            for vid in histories[i]:
+                r = rowmap.get(int(vid))
+                if r is None:
+                    unknown[i].append(int(vid))
+                else:
+                    rows.append(r)
+            seen[i] = set(rows)
+            versions[i] = f"{g.view.model}_ranker:{g.view.version}"
+            if rows:
+                last = rows[-t:]
+                hist_rows[j, t - len(last):] = last
+                warm.append(j)
+            else:
+                cold[i] = True
+        if warm:
+            t0 = time.perf_counter()
+            try:
+                rows_out, scores_out = await self.ranker(g.view.model, g.view.version, hist_rows[warm])
+            except ServingUnavailable:
+                raise
+            except Exception as e:
+                raise ServingUnavailable(f"the ranker {g.view.model}_ranker:{g.view.version} failed: "
+                                         f"{type(e).__name__}: {e}", "predictor") from e
+            finally:
+                metrics.TRITON_LATENCY.labels(model=g.view.model).observe(time.perf_counter() - t0)
+            for jj, j in enumerate(warm):
+                i = g.users[j]
+                self._fill(i, rows_out[jj], scores_out[jj], seen[i], k, cat, items, scores, result_rows)
+        for i in g.users:
+            if cold[i]:
+                self._fill(i, g.view.cold_start_rows[: k + len(seen[i]) + 1], g.view.cold_start_scores,
+                           seen[i], k, cat, items, scores, result_rows)
+
+    @staticmethod
+    def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, cat: Catalog,
+              items: np.ndarray, scores: np.ndarray, result_rows: np.ndarray) -> None:
+        """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer."""
+        n = 0
+        ids = cat.ids
+        for r, s in zip(rows.tolist(), row_scores.tolist()):
+            if r <= 0 or r in seen or not np.isfinite(s):
+                continue
+            items[i, n] = ids[r - 1]
+            scores[i, n] = s
+            result_rows[i, n] = r
+            n += 1
+            if n == k:
+                break
+
+    def _explain(self, result: RecResult, groups: dict[tuple[str, int], _Group], result_rows: np.ndarray) -> None:
+        n_layers = max((g.view.catalog.num_layers for g in groups.values()), default=0)
+        b, k = result_rows.shape
+        gate = np.zeros((b, k, n_layers), dtype=np.float32)
+        contrib = np.zeros((b, k, n_layers), dtype=np.float32)
+        layers: list[str] = []
+        for g in groups.values():
+            cat = g.view.catalog
+            if not cat.num_layers:
+                continue
+            layers = layers or list(cat.layers)
+            for i in g.users:
+                rows = result_rows[i]
+                ok = rows > 0
+                gate[i, ok, : cat.num_layers] = cat.gate[rows[ok] - 1]
+                contrib[i, ok, : cat.num_layers] = cat.contributions[rows[ok] - 1]
+        result.gate, result.contributions, result.layers = gate, contrib, layers
+
+    def _account(self, result: RecResult, experiment: str, variants: Sequence[RoutingVariant], t0: float) -> None:
+        elapsed = time.perf_counter() - t0
+        now_ms = int(time.time() * 1000)
+        by_variant: dict[str, int] = {}
+        for i, v in enumerate(variants):
+            by_variant[v.name] = by_variant.get(v.name, 0) + 1
+            if result.cold_start[i]:
+                metrics.COLD_START.labels(variant=v.name).inc()
+            if self.request_log is not None:
+                n = int((result.items[i] >= 0).sum())
+                self.request_log.write({
+                    "request_id": result.request_id, "ts": now_ms, "user_id": result.user_ids[i],
+                    "experiment": experiment, "variant": v.name, "model": v.model,
+                    "model_version": result.model_versions[i], "items": result.items[i, :n].tolist(),
+                    "scores": [round(float(s), 6) for s in result.scores[i, :n]],
+                    "cold_start": bool(result.cold_start[i]), "latency_ms": round(result.latency_ms, 3)})
+        for name, count in by_variant.items():
+            metrics.REQUESTS.labels(variant=name).inc(count)
+            metrics.LATENCY.labels(variant=name).observe(elapsed)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.request_log is not None:
+            self.request_log.close()
+

@@ -1,0 +1,24 @@
+"""Prometheus metrics of the transformer, on the model server's ``/metrics`` endpoint (REST port).
+
+Names and labels are part of the serving contract (docs/serving.md §3); dashboards and the A/B
+guardrails read them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+__all__ = ["COLD_START", "ERRORS", "FEAST_LATENCY", "LATENCY", "REQUESTS", "TRITON_LATENCY"]
+
+# 0.5 ms .. 2.5 s: the end-to-end budget is a few ms, outages end at their timeouts
+_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
+            0.5, 1.0, 2.5)
+
+REQUESTS = Counter("linkedout_requests_total", "Users served (one per user of a request)", ["variant"])
+ERRORS = Counter("linkedout_request_errors_total", "Failed requests by reason", ["variant", "reason"])
+LATENCY = Histogram("linkedout_request_latency_seconds", "Whole-request latency in the transformer", ["variant"],
+                    buckets=_BUCKETS)
+FEAST_LATENCY = Histogram("linkedout_feast_latency_seconds", "Feast online read of user histories",
+                          buckets=_BUCKETS)
+TRITON_LATENCY = Histogram("linkedout_triton_latency_seconds", "Triton ranker call", ["model"], buckets=_BUCKETS)
+COLD_START = Counter("linkedout_cold_start_total", "Users answered with the cold-start list", ["variant"])

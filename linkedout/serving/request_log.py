@@ -1,0 +1,95 @@
+"""The request log: one JSON line per user served, appended by a background thread.
+
+Each line (docs/serving.md §3): ``request_id``, ``ts`` (ms since the epoch), ``user_id``,
+``experiment``, ``variant``, ``model``, ``model_version``, ``items``, ``scores``, ``cold_start``,
+``latency_ms``. The serving path only puts records on a bounded queue (no file I/O on the request
+path); the writer thread appends them in batches and flushes at least every ``flush_interval``
+seconds and on ``close``. When the queue is full (the disk cannot keep up) records are dropped and
+counted rather than slowing requests down; ``dropped`` says how many. A/B analysis
+(``linkedout ab analyze``) reads the file with ``read_request_log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from linkedout.utils import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["RequestLog", "read_request_log"]
+
+
+class RequestLog:
+    """Append-only JSONL request log written off the request path."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_queue: int = 100_000, flush_interval: float = 0.5) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._queue: queue.Queue[Mapping[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self.flush_interval = flush_interval
+        self.dropped = 0
+        self.written = 0
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Queue one record (never blocks)."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped in (1, 1000) or self.dropped % 100_000 == 0:
+                log.warning("request log %s cannot keep up: %d records dropped", self.path, self.dropped)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_interval)
+            except queue.Empty:
+                self._file.flush()
+                continue
+            batch = [item]
+            while len(batch) < 1024:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(r is None for r in batch)
+            lines = [json.dumps(r, separators=(",", ":")) for r in batch if r is not None]
+            try:
+                if lines:
+                    self._file.write("\n".join(lines) + "\n")
+                    self.written += len(lines)
+                self._file.flush()
+            except OSError as e:
+                log.error("request log %s: write failed (%s); %d records lost", self.path, e, len(lines))
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Write everything queued, then close the file."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+        self._file.close()
+
+
+def read_request_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The records of a request log, in order; a torn last line (a killed writer) is skipped."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not JSON (a torn write?); skipped", path, n)
