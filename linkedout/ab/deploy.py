@@ -296,7 +296,7 @@ def apply_inference_service(isvc: dict[str, Any], api: Any = None) -> dict[str, 
     api = api if api is not None else custom_objects_api()
     ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
     try:
-        created = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, isvc)
+        created = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, isvc, _request_timeout=15.0)
         log.info("created InferenceService %s/%s", ns, name)
         return dict(created)
     except ApiException as e:
@@ -304,7 +304,7 @@ def apply_inference_service(isvc: dict[str, Any], api: Any = None) -> dict[str, 
             raise
     patch = copy.deepcopy(isvc)
     patch["spec"]["predictor"].setdefault("canaryTrafficPercent", None)
-    patched = api.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, patch)
+    patched = api.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, patch, _request_timeout=15.0)
     log.info("patched InferenceService %s/%s (canaryTrafficPercent=%s)", ns, name,
              isvc["spec"]["predictor"].get("canaryTrafficPercent"))
     return dict(patched)

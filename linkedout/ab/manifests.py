@@ -101,6 +101,19 @@ def render(overlay: str | Path, root: str | Path | None = None, kubectl: str | N
     return [d for d in yaml.safe_load_all(render_text(overlay, root, kubectl)) if d]
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (a ConfigMap's files) as literal blocks, readable in the rendered YAML."""
+
+
+def _str(dumper: yaml.SafeDumper, s: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in s else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
 def dump_all(objects: list[dict[str, Any]]) -> str:
     """A multi-document YAML stream that ``kubectl apply -f`` accepts."""
-    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(objects, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False,
+                         allow_unicode=True)

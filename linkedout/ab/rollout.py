@@ -25,6 +25,10 @@ log = get_logger(__name__)
 COMPONENTS = ("predictor", "transformer")
 
 
+class RolloutError(RuntimeError):
+    """The Kubernetes API refused or could not be reached; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class RevisionTraffic:
     revision: str
@@ -129,16 +133,25 @@ def set_canary_patch(percent: int, resource_version: str | None, component: str 
     return patch
 
 
+#: Seconds a call to the Kubernetes API may take (connect and read) before it is an error.
+API_TIMEOUT_S = 15.0
+
+
 def get_inference_service(api: Any, name: str, namespace: str) -> dict[str, Any]:
-    """GET the InferenceService; a missing one is a clear ``LookupError``-style ValueError."""
+    """GET the InferenceService; a missing one is a ValueError naming it, an unreachable API a RuntimeError."""
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     try:
-        return dict(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        return dict(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                     _request_timeout=API_TIMEOUT_S))
+    except HTTPError as e:
+        raise RolloutError(f"cannot reach the Kubernetes API at {api.api_client.configuration.host}: "
+                           f"{type(e).__name__}: {e}") from None
     except ApiException as e:
         if e.status == 404:
             raise ValueError(f"InferenceService {namespace}/{name} not found") from None
-        raise RuntimeError(f"reading InferenceService {namespace}/{name} failed: "
+        raise RolloutError(f"reading InferenceService {namespace}/{name} failed: "
                            f"HTTP {e.status} {e.reason}") from None
 
 
@@ -148,14 +161,19 @@ def status(api: Any, name: str, namespace: str) -> RolloutStatus:
 
 def _patch(api: Any, name: str, namespace: str, patch: dict[str, Any], what: str) -> RolloutStatus:
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     try:
-        obj = api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+        obj = api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
+                                                 _request_timeout=API_TIMEOUT_S)
+    except HTTPError as e:
+        raise RolloutError(f"cannot reach the Kubernetes API at {api.api_client.configuration.host}: "
+                           f"{type(e).__name__}: {e}") from None
     except ApiException as e:
         if e.status == 409:
-            raise RuntimeError(f"{what} of InferenceService {namespace}/{name} refused: it changed since it "
+            raise RolloutError(f"{what} of InferenceService {namespace}/{name} refused: it changed since it "
                                "was read (409 Conflict); run the command again") from None
-        raise RuntimeError(f"{what} of InferenceService {namespace}/{name} failed: HTTP {e.status} {e.reason}") \
+        raise RolloutError(f"{what} of InferenceService {namespace}/{name} failed: HTTP {e.status} {e.reason}") \
             from None
     log.info("%s: InferenceService %s/%s patched with %s", what, namespace, name, patch["spec"])
     return parse_status(dict(obj))

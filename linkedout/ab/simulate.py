@@ -271,7 +271,8 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
     rng = np.random.default_rng(seed)
     span_ms = (duration_s if duration_s is not None else exp.duration_s) * 1000.0
     sigma = heterogeneity
-    requests, interactions = [], []
+    requests: list[dict[str, Any]] = []
+    interactions: list[dict[str, Any]] = []
     expected = dict.fromkeys(names, 0.0)
     imps = dict.fromkeys(names, 0)
     for u in range(users):
@@ -301,7 +302,7 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
             imps[v] += k
             for r, item in enumerate(items):
                 if rng.random() < p:
-                    inter = {"user_id": uid, "video_id": int(item), "ts": int(ts) + 500 + 100 * r}
+                    inter: dict[str, Any] = {"user_id": uid, "video_id": int(item), "ts": int(ts) + 500 + 100 * r}
                     if with_request_id:
                         inter["request_id"] = rid
                     interactions.append(inter)

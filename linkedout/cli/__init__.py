@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from linkedout.utils import configure_logging
 
 #: Command modules under ``linkedout.cli``, in the order their commands appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "run")
+COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "run", "ab", "manifests")
 
 
 def build_parser() -> argparse.ArgumentParser:
