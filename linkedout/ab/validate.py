@@ -96,19 +96,15 @@ def _path(error: Any) -> str:
 def schema_problems(obj: dict[str, Any], schemas_dir: str | Path | None) -> list[Problem]:
     """Validate one object: core kinds with kubernetes-validate (strict), custom resources with their CRD schema."""
     import jsonschema
-    import kubernetes_validate
 
     ref = object_ref(obj)
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     if not isinstance(api_version, str) or not isinstance(kind, str):
         return [Problem(ref, "/", "apiVersion and kind are required")]
-    try:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-        return []
-    except kubernetes_validate.ValidationError as e:
-        return [Problem(ref, _path(e), e.message)]
-    except kubernetes_validate.SchemaNotFoundError:
-        pass  # not a core kind: a custom resource
+    core = _core_validator(api_version, kind)
+    if core is not None:
+        return [Problem(ref, _path(e), e.message)
+                for e in sorted(core.iter_errors(obj), key=lambda e: list(e.absolute_path))]
     if schemas_dir is None:
         return [Problem(ref, "/", f"custom resource {api_version} {kind}: no schema directory given")]
     path = schema_file(Path(schemas_dir), api_version, kind)
@@ -119,11 +115,33 @@ def schema_problems(obj: dict[str, Any], schemas_dir: str | Path | None) -> list
                 for e in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))]
     # The CRD schema leaves metadata open; check it as the core ObjectMeta it is.
     carrier = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj.get("metadata") or {}}
-    try:
-        kubernetes_validate.validate(carrier, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        problems.append(Problem(ref, _path(e), e.message))
+    meta = _core_validator("v1", "ConfigMap")
+    assert meta is not None
+    problems += [Problem(ref, _path(e), e.message) for e in meta.iter_errors(carrier)]
     return problems
+
+
+@cache
+def _core_validator(api_version: str, kind: str) -> Any:
+    """kubernetes-validate's strict schema of a core kind as a reusable validator; None if not a core kind.
+
+    The same schema files and registry as ``kubernetes_validate.validate(..., strict=True)``, loaded once.
+    """
+    import jsonschema
+    import referencing
+    from kubernetes_validate.utils import all_versions, major_minor, schema_contents
+
+    version = [v for v in all_versions() if major_minor(v) <= KUBERNETES_VERSION][-1]
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema_dir = f"kubernetes-json-schema/v{version}-local-strict"
+    try:
+        schema = schema_contents(f"{schema_dir}/{kind.lower()}-{api}.json", KUBERNETES_VERSION)
+    except FileNotFoundError:
+        return None
+    definitions = schema_contents(f"{schema_dir}/_definitions.json", KUBERNETES_VERSION)
+    registry = referencing.Resource.from_contents(schema) @ referencing.Registry()
+    registry = referencing.Resource.from_contents(definitions) @ registry
+    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 # ------------------------------------------------------------------------------------------ rules
