@@ -232,9 +232,9 @@ def grpc_recommender(url: str, model_name: str = "linkedout", timeout_s: float =
         rid = uuid.uuid4().hex
         ts = int(time.time() * 1000)
         res = client().infer(model_name, [uid, kin], outputs=outputs, request_id=rid, client_timeout=timeout_s)
-        items = res.as_numpy("items")  # (1, k) INT64, -1 pads
-        variant = res.as_numpy("variant")  # (1,) BYTES
-        version = res.as_numpy("model_version")
+        items = _output(res, "items")  # (1, k) INT64, -1 pads
+        variant = _output(res, "variant")  # (1,) BYTES
+        version = _output(res, "model_version")
         if items is None or variant is None:
             raise RuntimeError("transformer answer without items or variant (docs/serving.md §3)")
 
@@ -245,6 +245,32 @@ def grpc_recommender(url: str, model_name: str = "linkedout", timeout_s: float =
                       text(version[0]) if version is not None else "")
 
     return recommend
+
+
+def _output(res: Any, name: str) -> np.ndarray | None:
+    """An output tensor of a tritonclient gRPC result, from raw_output_contents or the typed contents.
+
+    ``InferResult.as_numpy`` reads raw contents and ``bytes_contents`` only; a server that answers
+    INT64/FP32 in ``int64_contents`` / ``fp32_contents`` (allowed by the protocol) is read here too.
+    """
+    try:
+        arr = res.as_numpy(name)
+    except ValueError:  # typed contents: as_numpy found no raw bytes and failed to reshape
+        arr = None
+    if arr is not None:
+        return arr
+    out = res.get_output(name)
+    if out is None:
+        return None
+    c = out.contents
+    for field_name, dtype in (("int64_contents", np.int64), ("fp32_contents", np.float32),
+                              ("int_contents", np.int32), ("bool_contents", np.bool_)):
+        values = getattr(c, field_name)
+        if len(values):
+            return np.asarray(values, dtype=dtype).reshape(list(out.shape))
+    if len(c.bytes_contents):
+        return np.array(list(c.bytes_contents), dtype=np.object_).reshape(list(out.shape))
+    return np.empty([0 if d < 0 else d for d in out.shape])
 
 
 def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
@@ -286,7 +312,10 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
         n_sessions = 1 + rng.poisson(max(0.0, sessions_per_user - 1))
         for ts in np.sort(start_ms + rng.random(n_sessions) * span_ms).astype(np.int64):
             rid = uuid.UUID(int=int(rng.integers(2**63)) << 64 | int(rng.integers(2**63))).hex
-            items = rng.choice(100_000, size=k, replace=False).tolist()
+            items = rng.integers(0, 1_000_000, size=k)  # (k,) distinct ids (resampled on a rare repeat)
+            while len(np.unique(items)) < k:
+                items = rng.integers(0, 1_000_000, size=k)
+            items = items.tolist()
             failed = rng.random() < error_rate[v]
             lat = float(rng.lognormal(math.log(latency_ms[v]), 0.35))
             rec: dict[str, Any] = {"request_id": rid, "ts": int(ts), "user_id": uid, "experiment": exp.name,
@@ -300,12 +329,11 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
             requests.append(rec)
             expected[v] += p * k
             imps[v] += k
-            for r, item in enumerate(items):
-                if rng.random() < p:
-                    inter: dict[str, Any] = {"user_id": uid, "video_id": int(item), "ts": int(ts) + 500 + 100 * r}
-                    if with_request_id:
-                        inter["request_id"] = rid
-                    interactions.append(inter)
+            for r in np.flatnonzero(rng.random(k) < p):
+                inter: dict[str, Any] = {"user_id": uid, "video_id": int(items[r]), "ts": int(ts) + 500 + 100 * int(r)}
+                if with_request_id:
+                    inter["request_id"] = rid
+                interactions.append(inter)
     requests.sort(key=lambda r: r["ts"])
     interactions.sort(key=lambda r: r["ts"])
     write_jsonl(out_dir / "requests.jsonl", requests, append=False)
