@@ -12,7 +12,10 @@ resumed and inspected on its own::
     linkedout train          train one model (LinkedOut, a baseline or an ablation)
     linkedout evaluate       full-catalogue and sampled metrics of a trained run
     linkedout report         one HTML page: metrics, curves, gate heatmaps, layer shares
+    linkedout export         a trained run -> ONNX encoder and ranker in a versioned Triton model repository
     linkedout run            the main job end to end on the embedded default
+    linkedout ab             A/B experiments: render, status, promote, rollback, analyze, simulate
+    linkedout manifests      Kubernetes manifests: list, render, validate
 
 One module per command group (``linkedout/cli/<group>.py``), each with a ``register(subparsers)``
 that adds its commands; ``COMMAND_MODULES`` lists them in ``--help`` order. Heavy imports (torch,
@@ -30,7 +33,7 @@ from collections.abc import Sequence
 from linkedout.utils import configure_logging
 
 #: Command modules under ``linkedout.cli``, in the order their commands appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "run")
+COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "run", "ab", "manifests")
 
 
 def build_parser() -> argparse.ArgumentParser:
