@@ -1,15 +1,14 @@
 """The transformer's routing config (docs/serving.md §3), written from an experiment file.
 
 The transformer assigns a user to a variant by ``bucket = sha256(f"{salt}:{user_id}") mod 10000``
-and the variants' weights as shares of the 10,000 buckets, in order. :func:`assign_variant` is the
-reference of that rule on this side (the simulator uses it, and tests check that the configured
+and the variants' weights as shares of the 10,000 buckets, in order. :func:`assign_variant` applies the
+transformer's own rule (``linkedout.serving.routing``) on this side (the simulator uses it, and tests check that the configured
 split is what the hash produces); the boundaries are the cumulative ``floor(10000 * w / sum(w))``,
 the last variant taking the remaining buckets.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from typing import Any
 import yaml
 
 from linkedout.ab.experiment import Experiment, Variant
+from linkedout.serving.routing import NUM_BUCKETS as NUM_BUCKETS
+from linkedout.serving.routing import RoutingError, bucket_of
+from linkedout.serving.routing import bucket_bounds as serving_bucket_bounds
 from linkedout.utils import atomic_write_text
-
-NUM_BUCKETS = 10_000
 
 
 def routing_config(exp: Experiment) -> dict[str, Any]:
@@ -46,22 +46,16 @@ def write_routing_config(exp: Experiment, path: str | Path) -> Path:
 
 
 def bucket(salt: str, user_id: str | int) -> int:
-    """The user's bucket in [0, 10000): ``int(sha256(f"{salt}:{user_id}")) mod 10000``."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
-    return int.from_bytes(digest, "big") % NUM_BUCKETS
+    """The user's bucket in [0, 10000): ``int(sha256(f"{salt}:{user_id}")) mod 10000`` (the transformer's rule)."""
+    return bucket_of(salt, user_id)
 
 
 def bucket_bounds(weights: Sequence[int]) -> list[int]:
     """Exclusive upper bucket of each variant: cumulative ``floor(10000 * w / sum(w))``, last = 10000."""
-    total = sum(weights)
-    if total <= 0 or any(w < 0 for w in weights):
-        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    bounds, acc = [], 0
-    for w in weights:
-        acc += w
-        bounds.append(NUM_BUCKETS * acc // total)
-    bounds[-1] = NUM_BUCKETS
-    return bounds
+    try:
+        return serving_bucket_bounds(weights)
+    except RoutingError as e:
+        raise ValueError(str(e)) from None
 
 
 def assign_variant(user_id: str | int, salt: str, variants: Sequence[Variant]) -> Variant:

@@ -9,8 +9,8 @@ file)::
       - {name: control,   model: linkedout, version: null, weight: 50}
       - {name: treatment, model: hybrid,    version: 3,    weight: 50}
 
-A user's bucket is ``sha256(f"{salt}:{user_id}") mod 10000``; variants own consecutive ranges of
-buckets in proportion to their weights, in order. The same user always lands in the same variant
+A user's bucket is ``int(sha256(f"{salt}:{user_id}")) mod 10000``; variant ``i`` owns the buckets
+below the cumulative ``floor(10000 * sum(w[:i+1]) / sum(w))`` (the last one up to 10000), in order. The same user always lands in the same variant
 for a given salt and split, whatever the process or machine. ``Router`` re-reads the file when it
 changes (checked at most once a ``check_interval`` seconds); a file that fails to parse or validate
 is logged and the last good config keeps serving.
@@ -30,9 +30,11 @@ from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["BUCKETS", "Router", "RoutingConfig", "RoutingError", "RoutingVariant", "bucket_of", "load_routing"]
+__all__ = ["BUCKETS", "Router", "RoutingConfig", "RoutingError", "RoutingVariant", "bucket_bounds", "bucket_of",
+           "load_routing"]
 
 BUCKETS = 10_000
+NUM_BUCKETS = BUCKETS
 
 
 class RoutingError(ValueError):
@@ -120,18 +122,28 @@ class RoutingConfig:
 
 
 def _bounds(variants: Sequence[RoutingVariant]) -> list[int]:
-    total = sum(v.weight for v in variants)
-    acc, out = 0.0, []
-    for v in variants:
-        acc += v.weight
-        out.append(round(BUCKETS * acc / total))
-    return out
+    return bucket_bounds([v.weight for v in variants])
 
 
-def bucket_of(salt: str, user_id: str) -> int:
-    """``sha256(f"{salt}:{user_id}")`` as a bucket in ``0..BUCKETS-1``."""
+def bucket_bounds(weights: Sequence[float]) -> list[int]:
+    """Exclusive upper bucket of each variant: cumulative ``floor(BUCKETS * sum(w[:i+1]) / sum(w))``;
+    the last variant always ends at ``BUCKETS``. Integer weights are computed exactly."""
+    total = sum(weights)
+    if total <= 0 or any(w < 0 for w in weights):
+        raise RoutingError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    exact = all(float(w).is_integer() for w in weights)
+    bounds, acc = [], 0.0
+    for w in weights:
+        acc += w
+        bounds.append(BUCKETS * int(acc) // int(total) if exact else int(BUCKETS * acc / total))
+    bounds[-1] = BUCKETS
+    return bounds
+
+
+def bucket_of(salt: str, user_id: str | int) -> int:
+    """``int(sha256(f"{salt}:{user_id}")) mod BUCKETS``: the user's bucket in ``0..BUCKETS-1``."""
     digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
+    return int.from_bytes(digest, "big") % BUCKETS
 
 
 def load_routing(path: str | os.PathLike[str]) -> RoutingConfig:
