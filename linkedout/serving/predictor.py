@@ -266,6 +266,8 @@ class OnnxModelRepository(ModelRepository):
         rejected = model.refresh()
         if model.ready:
             self.update(model)
+        newest = max(model.versions, default=0)
+        rejected = {v: why for v, why in rejected.items() if v > newest}  # the newest publish failed
         if rejected:
             why = "; ".join(f"version {v}: {r}" for v, r in sorted(rejected.items()))
             raise VersionLoadError(f"load failed for model '{name}': {why} "

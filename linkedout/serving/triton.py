@@ -366,15 +366,18 @@ class LocalTriton:
     def refresh(self, name: str) -> list[int]:
         """Serve the repository's current versions of ``name``: sync the twin, load; the READY versions.
 
-        Raises :class:`VersionRejected` (after loading whatever else changed) when versions failed
-        validation, and :class:`ModelLoadError` when Triton refused the load; in both cases the
-        versions that served before keep serving.
+        Raises :class:`VersionRejected` (after loading whatever else changed) when versions newer
+        than the newest served one failed validation, and :class:`ModelLoadError` when Triton refused
+        the load; in both cases the versions that served before keep serving. Every rejection, older
+        ones skipped over included, is in :attr:`last_sync` and the log.
         """
         if self.local_repo is None:
             return self.load(name)
         self._require_running()
         self.last_sync = self.local_repo.sync([name]).models[name]
         serving = self.load(name)
-        if self.last_sync.rejected:
-            raise VersionRejected(name, self.last_sync.rejected, serving)
+        # Raise when the newest publish did not make it; an older bad version skipped over is only logged.
+        newer = {v: why for v, why in self.last_sync.rejected.items() if not serving or v > max(serving)}
+        if newer:
+            raise VersionRejected(name, newer, serving)
         return serving

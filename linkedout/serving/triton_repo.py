@@ -184,6 +184,8 @@ class LocalRepository:
         rejected_cache = {k: r for k, r in rejected_cache.items() if json.loads(k)[0] in available}
         self._save_rejected(dst, text, rejected_cache)
         result.versions = version_numbers(dst)
+        result.added.sort()
+        result.removed.sort()
         if result.changed:
             LOG.info("%s: twin versions %s (added %s, removed %s)", name, result.versions, result.added,
                      result.removed)
