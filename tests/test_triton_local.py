@@ -83,6 +83,19 @@ def histories(batch: int, seed: int = 0) -> np.ndarray:
     return h
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp{,6} writes them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                address, port_hex = fields[1].rsplit(":", 1)
+                if int(port_hex, 16) == port and fields[3] == "0A":  # LISTEN
+                    found.add(address)
+    return found
+
+
 def ort_ranker(onnx_path: Path, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows, scores = ort.InferenceSession(str(onnx_path)).run(None, {"history": history})
     return rows, scores
@@ -242,6 +255,9 @@ def test_serves_the_onnx_files_like_onnxruntime(served: tuple[Path, LocalTriton]
 
     repo, triton = served
     assert triton.server_version() == "2.51.0"
+    for port in triton.ports.values():  # HTTP, gRPC, metrics
+        bound = listening_addresses(port)
+        assert bound and bound <= {"0100007F", "0000000000000000FFFF00000100007F"}, f"listens on {bound}"
     assert triton.ready_versions(RANKER) == [1] and triton.ready(RANKER, 1)
     history = histories(3)
     rows, scores, version = infer_ranker(triton, history)
@@ -452,3 +468,26 @@ def test_a_missing_library_is_named(environment: TritonEnvironment) -> None:
     stripped = TritonInstall(**{**install.__dict__, "library_path": ()})
     with pytest.raises(PlatformUnsupported, match=r"tritonserver cannot run here: missing shared libraries .*libtritonserver"):
         check_binary(stripped)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_racing_processes_create_the_environment_once(tmp_path: Path) -> None:
+    """Two processes ensure() a fresh cache at once: one builds (with progress), the other waits, both use it."""
+    code = ("import json, sys; from pathlib import Path; from linkedout.utils import configure_logging;"
+            "from linkedout.serving.triton_env import TritonEnvironment; configure_logging();"
+            "print(json.dumps(str(TritonEnvironment(Path(sys.argv[1])).ensure().root)))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cache")], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=1200) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    roots = {json.loads(out.strip().splitlines()[-1]) for out, _ in outs}
+    assert len(roots) == 1
+    errs = [err for _, err in outs]
+    assert sum("creating the local Triton environment" in e for e in errs) == 1
+    assert sum("waiting for another process" in e for e in errs) == 1
+    assert any("Triton environment: 100%" in e for e in errs)  # the progress bar of the creation
+    install = TritonEnvironment(tmp_path / "cache").installed()
+    assert install is not None and str(install.root) in roots
+    check_binary(install)

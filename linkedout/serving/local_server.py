@@ -206,13 +206,14 @@ class LocalPredictor:
         return self.control.ready_versions(name)
 
 
-def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] = (), host: str = "127.0.0.1",
+def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] | None = None, host: str = "127.0.0.1",
                        threads: int = 0, environment: TritonEnvironment | None = None,
                        prefer: str = "triton") -> LocalTriton | LocalPredictor:
     """Serve the repository ``source`` on ``host``: local Triton, or the KServe predictor where it cannot run.
 
     ``workdir`` gets ``triton_repository/`` (the twin), ``triton.log`` or ``predictor.log``.
-    ``prefer="kserve"`` skips Triton. Load errors of ``models`` raise (:class:`ModelLoadError`).
+    ``models``: None = every model of the repository. ``prefer="kserve"`` skips Triton. Load errors
+    of ``models`` raise (:class:`ModelLoadError`).
     """
     if prefer not in ("triton", "kserve"):
         raise ValueError(f"prefer: 'triton' or 'kserve', got {prefer!r}")
@@ -225,7 +226,7 @@ def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] = (
         except TritonUnavailable as e:
             LOG.warning("the local Triton cannot run here (%s); serving %s from the KServe predictor instead",
                         e, source)
-    predictor = LocalPredictor(source, models=models, host=host, threads=threads,
+    predictor = LocalPredictor(source, models=models or (), host=host, threads=threads,
                                log_path=workdir / "predictor.log")
     return predictor.start()
 

@@ -162,7 +162,8 @@ class LocalTriton:
     Args:
         repository: a :class:`LocalRepository` (synced before start and by :meth:`refresh`) or the
             path of a ready Triton repository (Python-backend models).
-        models: models loaded at start (their load errors raise from :meth:`start`).
+        models: models loaded at start (their load errors raise from :meth:`start`); None = every
+            model of the repository, ``[]`` = none (load them later).
         host: the address every endpoint binds (loopback by default).
         http_port, grpc_port, metrics_port: 0 = a free port.
         log_path: Triton's log (appended); default ``<repository>/../triton.log``.
@@ -172,7 +173,7 @@ class LocalTriton:
         log_verbose: Triton's ``--log-verbose`` level.
     """
 
-    def __init__(self, repository: LocalRepository | Path, *, models: Sequence[str] = (),
+    def __init__(self, repository: LocalRepository | Path, *, models: Sequence[str] | None = None,
                  host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
                  log_path: Path | None = None, environment: TritonEnvironment | None = None,
                  startup_timeout: float = 120.0, load_timeout: float = 300.0, stop_timeout: float = 15.0,
@@ -187,7 +188,8 @@ class LocalTriton:
         self.local_repo = repository if isinstance(repository, LocalRepository) else None
         self.repository = repository.target if isinstance(repository, LocalRepository) else Path(repository)
         self.environment = environment or (self.local_repo.environment if self.local_repo else TritonEnvironment())
-        self.models = list(models)
+        self._models = None if models is None else list(models)
+        self.models: list[str] = list(models or [])
         self.host = host
         self._ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.ports = dict(self._ports)
@@ -239,11 +241,14 @@ class LocalTriton:
             return self
         self.install = self.environment.ensure()
         if self.local_repo is not None:
-            report = self.local_repo.sync(self.models or None)
+            self.models = self.local_repo.model_names() if self._models is None else list(self._models)
+            report = self.local_repo.sync(None if self._models is None else self.models)
             for (name, v), why in report.rejected().items():
                 LOG.warning("%s version %d left out: %s", name, v, why)
         if not self.repository.is_dir():
             raise FileNotFoundError(f"Triton model repository {self.repository} does not exist")
+        if self._models is None and self.local_repo is None:
+            self.models = sorted(d.name for d in self.repository.iterdir() if (d / "config.pbtxt").exists())
         for attempt in range(3):
             self._launch()
             try:

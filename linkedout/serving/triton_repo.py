@@ -20,6 +20,7 @@ fingerprint, so an unchanged bad version is not checked again at every sync.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -112,8 +113,19 @@ class LocalRepository:
                       if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_NAME).exists())
 
     def sync(self, models: Sequence[str] | None = None) -> SyncReport:
-        """Bring the twin up to date (all models, or just ``models``); see the module docstring."""
+        """Bring the twin up to date (all models, or just ``models``); see the module docstring.
+
+        Holds a file lock on the twin, so ``linkedout serve`` and ``linkedout catalog add`` can both sync.
+        """
         self.target.mkdir(parents=True, exist_ok=True)
+        with open(self.target / ".sync.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._sync(models)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _sync(self, models: Sequence[str] | None) -> SyncReport:
         report = SyncReport()
         names = self.model_names() if models is None else list(models)
         for name in names:
