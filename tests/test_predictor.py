@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 
 from linkedout.serving import process, toy
-from linkedout.serving.local_server import LocalPredictor, start_model_server
+from linkedout.serving.local_server import LocalPredictor, refresh_served_model, start_model_server
 from linkedout.serving.triton import ModelLoadError
 from linkedout.serving.triton_env import PlatformUnsupported, TritonEnvironment, TritonInstall
 
@@ -174,7 +174,7 @@ def test_versions_live_refused_and_rolled_back(predictor: tuple[Path, LocalPredi
     assert infer(server.grpc_url, history, version="1")[1] == "1"
     # ... and at once on a repository-API load.
     publish_ranker(repo, 3, seed=3)
-    assert server.refresh(RANKER) == [2, 3]
+    assert refresh_served_model(server.describe(), RANKER) == [2, 3]  # as from another process
     # A corrupt version 4: the load says why, versions 2 and 3 keep serving.
     toy.publish_version(repo / RANKER, 4, lambda p: p.write_bytes(b"\x08\x07 truncated onnx"))
     with pytest.raises(ModelLoadError, match=r"version 4: onnxruntime cannot load .*serving versions \[2, 3\]"):

@@ -25,6 +25,7 @@ import onnxruntime as ort
 import pytest
 
 from linkedout.serving import process, toy
+from linkedout.serving.local_server import refresh_served_model
 from linkedout.serving.model_config import (
     config_to_dict,
     parse_config,
@@ -182,6 +183,17 @@ def test_twin_sync_is_incremental(tmp_path: Path) -> None:
     shutil.rmtree(repo / ENCODER)
     assert twin.sync().removed_models == [ENCODER]
     assert not (tmp_path / "twin" / ENCODER).exists()
+    # An ensemble is copied as it is: its config, its (empty) version directories, no model.py.
+    ensemble = ('name: "chain" platform: "ensemble" max_batch_size: 64 '
+                'input [ { name: "history" data_type: TYPE_INT64 dims: [ 10 ] } ] '
+                'output [ { name: "rows" data_type: TYPE_INT64 dims: [ 20 ] } ] '
+                'ensemble_scheduling { step [ { model_name: "toy_ranker" model_version: -1 '
+                'input_map { key: "history" value: "history" } output_map { key: "rows" value: "rows" } } ] }')
+    toy.write_model(repo, "chain", ensemble)
+    (repo / "chain" / "1").mkdir()
+    assert twin.sync(["chain"]).models["chain"].added == [1]
+    assert read_config(tmp_path / "twin" / "chain" / "config.pbtxt") == parse_config(ensemble)
+    assert list((tmp_path / "twin" / "chain" / "1").iterdir()) == [tmp_path / "twin" / "chain" / "1" / ".source.json"]
 
 
 def test_platform_errors_say_what_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,7 +345,8 @@ def test_new_version_serves_without_restart(served: tuple[Path, LocalTriton]) ->
     np.testing.assert_array_equal(rows1, ort_ranker(repo / RANKER / "1" / "model.onnx", history)[0])
     assert not np.array_equal(rows, rows1)
     publish_ranker(repo, 3, seed=3)
-    assert triton.refresh(RANKER) == [2, 3]
+    # What `linkedout catalog add` does from its own process, knowing only the stack's stack.json entry.
+    assert refresh_served_model(json.loads(json.dumps(triton.describe())), RANKER) == [2, 3]
     assert not triton.ready(RANKER, 1)
     assert triton.pid == pid and triton.running()
 

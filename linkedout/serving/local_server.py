@@ -21,13 +21,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
 from linkedout.serving import process
-from linkedout.serving.triton import LocalTriton, ModelControl, ModelLoadError, ModelServerError
+from linkedout.serving.triton import (
+    LocalTriton,
+    ModelControl,
+    ModelLoadError,
+    ModelServerError,
+    refresh_model,
+)
 from linkedout.serving.triton_env import TritonEnvironment, TritonUnavailable
 from linkedout.serving.triton_repo import LocalRepository
 from linkedout.utils import get_logger
@@ -206,6 +212,26 @@ class LocalPredictor:
         return self.control.ready_versions(name)
 
 
+def refresh_served_model(described: Mapping[str, Any], name: str) -> list[int]:
+    """From any process: make the running model server of ``described`` (its :meth:`describe`, as in
+    the stack's ``stack.json``) serve the repository's current versions of ``name``.
+
+    Triton: the twin is synced (new versions validated) and the model reloaded; the KServe
+    predictor rereads the repository on the load call. Returns the READY versions; raises
+    :class:`~linkedout.serving.triton.VersionRejected` / :class:`ModelLoadError` with the reason
+    when the newest version cannot serve (the old ones keep serving).
+    """
+    control = ModelControl(str(described["http"]))
+    if described.get("kind") == "triton":
+        if not described.get("source"):
+            control.load(name)
+            return control.ready_versions(name)
+        repo = LocalRepository(Path(described["source"]), Path(described["repository"]))
+        return refresh_model(control, repo, name)[0]
+    control.load(name)
+    return control.ready_versions(name)
+
+
 def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] | None = None, host: str = "127.0.0.1",
                        threads: int = 0, environment: TritonEnvironment | None = None,
                        prefer: str = "triton") -> LocalTriton | LocalPredictor:
@@ -231,4 +257,4 @@ def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] | N
     return predictor.start()
 
 
-__all__ = ["LocalPredictor", "ModelLoadError", "ModelServerProcess", "start_model_server"]
+__all__ = ["LocalPredictor", "ModelLoadError", "ModelServerProcess", "refresh_served_model", "start_model_server"]

@@ -371,18 +371,28 @@ class LocalTriton:
     def refresh(self, name: str) -> list[int]:
         """Serve the repository's current versions of ``name``: sync the twin, load; the READY versions.
 
-        Raises :class:`VersionRejected` (after loading whatever else changed) when versions newer
-        than the newest served one failed validation, and :class:`ModelLoadError` when Triton refused
-        the load; in both cases the versions that served before keep serving. Every rejection, older
-        ones skipped over included, is in :attr:`last_sync` and the log.
+        See :func:`refresh_model`; :attr:`last_sync` holds what the sync did.
         """
+        self._require_running()
         if self.local_repo is None:
             return self.load(name)
-        self._require_running()
-        self.last_sync = self.local_repo.sync([name]).models[name]
-        serving = self.load(name)
-        # Raise when the newest publish did not make it; an older bad version skipped over is only logged.
-        newer = {v: why for v, why in self.last_sync.rejected.items() if not serving or v > max(serving)}
-        if newer:
-            raise VersionRejected(name, newer, serving)
+        serving, self.last_sync = refresh_model(self.control, self.local_repo, name, load_timeout=self.load_timeout)
         return serving
+
+
+def refresh_model(control: ModelControl, repo: LocalRepository, name: str, *,
+                  load_timeout: float = 300.0) -> tuple[list[int], ModelSync]:
+    """Sync ``name`` into the twin and have the Triton behind ``control`` load it (any process can).
+
+    Returns the READY versions and the sync's report. Raises :class:`VersionRejected` (after loading
+    whatever else changed) when versions newer than the newest served one failed validation, and
+    :class:`ModelLoadError` when Triton refused the load; in both cases the versions that served
+    before keep serving. Older bad versions skipped over are only logged (and in the report).
+    """
+    result = repo.sync([name]).models[name]
+    control.load(name, timeout=load_timeout)
+    serving = control.ready_versions(name)
+    newer = {v: why for v, why in result.rejected.items() if not serving or v > max(serving)}
+    if newer:
+        raise VersionRejected(name, newer, serving)
+    return serving, result

@@ -91,18 +91,22 @@ class LocalRepository:
         target: the local Triton repository (created; owned by this class: do not edit by hand).
         environment: the Triton environment whose onnxruntime validates new versions.
         threads: onnxruntime intra-op threads per model instance (0 = onnxruntime's default).
+        instances: model instances (Python-backend stub processes) per model, KIND_CPU.
         validate: check every new version before it enters the twin (off only to observe what Triton
             itself does with a bad version).
     """
 
     def __init__(self, source: Path, target: Path, *, environment: TritonEnvironment | None = None,
-                 threads: int = 0, validate: bool = True) -> None:
+                 threads: int = 0, instances: int = 1, validate: bool = True) -> None:
         if threads < 0:
             raise ValueError(f"threads: must be >= 0, got {threads}")
+        if instances < 1:
+            raise ValueError(f"instances: must be >= 1, got {instances}")
         self.source = Path(source)
         self.target = Path(target)
         self.environment = environment or TritonEnvironment()
         self.threads = threads
+        self.instances = instances
         self.validate = validate
 
     def model_names(self) -> list[str]:
@@ -151,15 +155,16 @@ class LocalRepository:
         prod = read_config(src / CONFIG_NAME)
         if prod.name and prod.name != name:
             raise ModelConfigError(f"{src / CONFIG_NAME}: name '{prod.name}' differs from its directory '{name}'")
-        local = to_python_backend(prod, threads=self.threads)
+        local = to_python_backend(prod, threads=self.threads, instances=self.instances)
         local.name = name
+        ensemble = local.platform == "ensemble"  # steps only: no model file, nothing to run or check
         text = format_config(local)
         dst.mkdir(parents=True, exist_ok=True)
         old_text = (dst / CONFIG_NAME).read_text() if (dst / CONFIG_NAME).exists() else None
         result = ModelSync(name, config_changed=old_text != text)
         config = config_to_dict(local)
         rejected_cache = self._load_rejected(dst, text)
-        template = MODEL_TEMPLATE.read_bytes()
+        template = None if ensemble else MODEL_TEMPLATE.read_bytes()
 
         available = version_numbers(src)
         candidates, limit = policy_candidates(local, available)  # newest first
@@ -174,7 +179,7 @@ class LocalRepository:
                 continue
             key = json.dumps([v, fp], sort_keys=True)
             reason = rejected_cache.get(key)
-            if reason is None and self.validate:
+            if reason is None and self.validate and not ensemble:
                 reason = self._check(src / str(v) / "model.onnx", config)
             if reason is not None:
                 rejected_cache[key] = reason
@@ -189,7 +194,7 @@ class LocalRepository:
             if v not in keep and v not in result.rejected:
                 shutil.rmtree(dst / str(v))
                 result.removed.append(v)
-            elif v in keep and (dst / str(v) / "model.py").read_bytes() != template:
+            elif v in keep and template is not None and (dst / str(v) / "model.py").read_bytes() != template:
                 atomic_write_text(dst / str(v) / "model.py", template.decode())
         if result.config_changed:
             atomic_write_text(dst / CONFIG_NAME, text)
@@ -203,14 +208,15 @@ class LocalRepository:
                      result.removed)
         return result
 
-    def _install_version(self, src: Path, dst: Path, fp: dict[str, list[int]], template: bytes) -> None:
+    def _install_version(self, src: Path, dst: Path, fp: dict[str, list[int]], template: bytes | None) -> None:
         tmp = dst.with_name(f".{dst.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
         for fname in fp:
             _link_or_copy(src / fname, tmp / fname)
-        (tmp / "model.py").write_bytes(template)
+        if template is not None:
+            (tmp / "model.py").write_bytes(template)
         (tmp / SOURCE_STAMP).write_text(json.dumps(fp, sort_keys=True))
         old = dst.with_name(f".{dst.name}.old")
         if dst.exists():
