@@ -336,6 +336,9 @@ def test_new_version_serves_without_restart(served: tuple[Path, LocalTriton]) ->
     pid = triton.pid
     publish_ranker(repo, 2, seed=2)
     assert triton.refresh(RANKER) == [1, 2]  # version_policy latest 2
+    loads = triton.log_path.read_text().count(f"loading: {RANKER}:")
+    assert triton.refresh(RANKER) == [1, 2]  # nothing changed: no reload
+    assert triton.log_path.read_text().count(f"loading: {RANKER}:") == loads
     history = histories(2)
     rows, _, version = infer_ranker(triton, history)
     assert version == "2"

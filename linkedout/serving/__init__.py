@@ -1,18 +1,16 @@
-"""The online half of LinkedOut (docs/serving.md).
+"""The online half of LinkedOut (docs/serving.md): model serving, and (to come) the KServe transformer.
 
-Local model serving (the embedded default of DESIGN.md §2):
+Local model serving, the embedded default of DESIGN.md §2 (import the submodule you need):
 
-- :mod:`.triton_env`: the local Triton's own virtual environment (the ``tritonserver`` binary of the
-  ``nvidia-pytriton`` wheel, numpy < 2, onnxruntime), created on first use under the cache directory.
-- :mod:`.model_config`: ``config.pbtxt`` read and written with Triton's ``ModelConfig`` protobuf.
-- :mod:`.triton_repo`: the Python-backend twin of a production model repository, synced version by
-  version, every new version validated before Triton can see it.
-- :mod:`.triton_model`: the generic Python-backend model (copied as ``model.py`` into every version)
-  and the ONNX-against-config checks it shares with the validator and the fallback predictor.
-- :mod:`.triton`: ``LocalTriton``, the launcher (explicit model control, readiness, clean stop), and
-  ``ModelControl``, the HTTP repository API client that works against Triton and the fallback alike.
-- :mod:`.predictor` (imports kserve; run as ``python -m linkedout.serving.predictor``): the KServe
-  fallback predictor serving the same repository; :mod:`.local_predictor` launches it.
-
-Nothing here is imported by ``linkedout/__init__``; import the submodule you need.
+- :mod:`.local_server`: ``start_model_server`` (local Triton, else the KServe fallback predictor),
+  ``LocalPredictor``, ``refresh_served_model`` (a running server picks up new versions).
+- :mod:`.triton`: ``LocalTriton`` (the real ``tritonserver`` on loopback, explicit model control) and
+  ``ModelControl`` (the v2 HTTP repository API, for Triton and the predictor alike).
+- :mod:`.triton_env`: Triton's own virtual environment, created on first use under the cache directory.
+- :mod:`.triton_repo`: the Python-backend twin of a production repository, new versions validated.
+- :mod:`.triton_model`: the generic Python-backend model (each version's ``model.py``) and its checks.
+- :mod:`.model_config`: ``config.pbtxt`` through Triton's ``ModelConfig`` protobuf.
+- :mod:`.predictor` (imports kserve; ``python -m linkedout.serving.predictor``), :mod:`.kserve_server`
+  (a ``kserve.ModelServer`` bound to ``--bind_address``).
+- :mod:`.process` (child processes that die with their parent), :mod:`.toy` (toy ONNX models).
 """

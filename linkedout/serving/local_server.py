@@ -96,6 +96,7 @@ class LocalPredictor:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._proc: Any = None
+        self._log_offset = 0
 
     @property
     def http_url(self) -> str:
@@ -155,7 +156,7 @@ class LocalPredictor:
     def _log_since_start(self, lines: int = 30) -> str:
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(getattr(self, "_log_offset", 0))
+                f.seek(self._log_offset)
                 text = f.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return ""

@@ -10,13 +10,20 @@
         triton.ready_versions("linkedout_ranker")  # [3, 4] with version_policy latest 2
 
 Triton 2.51 (the binary of nvidia-pytriton 0.7.0) in explicit mode, as measured by
-tests/test_triton_local.py: a load request for a loaded model reloads it with the versions its
-version policy selects from the repository now; versions that did not change keep serving through
-the reload. When a new version fails to load — the Python backend's ``initialize`` raises (a corrupt
-ONNX file, I/O that disagrees with ``config.pbtxt``) — the request answers 400 with the reason and the
-model keeps serving the versions it served before. The twin repository checks every new version
-before Triton sees it anyway (:mod:`.triton_repo`), so a bad publish is reported with its reason by
-:meth:`LocalTriton.refresh` and never reaches Triton.
+tests/test_triton_local.py and noted in the report of this module's task:
+
+- a load request for a loaded model reloads it with the versions its version policy selects from
+  the repository now (``latest { num_versions: 2 }``: publishing 3 next to 1 and 2 serves 2 and 3,
+  unloads 1); the versions that served keep serving until the new set is loaded;
+- a reload loads a fresh instance of *every* version of the new set, even unchanged ones, and a
+  load call reloads an unchanged model too: :meth:`LocalTriton.refresh` skips the call when the
+  twin did not change;
+- when a new version fails to load (the Python backend's ``initialize`` raises: a corrupt ONNX file,
+  I/O that disagrees with ``config.pbtxt``) the request answers 400 with the reason, the model keeps
+  serving the versions it served before, and the repository index lists the failed version as
+  UNAVAILABLE with the reason. The twin checks every new version before Triton sees it anyway
+  (:mod:`.triton_repo`), so a bad publish is reported by :meth:`LocalTriton.refresh` and never
+  reaches Triton.
 
 :class:`ModelControl` speaks the HTTP side of the Open Inference Protocol v2 and Triton's repository
 extension with the standard library only; it works against Triton and the KServe fallback predictor
@@ -167,6 +174,7 @@ class LocalTriton:
         host: the address every endpoint binds (loopback by default).
         http_port, grpc_port, metrics_port: 0 = a free port.
         log_path: Triton's log (appended); default ``<repository>/../triton.log``.
+        environment: the Triton environment (default: the repository's, else the cached default).
         startup_timeout: seconds to wait for the server to become live.
         load_timeout: seconds one load request may take.
         stop_timeout: seconds between SIGTERM and SIGKILL in :meth:`stop`.
@@ -199,6 +207,7 @@ class LocalTriton:
         self.stop_timeout = stop_timeout
         self.log_verbose = log_verbose
         self._proc: Any = None
+        self._log_offset = 0
         self.install: TritonInstall | None = None
         self.last_sync: ModelSync | None = None
 
@@ -297,7 +306,7 @@ class LocalTriton:
     def _log_since_start(self, lines: int = 30) -> str:
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(getattr(self, "_log_offset", 0))
+                f.seek(self._log_offset)
                 text = f.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return ""
@@ -390,8 +399,11 @@ def refresh_model(control: ModelControl, repo: LocalRepository, name: str, *,
     before keep serving. Older bad versions skipped over are only logged (and in the report).
     """
     result = repo.sync([name]).models[name]
-    control.load(name, timeout=load_timeout)
     serving = control.ready_versions(name)
+    # Triton 2.51 reloads every served version on each load call, changed or not: skip a no-op.
+    if result.changed or serving != result.versions:
+        control.load(name, timeout=load_timeout)
+        serving = control.ready_versions(name)
     newer = {v: why for v, why in result.rejected.items() if not serving or v > max(serving)}
     if newer:
         raise VersionRejected(name, newer, serving)
