@@ -1,0 +1,261 @@
+"""The local model server of the stack: Triton where it runs, else the KServe fallback predictor.
+
+::
+
+    server = start_model_server(W / "model_repository", W / "serving", models=["linkedout_ranker"])
+    server.grpc_url           # the same Open Inference Protocol v2 either way
+    server.refresh("linkedout_ranker")   # after a publish: new versions serve, no restart
+    server.stop()
+
+:func:`start_model_server` tries :class:`~linkedout.serving.triton.LocalTriton` first; when the
+binary cannot run here (:class:`~linkedout.serving.triton_env.TritonUnavailable`: platform, glibc,
+a missing library, no package index to create its environment) it logs why and starts
+:class:`LocalPredictor` on the same repository. Both satisfy :class:`ModelServerProcess`.
+
+This module does not import kserve or tritonclient: the predictor runs as
+``python -m linkedout.serving.predictor`` in a child process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from linkedout.serving import process
+from linkedout.serving.triton import (
+    LocalTriton,
+    ModelControl,
+    ModelLoadError,
+    ModelServerError,
+    refresh_model,
+)
+from linkedout.serving.triton_env import TritonEnvironment, TritonUnavailable
+from linkedout.serving.triton_repo import LocalRepository
+from linkedout.utils import get_logger
+
+LOG = get_logger(__name__)
+
+
+class ModelServerProcess(Protocol):
+    """What the stack needs from its model server process."""
+
+    @property
+    def grpc_url(self) -> str: ...
+    @property
+    def http_url(self) -> str: ...
+    @property
+    def pid(self) -> int | None: ...
+    def start(self) -> Any: ...
+    def stop(self) -> int | None: ...
+    def running(self) -> bool: ...
+    def load(self, name: str) -> list[int]: ...
+    def refresh(self, name: str) -> list[int]: ...
+    def ready(self, name: str, version: int | None = None) -> bool: ...
+    def ready_versions(self, name: str) -> list[int]: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalPredictor:
+    """``python -m linkedout.serving.predictor`` as a child process on loopback ports.
+
+    Args:
+        repository: the production model repository (served as it is: no twin).
+        models: models to serve (default: all of the repository); each must become ready in start().
+        host: the address REST and gRPC bind.
+        http_port, grpc_port: 0 = a free port.
+        poll_interval: seconds between the predictor's repository scans (0 = on load calls only).
+        threads: onnxruntime intra-op threads per version (0 = onnxruntime's default).
+        log_path: the predictor's log (appended); default ``<repository>/../predictor.log``.
+        python: the interpreter (this one by default; it must have kserve and onnxruntime).
+    """
+
+    def __init__(self, repository: Path, *, models: Sequence[str] = (), host: str = "127.0.0.1",
+                 http_port: int = 0, grpc_port: int = 0, poll_interval: float = 2.0, threads: int = 0,
+                 log_path: Path | None = None, python: str = sys.executable, startup_timeout: float = 90.0,
+                 stop_timeout: float = 15.0) -> None:
+        if poll_interval < 0:
+            raise ValueError(f"poll_interval: must be >= 0, got {poll_interval}")
+        if threads < 0:
+            raise ValueError(f"threads: must be >= 0, got {threads}")
+        if startup_timeout <= 0 or stop_timeout <= 0:
+            raise ValueError("startup_timeout and stop_timeout: must be > 0")
+        self.repository = Path(repository)
+        self.models = list(models)
+        self.host = host
+        self._ports = {"http": http_port, "grpc": grpc_port}
+        self.ports = dict(self._ports)
+        self.poll_interval = poll_interval
+        self.threads = threads
+        self.log_path = Path(log_path) if log_path else self.repository.parent / "predictor.log"
+        self.python = python
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._proc: Any = None
+        self._log_offset = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports['grpc']}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def control(self) -> ModelControl:
+        return ModelControl(self.http_url)
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "kserve-predictor", "pid": self.pid, "http": self.http_url, "grpc": self.grpc_url,
+                "repository": str(self.repository), "log": str(self.log_path)}
+
+    def start(self) -> LocalPredictor:
+        if self.running():
+            return self
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository {self.repository} does not exist")
+        self.ports = {k: v or process.free_port(self.host) for k, v in self._ports.items()}
+        cmd = [self.python, "-m", "linkedout.serving.predictor", f"--model_repository={self.repository}",
+               f"--bind_address={self.host}", f"--http_port={self.ports['http']}",
+               f"--grpc_port={self.ports['grpc']}", f"--poll_interval={self.poll_interval}",
+               f"--threads={self.threads}", "--enable_latency_logging=false"]
+        if self.models:
+            cmd.append(f"--models={','.join(self.models)}")
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])  # run this very copy of linkedout
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        with open(self._log_path(), "a") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        self._log_offset = self.log_path.stat().st_size
+        self._proc = process.spawn(cmd, env=env, log_path=self.log_path)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        LOG.info("KServe predictor (pid %d) serving %s: gRPC %s, HTTP %s", self.pid,
+                 self.models or "the repository", self.grpc_url, self.http_url)
+        return self
+
+    def _log_path(self) -> Path:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        return self.log_path
+
+    def _log_since_start(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                text = f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _wait_ready(self) -> None:
+        control = ModelControl(self.http_url, timeout=2.0)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ModelServerError(f"the KServe predictor exited with code {self._proc.returncode} while "
+                                       f"starting (log {self.log_path}):\n{self._log_since_start()}")
+            if control.live() and all(control.ready(m) for m in self.models):
+                return
+            time.sleep(0.1)
+        raise ModelServerError(f"the KServe predictor was not ready after {self.startup_timeout:.0f} s "
+                               f"(log {self.log_path}):\n{self._log_since_start()}")
+
+    def stop(self) -> int | None:
+        if self._proc is None:
+            return None
+        code = process.stop(self._proc, timeout=self.stop_timeout)
+        LOG.info("KServe predictor (pid %d) stopped with code %s", self._proc.pid, code)
+        return code
+
+    def __enter__(self) -> LocalPredictor:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _require_running(self) -> None:
+        if not self.running():
+            raise ModelServerError("the KServe predictor is not running")
+
+    def load(self, name: str) -> list[int]:
+        """Load ``name`` or pick up its new versions; :class:`ModelLoadError` (old versions serving) if not."""
+        self._require_running()
+        self.control.load(name)
+        return self.ready_versions(name)
+
+    refresh = load  # the predictor reads the production repository itself
+
+    def unload(self, name: str) -> None:
+        self._require_running()
+        self.control.unload(name)
+
+    def ready(self, name: str, version: int | None = None) -> bool:
+        return self.running() and self.control.ready(name, version)
+
+    def ready_versions(self, name: str) -> list[int]:
+        self._require_running()
+        return self.control.ready_versions(name)
+
+
+def refresh_served_model(described: Mapping[str, Any], name: str) -> list[int]:
+    """From any process: make the running model server of ``described`` (its :meth:`describe`, as in
+    the stack's ``stack.json``) serve the repository's current versions of ``name``.
+
+    Triton: the twin is synced (new versions validated) and the model reloaded; the KServe
+    predictor rereads the repository on the load call. Returns the READY versions; raises
+    :class:`~linkedout.serving.triton.VersionRejected` / :class:`ModelLoadError` with the reason
+    when the newest version cannot serve (the old ones keep serving).
+    """
+    control = ModelControl(str(described["http"]))
+    if described.get("kind") == "triton":
+        if not described.get("source"):
+            control.load(name)
+            return control.ready_versions(name)
+        repo = LocalRepository(Path(described["source"]), Path(described["repository"]))
+        return refresh_model(control, repo, name)[0]
+    control.load(name)
+    return control.ready_versions(name)
+
+
+def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] | None = None, host: str = "127.0.0.1",
+                       threads: int = 0, environment: TritonEnvironment | None = None,
+                       prefer: str = "triton") -> LocalTriton | LocalPredictor:
+    """Serve the repository ``source`` on ``host``: local Triton, or the KServe predictor where it cannot run.
+
+    ``workdir`` gets ``triton_repository/`` (the twin), ``triton.log`` or ``predictor.log``.
+    ``models``: None = every model of the repository. ``prefer="kserve"`` skips Triton. Load errors
+    of ``models`` raise (:class:`ModelLoadError`).
+    """
+    if prefer not in ("triton", "kserve"):
+        raise ValueError(f"prefer: 'triton' or 'kserve', got {prefer!r}")
+    workdir = Path(workdir)
+    if prefer == "triton":
+        repo = LocalRepository(source, workdir / "triton_repository", environment=environment, threads=threads)
+        triton = LocalTriton(repo, models=models, host=host, log_path=workdir / "triton.log")
+        try:
+            return triton.start()
+        except TritonUnavailable as e:
+            LOG.warning("the local Triton cannot run here (%s); serving %s from the KServe predictor instead",
+                        e, source)
+    predictor = LocalPredictor(source, models=models or (), host=host, threads=threads,
+                               log_path=workdir / "predictor.log")
+    return predictor.start()
+
+
+__all__ = ["LocalPredictor", "ModelLoadError", "ModelServerProcess", "refresh_served_model", "start_model_server"]

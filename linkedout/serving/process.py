@@ -1,0 +1,158 @@
+"""Child server processes that never outlive their parent.
+
+A server started here (Triton, the fallback predictor) runs in its own session and process group
+(Ctrl-C in a terminal reaches the parent, which stops its children in order) and gets
+``PR_SET_PDEATHSIG = SIGTERM``: if the parent dies for any reason, SIGKILL included, the kernel sends
+the child SIGTERM and the child shuts down cleanly. A normal interpreter exit stops every live child
+through ``atexit``. ``stop`` is SIGTERM, a bounded wait, then SIGKILL to the whole process group (so
+helpers the server forked, such as Triton's Python-backend stubs, go too).
+
+Linux semantics: the parent-death signal follows the *thread* that started the child, so start
+servers from a thread that lives as long as they should (the main thread, in a CLI).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from linkedout.utils import get_logger
+
+LOG = get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_LIVE: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+_ATEXIT_REGISTERED = False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it; another process may race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+# Resolved in the parent: between fork and exec the child must not dlopen (a lock another thread of a
+# multi-threaded parent held at fork time would never be released there).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _parent_death_hook(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: die (SIGTERM) with the parent."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def spawn(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` as a server child: output appended to ``log_path``, own process group, dies with us."""
+    global _ATEXIT_REGISTERED
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    parent = os.getpid()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(env), cwd=cwd, start_new_session=True,
+                                preexec_fn=lambda: _parent_death_hook(parent))
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
+        if not _ATEXIT_REGISTERED:
+            atexit.register(_stop_all)
+            _ATEXIT_REGISTERED = True
+    LOG.debug("started pid %d: %s (log %s)", proc.pid, " ".join(cmd), log_path)
+    return proc
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> int | None:
+    """SIGTERM, wait up to ``timeout`` s, then SIGKILL the process group; returns the exit code."""
+    pgid = proc.pid  # start_new_session: the child leads its own group
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            LOG.warning("pid %d did not stop within %.0f s of SIGTERM; sending SIGKILL", proc.pid, timeout)
+            _signal_group(pgid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    # Whatever the server left behind in its group (it normally stops its helpers itself).
+    _signal_group(pgid, signal.SIGKILL)
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+    return proc.returncode
+
+
+def _stop_all() -> None:
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            stop(proc, timeout=5.0)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live PIDs of process group ``pgid`` (Linux ``/proc``), for checks that nothing was left behind."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            out.append(int(entry))
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate()`` until true or ``timeout`` s; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
