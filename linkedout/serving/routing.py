@@ -63,7 +63,7 @@ class RoutingConfig:
             raise RoutingError(f"routing.variants: duplicate variant names {names}")
         if sum(v.weight for v in self.variants) <= 0:
             raise RoutingError("routing.variants: the weights must sum to more than 0")
-        self._bounds = _bounds(self.variants)
+        object.__setattr__(self, "_bounds", _bounds(self.variants))
 
     @classmethod
     def single(cls, model: str) -> RoutingConfig:

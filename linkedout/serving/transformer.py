@@ -1,0 +1,318 @@
+"""The KServe transformer: a user id in, top-K videos out (Open Inference Protocol v2, REST and gRPC).
+
+    python -m linkedout.serving.transformer --model_name linkedout --predictor_host 127.0.0.1:8001 \\
+        --model_repository W/model_repository --feast_repo W/feast [--routing routing.yaml] \\
+        [--request_log requests.jsonl] --bind_address 127.0.0.1 --http_port 8080 --grpc_port 8081
+
+``LinkedOutTransformer`` is a ``kserve.Model``: ``preprocess`` checks the request's tensors
+(``linkedout.serving.request``: ``InvalidInput`` naming the input), ``predict`` runs the
+``RecommendationEngine`` (A/B routing, Feast histories with a timeout, the Triton ranker over gRPC
+through kserve's own client with a timeout and bounded retries, cold start, explain, request log,
+metrics) and answers an ``InferResponse``. A background task (the model's engine) follows the model
+repository: when a new ranker version appears and Triton reports it ready, its catalogue is loaded
+and it becomes the version served, with no restart. A Feast or Triton outage answers UNAVAILABLE
+(HTTP 503) naming what failed, within its timeout.
+
+The flags map one to one to the constructor and to the InferenceService's ``args``
+(docs/serving.md §3); kserve's own flags (``--http_port``, ``--grpc_port``, ``--predictor_host``,
+``--predictor_request_timeout_seconds``, ``--predictor_request_retries``, ...) come from
+``kserve.model_server.parser``. This module imports kserve and therefore never tritonclient
+(kserve#3099).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import grpc
+import kserve
+import numpy as np
+from kserve.errors import InvalidInput, ServerNotReady
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelReadyRequest
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput
+
+from linkedout.serving.catalogs import ServedCatalogs
+from linkedout.serving.engine import HistorySource, RecommendationEngine, RecResult, ServingUnavailable
+from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse_request
+from linkedout.serving.request_log import RequestLog
+from linkedout.serving.routing import Router, RoutingError
+from linkedout.utils import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["LinkedOutTransformer", "build_parser", "main"]
+
+
+class LinkedOutTransformer(kserve.Model):
+    """See the module docstring; every argument is a flag of ``python -m linkedout.serving.transformer``."""
+
+    def __init__(self, name: str = "linkedout", *, predictor_host: str, model_repository: str,
+                 feast_repo: str | None = None, feast_timeout_ms: float = 200.0, routing: str | None = None,
+                 default_model: str | None = None, request_log: str | None = None, max_batch_size: int = 64,
+                 max_k: int = 100, predictor_timeout_s: float = 1.0, predictor_retries: int = 1,
+                 catalog_poll_s: float = 1.0, s3_endpoint: str | None = None) -> None:
+        super().__init__(name)
+        for flag, value, lo in (("max_batch_size", max_batch_size, 1), ("max_k", max_k, 1)):
+            if value < lo:
+                raise ValueError(f"--{flag} must be >= {lo}, got {value}")
+        for flag, fvalue in (("feast_timeout_ms", feast_timeout_ms), ("predictor_request_timeout_seconds",
+                                                                      predictor_timeout_s), ("catalog_poll_s", catalog_poll_s)):
+            if not fvalue > 0:
+                raise ValueError(f"--{flag} must be > 0, got {fvalue}")
+        if predictor_retries < 0:
+            raise ValueError(f"--predictor_request_retries must be >= 0, got {predictor_retries}")
+        if not predictor_host:
+            raise ValueError("--predictor_host (Triton's gRPC host:port) is required")
+        self.predictor_host = predictor_host
+        self.model_repository = model_repository
+        self.feast_repo = feast_repo
+        self.feast_timeout_ms = feast_timeout_ms
+        self.routing_path = routing
+        self.default_model = default_model or name
+        self.request_log_path = request_log
+        self.max_batch_size = max_batch_size
+        self.max_k = max_k
+        self.predictor_timeout_s = predictor_timeout_s
+        self.predictor_retries = predictor_retries
+        self.catalog_poll_s = catalog_poll_s
+        self.s3_endpoint = s3_endpoint
+        self.engine = True  # kserve runs start_engine (the repository follower) in its event loop
+        self._client: Any = None
+        self._stopping = False
+        self.core: RecommendationEngine | None = None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def load(self) -> bool:
+        histories: HistorySource | None = None
+        if self.feast_repo:
+            from linkedout.featurestore.online import HistoryReader
+
+            histories = HistoryReader(self.feast_repo)
+        router = Router(self.routing_path, self.default_model)
+        catalogs = ServedCatalogs(self.model_repository, s3_endpoint=self.s3_endpoint)
+        missing = [m for m in router.config.models if not catalogs.versions(m)]
+        if missing:
+            log.warning("no ranker version of %s in %s yet: those variants answer UNAVAILABLE until one is "
+                        "published and loaded", missing, self.model_repository)
+        self.core = RecommendationEngine(
+            router=router, catalogs=catalogs, ranker=self._rank, histories=histories,
+            request_log=RequestLog(self.request_log_path) if self.request_log_path else None,
+            feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k)
+        self.ready = True
+        return self.ready
+
+    async def start_engine(self) -> None:
+        """Follow the repository: serve the newest ranker version Triton has ready, for every routed model."""
+        while not self._stopping:
+            try:
+                await self.refresh_versions()
+            except Exception as e:  # never let the follower die: the next round retries
+                log.warning("catalogue refresh failed: %s", e)
+            await asyncio.sleep(self.catalog_poll_s)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.core is not None:
+            self.core.close()
+        self.ready = False
+
+    def stop_engine(self) -> None:
+        self._stopping = True
+
+    # ------------------------------------------------------------------------------------ Triton
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:  # created inside the running event loop (grpc.aio)
+            self._client = kserve.InferenceGRPCClient(self.predictor_host, timeout=self.predictor_timeout_s,
+                                                      retries=max(1, self.predictor_retries + 1))
+        return self._client
+
+    async def _version_ready(self, model: str, version: int) -> bool:
+        try:
+            resp = await self.client._client_stub.ModelReady(
+                ModelReadyRequest(name=f"{model}_ranker", version=str(version)), timeout=self.predictor_timeout_s)
+            return bool(resp.ready)
+        except grpc.RpcError:
+            return False
+
+    async def refresh_versions(self) -> dict[str, int]:
+        """Per routed model, serve the newest repository version that Triton reports ready.
+
+        A newer ready version replaces the current one (its catalogue is loaded first); when the
+        current one stops being ready (rolled back, unloaded) the newest older ready one takes over.
+        """
+        assert self.core is not None
+        cfg = self.core.router.current()
+        for model in cfg.models:
+            current = self.core.serving.get(model)
+            versions = self.core.catalogs.versions(model)
+            chosen = None
+            for version in reversed(versions):  # newest first, down to the current one
+                if current is not None and version < current:
+                    break
+                if await self._version_ready(model, version):
+                    chosen = version
+                    break
+            if chosen is None and current is not None:  # the current one is gone: fall back
+                for version in reversed([v for v in versions if v < current]):
+                    if await self._version_ready(model, version):
+                        chosen = version
+                        break
+                if chosen is None:
+                    log.warning("%s_ranker: no version is ready any more (was %d)", model, current)
+                    self.core.serving.pop(model, None)
+            if chosen is not None and chosen != current:
+                self.core.catalogs.view(model, chosen)  # load the catalogue before switching
+                self.core.serving[model] = chosen
+                log.info("serving %s_ranker version %d (was %s)", model, chosen, current)
+        return dict(self.core.serving)
+
+    async def _rank(self, model: str, version: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inp = InferInput("history", list(history.shape), "INT64")
+        inp.set_data_from_numpy(np.ascontiguousarray(history, dtype=np.int64), binary_data=True)
+        req = InferRequest(model_name=f"{model}_ranker", infer_inputs=[inp], model_version=str(version),
+                           request_outputs=[RequestedOutput("rows"), RequestedOutput("scores")])
+        try:
+            resp = await self.client.infer(req, timeout=self.predictor_timeout_s)
+        except grpc.RpcError as e:
+            code = e.code().name if hasattr(e, "code") and callable(e.code) else "ERROR"
+            details = e.details() if hasattr(e, "details") and callable(e.details) else str(e)
+            raise ServingUnavailable(f"Triton at {self.predictor_host} ({model}_ranker:{version}): {code}: {details}",
+                                     "predictor") from None
+        out = {o.name: o.as_numpy() for o in resp.outputs}
+        if "rows" not in out or "scores" not in out:
+            raise ServingUnavailable(f"Triton's {model}_ranker:{version} answered without rows/scores", "predictor")
+        return out["rows"], out["scores"]
+
+    # ------------------------------------------------------------------------------------ requests
+
+    def _max_k_now(self) -> int:
+        assert self.core is not None
+        try:
+            return self.core.largest_k()
+        except Exception:
+            return self.max_k
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("expected an Open Inference Protocol v2 request (inputs user_id, k, history, explain)")
+        tensors = {}
+        for inp in payload.inputs:
+            if inp.name in tensors:
+                raise InvalidInput(f"input '{inp.name}' is given twice")
+            tensors[inp.name] = RawTensor(inp.name, str(inp.datatype).upper(), tuple(int(d) for d in inp.shape),
+                                          raw=inp._raw_data, values=None if inp._raw_data is not None else inp.data)
+        try:
+            req = parse_request(tensors, max_batch_size=self.max_batch_size, max_k=self._max_k_now())
+        except RequestError as e:
+            raise InvalidInput(str(e)) from None
+        return (req, payload.id or None, payload.from_grpc)
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> InferResponse:
+        assert self.core is not None
+        req, request_id, from_grpc = payload
+        if not isinstance(req, RecRequest):
+            raise InvalidInput("malformed request")
+        try:
+            result = await self.core.recommend(req, request_id)
+        except ServingUnavailable as e:
+            raise ServerNotReady(str(e)) from None
+        except RoutingError as e:
+            raise ServerNotReady(f"routing: {e}") from None
+        return self._response(result, from_grpc)
+
+    def _response(self, r: RecResult, from_grpc: bool) -> InferResponse:
+        outputs = [
+            _output("items", r.items.astype(np.int64)),
+            _output("scores", r.scores.astype(np.float32)),
+            _output("variant", np.asarray([v.encode() for v in r.variants], dtype=object)),
+            _output("model_version", np.asarray([v.encode() for v in r.model_versions], dtype=object)),
+            _output("cold_start", r.cold_start.astype(bool)),
+            _output("unknown_items", np.asarray([json.dumps(u).encode() for u in r.unknown_items], dtype=object)),
+        ]
+        params: dict[str, Any] = {}
+        if r.gate is not None and r.contributions is not None:
+            outputs += [_output("gate", r.gate.astype(np.float32)),
+                        _output("contributions", r.contributions.astype(np.float32))]
+            params["layers"] = ",".join(r.layers)
+        return InferResponse(response_id=r.request_id, model_name=self.name, infer_outputs=outputs,
+                             from_grpc=from_grpc, parameters=params or None, use_binary_outputs=from_grpc)
+
+
+def _output(name: str, arr: np.ndarray) -> InferOutput:
+    dtype = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL"}.get(arr.dtype, "BYTES")
+    out = InferOutput(name=name, shape=list(arr.shape), datatype=dtype)
+    out.set_data_from_numpy(arr, binary_data=True)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m linkedout.serving.transformer", parents=[kserve.model_server.parser],
+        description="LinkedOut's KServe transformer: user ids in, top-K videos out (docs/serving.md §3).")
+    parser.add_argument("--model_repository", required=True,
+                        help="the Triton model repository (directory or s3://bucket/prefix) holding the catalogues")
+    parser.add_argument("--feast_repo", default=None,
+                        help="Feast repository directory (feature_store.yaml); without it every user is cold start "
+                             "unless the request carries a history")
+    parser.add_argument("--feast_timeout_ms", type=float, default=200.0, help="deadline of the Feast read (ms)")
+    parser.add_argument("--routing", default=None, help="A/B routing config (YAML), re-read when it changes")
+    parser.add_argument("--default_model", default=None,
+                        help="model NAME served without a routing config (default: --model_name)")
+    parser.add_argument("--request_log", default=None, help="append one JSON line per user served to this file")
+    parser.add_argument("--max_batch_size", type=int, default=64, help="most users per request")
+    parser.add_argument("--max_k", type=int, default=100, help="most results per user")
+    parser.add_argument("--catalog_poll_s", type=float, default=1.0,
+                        help="seconds between looks at the repository for new catalogue versions")
+    parser.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL for an s3:// --model_repository")
+    parser.add_argument("--bind_address", default="0.0.0.0",
+                        help="address the REST and gRPC servers listen on (127.0.0.1 for a local stack)")
+    parser.add_argument("--log_level", default="INFO", help="log level of the transformer (kserve's own: WARNING)")
+    parser.set_defaults(model_name="linkedout", predictor_protocol="grpc-v2", predictor_request_timeout_seconds=1,
+                        predictor_request_retries=1, enable_latency_logging=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from linkedout.serving.kserve_server import BoundModelServer
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    if not args.predictor_host:
+        raise SystemExit("--predictor_host: Triton's gRPC host:port is required")
+    if not args.model_repository.startswith("s3://") and not os.path.isdir(args.model_repository):
+        raise SystemExit(f"--model_repository: {args.model_repository} is not a directory")
+    try:
+        model = LinkedOutTransformer(
+            args.model_name, predictor_host=args.predictor_host, model_repository=args.model_repository,
+            feast_repo=args.feast_repo, feast_timeout_ms=args.feast_timeout_ms, routing=args.routing,
+            default_model=args.default_model, request_log=args.request_log, max_batch_size=args.max_batch_size,
+            max_k=args.max_k, predictor_timeout_s=float(args.predictor_request_timeout_seconds),
+            predictor_retries=int(args.predictor_request_retries), catalog_poll_s=args.catalog_poll_s,
+            s3_endpoint=args.s3_endpoint)
+        model.load()
+    except (ValueError, RoutingError, FileNotFoundError) as e:
+        raise SystemExit(f"linkedout transformer: {e}") from None
+    started = time.monotonic()
+    server = BoundModelServer(bind_address=args.bind_address, http_port=args.http_port, grpc_port=args.grpc_port,
+                              enable_grpc=args.enable_grpc, workers=1, max_threads=args.max_threads,
+                              enable_latency_logging=False)
+    for name in ("kserve", "kserve.trace", "uvicorn.access"):  # kserve configured its loggers just now
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        server.start([model])
+    finally:
+        log.info("transformer stopped after %.0f s", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()
