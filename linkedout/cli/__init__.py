@@ -13,6 +13,8 @@ resumed and inspected on its own::
     linkedout evaluate       full-catalogue and sampled metrics of a trained run
     linkedout report         one HTML page: metrics, curves, gate heatmaps, layer shares
     linkedout export         a trained run -> ONNX encoder and ranker in a versioned Triton model repository
+    linkedout serve          the local stack: Triton, the KServe transformer, Feast, on loopback
+    linkedout recommend      ask the running stack for recommendations over gRPC
     linkedout run            the main job end to end on the embedded default
     linkedout ab             A/B experiments: render, status, promote, rollback, analyze, simulate
     linkedout manifests      Kubernetes manifests: list, render, validate
@@ -33,7 +35,7 @@ from collections.abc import Sequence
 from linkedout.utils import configure_logging
 
 #: Command modules under ``linkedout.cli``, in the order their commands appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "run", "ab", "manifests")
+COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "serve", "run", "ab", "manifests")
 
 
 def build_parser() -> argparse.ArgumentParser:

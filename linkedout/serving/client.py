@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RecommendClient", "Recommendation", "endpoint_from_workdir", "format_table"]
+__all__ = ["RecommendClient", "RecommendError", "Recommendation", "endpoint_from_workdir", "format_table"]
+
+
+class RecommendError(RuntimeError):
+    """The transformer refused the request or could not be reached; carries its status and message."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -84,7 +92,12 @@ class RecommendClient:
             ein = g.InferInput("explain", [1], "BOOL")
             ein.set_data_from_numpy(np.asarray([True]))
             inputs.append(ein)
-        res = self._client.infer(self.model, inputs, client_timeout=self.timeout)
+        try:
+            res = self._client.infer(self.model, inputs, client_timeout=self.timeout)
+        except Exception as e:  # tritonclient's InferenceServerException: status() and message()
+            status = e.status() if callable(getattr(e, "status", None)) else None
+            message = e.message() if callable(getattr(e, "message", None)) else str(e)
+            raise RecommendError(f"{self.url}: {status or 'error'}: {message}", status) from None
         items, scores = res.as_numpy("items"), res.as_numpy("scores")
         variants, versions = res.as_numpy("variant"), res.as_numpy("model_version")
         cold, unknown = res.as_numpy("cold_start"), res.as_numpy("unknown_items")

@@ -22,7 +22,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class RoutingConfig:
     experiment: str
     salt: str
     variants: tuple[RoutingVariant, ...]
+    _bounds: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -63,7 +64,7 @@ class RoutingConfig:
             raise RoutingError(f"routing.variants: duplicate variant names {names}")
         if sum(v.weight for v in self.variants) <= 0:
             raise RoutingError("routing.variants: the weights must sum to more than 0")
-        object.__setattr__(self, "_bounds", _bounds(self.variants))
+        object.__setattr__(self, "_bounds", tuple(_bounds(self.variants)))
 
     @classmethod
     def single(cls, model: str) -> RoutingConfig:

@@ -117,6 +117,10 @@ class LinkedOutTransformer(kserve.Model):
                 log.warning("catalogue refresh failed: %s", e)
             await asyncio.sleep(self.catalog_poll_s)
 
+    async def healthy(self) -> bool:
+        """Ready (the v2 ready endpoints, a pod's readiness probe) once a catalogue version is served."""
+        return bool(self.ready and self.core is not None and self.core.serving)
+
     def stop(self) -> None:
         self._stopping = True
         if self.core is not None:

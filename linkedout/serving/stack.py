@@ -1,0 +1,280 @@
+"""The local stack (``linkedout serve``): the model server, the KServe transformer, the Feast store.
+
+::
+
+    with LocalStack(StackSettings(workdir=W)) as stack:      # W/model_repository, W/feast from the main job
+        print(stack.info["transformer"]["grpc"])             # query it: linkedout recommend --workdir W
+        stack.wait()                                         # until Ctrl-C / SIGTERM / a process dies
+
+- the model server: the real ``tritonserver`` (own virtual environment, Python-backend twin of
+  ``W/model_repository``), or where it cannot run the KServe predictor over the same repository
+  (``linkedout.serving.local_server``);
+- the transformer: ``python -m linkedout.serving.transformer`` on 127.0.0.1, reading Feast's
+  online store in ``W/feast`` (SQLite locally) and the catalogues in ``W/model_repository``;
+- a follower in this process: when a new version appears in ``W/model_repository`` (a retrained
+  model, ``linkedout catalog add``), the model server syncs and loads it with no restart (a bad
+  version is refused and the old one keeps serving), and the transformer switches to it once it is
+  ready.
+
+``W/serving/stack.json`` says where everything listens and each process's PID (the CLI's
+``recommend`` and ``catalog add`` read it); logs go to ``W/serving/*.log``, the request log to
+``W/serving/requests.jsonl``. Every child dies with this process. This module imports neither
+kserve nor tritonclient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from linkedout.serving import process
+from linkedout.serving.local_server import start_model_server
+from linkedout.serving.triton import ModelServerError
+from linkedout.utils import atomic_write_text, get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["LocalStack", "StackError", "StackSettings", "read_stack"]
+
+
+class StackError(RuntimeError):
+    """A part of the local stack could not start, or died; the message says which and why."""
+
+
+@dataclass
+class StackSettings:
+    """What ``linkedout serve`` starts, and where."""
+
+    # The work directory of the main job: model_repository/, feast/, serving/.
+    workdir: Path
+    # Model NAME the transformer serves when no routing config is given.
+    default_model: str = "linkedout"
+    # An A/B routing config (YAML) for the transformer; None = everyone to default_model.
+    routing: Path | None = None
+    # Address every process listens on (loopback only).
+    host: str = "127.0.0.1"
+    # Transformer REST and gRPC ports; 0 = free ports.
+    http_port: int = 0
+    grpc_port: int = 0
+    # "triton" (the real tritonserver, falling back to KServe where it cannot run) or "kserve".
+    prefer: str = "triton"
+    # Seconds between looks at the model repository for new versions; > 0.
+    sync_interval: float = 1.0
+    # Read user histories from W/feast (when it exists).
+    use_feast: bool = True
+    # Seconds to wait for the transformer to serve a catalogue version.
+    startup_timeout: float = 180.0
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        if self.prefer not in ("triton", "kserve"):
+            raise ValueError(f"StackSettings.prefer must be 'triton' or 'kserve', got {self.prefer!r}")
+        if not self.sync_interval > 0:
+            raise ValueError(f"StackSettings.sync_interval must be > 0, got {self.sync_interval}")
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"StackSettings.host must be a loopback address, got {self.host!r}")
+
+
+def read_stack(workdir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The running stack's ``stack.json``; ``StackError`` when no stack runs for ``workdir``."""
+    path = Path(workdir) / "serving" / "stack.json"
+    if not path.is_file():
+        raise StackError(f"no local stack runs for {workdir} ({path} is missing): start one with "
+                         f"`linkedout serve --workdir {workdir}`")
+    info: dict[str, Any] = json.loads(path.read_text())
+    if not process.pid_alive(int(info.get("pid", 0))):
+        raise StackError(f"the stack recorded in {path} (pid {info.get('pid')}) is not running any more")
+    return info
+
+
+class LocalStack:
+    """See the module docstring."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.workdir = settings.workdir
+        self.repository = self.workdir / "model_repository"
+        self.serving_dir = self.workdir / "serving"
+        self.server: Any = None
+        self.transformer: Any = None
+        self.info: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+        self._stamps: dict[str, tuple[int, ...]] = {}
+        self.sync_errors: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------------ start
+
+    def models(self) -> list[str]:
+        if not self.repository.is_dir():
+            return []
+        return sorted(p.name for p in self.repository.iterdir() if (p / "config.pbtxt").is_file())
+
+    def start(self) -> LocalStack:
+        s = self.settings
+        models = self.models()
+        rankers = [m[: -len("_ranker")] for m in models if m.endswith("_ranker")]
+        if not rankers:
+            raise StackError(f"{self.repository} holds no ranker model: export one first "
+                             f"(linkedout export --run-dir RUN --repo {self.repository} --name {s.default_model})")
+        if s.routing is None and s.default_model not in rankers:
+            raise StackError(f"{self.repository} has no {s.default_model}_ranker (it has {rankers}); "
+                             f"pick one with --model")
+        self.serving_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            self.server = start_model_server(self.repository, self.serving_dir, models=models, host=s.host,
+                                             prefer=s.prefer)
+        except ModelServerError as e:
+            raise StackError(f"the model server did not start: {e}") from e
+        self._stamps = {m: self._stamp(m) for m in models}
+        log.info("model server (%s) up in %.1f s: gRPC %s", self.server.describe().get("kind"),
+                 time.monotonic() - t0, self.server.grpc_url)
+        try:
+            self._start_transformer()
+        except BaseException:
+            self.stop()
+            raise
+        self.info = {
+            "pid": os.getpid(), "started": time.time(), "workdir": str(self.workdir.resolve()),
+            "model_server": self.server.describe(),
+            "transformer": {"pid": self.transformer.pid, "grpc": f"{s.host}:{self._grpc_port}",
+                            "http": f"http://{s.host}:{self._http_port}", "model": s.default_model,
+                            "metrics": f"http://{s.host}:{self._http_port}/metrics",
+                            "log": str(self.serving_dir / "transformer.log")},
+            "feast": str(self.feast_repo) if self.feast_repo else None,
+            "request_log": str(self.serving_dir / "requests.jsonl"),
+            "routing": str(s.routing) if s.routing else None,
+            "models": models,
+        }
+        atomic_write_text(self.serving_dir / "stack.json", json.dumps(self.info, indent=2))
+        self._follower = threading.Thread(target=self._follow, name="repository-follower", daemon=True)
+        self._follower.start()
+        log.info("local stack up in %.1f s", time.monotonic() - t0)
+        return self
+
+    @property
+    def feast_repo(self) -> Path | None:
+        repo = self.workdir / "feast"
+        return repo if self.settings.use_feast and (repo / "feature_store.yaml").is_file() else None
+
+    def _start_transformer(self) -> None:
+        s = self.settings
+        self._http_port = s.http_port or process.free_port(s.host)
+        self._grpc_port = s.grpc_port or process.free_port(s.host)
+        cmd = [sys.executable, "-m", "linkedout.serving.transformer", "--model_name", s.default_model,
+               "--predictor_host", self.server.grpc_url.split("://")[-1],
+               "--model_repository", str(self.repository), "--bind_address", s.host,
+               "--http_port", str(self._http_port), "--grpc_port", str(self._grpc_port),
+               "--request_log", str(self.serving_dir / "requests.jsonl")]
+        if self.feast_repo:
+            cmd += ["--feast_repo", str(self.feast_repo)]
+        if s.routing:
+            cmd += ["--routing", str(s.routing)]
+        log_path = self.serving_dir / "transformer.log"
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.transformer = process.spawn(cmd, env=env, log_path=log_path)
+        url = f"http://{s.host}:{self._http_port}/v2/models/{s.default_model}/ready"
+        deadline = time.monotonic() + s.startup_timeout
+        while time.monotonic() < deadline:
+            if self.transformer.poll() is not None:
+                raise StackError(f"the transformer exited with code {self.transformer.returncode}:\n"
+                                 f"{process.log_tail(log_path, 25)}")
+            if _http_ok(url):
+                return
+            time.sleep(0.2)
+        raise StackError(f"the transformer serves no catalogue version after {s.startup_timeout:.0f} s "
+                         f"({url}):\n{process.log_tail(log_path, 25)}")
+
+    # ------------------------------------------------------------------------------------ follow
+
+    def _stamp(self, model: str) -> tuple[int, ...]:
+        d = self.repository / model
+        try:
+            return tuple(sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()))
+        except FileNotFoundError:
+            return ()
+
+    def sync(self) -> dict[str, list[int]]:
+        """Make the model server serve the repository's current versions; returns READY versions by model."""
+        out = {}
+        for model in self.models():
+            stamp = self._stamp(model)
+            if self._stamps.get(model) == stamp:
+                continue
+            try:
+                out[model] = self.server.refresh(model)
+                self.sync_errors.pop(model, None)
+                log.info("%s now serves versions %s", model, out[model])
+            except Exception as e:  # VersionRejected / ModelLoadError: the old versions keep serving
+                self.sync_errors[model] = str(e)
+                log.error("%s: the new version was refused, the previous ones keep serving: %s", model, e)
+            self._stamps[model] = stamp
+        return out
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.settings.sync_interval):
+            try:
+                self.sync()
+            except Exception as e:
+                log.warning("repository sync failed: %s", e)
+
+    def check(self) -> None:
+        """``StackError`` when a process of the stack has died."""
+        if self.transformer is not None and self.transformer.poll() is not None:
+            raise StackError(f"the transformer exited with code {self.transformer.returncode}:\n"
+                             f"{process.log_tail(self.serving_dir / 'transformer.log', 25)}")
+        if self.server is not None and not self.server.running():
+            raise StackError(f"the model server ({self.server.describe().get('kind')}) exited; see "
+                             f"{self.server.describe().get('log')}")
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until ``stop()``, ``timeout`` seconds, or a process of the stack dies (``StackError``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.wait(0.5):
+            self.check()
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    # ------------------------------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        """Stop the transformer, then the model server; remove ``stack.json``. Safe to call twice."""
+        self._stop.set()
+        if self.transformer is not None:
+            process.stop(self.transformer, timeout=15)
+            self.transformer = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        stack_file = self.serving_dir / "stack.json"
+        try:
+            if stack_file.is_file() and json.loads(stack_file.read_text()).get("pid") == os.getpid():
+                stack_file.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return int(r.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
