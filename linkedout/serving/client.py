@@ -95,8 +95,9 @@ class RecommendClient:
         try:
             res = self._client.infer(self.model, inputs, client_timeout=self.timeout)
         except Exception as e:  # tritonclient's InferenceServerException: status() and message()
-            status = e.status() if callable(getattr(e, "status", None)) else None
-            message = e.message() if callable(getattr(e, "message", None)) else str(e)
+            status_fn, message_fn = getattr(e, "status", None), getattr(e, "message", None)
+            status = status_fn() if callable(status_fn) else None
+            message = message_fn() if callable(message_fn) else str(e)
             raise RecommendError(f"{self.url}: {status or 'error'}: {message}", status) from None
         items, scores = res.as_numpy("items"), res.as_numpy("scores")
         variants, versions = res.as_numpy("variant"), res.as_numpy("model_version")
