@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import Toy, build_variant
 
 from linkedout import pipeline
 from linkedout.export import (
@@ -35,23 +36,11 @@ from linkedout.export import (
 )
 from linkedout.export.exporter import topk_mismatch
 from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
-from linkedout.extraction.extractor import ExtractionConfig
 from linkedout.features import FeatureReader
-from linkedout.model import build_model
-from linkedout.model.recommender import LinkedOutRecommender
-from linkedout.utils import set_seed
 
 VARIANTS = ("linkedout", "hybrid", "multimodal", "sasrec_id", "popularity", "uniform", "last_layer")
 TOL = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Toy:
-    data: Path
-    features: Path
-    split: Any
-    item_features: Any
 
 
 @dataclass
@@ -67,34 +56,6 @@ def session(path: Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> Toy:
-    root = tmp_path_factory.mktemp("export-toy")
-    data = pipeline.ensure_dataset(root / "data", "toy")
-    features = root / "features"
-    pipeline.extract(data, features, (ExtractionConfig(num_frames=2, batch_size=8, shard_size=16), None))
-    split = pipeline.build_split(data, str(features))
-    return Toy(data, features, split, pipeline.item_features_for(split, str(features)))
-
-
-def build_variant(variant: str, toy: Toy) -> Any:
-    v = pipeline.parse_variant(variant)
-    spec = toy.item_features.reader.spec if v.kind in ("linkedout", "hybrid") else None
-    cfg = pipeline.model_config_for(v, spec, d_model=32)
-    set_seed(7)
-    model = build_model(cfg, toy.split.num_items, toy.split.item_counts)
-    if v.side_info:
-        assert isinstance(model, LinkedOutRecommender)
-        model.set_item_side_info(*pipeline.item_side_info(toy.data, toy.split.item_ids, cfg))
-    with torch.no_grad():  # make untrained parameters non-trivial (LayerNorm gains, biases)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        for m in model.modules():  # padding rows stay zero, as training keeps them
-            if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
-                m.weight[m.padding_idx].zero_()
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

@@ -1,0 +1,84 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class Toy:
+    """The toy synthetic dataset (real mp4s) and its features from the tiny backbone (2 frames a video)."""
+
+    data: Path
+    features: Path
+    split: Any
+    item_features: Any
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Toy:
+    from linkedout import pipeline
+    from linkedout.extraction.extractor import ExtractionConfig
+
+    root = tmp_path_factory.mktemp("toy")
+    data = pipeline.ensure_dataset(root / "data", "toy")
+    features = root / "features"
+    pipeline.extract(data, features, (ExtractionConfig(num_frames=2, batch_size=8, shard_size=16), None))
+    split = pipeline.build_split(data, str(features))
+    return Toy(data, features, split, pipeline.item_features_for(split, str(features)))
+
+
+def build_variant(variant: str, toy: Toy, *, seed: int = 7, d_model: int = 32) -> Any:
+    """A model of ``variant`` over the toy catalogue with seeded, non-trivial random weights."""
+    import torch
+
+    from linkedout import pipeline
+    from linkedout.model import build_model
+    from linkedout.model.recommender import LinkedOutRecommender
+    from linkedout.utils import set_seed
+
+    v = pipeline.parse_variant(variant)
+    spec = toy.item_features.reader.spec if v.kind in ("linkedout", "hybrid") else None
+    cfg = pipeline.model_config_for(v, spec, d_model=d_model)
+    set_seed(seed)
+    model = build_model(cfg, toy.split.num_items, toy.split.item_counts)
+    if v.side_info:
+        assert isinstance(model, LinkedOutRecommender)
+        model.set_item_side_info(*pipeline.item_side_info(toy.data, toy.split.item_ids, cfg))
+    with torch.no_grad():  # make untrained parameters non-trivial (LayerNorm gains, biases)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for m in model.modules():  # padding rows stay zero, as training keeps them
+            if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
+                m.weight[m.padding_idx].zero_()
+    return model.eval()
+
+
+@dataclass
+class ServingRepo:
+    """A model repository with the toy models ``linkedout`` and ``sasrec_id`` exported (max_k 20)."""
+
+    root: Path
+    models: dict[str, Any]
+    toy: Toy
+
+
+@pytest.fixture(scope="session")
+def serving_repo(toy: Toy, tmp_path_factory: pytest.TempPathFactory) -> ServingRepo:
+    from linkedout.export import ExportConfig, ModelRepository, export_model
+
+    root = tmp_path_factory.mktemp("serving-repo") / "model_repository"
+    models = {}
+    for name in ("linkedout", "sasrec_id"):
+        model = build_variant(name, toy)
+        export_model(model, ModelRepository(root), item_ids=toy.split.item_ids,
+                     item_features=toy.item_features if model.needs_features else None,
+                     popularity=toy.split.item_counts,
+                     layers=[f"L{layer}" for layer in toy.item_features.reader.spec.layers],
+                     config=ExportConfig(name=name, max_k=20))
+        models[name] = model
+    return ServingRepo(root, models, toy)

@@ -1,0 +1,268 @@
+"""The transformer's logic without its servers: request checks, A/B routing, the request log, the engine.
+
+The engine runs the exported ONNX rankers through onnxruntime (the same files Triton serves), so
+its answers are checked against the PyTorch models. The servers themselves (Triton, the KServe
+transformer, Feast) are exercised in tests/test_serving_stack.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ServingRepo
+
+from linkedout.export import Catalog
+from linkedout.export.graphs import RankerGraph
+from linkedout.serving.catalogs import ServedCatalogs
+from linkedout.serving.engine import RecommendationEngine, ServingUnavailable
+from linkedout.serving.ort_ranker import OrtRanker
+from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse_request
+from linkedout.serving.request_log import RequestLog, read_request_log
+from linkedout.serving.routing import BUCKETS, Router, RoutingConfig, RoutingError, bucket_of
+
+
+def i64(name: str, values: list[int] | np.ndarray, shape: tuple[int, ...] | None = None) -> RawTensor:
+    arr = np.asarray(values, dtype=np.int64)
+    return RawTensor(name, "INT64", shape if shape is not None else arr.shape, raw=arr.tobytes())
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+def test_a_valid_request_parses() -> None:
+    req = parse_request({"user_id": i64("user_id", [3, 4]), "k": i64("k", [5]),
+                         "history": i64("history", [[-1, 7, 8], [-1, -1, 9]]),
+                         "explain": RawTensor("explain", "BOOL", (1,), raw=b"\x01")}, max_batch_size=8, max_k=20)
+    assert req == RecRequest(["3", "4"], 5, [[7, 8], [9]], True)
+    strings = RawTensor("user_id", "BYTES", (2,), raw=struct.pack("<I", 2) + b"u1" + struct.pack("<I", 3) + b"abc")
+    assert parse_request({"user_id": strings}, max_batch_size=8, max_k=20).user_ids == ["u1", "abc"]
+    rest = RawTensor("user_id", "INT64", (2,), values=[1, 2])  # REST JSON carries values, not raw bytes
+    assert parse_request({"user_id": rest}, max_batch_size=8, max_k=20).user_ids == ["1", "2"]
+
+
+@pytest.mark.parametrize(("inputs", "field", "words"), [
+    ({}, "user_id", "missing"),
+    ({"user_id": RawTensor("user_id", "FP32", (1,), raw=b"\0" * 4)}, "user_id", "INT64 or BYTES"),
+    ({"user_id": i64("user_id", [[1, 2]])}, "user_id", "shape [B]"),
+    ({"user_id": i64("user_id", list(range(9)))}, "user_id", "maximum batch size 8"),
+    ({"user_id": RawTensor("user_id", "INT64", (3,), raw=b"\0" * 16)}, "user_id", "16 bytes of data"),
+    ({"user_id": RawTensor("user_id", "BYTES", (1,), raw=struct.pack("<I", 9) + b"abc")}, "user_id", "claims 9 bytes"),
+    ({"user_id": i64("user_id", [1]), "k": i64("k", [0])}, "k", ">= 1"),
+    ({"user_id": i64("user_id", [1]), "k": i64("k", [21])}, "k", "above what this server returns (20"),
+    ({"user_id": i64("user_id", [1]), "k": i64("k", [1, 2])}, "k", "one value"),
+    ({"user_id": i64("user_id", [1, 2]), "history": i64("history", [[1, 2]])}, "history", "[B=2, T]"),
+    ({"user_id": i64("user_id", [1]), "history": i64("history", [[-5, 2]])}, "history", ">= 0"),
+    ({"user_id": i64("user_id", [1]), "colour": i64("colour", [1])}, "colour", "unknown input"),
+])
+def test_bad_requests_name_the_input(inputs: dict[str, RawTensor], field: str, words: str) -> None:
+    with pytest.raises(RequestError, match=f"input '{field}'") as err:
+        parse_request(inputs, max_batch_size=8, max_k=20)
+    assert words in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ routing
+
+
+def test_routing_is_sticky_and_splits_by_weight(tmp_path: Path) -> None:
+    cfg = RoutingConfig.from_dict({"experiment": "e", "salt": "s1", "variants": [
+        {"name": "a", "model": "linkedout", "weight": 70}, {"name": "b", "model": "sasrec_id", "weight": 30}]})
+    users = [str(u) for u in range(20_000)]
+    first = [cfg.assign(u).name for u in users]
+    assert first == [cfg.assign(u).name for u in users]  # sticky
+    share = first.count("a") / len(users)
+    assert 0.68 < share < 0.72
+    # the rule is a pure function of salt and id: a bucket below 7000 is variant a
+    assert all((bucket_of("s1", u) < 0.7 * BUCKETS) == (n == "a") for u, n in zip(users[:500], first))
+    other = RoutingConfig.from_dict({"experiment": "e", "salt": "s2", "variants": [
+        {"name": "a", "model": "linkedout", "weight": 70}, {"name": "b", "model": "sasrec_id", "weight": 30}]})
+    assert [other.assign(u).name for u in users] != first  # a new salt reshuffles
+
+
+@pytest.mark.parametrize(("doc", "words"), [
+    ({"salt": "x", "variants": []}, "at least one variant"),
+    ({"variants": [{"name": "a", "model": "m"}]}, "routing.salt"),
+    ({"salt": "x", "variants": [{"name": "a", "model": "m", "weight": -1}]}, "variants[0].weight"),
+    ({"salt": "x", "variants": [{"name": "a", "model": "m", "version": 0}]}, "variants[0].version"),
+    ({"salt": "x", "variants": [{"name": "a", "model": "m", "wieght": 5}]}, "unknown field(s) ['wieght']"),
+    ({"salt": "x", "variants": [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}]}, "duplicate"),
+])
+def test_bad_routing_configs_name_the_field(doc: dict, words: str) -> None:
+    with pytest.raises(RoutingError, match=re.escape(words)):
+        RoutingConfig.from_dict(doc)
+
+
+def test_router_rereads_its_file_and_keeps_the_last_good_config(tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text("experiment: e\nsalt: s\nvariants:\n  - {name: a, model: linkedout}\n")
+    router = Router(path, "linkedout", check_interval=0.0)
+    assert router.current().assign("1").name == "a"
+    time.sleep(0.01)
+    path.write_text("experiment: e2\nsalt: s\nvariants:\n  - {name: b, model: sasrec_id, weight: 1}\n")
+    assert router.current().assign("1").name == "b"
+    path.write_text("experiment: [unclosed\n")
+    assert router.current().assign("1").name == "b"  # a broken edit does not take serving down
+    with pytest.raises(RoutingError, match="does not exist"):
+        Router(tmp_path / "missing.yaml", "linkedout")
+
+
+# ------------------------------------------------------------------------------------------ request log
+
+
+def test_request_log_writes_jsonl_off_the_request_path(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "requests.jsonl", flush_interval=0.05)
+    for i in range(500):
+        log.write({"request_id": f"r{i}", "user_id": str(i)})
+    log.close()
+    rows = list(read_request_log(tmp_path / "requests.jsonl"))
+    assert [r["request_id"] for r in rows] == [f"r{i}" for i in range(500)]
+    with open(tmp_path / "requests.jsonl", "a") as f:
+        f.write('{"request_id": "torn')  # a writer killed mid-line
+    assert len(list(read_request_log(tmp_path / "requests.jsonl"))) == 500
+
+
+# ------------------------------------------------------------------------------------------ the engine
+
+
+class StoreHistories:
+    """A history source over a dict: stands in for the Feast reader (tested against Feast elsewhere)."""
+
+    def __init__(self, histories: dict[str, list[int]], delay: float = 0.0, fail: Exception | None = None) -> None:
+        self.histories, self.delay, self.fail = histories, delay, fail
+
+    def get(self, user_ids: list[str]) -> list[list[int]]:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        return [list(self.histories.get(u, [])) for u in user_ids]
+
+
+def make_engine(repo: ServingRepo, *, histories: StoreHistories | None = None, routing: Path | None = None,
+                log: RequestLog | None = None, feast_timeout: float = 0.5) -> RecommendationEngine:
+    engine = RecommendationEngine(router=Router(routing, "linkedout"), catalogs=ServedCatalogs(str(repo.root)),
+                                  ranker=OrtRanker(repo.root), histories=histories, request_log=log,
+                                  feast_timeout=feast_timeout, max_k=20)
+    engine.serving = {"linkedout": 1, "sasrec_id": 1}
+    return engine
+
+
+def torch_top_k(repo: ServingRepo, name: str, history_ids: list[int], k: int) -> list[int]:
+    catalog = Catalog.load(repo.root / f"{name}_ranker" / "1")
+    rows = catalog.rows_of(history_ids)[-10:]
+    hist = np.zeros((1, 10), dtype=np.int64)
+    hist[0, 10 - len(rows):] = rows
+    ranker = RankerGraph(repo.models[name], torch.from_numpy(catalog.table()), 20).eval()
+    with torch.no_grad():
+        top, _, _ = ranker(torch.from_numpy(hist))
+    return catalog.ids_of(top[0].numpy())[:k].tolist()
+
+
+def test_engine_answers_the_pytorch_top_k_without_watched_videos(serving_repo: ServingRepo) -> None:
+    split = serving_repo.toy.split
+    ids = [int(i) for i in split.item_ids[1:]]
+    users = {str(u): [int(split.item_ids[r]) for r in h[h > 0]] for u, h in
+             zip(split.test.user_ids[:12], split.test.histories[:12])}
+    engine = make_engine(serving_repo, histories=StoreHistories(users))
+    res = asyncio.run(engine.recommend(RecRequest(list(users), 10, None, False)))
+    for i, hist in enumerate(users.values()):
+        assert res.items[i].tolist() == torch_top_k(serving_repo, "linkedout", hist, 10)
+        assert not set(hist) & set(res.items[i].tolist())
+        assert set(res.items[i].tolist()) <= set(ids)
+    assert res.variants == ["linkedout"] * 12 and set(res.model_versions) == {"linkedout_ranker:1"}
+    assert not res.cold_start.any()
+    assert (np.diff(res.scores, axis=1) <= 1e-6).all()  # best first
+    engine.close()
+
+
+def test_users_without_history_get_the_cold_start_answer_marked(serving_repo: ServingRepo) -> None:
+    engine = make_engine(serving_repo, histories=StoreHistories({}))
+    res = asyncio.run(engine.recommend(RecRequest(["nobody", "else"], 5, None, False)))
+    assert res.cold_start.all()
+    catalog = Catalog.load(serving_repo.root / "linkedout_ranker" / "1")
+    most_popular = int(catalog.ids[int(np.argmax(catalog.popularity))])
+    assert res.items[0, 0] == most_popular  # the toy catalogue's videos share one publish era
+    assert res.items[0].tolist() == res.items[1].tolist()
+    engine.close()
+
+
+def test_explicit_histories_report_unknown_videos_and_explain_layers(serving_repo: ServingRepo) -> None:
+    catalog = Catalog.load(serving_repo.root / "linkedout_ranker" / "1")
+    known = [int(v) for v in catalog.ids[:3]]
+    engine = make_engine(serving_repo)
+    res = asyncio.run(engine.recommend(RecRequest(["7"], 5, [[*known, 99_999_999]], True)))
+    assert res.unknown_items == [[99_999_999]]
+    assert res.items[0].tolist() == torch_top_k(serving_repo, "linkedout", known, 5)
+    assert res.layers == ["L0", "L4", "L8", "L12", "L16", "L20"]
+    rows = catalog.rows_of(res.items[0].tolist())
+    assert res.contributions is not None and res.gate is not None
+    assert np.allclose(res.contributions[0], catalog.contributions[rows - 1])
+    assert np.allclose(res.gate[0], catalog.gate[rows - 1])
+    assert np.allclose(res.contributions[0].sum(-1), 1.0, atol=1e-5)
+    engine.close()
+
+
+def test_an_experiment_splits_users_between_two_models_and_logs_them(serving_repo: ServingRepo, tmp_path: Path) -> None:
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("experiment: ab1\nsalt: s\nvariants:\n  - {name: control, model: linkedout, weight: 50}\n"
+                       "  - {name: treatment, model: sasrec_id, weight: 50}\n")
+    catalog = Catalog.load(serving_repo.root / "linkedout_ranker" / "1")
+    hist = [int(v) for v in catalog.ids[:4]]
+    users = [str(u) for u in range(40)]
+    log = RequestLog(tmp_path / "requests.jsonl")
+    engine = make_engine(serving_repo, histories=StoreHistories(dict.fromkeys(users, hist)), routing=routing, log=log)
+    res = asyncio.run(engine.recommend(RecRequest(users, 5, None, False), request_id="req-1"))
+    cfg = RoutingConfig.from_dict({"salt": "s", "variants": [{"name": "control", "model": "linkedout", "weight": 50},
+                                                              {"name": "treatment", "model": "sasrec_id", "weight": 50}]})
+    assert res.variants == [cfg.assign(u).name for u in users]
+    assert {"control", "treatment"} == set(res.variants)
+    for i, v in enumerate(res.variants):
+        model = "linkedout" if v == "control" else "sasrec_id"
+        assert res.model_versions[i] == f"{model}_ranker:1"
+        assert res.items[i].tolist() == torch_top_k(serving_repo, model, hist, 5)
+    engine.close()
+    rows = list(read_request_log(tmp_path / "requests.jsonl"))
+    assert [r["user_id"] for r in rows] == users
+    assert {r["request_id"] for r in rows} == {"req-1"} and {r["experiment"] for r in rows} == {"ab1"}
+    assert rows[0]["items"] == res.items[0].tolist() and len(rows[0]["scores"]) == 5
+    assert all(r["latency_ms"] > 0 and r["model"] in ("linkedout", "sasrec_id") for r in rows)
+
+
+def test_a_store_outage_is_a_clear_error_within_its_timeout(serving_repo: ServingRepo) -> None:
+    slow = make_engine(serving_repo, histories=StoreHistories({}, delay=2.0), feast_timeout=0.2)
+    t0 = time.perf_counter()
+    with pytest.raises(ServingUnavailable, match="did not answer within 200 ms") as err:
+        asyncio.run(slow.recommend(RecRequest(["1"], 5, None, False)))
+    assert time.perf_counter() - t0 < 1.0 and err.value.dependency == "feast"
+    slow.close()
+    down = make_engine(serving_repo, histories=StoreHistories({}, fail=ConnectionError("127.0.0.1:6379 refused")))
+    with pytest.raises(ServingUnavailable, match=r"127\.0\.0\.1:6379 refused"):
+        asyncio.run(down.recommend(RecRequest(["1"], 5, None, False)))
+    down.histories = StoreHistories({"1": [int(Catalog.load(serving_repo.root / "linkedout_ranker" / "1").ids[0])]})
+    assert not asyncio.run(down.recommend(RecRequest(["1"], 5, None, False))).cold_start[0]  # back: served again
+    down.close()
+
+
+def test_no_ready_version_is_unavailable_not_a_crash(serving_repo: ServingRepo) -> None:
+    engine = make_engine(serving_repo)
+    engine.serving = {}
+    with pytest.raises(ServingUnavailable, match="no version of model 'linkedout' is ready"):
+        asyncio.run(engine.recommend(RecRequest(["1"], 5, [[1]], False)))
+    engine.close()
+
+
+def test_catalogue_files_on_s3_style_storage_are_listed_by_version(serving_repo: ServingRepo) -> None:
+    cats = ServedCatalogs(str(serving_repo.root))
+    assert cats.versions("linkedout") == [1] and cats.versions("nope") == []
+    view = cats.view("linkedout", 1)
+    assert view.catalog.num_items == serving_repo.toy.split.num_items
+    assert sorted(view.cold_start_rows.tolist()) == list(range(1, view.catalog.num_items + 1))
+    meta = json.loads((serving_repo.root / "linkedout_ranker" / "1" / "catalog.json").read_text())
+    assert meta["max_history"] == 10
