@@ -133,7 +133,8 @@ def test_render_production_repo(tmp_path: Path) -> None:
     import yaml
 
     cfg = yaml.safe_load(text)
-    assert cfg["online_store"] == {"type": "redis", "redis_type": "redis", "key_ttl_seconds": None, "connection_string":
+    assert cfg["online_store"] == {"type": "redis", "redis_type": "redis", "key_ttl_seconds": None, "skip_dedup": True,
+                                   "connection_string":
                                    "redis.feast:6379,db=2,socket_connect_timeout=0.25,socket_timeout=0.25,"
                                    "password=${REDIS_PASSWORD}"}
     assert cfg["registry"]["path"] == "s3://features/feast/registry.pb"
@@ -180,6 +181,11 @@ def test_bad_training_outputs_are_refused() -> None:
     with pytest.raises(ValueError, match="same L"):
         lf.Videos(ids=v.ids, embeddings=v.embeddings, gate=v.gate, contributions=v.contributions[:, :2],
                   popularity=v.popularity, published=v.published)
+    sub = v.subset([3, 1])
+    assert sub.ids.tolist() == [3, 1] and sub.titles == ("video 3", "video 1")
+    np.testing.assert_array_equal(sub.embeddings, v.embeddings[[2, 0]])
+    with pytest.raises(KeyError, match=r"\[99\]"):
+        v.subset([1, 99])
     bad = pd.DataFrame({"user": ["a"], "item": ["x1"], "timestamp": [1]})
     with pytest.raises(ValueError, match=r"interactions\.item: video ids must be non-negative integers"):
         lf.histories_from_interactions(bad)
@@ -252,6 +258,11 @@ def test_histories_online_and_the_reader(local: lf.FeatureRepo) -> None:
     with pytest.raises(ValueError, match=r"user_ids\[0\] is an empty user id"):
         reader.get([""])
     assert reader.address == f"sqlite {local.path}/data/online.db"
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(local.path / "data" / "online.db")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # readers never wait for a writer
     # a re-run writes the same rows again and changes nothing
     assert lf.write_histories(local, hist) == len(hist)
     assert reader.get(users) == [expected[u] for u in users]

@@ -73,6 +73,13 @@ def test_redis_end_to_end(repo: lf.FeatureRepo) -> None:
     assert reader.get([user]) == [live]
     assert lf.materialize(repo, ["user_history"]) == {"user_history": "full"}  # the live row is offline too
     assert reader.get([user]) == [live]
+    # a late watch is logged, not applied; the rebuild (same last watch as the live row) replaces it
+    assert lf.record_watch(repo, user, 4, timestamp_ms=t0 - 1) == live
+    back = lf.read_interactions(repo)
+    truth = expected_histories(back)[user]
+    assert truth != live and 4 in truth
+    lf.write_histories(repo, lf.histories_from_interactions(back))
+    assert reader.get([user]) == [truth]
 
 
 def test_redis_materialize_path(redis_server: LocalRedis, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ settings); :func:`apply` registers the definitions and every published feature s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -371,6 +372,19 @@ def apply(repo: FeatureRepo, services: list[FeatureService] | None = None) -> No
     for fs in services or []:
         known.add((fs.tags["model"], int(fs.tags["version"])))
     _write_services(repo.path, sorted(known))
+    if repo.settings.environment == "local" and repo.settings.sqlite_path:
+        _use_wal(Path(repo.settings.sqlite_path))
+
+
+def _use_wal(db: Path) -> None:
+    """Write-ahead logging on the SQLite online store: readers (the transformer) never wait for a
+    writer (a pipeline step, a push) and a writer never waits for readers. A property of the file."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        LOG.warning("SQLite online store %s: journal_mode is %s, not WAL", db, mode)
 
 
 def _is_connection_error(e: BaseException) -> bool:

@@ -4,10 +4,12 @@ Each write lands in the offline store first (one parquet file per part, replaced
 then online, by one of two paths (``online=``):
 
 - ``"direct"``: ``FeatureStore.write_to_online_store`` with the rows in hand (the fast path; a
-  history row is written only if it is not older than the one online, so a re-run from older
-  interactions never undoes live watches, on SQLite as on Redis);
+  history row is written only if its ``last_watch`` is not older than the one online, so a re-run
+  from older interactions never undoes live watches, on SQLite as on Redis: the production
+  configuration turns Feast's own Redis check off, ``skip_dedup``, so both stores follow this rule);
 - ``"materialize"``: ``materialize`` / ``materialize_incremental`` from the offline store, what
-  ``feast materialize-incremental`` does (Feast's semantics: the latest row of the interval wins);
+  ``feast materialize-incremental`` does (the latest row of each key in the interval wins; live
+  pushes are logged offline, so they are among those rows);
 - ``"none"``: offline only.
 
 Every function is idempotent: running it again with the same input leaves the same state.
@@ -16,7 +18,7 @@ Every function is idempotent: running it again with the same input leaves the sa
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,6 +109,19 @@ class Videos:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, ids: Sequence[int] | np.ndarray) -> Videos:
+        """The rows of ``ids``, in that order (e.g. the videos a catalogue version added);
+        ``KeyError`` naming an id that is not here."""
+        want = video_ids(np.asarray(ids), "subset ids")
+        row = {int(v): i for i, v in enumerate(self.ids)}
+        missing = [int(v) for v in want if int(v) not in row]
+        if missing:
+            raise KeyError(f"videos not in this catalogue: {missing[:10]}")
+        idx = np.array([row[int(v)] for v in want], dtype=np.int64)
+        return Videos(ids=self.ids[idx], embeddings=self.embeddings[idx], gate=self.gate[idx],
+                      contributions=self.contributions[idx], popularity=self.popularity[idx],
+                      published=self.published[idx], titles=tuple(self.titles[i] for i in idx))
 
     @classmethod
     def from_catalog(cls, version_dir: str | Path, titles: Mapping[Any, str] | pd.DataFrame | None = None) -> Videos:
