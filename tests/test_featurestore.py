@@ -61,6 +61,13 @@ def online_videos(repo: lf.FeatureRepo, ids: list[int]) -> dict[str, list]:
          "video_meta:popularity"], entity_rows={"video_id": ids}).to_dict()
 
 
+def rows_of(histories: dict[str, list[int]], events: pd.DataFrame, user: str) -> pd.DataFrame:
+    """One user's history row as write_histories takes it, stamped with the user's last event."""
+    last = int(events.loc[events["user_id"] == user, "event_timestamp"].max())
+    return pd.DataFrame({"user_id": [user], "watched": [histories[user]], "last_watch": [last],
+                         "event_timestamp": pd.to_datetime([last], unit="ms", utc=True)})
+
+
 def parquet_files(root: Path, table: str) -> list[str]:
     return sorted(p.name for p in (root / table).glob("*.parquet"))
 
@@ -329,6 +336,11 @@ def test_push_appends_keeps_ten_and_is_idempotent(local: lf.FeatureRepo) -> None
         pairs.loc[pairs["user"] == user, "item"] == "38").sum()
     # a batch rebuild from the older dataset interactions does not undo the live watches
     lf.write_histories(local, lf.histories_from_interactions(pairs))
+    assert reader.get([user]) == [changed[user]]
+    # ... unless told not to look (a bulk load into a store known to be empty): then it does
+    lf.write_histories(local, lf.histories_from_interactions(pairs), check_newer=False)
+    assert reader.get([user]) == [before]
+    lf.write_histories(local, rows_of(changed, events, user), check_newer=False)
     assert reader.get([user]) == [changed[user]]
     # the late event (older than the history online) was logged, not applied; a rebuild from the
     # interactions read back places it in time order, and is written over the live row (same last watch)

@@ -114,6 +114,7 @@ def read_rows(repo: FeatureRepo, view: str, keys: Sequence[Any], features: Seque
     """Online rows of ``view`` for entity ``keys`` with their event times: ``(ts, {feature: python value})``,
     ``(None, None)`` when a key has no row. The writers use it (newer-row checks, appending to histories)."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
     from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
     store = repo.store
@@ -124,7 +125,10 @@ def read_rows(repo: FeatureRepo, view: str, keys: Sequence[Any], features: Seque
     with online_errors(repo, f"reading {view}"):
         for lo in range(0, len(keys), batch_size):
             chunk = list(keys[lo:lo + batch_size])
-            protos = python_values_to_proto_values(chunk, value_type)
+            if join_key == USER_KEY:  # string keys: build the protos directly (the conversion is the cost)
+                protos = [Value(string_val=k) for k in user_keys(chunk)]
+            else:
+                protos = python_values_to_proto_values(chunk, value_type)
             entity_keys = [EntityKey(join_keys=[join_key], entity_values=[v]) for v in protos]
             rows = store.provider.online_read(config=store.config, table=fv, entity_keys=entity_keys,
                                               requested_features=list(features))
@@ -132,8 +136,19 @@ def read_rows(repo: FeatureRepo, view: str, keys: Sequence[Any], features: Seque
                 if values is None:
                     out.append((None, None))
                 else:
-                    out.append((ts, {k: feast_value_type_to_python_type(values[k]) for k in features if k in values}))
+                    out.append((ts, {k: _python(values[k], feast_value_type_to_python_type)
+                                     for k in features if k in values}))
     return out
+
+
+def _python(value: Any, convert: Any) -> Any:
+    """A ValueProto as Python; int64 scalars and lists directly (most of what the writers read)."""
+    kind = value.WhichOneof("val")
+    if kind == "int64_val":
+        return value.int64_val
+    if kind == "int64_list_val":
+        return list(value.int64_list_val.val)
+    return convert(value)
 
 
 class HistoryReader:

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from linkedout.featurestore.definitions import (
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 LOG = get_logger(__name__)
 
-Environment = Literal["local", "production"]
 ENVIRONMENTS: tuple[str, ...] = ("local", "production")
 SETTINGS_FILE = "linkedout_feast.json"
 SERVICES_FILE = "feature_services.json"
@@ -114,6 +113,7 @@ class FeastSettings:
         need(isinstance(self.redis_db, int) and self.redis_db >= 0, "redis_db", ">= 0")
         need(self.redis_password_env is None or bool(_ENV_NAME.fullmatch(self.redis_password_env)),
              "redis_password_env", "an environment variable name")
+        need(isinstance(self.redis_ssl, bool), "redis_ssl", "a bool")
         need(isinstance(self.redis_timeout_s, int | float) and 0 < self.redis_timeout_s <= 60,
              "redis_timeout_s", "in (0, 60]")
         need(isinstance(self.redis_retries, int) and 0 <= self.redis_retries <= 5, "redis_retries", "in [0, 5]")

@@ -332,9 +332,13 @@ def newer_than_online(repo: FeatureRepo, table: pa.Table) -> pa.Table:
 
 
 def write_histories(repo: FeatureRepo, histories: pd.DataFrame, *, online: OnlineMode = "direct",
-                    part: str = "batch") -> int:
+                    part: str = "batch", check_newer: bool = True) -> int:
     """Write user histories (:func:`histories_from_interactions`) offline (``user_history/{part}.parquet``)
-    and online. Returns the rows written online (direct path: those not older than the live row)."""
+    and online. Returns the rows written online (direct path: those not older than the live row).
+
+    ``check_newer=False`` skips reading the rows online first (about a third of the time of a bulk
+    load): for a store known to hold no newer histories, e.g. the first load of a fresh one.
+    """
     _check_mode(online)
     table = histories_table(histories)
     write_part(repo, USER_HISTORY, part, table)
@@ -342,7 +346,9 @@ def write_histories(repo: FeatureRepo, histories: pd.DataFrame, *, online: Onlin
         written = 0
         step = 20_000
         for lo in range(0, table.num_rows, step):
-            chunk = newer_than_online(repo, table.slice(lo, step))
+            chunk = table.slice(lo, step)
+            if check_newer:
+                chunk = newer_than_online(repo, chunk)
             written += write_online(repo, USER_HISTORY, chunk, batch_size=step, desc="user_history -> online")
         return written
     if online == "materialize":
