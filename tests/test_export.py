@@ -202,14 +202,14 @@ def test_a_corrupt_or_mismatched_version_is_refused_and_nothing_changes(linkedou
     config = repo.config_text("lo_ranker")
     good = (repo.version_dir("lo_ranker") / "model.onnx").read_bytes()
 
-    def corrupt(d: Path) -> None:
+    def corrupt(d: Path, version: int) -> None:
         (d / "model.onnx").write_bytes(good[: len(good) // 2])
 
     with pytest.raises(RepositoryError, match="does not load in onnxruntime"):
         repo.publish("lo_ranker", config, spec, corrupt)
     encoder_file = repo.version_dir("lo_encoder") / "model.onnx"
 
-    def wrong_graph(d: Path) -> None:
+    def wrong_graph(d: Path, version: int) -> None:
         shutil.copy(encoder_file, d / "model.onnx")
 
     with pytest.raises(RepositoryError, match="does not match its configuration"):

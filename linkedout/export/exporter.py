@@ -268,7 +268,7 @@ def export_model(
         enc_cfg = config_pbtxt(encoder_name(cfg.name), enc_spec, cfg.triton)
         id_rows = {str(int(v)): r for r, v in enumerate(ids.tolist(), start=1)}
 
-        def write_encoder(d: Path) -> None:
+        def write_encoder(d: Path, version: int) -> None:
             os.replace(enc_file, d / "model.onnx")
             atomic_write_text(d / "id_rows.json", json.dumps(id_rows))
             atomic_write_text(d / "export.json", json.dumps(
@@ -278,9 +278,9 @@ def export_model(
         rk_cfg = config_pbtxt(ranker_name(cfg.name), rk_spec, cfg.triton)
         parent = repo.latest(ranker_name(cfg.name))
 
-        def write_ranker(d: Path) -> None:
+        def write_ranker(d: Path, version: int) -> None:
             os.replace(rk_file, d / "model.onnx")
-            catalog.save(d, model=cfg.name, encoder_version=ev, max_k=kmax, max_history=t_hist,
+            catalog.save(d, model=cfg.name, version=version, encoder_version=ev, max_k=kmax, max_history=t_hist,
                          created=_now(), parent_version=parent, added=[], removed=[], source=src,
                          checks=checks)
 
@@ -403,9 +403,9 @@ def update_catalog(
         onnx.save(proto, str(rk_file))
         _check_ranker(rk_file, parent_dir / "model.onnx", parent, catalog, kmax, tolerance, check_samples)
 
-        def write(d: Path) -> None:
+        def write(d: Path, version: int) -> None:
             os.replace(rk_file, d / "model.onnx")
-            catalog.save(d, model=name, encoder_version=ev, max_k=kmax,
+            catalog.save(d, model=name, version=version, encoder_version=ev, max_k=kmax,
                          max_history=parent.meta.get("max_history"), created=_now(), parent_version=parent_v,
                          source=parent.meta.get("source", {}), checks=parent.meta.get("checks", {}),
                          parent_sha256=_sha256(parent_dir / "model.onnx"))

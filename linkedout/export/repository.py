@@ -198,11 +198,11 @@ class ModelRepository:
 
     # ------------------------------------------------------------------------------ writing
 
-    def publish(self, model: str, config: str, spec: GraphSpec, write: Callable[[Path], None], *,
+    def publish(self, model: str, config: str, spec: GraphSpec, write: Callable[[Path, int], None], *,
                 replace: bool = False) -> int:
         """Publish a new version of ``model``; returns its number.
 
-        ``write(staging_dir)`` writes the version's files (``model.onnx`` and any others) into a
+        ``write(staging_dir, version)`` writes the version's files (``model.onnx`` and any others) into a
         staging directory; the graph is checked against ``spec`` (``validate_onnx``), then the
         directory is renamed to the next version number and ``config.pbtxt`` written. If the model
         exists with another configuration, ``RepositoryError`` (or, with ``replace``, every existing
@@ -225,7 +225,7 @@ class ModelRepository:
             shutil.rmtree(staging)
         staging.mkdir()
         try:
-            write(staging)
+            write(staging, version)
             onnx_file = staging / "model.onnx"
             if not onnx_file.is_file():
                 raise RepositoryError(f"version {version} of {model!r} has no model.onnx")
