@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import Toy, build_variant
 
-from linkedout import pipeline
+from linkedout import publish
 from linkedout.export import (
     Catalog,
     CatalogError,
@@ -334,7 +334,7 @@ def test_id_models_encode_new_videos_without_an_id_row(toy: Toy, tmp_path: Path)
 
 
 def test_committed_model_repository_configs_are_what_the_exporter_writes() -> None:
-    expected = pipeline.default_repository_configs()
+    expected = publish.default_repository_configs()
     committed = {p.relative_to(REPO_ROOT / "model_repository").as_posix(): p.read_text()
                  for p in (REPO_ROOT / "model_repository").glob("*/config.pbtxt")}
     assert committed == expected, ("model_repository/ is stale: regenerate it with "

@@ -235,26 +235,31 @@ def refresh_served_model(described: Mapping[str, Any], name: str) -> list[int]:
 
 def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] | None = None, host: str = "127.0.0.1",
                        threads: int = 0, environment: TritonEnvironment | None = None,
-                       prefer: str = "triton") -> LocalTriton | LocalPredictor:
+                       prefer: str = "triton", ports: Mapping[str, int] | None = None) -> LocalTriton | LocalPredictor:
     """Serve the repository ``source`` on ``host``: local Triton, or the KServe predictor where it cannot run.
 
     ``workdir`` gets ``triton_repository/`` (the twin), ``triton.log`` or ``predictor.log``.
     ``models``: None = every model of the repository. ``prefer="kserve"`` skips Triton. Load errors
-    of ``models`` raise (:class:`ModelLoadError`).
+    of ``models`` raise (:class:`ModelLoadError`). ``ports``: ``{"http": p, "grpc": q, "metrics": r}``
+    to listen on (a restart on the ports clients already use); absent entries are free ports.
     """
+    ports = dict(ports or {})
     if prefer not in ("triton", "kserve"):
         raise ValueError(f"prefer: 'triton' or 'kserve', got {prefer!r}")
     workdir = Path(workdir)
     if prefer == "triton":
         repo = LocalRepository(source, workdir / "triton_repository", environment=environment, threads=threads)
-        triton = LocalTriton(repo, models=models, host=host, log_path=workdir / "triton.log")
+        triton = LocalTriton(repo, models=models, host=host, log_path=workdir / "triton.log",
+                             http_port=ports.get("http", 0), grpc_port=ports.get("grpc", 0),
+                             metrics_port=ports.get("metrics", 0))
         try:
             return triton.start()
         except TritonUnavailable as e:
             LOG.warning("the local Triton cannot run here (%s); serving %s from the KServe predictor instead",
                         e, source)
     predictor = LocalPredictor(source, models=models or (), host=host, threads=threads,
-                               log_path=workdir / "predictor.log")
+                               log_path=workdir / "predictor.log", http_port=ports.get("http", 0),
+                               grpc_port=ports.get("grpc", 0))
     return predictor.start()
 
 

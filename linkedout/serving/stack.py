@@ -162,6 +162,21 @@ class LocalStack:
         log.info("local stack up in %.1f s", time.monotonic() - t0)
         return self
 
+    def restart_model_server(self) -> None:
+        """Start the model server again on the ports it had (the transformer keeps its address)."""
+        s = self.settings
+        old = self.server.describe() if self.server is not None else {}
+        if self.server is not None:
+            self.server.stop()
+        ports = {k: int(str(old[k]).rsplit(":", 1)[1].split("/")[0]) for k in ("http", "grpc", "metrics")
+                 if old.get(k)}
+        self.server = start_model_server(self.repository, self.serving_dir, models=self.models(), host=s.host,
+                                         prefer=s.prefer, ports=ports)
+        self._stamps = {m: self._stamp(m) for m in self.models()}
+        self.info["model_server"] = self.server.describe()
+        atomic_write_text(self.serving_dir / "stack.json", json.dumps(self.info, indent=2))
+        log.info("model server restarted: gRPC %s", self.server.grpc_url)
+
     @property
     def feast_repo(self) -> Path | None:
         repo = self.workdir / "feast"

@@ -46,7 +46,19 @@ from linkedout.utils import configure_logging, get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["LinkedOutTransformer", "build_parser", "main"]
+__all__ = ["LinkedOutTransformer", "Unavailable", "build_parser", "main"]
+
+
+class Unavailable(ServerNotReady):
+    """A dependency is down: gRPC UNAVAILABLE, HTTP 503, with the reason.
+
+    KServe 0.21's gRPC interceptor reads ``.reason`` from ``ServerNotReady``, which only sets
+    ``error_msg``; without it the client gets UNKNOWN and an AttributeError instead of the cause.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = self.error_msg
 
 
 class LinkedOutTransformer(kserve.Model):
@@ -229,9 +241,9 @@ class LinkedOutTransformer(kserve.Model):
         try:
             result = await self.core.recommend(req, request_id)
         except ServingUnavailable as e:
-            raise ServerNotReady(str(e)) from None
+            raise Unavailable(str(e)) from None
         except RoutingError as e:
-            raise ServerNotReady(f"routing: {e}") from None
+            raise Unavailable(f"routing: {e}") from None
         return self._response(result, from_grpc)
 
     def _response(self, r: RecResult, from_grpc: bool) -> InferResponse:
