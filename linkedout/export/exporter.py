@@ -6,7 +6,7 @@
    random features and on the catalogue's own features (max abs diff <= ``tolerance``);
 2. encodes the whole catalogue once (PyTorch, batched) into the embedding table, gate weights and
    layer contributions;
-3. exports the ranker (``RankerGraph``, the table inside) and checks onnxruntime against PyTorch on
+3. exports the ranker (``RankerGraph``, the table inside; ``export_ranker``) and checks onnxruntime against PyTorch on
    random histories: identical top-K rows, scores within ``tolerance``;
 4. publishes a new version of ``NAME_encoder`` and of ``NAME_ranker`` (with the catalogue files).
 
@@ -53,7 +53,8 @@ from linkedout.utils import atomic_write_text, get_logger, progress
 
 log = get_logger(__name__)
 
-__all__ = ["ExportConfig", "ExportResult", "encoder_name", "export_model", "ranker_name", "update_catalog"]
+__all__ = ["ExportConfig", "ExportResult", "encoder_name", "export_model", "export_ranker", "ranker_name",
+           "swap_catalog_table", "update_catalog"]
 
 ItemFeatureFn = Callable[[Tensor], Tensor]
 
@@ -232,36 +233,7 @@ def export_model(
         catalog = Catalog(ids=ids, embeddings=emb, gate=gate, contributions=contrib, popularity=counts[1:],
                           published=pub, layers=names if gate.shape[1] else [])
 
-        # 3. the ranker, checked on random histories
-        t2 = time.perf_counter()
-        t_hist = max_history(model)
-        kmax = min(cfg.max_k, n)
-        rk_spec = ranker_spec(t_hist, kmax, catalog.dim)
-        rk_graph = RankerGraph(model, torch.from_numpy(catalog.table()), kmax).eval()
-        rk_file = Path(tmp) / "ranker.onnx"
-        # not optimised by onnxscript (onnxruntime optimises at load anyway): the table stays the
-        # initializer called ``table``, which ``update_catalog`` replaces
-        export_onnx(rk_graph, (torch.from_numpy(_random_histories(n, t_hist, 4, rng)),), rk_spec, rk_file,
-                    optimize=False)
-        _check_table_initializers(rk_file, n + 1, catalog.dim)
-        seconds["export_ranker"] = time.perf_counter() - t2
-        hist = _random_histories(n, t_hist, cfg.check_samples, rng)
-        got_rows, got_scores, got_user = _session(rk_file).run(None, {"history": hist})
-        with torch.no_grad():
-            w_rows, w_scores, w_user = (x.numpy() for x in rk_graph(torch.from_numpy(hist)))
-            w_full = rk_graph.full_scores(torch.from_numpy(hist)).numpy()  # (B, N+1), masked
-        finite = np.isfinite(w_scores)
-        checks["ranker_scores_max_abs_diff"] = _max_diff([np.where(finite, got_scores, 0)], [np.where(finite, w_scores, 0)])
-        checks["ranker_user_max_abs_diff"] = _max_diff([got_user], [w_user])
-        checks["ranker_topk_agreement"] = float(np.mean(got_rows[finite] == w_rows[finite]))
-        _check(checks["ranker_scores_max_abs_diff"] <= cfg.tolerance,
-               f"ranker scores differ from PyTorch by {checks['ranker_scores_max_abs_diff']:.3g}")
-        # ties (equal scores, e.g. popularity) may be broken in another order: what must hold is that
-        # every row returned has the score PyTorch gives it, and those are PyTorch's best K scores
-        mismatch = topk_mismatch(got_rows, got_scores, w_full, cfg.tolerance)
-        _check(mismatch is None, f"ranker top-{kmax} is not PyTorch's: {mismatch}")
-
-        # 4. publish
+        # 3. publish the encoder, then the ranker over the catalogue (checked against PyTorch)
         src = dict(source or {})
         src.setdefault("model_class", type(model).__name__)
         src.setdefault("model_config", getattr(getattr(model, "config", None), "to_dict", dict)())
@@ -275,20 +247,68 @@ def export_model(
                 {"spec": enc_spec.to_dict(), "source": src, "checks": checks}, indent=2, default=str))
 
         ev = repo.publish(encoder_name(cfg.name), enc_cfg, enc_spec, write_encoder, replace=cfg.replace)
-        rk_cfg = config_pbtxt(ranker_name(cfg.name), rk_spec, cfg.triton)
-        parent = repo.latest(ranker_name(cfg.name))
-
-        def write_ranker(d: Path, version: int) -> None:
-            os.replace(rk_file, d / "model.onnx")
-            catalog.save(d, model=cfg.name, version=version, encoder_version=ev, max_k=kmax, max_history=t_hist,
-                         created=_now(), parent_version=parent, added=[], removed=[], source=src,
-                         checks=checks)
-
-        rv = repo.publish(ranker_name(cfg.name), rk_cfg, rk_spec, write_ranker, replace=cfg.replace)
+        t2 = time.perf_counter()
+        rv = export_ranker(model, catalog, repo, cfg, encoder_version=ev, source=src, checks=checks)
+        seconds["export_ranker"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     log.info("exported %s: encoder v%d, ranker v%d, %d videos, checks %s", cfg.name, ev, rv, n,
              {k: round(v, 8) for k, v in checks.items()})
     return ExportResult(cfg.name, str(repo.root), ev, rv, n, checks, seconds)
+
+
+def export_ranker(model: Recommender, catalog: Catalog, repository: ModelRepository | str | os.PathLike[str],
+                  config: ExportConfig | None = None, *, encoder_version: int | None = None,
+                  source: Mapping[str, Any] | None = None, checks: dict[str, float] | None = None) -> int:
+    """Export ``model``'s ranker over ``catalog`` (its embedding table inside), check it, publish it.
+
+    onnxruntime is checked against PyTorch on random histories (the scores within ``tolerance``, the
+    top-K the same up to ties). Returns the new ``NAME_ranker`` version; ``checks`` (when given) gets
+    the measured differences.
+    """
+    cfg = config or ExportConfig()
+    repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
+    checks = {} if checks is None else checks
+    model = model.eval().to("cpu")
+    n = catalog.num_items
+    rng = np.random.default_rng(1)
+    t_hist = max_history(model)
+    kmax = min(cfg.max_k, n)
+    rk_spec = ranker_spec(t_hist, kmax, catalog.dim)
+    rk_graph = RankerGraph(model, torch.from_numpy(catalog.table()), kmax).eval()
+    with tempfile.TemporaryDirectory(prefix="linkedout-ranker-") as tmp:
+        rk_file = Path(tmp) / "ranker.onnx"
+        # not optimised by onnxscript (onnxruntime optimises at load anyway): the table stays the
+        # initializer called ``table``, which ``update_catalog`` replaces
+        export_onnx(rk_graph, (torch.from_numpy(_random_histories(n, t_hist, 4, rng)),), rk_spec, rk_file,
+                    optimize=False)
+        _check_table_initializers(rk_file, n + 1, catalog.dim)
+        hist = _random_histories(n, t_hist, cfg.check_samples, rng)
+        got_rows, got_scores, got_user = _session(rk_file).run(None, {"history": hist})
+        with torch.no_grad():
+            w_rows, w_scores, w_user = (x.numpy() for x in rk_graph(torch.from_numpy(hist)))
+            w_full = rk_graph.full_scores(torch.from_numpy(hist)).numpy()  # (B, N+1), masked
+        finite = np.isfinite(w_scores)
+        checks["ranker_scores_max_abs_diff"] = _max_diff([np.where(finite, got_scores, 0)],
+                                                         [np.where(finite, w_scores, 0)])
+        checks["ranker_user_max_abs_diff"] = _max_diff([got_user], [w_user])
+        checks["ranker_topk_agreement"] = float(np.mean(got_rows[finite] == w_rows[finite]))
+        _check(checks["ranker_scores_max_abs_diff"] <= cfg.tolerance,
+               f"ranker scores differ from PyTorch by {checks['ranker_scores_max_abs_diff']:.3g}")
+        # ties (equal scores, e.g. popularity) may be broken in another order: what must hold is that
+        # every row returned has the score PyTorch gives it, and those are PyTorch's best K scores
+        mismatch = topk_mismatch(got_rows, got_scores, w_full, cfg.tolerance)
+        _check(mismatch is None, f"ranker top-{kmax} is not PyTorch's: {mismatch}")
+        rk_cfg = config_pbtxt(ranker_name(cfg.name), rk_spec, cfg.triton)
+        parent = repo.latest(ranker_name(cfg.name))
+        src = dict(source or {})
+
+        def write_ranker(d: Path, version: int) -> None:
+            os.replace(rk_file, d / "model.onnx")
+            catalog.save(d, model=cfg.name, version=version, encoder_version=encoder_version, max_k=kmax,
+                         max_history=t_hist, created=_now(), parent_version=parent, added=[], removed=[],
+                         source=src, checks=checks)
+
+        return repo.publish(ranker_name(cfg.name), rk_cfg, rk_spec, write_ranker, replace=cfg.replace)
 
 
 def _encode_catalogue(graph: EncoderGraph, n: int, item_features: ItemFeatureFn | None,
@@ -338,7 +358,6 @@ def update_catalog(
     version to start from, a check failed) and publishes nothing then.
     """
     import onnx
-    from onnx import numpy_helper
 
     repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
     rname = ranker_name(name)
@@ -378,23 +397,7 @@ def update_catalog(
         raise CatalogError(f"the catalogue would have {catalog.num_items} videos, fewer than the ranker's top-{kmax}: "
                            "export the model again with a smaller max_k")
 
-    proto = onnx.load(str(parent_dir / "model.onnx"))
-    new_inits = {"table": padded_table(torch.from_numpy(catalog.table())).numpy(),
-                 "never": never_row(catalog.num_items).numpy()}
-    found = set()
-    for init in proto.graph.initializer:
-        if init.name in new_inits:
-            old = numpy_helper.to_array(init)
-            arr = new_inits[init.name]
-            if old.ndim != arr.ndim or old.shape[1:] != arr.shape[1:]:
-                raise RepositoryError(f"{parent_dir}/model.onnx: initializer {init.name} is {old.shape}, "
-                                      f"the new catalogue needs {arr.shape}")
-            init.CopyFrom(numpy_helper.from_array(arr, init.name))
-            found.add(init.name)
-    if found != set(new_inits):
-        raise RepositoryError(f"{parent_dir}/model.onnx has no initializer(s) {sorted(set(new_inits) - found)}: "
-                              "not a ranker exported by linkedout")
-    del proto.graph.value_info[:]  # shapes inferred from the old table size no longer hold
+    proto = swap_catalog_table(onnx.load(str(parent_dir / "model.onnx")), catalog, where=f"{parent_dir}/model.onnx")
     spec = graph_spec_of(proto)
     cfg_text = repo.config_text(rname)
 
@@ -414,6 +417,34 @@ def update_catalog(
     log.info("published %s catalogue version %d: %d videos (+%d, -%d)", name, version, catalog.num_items,
              len(catalog.meta.get("added", [])), len(catalog.meta.get("removed", [])))
     return version, catalog
+
+
+def swap_catalog_table(proto: Any, catalog: Catalog, *, where: str = "ranker") -> Any:
+    """The ranker graph ``proto`` (``onnx.ModelProto``, changed in place) over ``catalog``'s table.
+
+    Replaces the initializers ``table`` (N+1, d) and ``never`` (N+1,) and drops the inferred shapes
+    that named the old size; ``RepositoryError`` when the graph is not a linkedout ranker or the
+    embedding width differs.
+    """
+    from onnx import numpy_helper
+
+    new_inits = {"table": padded_table(torch.from_numpy(catalog.table())).numpy(),
+                 "never": never_row(catalog.num_items).numpy()}
+    found = set()
+    for init in proto.graph.initializer:
+        if init.name in new_inits:
+            old = numpy_helper.to_array(init)
+            arr = new_inits[init.name]
+            if old.ndim != arr.ndim or old.shape[1:] != arr.shape[1:]:
+                raise RepositoryError(f"{where}: initializer {init.name} is {old.shape}, the new catalogue needs "
+                                      f"{arr.shape}")
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+            found.add(init.name)
+    if found != set(new_inits):
+        raise RepositoryError(f"{where} has no initializer(s) {sorted(set(new_inits) - found)}: "
+                              "not a ranker exported by linkedout")
+    del proto.graph.value_info[:]  # shapes inferred from the old table size no longer hold
+    return proto
 
 
 def _check_ranker(new_file: Path, parent_file: Path, parent: Catalog, catalog: Catalog, kmax: int,
