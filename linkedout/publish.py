@@ -34,7 +34,8 @@ from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["default_repository_configs", "export_run", "publish_features"]
+__all__ = ["default_feature_spec", "default_model_config", "default_repository_configs", "export_run",
+           "publish_features"]
 
 
 def export_run(data: Path, features: str | None, run_dir: Path, repository: str | os.PathLike[str], *,
@@ -75,6 +76,23 @@ def export_run(data: Path, features: str | None, run_dir: Path, repository: str 
                         config=export_cfg)
 
 
+def default_feature_spec() -> Any:
+    """The ``FeatureSpec`` of the embedded default: the tiny backbone with the default extraction config."""
+    from linkedout.extraction.backbone import BackboneConfig
+    from linkedout.extraction.extractor import ExtractionConfig
+    from linkedout.features import FeatureSpec
+
+    ecfg, bcfg = ExtractionConfig(), BackboneConfig()
+    return FeatureSpec(backbone="tiny", layers=tuple(ecfg.layers), prompts=tuple(ecfg.prompts),
+                       num_frames=ecfg.num_frames, frame_size=ecfg.frame_size, tokens=ecfg.tokens,
+                       hidden=bcfg.tiny_text_hidden, dtype=ecfg.dtype)
+
+
+def default_model_config() -> Any:
+    """The ``ModelConfig`` of the model the main job trains and serves (``DEFAULT_VARIANTS[0]``)."""
+    return model_config_for(parse_variant(DEFAULT_VARIANTS[0]), default_feature_spec())
+
+
 def default_repository_configs(name: str = "linkedout") -> dict[str, str]:
     """``{relative path: config.pbtxt text}`` of the embedded default's model repository.
 
@@ -86,16 +104,10 @@ def default_repository_configs(name: str = "linkedout") -> dict[str, str]:
 
     from linkedout.export import ExportConfig, config_pbtxt, encoder_name, ranker_name
     from linkedout.export.graphs import encoder_spec, max_history, ranker_spec
-    from linkedout.extraction.backbone import BackboneConfig
-    from linkedout.extraction.extractor import ExtractionConfig
-    from linkedout.features import FeatureSpec
     from linkedout.model import build_model
 
-    ecfg, bcfg = ExtractionConfig(), BackboneConfig()
-    spec = FeatureSpec(backbone="tiny", layers=tuple(ecfg.layers), prompts=tuple(ecfg.prompts),
-                       num_frames=ecfg.num_frames, frame_size=ecfg.frame_size, tokens=ecfg.tokens,
-                       hidden=bcfg.tiny_text_hidden, dtype=ecfg.dtype)
-    mcfg = model_config_for(parse_variant(DEFAULT_VARIANTS[0]), spec)
+    spec = default_feature_spec()
+    mcfg = default_model_config()
     n = 1000  # any catalogue of at least max_k videos gives the same configuration
     with torch.device("meta"):
         model = build_model(mcfg, n, np.ones(n + 1, dtype=np.int64))

@@ -21,7 +21,8 @@ from linkedout.export.catalog import Catalog, CatalogError
 # heavy parts (torch, onnx) load on first use, so that the transformer can read catalogues alone
 _LAZY = {
     "ExportConfig": "exporter", "ExportResult": "exporter", "encoder_name": "exporter", "export_model": "exporter",
-    "ranker_name": "exporter", "update_catalog": "exporter",
+    "ranker_name": "exporter", "update_catalog": "exporter", "export_ranker": "exporter",
+    "swap_catalog_table": "exporter",
     "ModelRepository": "repository", "RepositoryError": "repository", "TritonConfig": "repository",
     "config_pbtxt": "repository",
 }

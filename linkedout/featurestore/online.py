@@ -5,7 +5,7 @@
 by position; a user with no row gets ``[]``. It reads through the provider's ``online_read``, the
 call behind Feast's ``get_online_features``, without the response assembly around it (entity
 de-duplication, proto-to-Python conversion of every value, the ``OnlineResponse``), which is most
-of the time for one user (0.14 ms -> 0.02 ms on SQLite here; ``bench/feast.py`` measures both).
+of the time for one user (0.14 ms -> 0.02 ms on SQLite here; ``bench/feature_store.py`` measures both).
 
 It imports neither kserve nor tritonclient, so the transformer process can hold it. Its calls are
 bounded: on Redis by the socket connect/read timeouts of the repository's connection string and a

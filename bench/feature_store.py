@@ -15,37 +15,32 @@ persistence) and each of ``--repeats`` fresh repositories:
 Medians over the repeats. ``--cli`` also times ``feast -c DIR apply`` in a fresh process (Feast's
 import included), the figure DESIGN.md §2 quotes (13 s). Writes ``bench/results/feast.json``.
 
-    python bench/feast.py                     # both stores, 3 repeats
-    python bench/feast.py --stores sqlite --repeats 1 --users 20000
+    python bench/feature_store.py                     # both stores, 3 repeats
+    python bench/feature_store.py --stores sqlite --repeats 1 --users 20000
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-# This file is named like the package it measures: drop its directory from the import path, or
-# `import feast` would import this script instead of Feast.
+import numpy as np
+import pandas as pd
+
+import linkedout.featurestore as lf
+from linkedout.featurestore.local_redis import LocalRedis, redis_server_binary
+
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import linkedout.featurestore as lf  # noqa: E402
-from linkedout.featurestore.local_redis import LocalRedis, redis_server_binary  # noqa: E402
-
 PAPER_MS = 5.964  # the paper's end-to-end latency per query on one H100
 
 
