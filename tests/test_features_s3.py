@@ -105,7 +105,7 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     with socket.socket() as s:  # a loopback port with nobody listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, max_attempts=1)
+    store = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, retries=0)
     with pytest.raises(FeatureStoreError, match=r"'spec\.json'.*s3://bucket"):
         store.read_bytes("spec.json")
 

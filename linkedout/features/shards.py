@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 
 from linkedout.features.quant import dequantize_int8, quantize_int8
-from linkedout.features.storage import FeatureStoreError, MissingKeyError, Storage, open_storage
+from linkedout.features.storage import FeatureStoreError, MissingKeyError, S3Options, Storage, open_storage
 from linkedout.utils import atomic_write_bytes, get_logger
 
 log = get_logger(__name__)
@@ -57,6 +57,8 @@ FORMAT = "linkedout-features"
 FORMAT_VERSION = 1
 SPEC_KEY = "spec.json"
 INDEX_KEY = "index.json"
+DATASET_KEY = "dataset.json"  # which dataset the store's catalogue belongs to (written by the extraction)
+FAILURES_KEY = "failures.json"  # the extraction's failure summary
 SHARD_DIR = "shards"
 DTYPES = ("float16", "int8")
 _MANIFEST_KEY = re.compile(r"^shards/shard-(\d{5,})\.json$")
@@ -107,6 +109,9 @@ class FeatureSpec:
             tokens (provenance only), a non-empty string.
         backbone_dtype: precision the backbone ran in (``float32`` | ``bfloat16`` | ``float16``):
             part of the spec so that a store never mixes, say, CPU float32 and GPU bf16 rows.
+        frame_sampling: which frames were read, ``exact`` (uniform indices, LLaVA-OneVision's
+            sampling) or ``keyframe`` (the nearest key frame within half the sampling interval);
+            stores written before this field existed are ``exact``.
     """
 
     backbone: str
@@ -119,9 +124,12 @@ class FeatureSpec:
     dtype: str = "float16"
     compression: str = "segment_mean"
     backbone_dtype: str = "float32"
+    frame_sampling: str = "exact"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if self.frame_sampling not in ("exact", "keyframe"):
+            raise ValueError(f"{name}.frame_sampling must be exact or keyframe, got {self.frame_sampling!r}")
         if self.backbone_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"{name}.backbone_dtype must be float32, bfloat16 or float16, "
                              f"got {self.backbone_dtype!r}")
@@ -262,6 +270,9 @@ class ShardManifest:
     dtype: str
     files: dict[str, FileEntry]  # "data" and, for int8, "scale"
     created: str
+    # video id -> what identified its file when it was extracted (``linkedout.fingerprint.video_source``),
+    # for written and failed videos; empty in stores written before sources were recorded.
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -274,6 +285,7 @@ class ShardManifest:
             "dtype": self.dtype,
             "files": {name: dataclasses.asdict(entry) for name, entry in self.files.items()},
             "created": self.created,
+            "sources": self.sources,
         }
 
     @classmethod
@@ -292,6 +304,7 @@ class ShardManifest:
                 files={name: FileEntry(str(e["key"]), str(e["sha256"]), int(e["bytes"]))
                        for name, e in d["files"].items()},
                 created=str(d["created"]),
+                sources={str(k): dict(v) for k, v in (d.get("sources") or {}).items()},
             )
             if manifest.shape[:1] != (len(manifest.ids),) or "data" not in manifest.files:
                 raise ValueError(f"shape {manifest.shape} does not match {len(manifest.ids)} ids "
@@ -454,7 +467,7 @@ class ShardWriter:
         spec: FeatureSpec,
         shard_size: int = 64,
         *,
-        endpoint_url: str | None = None,
+        endpoint_url: S3Options = None,
     ) -> None:
         if not _is_int(shard_size) or shard_size < 1:
             raise ValueError(f"ShardWriter.shard_size must be an integer >= 1, got {shard_size!r}")
@@ -468,8 +481,9 @@ class ShardWriter:
             stored = read_spec(self.storage)
             if stored != spec:
                 raise FeatureStoreError(
-                    f"{self.storage.uri} holds features of another extraction config; use a new store or "
-                    f"the same config. Differences (store != new): {'; '.join(stored.diff(spec))}")
+                    f"{self.storage.uri} holds features of another extraction config (store != asked: "
+                    f"{'; '.join(stored.diff(spec))}); a store holds one config: use a new feature store "
+                    "(--out, or a new --workdir), or --force to delete its features and extract again")
         else:
             self.storage.write_bytes(SPEC_KEY, _spec_bytes(spec))
             log.info("new feature store %s: %s %s per video", self.storage.uri, spec.dtype, spec.shape)
@@ -566,20 +580,22 @@ class ShardWriter:
         ids: Sequence[str],
         features: np.ndarray,
         failed: Mapping[str, str] | None = None,
+        sources: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ShardManifest:
         """Write shard ``shard_index``: ``features`` float ``[n, L, K, D]``, row ``r`` = ``ids[r]``.
 
-        ``failed`` maps the ids of the shard's videos that could not be extracted to the reason.
-        The data files go first, the manifest last; an existing shard of that index is replaced.
-        Raises ``ValueError`` for bad input (shape, dtype, non-finite or float16-overflowing
-        values, duplicate ids) naming the ids at fault.
+        ``failed`` maps the ids of the shard's videos that could not be extracted to the reason;
+        ``sources`` maps video ids (written or failed) to what identified their file (recorded in the
+        manifest, so that a re-run notices a changed file). The data files go first, the manifest
+        last; an existing shard of that index is replaced. Raises ``ValueError`` for bad input
+        (shape, dtype, non-finite or float16-overflowing values, duplicate ids) naming the ids at fault.
         """
         failed = {str(k): str(v) for k, v in (failed or {}).items()}
         ids = [str(x) for x in ids]
         self._validate(shard_index, ids, features, failed)
         features = np.asarray(features, dtype=np.float32)  # (n, L, K, D)
 
-        files: dict[str, tuple[str, bytes]] = {}
+        arrays: dict[str, np.ndarray] = {}
         if self.spec.dtype == "float16":
             with np.errstate(over="ignore"):
                 values = features.astype(np.float16)  # (n, L, K, D)
@@ -588,35 +604,81 @@ class ShardWriter:
                 bad = [ids[i] for i in np.flatnonzero(overflow)[:10]]
                 raise ValueError(f"shard {shard_index}: features of video ids {bad} exceed the float16 range "
                                  "(|x| > 65504); use dtype int8")
-            files["data"] = (data_key(shard_index), _npy_bytes(values))
+            arrays["data"] = values
         else:
-            q, scale = quantize_int8(features)  # (n, L, K, D) int8, (n, L, K) float32
-            files["data"] = (data_key(shard_index), _npy_bytes(q))
-            files["scale"] = (scale_key(shard_index), _npy_bytes(scale))
+            arrays["data"], arrays["scale"] = quantize_int8(features)  # (n, L, K) int8, (n, L, K) float32
+        return self._commit(int(shard_index), ids, arrays, failed, sources)
 
+    def _commit(self, shard_index: int, ids: list[str], arrays: Mapping[str, np.ndarray], failed: dict[str, str],
+                sources: Mapping[str, Mapping[str, Any]] | None) -> ShardManifest:
+        """Write a shard's stored arrays (``data`` and for int8 ``scale``), then its manifest."""
+        keys = {"data": data_key(shard_index), "scale": scale_key(shard_index)}
         # Drop the old manifest first: from here until the new one lands, the shard is incomplete.
         # index.json no longer describes the store either; readers rebuild it until finalize().
         self.storage.delete(manifest_key(shard_index))
         self.storage.delete(INDEX_KEY)
         entries = {}
-        for name, (key, data) in files.items():
-            self.storage.write_bytes(key, data)
-            entries[name] = FileEntry(key=key, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        for name, array in arrays.items():
+            data = _npy_bytes(array)
+            self.storage.write_bytes(keys[name], data)
+            entries[name] = FileEntry(key=keys[name], sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        known = {*ids, *failed}
         manifest = ShardManifest(
-            shard=int(shard_index),
+            shard=shard_index,
             ids=tuple(ids),
             failed=failed,
             shape=(len(ids), *self.spec.shape),
             dtype=self.spec.dtype,
             files=entries,
             created=_now(),
+            sources={str(k): dict(v) for k, v in (sources or {}).items() if str(k) in known},
         )
         self.storage.write_bytes(manifest_key(shard_index), json.dumps(manifest.to_dict(), indent=1).encode())
         self._written = {vid: s for vid, s in self._written.items() if s != shard_index}  # a rewrite
-        self._written.update(dict.fromkeys((*ids, *failed), int(shard_index)))
+        self._written.update(dict.fromkeys((*ids, *failed), shard_index))
         log.debug("wrote shard %d of %s: %d videos, %d failed", shard_index, self.storage.uri,
                   len(ids), len(failed))
         return manifest
+
+    def drop_videos(self, shard_index: int, video_ids: Iterable[str]) -> ShardManifest | None:
+        """Remove videos (written or failed) from a complete shard, so that they are extracted again.
+
+        Failed videos only: the manifest is rewritten (their ``failed`` entries go). Written videos:
+        the shard's other rows are copied as stored (no re-quantisation) into new data files and the
+        manifest is rewritten, with the crash safety of :meth:`write_shard` (a run killed meanwhile
+        leaves the shard incomplete, and its videos are extracted again). A shard left empty is
+        deleted. Returns the new manifest (None when deleted or when nothing was dropped).
+        """
+        drop = {str(x) for x in video_ids}
+        manifest = read_manifest(self.storage, shard_index)
+        _check_manifest_spec(manifest, self.spec, self.storage.uri)
+        if not drop & {*manifest.ids, *manifest.failed}:
+            return None
+        ids = [vid for vid in manifest.ids if vid not in drop]
+        failed = {k: v for k, v in manifest.failed.items() if k not in drop}
+        sources = {k: v for k, v in manifest.sources.items() if k not in drop}
+        if not ids and not failed:
+            self.storage.delete(manifest_key(shard_index))
+            self.storage.delete(INDEX_KEY)
+            for entry in manifest.files.values():
+                self.storage.delete(entry.key)
+            self._written = {vid: s for vid, s in self._written.items() if s != shard_index}
+            log.info("shard %d of %s emptied and deleted", shard_index, self.storage.uri)
+            return None
+        if len(ids) == len(manifest.ids):  # only failed entries go: the data files stay as they are
+            new = dataclasses.replace(manifest, failed=failed, sources=sources, created=_now())
+            self.storage.delete(INDEX_KEY)
+            self.storage.write_bytes(manifest_key(shard_index), json.dumps(new.to_dict(), indent=1).encode())
+            return new
+        rows = np.array([r for r, vid in enumerate(manifest.ids) if vid not in drop], dtype=np.int64)
+        arrays = {}
+        for name, entry in manifest.files.items():
+            raw = self.storage.read_bytes(entry.key)
+            if len(raw) != entry.bytes or hashlib.sha256(raw).hexdigest() != entry.sha256:
+                raise FeatureStoreError(f"cannot keep the other videos of shard {shard_index} in "
+                                        f"{self.storage.uri}: {entry.key} does not match its manifest")
+            arrays[name] = np.load(io.BytesIO(raw), allow_pickle=False)[rows]
+        return self._commit(shard_index, ids, arrays, failed, sources)
 
     def _validate(self, shard_index: int, ids: list[str], features: np.ndarray, failed: dict[str, str]) -> None:
         if not _is_int(shard_index) or shard_index < 0:
@@ -671,6 +733,24 @@ class ShardWriter:
 
 # ------------------------------------------------------------------------------------------- reader
 
+# Local shard files this process has hashed and found equal to their manifest entry, keyed by what
+# would change if the file were rewritten (path, size, mtime) and the expected hash.
+_VERIFIED_FILES: set[tuple[str, int, int, str]] = set()
+
+
+def _verify_local_file(path: Path, entry: FileEntry, uri: str) -> None:
+    """Hash a local shard file once per process; :class:`FeatureStoreError` when it differs from its manifest."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, entry.sha256)
+    if key in _VERIFIED_FILES:
+        return
+    if _sha256_file(path) != entry.sha256:
+        raise FeatureStoreError(f"checksum mismatch for {entry.key!r} in {uri} ({path}): the file changed "
+                                "on disk after it was written (corruption?); `linkedout features verify --repair` "
+                                "lists every damaged shard and marks it for `linkedout extract` to redo")
+    _VERIFIED_FILES.add(key)
+
+
 
 @dataclass
 class _Shard:
@@ -708,7 +788,9 @@ class _Cache:
 class FeatureReader:
     """Random access to a feature store by video id.
 
-    Local stores are memory-mapped per shard (a lookup reads only its rows); remote (S3) shards
+    Local stores are memory-mapped per shard (a lookup reads only its rows), each shard file's
+    sha256 checked against its manifest when the process first opens it (once per file and
+    process: a bit flip on disk is an error, not silently wrong features); remote (S3) shards
     are downloaded once each, checked against their sha256, and kept in an LRU cache bounded by
     ``cache_size`` shards and ``cache_bytes`` bytes, or saved under ``cache_dir`` (keyed by sha256,
     so never stale) and memory-mapped from there. The index comes from ``index.json`` when it
@@ -720,9 +802,8 @@ class FeatureReader:
         cache_bytes: the most bytes of downloaded shards held in memory, >= 1 (memory-mapped shards
             count 0); the most recent shard is always kept.
         cache_dir: a local directory for downloaded shards (remote stores only).
-        verify_on_open: check each shard's sha256 when it is opened. Default: True for remote
-            stores (the bytes are in hand), False for local ones (sizes are checked; hashing would
-            read whole shards — use :meth:`verify`).
+        verify_on_open: check each shard file's sha256 when it is first opened (default True;
+            False checks sizes only, for a store just verified with :meth:`verify`).
         endpoint_url: S3 endpoint when ``storage`` is an ``s3://`` uri.
     """
 
@@ -734,7 +815,7 @@ class FeatureReader:
         cache_bytes: int = 2 << 30,
         cache_dir: str | os.PathLike[str] | None = None,
         verify_on_open: bool | None = None,
-        endpoint_url: str | None = None,
+        endpoint_url: S3Options = None,
     ) -> None:
         if not _is_int(cache_size) or cache_size < 1:
             raise ValueError(f"FeatureReader.cache_size must be an integer >= 1, got {cache_size!r}")
@@ -743,7 +824,7 @@ class FeatureReader:
         self.storage = open_storage(storage, endpoint_url)
         self._remote = self.storage.local_path(SPEC_KEY) is None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.verify_on_open = self._remote if verify_on_open is None else bool(verify_on_open)
+        self.verify_on_open = True if verify_on_open is None else bool(verify_on_open)
         self.spec = read_spec(self.storage)
         self._lock = threading.RLock()
         self._cache = _Cache(int(cache_size), int(cache_bytes))
@@ -863,8 +944,8 @@ class FeatureReader:
             if size != entry.bytes:
                 raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} has {size} bytes, "
                                         f"its manifest says {entry.bytes}: truncated or replaced")
-            if self.verify_on_open and not checked and _sha256_file(local) != entry.sha256:
-                raise FeatureStoreError(f"checksum mismatch for {entry.key!r} in {self.storage.uri} ({local})")
+            if self.verify_on_open and not checked:
+                _verify_local_file(local, entry, self.storage.uri)
             mmap: Literal["r"] | None = "r" if shape[0] > 0 else None  # an empty array cannot be mapped
             source: Path | io.BytesIO = local
         else:
