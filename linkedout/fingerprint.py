@@ -231,3 +231,41 @@ def same_video(recorded: Mapping[str, Any] | None, path: str | os.PathLike[str])
         return _sample_sha256(path, st.st_size) == recorded.get("sample_sha256")
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------------------- the stages' inputs
+
+#: TrainConfig fields that do not change what a run learns (where it runs, how often it logs).
+NON_SEMANTIC_TRAIN_FIELDS = ("device", "log_every", "num_workers", "eval_batch_size", "checkpoint_every")
+
+
+def dataset_tables(root: str | os.PathLike[str], prefix: str) -> dict[str, Any]:
+    """The data stage's digest of a MicroLens-layout dataset: its prefix and its tables' sha256."""
+    root = Path(root)
+    names = [f"{prefix}_pairs.csv", f"{prefix}_pairs.tsv", f"{prefix}_titles.csv", f"{prefix}_likes_and_views.txt"]
+    return {"prefix": prefix, "tables": tables_digest(root / n for n in names)}
+
+
+def files_digest(directory: str | os.PathLike[str], pattern: str = "*") -> str:
+    """Cheap digest of a folder of media files (covers): names, sizes and mtimes, no content read."""
+    directory = Path(directory)
+    entries = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in directory.glob(pattern)
+                     if p.is_file()) if directory.is_dir() else []
+    return canonical_digest(entries)
+
+
+def training_fingerprint(variant: str, model: Mapping[str, Any], train: Mapping[str, Any], split: str,
+                         features: str | None, side_info: str | None = None) -> Fingerprint:
+    """A trained run's inputs: variant, model and training configs (seed and epochs included), the
+    split's and the feature store's content digests, and the side information (titles, covers)."""
+    semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC_TRAIN_FIELDS}
+    return Fingerprint("training", {"variant": variant, "model": dict(model), "train": semantic, "split": split,
+                                    "features": features, "side_info": side_info})
+
+
+def evaluation_fingerprint(training: str | None, checkpoint: str, split: str, features: str | None,
+                           which: str, protocol: Mapping[str, Any]) -> Fingerprint:
+    """An evaluation's inputs: the run's training fingerprint, the checkpoint file's sha256, the split,
+    the features, which set and the protocol's settings."""
+    return Fingerprint("evaluation", {"training": training, "checkpoint": checkpoint, "split": split,
+                                      "features": features, "which": which, "protocol": dict(protocol)})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from linkedout.extraction.extractor import ExtractionConfig
-from linkedout.pipeline import run_all
+from linkedout.mainjob import run_all
 
 
 class _Imgs(HTMLParser):

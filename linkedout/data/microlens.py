@@ -240,7 +240,9 @@ def _find_pairs(root: Path, report: ValidationReport, prefix: str | None = None)
         report.add("error", ".", f"missing file: no {want} found in {root}")
         return None
     if len(candidates) > 1:
-        report.add("error", ".", "several datasets in one directory (pass prefix=...)", sorted(candidates))
+        report.add("error", ".", "several datasets in one directory (give each its own directory: extract, train "
+                   "and run read one dataset per directory; `linkedout data validate|stats --prefix NAME` "
+                   "inspects one of them); prefixes", sorted(candidates))
         return None
     (name, files), = candidates.items()
     report.prefix = name

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from linkedout.features.shards import DATASET_KEY, ShardWriter, read_manifest
-from linkedout.features.storage import FeatureStoreError, MissingKeyError, Storage
+from linkedout.features.storage import FeatureStoreError, MissingKeyError, Storage, StoreMismatch
 from linkedout.fingerprint import same_video
 from linkedout.utils import get_logger
 
@@ -93,7 +93,7 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
                     retry_failed: bool = False) -> Reconciled:
     """Drop from ``writer``'s store what must be extracted again for ``dataset`` (see the module docstring).
 
-    Raises :class:`FeatureStoreError` (naming both datasets, and the way out) when the store holds
+    Raises :class:`StoreMismatch` (naming both datasets, and the way out) when the store holds
     another dataset's features.
     """
     storage = writer.storage
@@ -101,7 +101,7 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
     root = getattr(dataset, "root", None)
     previous = _read_dataset_doc(storage)
     if previous and name and previous.get("name") and previous["name"] != name:
-        raise FeatureStoreError(
+        raise StoreMismatch(
             f"{storage.uri} holds features of dataset {previous['name']!r} (from {previous.get('root')}), "
             f"not of {name!r} (at {root}); a feature store holds one dataset's catalogue: {FORCE_HINT}")
     catalog = set(ids)
@@ -127,7 +127,7 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
     n_changed = sum(len(v) for v in changed.values())
     if stored and (in_catalog == 0 or (written_here and 2 * n_changed > written_here)):
         first = sorted(v for vs in changed.values() for v in vs)[:5]
-        raise FeatureStoreError(
+        raise StoreMismatch(
             f"{storage.uri} holds features of another dataset than the one at {root}: {len(stored) - in_catalog:,} of "
             f"its {len(stored):,} videos are not in the catalogue, and {n_changed:,} of the {written_here:,} in both "
             f"hold other content now{f' (first: {first})' if first else ''}; a feature store holds one dataset's "

@@ -37,7 +37,7 @@ from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spa
 from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_stream, threads_per_worker
 from linkedout.extraction.video import FRAME_SAMPLINGS
 from linkedout.features.shards import FAILURES_KEY, FeatureSpec, ShardManifest, ShardWriter, read_manifest
-from linkedout.features.storage import S3Options, Storage, open_storage
+from linkedout.features.storage import S3Options, Storage, StoreMismatch, open_storage
 from linkedout.utils import get_logger, progress
 
 __all__ = [
@@ -421,9 +421,10 @@ def extract_dataset(
     """Extract the features of every video of ``dataset`` into a feature store; resumable.
 
     First the store is reconciled with the dataset (:func:`linkedout.extraction.catalog.reconcile_store`):
-    another dataset's store is refused, failed videos whose file changed (all failed videos with
-    ``retry_failed``) and written videos whose file changed are dropped to be extracted again;
-    ``replace`` empties the store first (``--force``). Shards are then planned incrementally
+    a store of another extraction config or another dataset is refused (:class:`StoreMismatch`), or
+    with ``replace`` (``--force``) emptied first; failed videos whose file changed (all failed
+    videos with ``retry_failed``) and written videos whose file changed are dropped to be
+    extracted again. Shards are then planned incrementally
     (:meth:`ShardWriter.plan_incremental`): shards already in the store keep their videos and are
     skipped when complete; the videos found in none (sorted by id, ``sort_ids``) are cut into new
     shards of ``cfg.shard_size``. So a re-run resumes where it stopped, and a grown catalogue
@@ -446,11 +447,17 @@ def extract_dataset(
     extractor = LinkedOutExtractor(bb, cfg)
     spec = feature_spec(bb, cfg)
     store = open_storage(storage, endpoint_url)
-    if replace:
-        clear_store(store)
-    writer = ShardWriter(store, spec, cfg.shard_size)
     ids = sort_ids(str(x) for x in dataset.item_ids)
-    reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    try:
+        writer = ShardWriter(store, spec, cfg.shard_size)
+        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    except StoreMismatch as err:
+        if not replace:
+            raise
+        log.warning("%s", err)
+        clear_store(store)  # --force: this store held another config's or another dataset's features
+        writer = ShardWriter(store, spec, cfg.shard_size)
+        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
     plan = writer.plan_incremental(ids)  # shards already written keep their videos; new videos go to new shards
     planned = [i for i, chunk in enumerate(plan) if chunk]
     pending = [i for i in planned if not writer.is_complete(i, plan[i], verify="size")]

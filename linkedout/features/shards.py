@@ -48,7 +48,14 @@ from typing import Any, Literal
 import numpy as np
 
 from linkedout.features.quant import dequantize_int8, quantize_int8
-from linkedout.features.storage import FeatureStoreError, MissingKeyError, S3Options, Storage, open_storage
+from linkedout.features.storage import (
+    FeatureStoreError,
+    MissingKeyError,
+    S3Options,
+    Storage,
+    StoreMismatch,
+    open_storage,
+)
 from linkedout.utils import atomic_write_bytes, get_logger
 
 log = get_logger(__name__)
@@ -480,7 +487,7 @@ class ShardWriter:
         if self.storage.exists(SPEC_KEY):
             stored = read_spec(self.storage)
             if stored != spec:
-                raise FeatureStoreError(
+                raise StoreMismatch(
                     f"{self.storage.uri} holds features of another extraction config (store != asked: "
                     f"{'; '.join(stored.diff(spec))}); a store holds one config: use a new feature store "
                     "(--out, or a new --workdir), or --force to delete its features and extract again")

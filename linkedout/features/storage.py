@@ -36,6 +36,10 @@ class MissingKeyError(FeatureStoreError):
     """A key that was asked for does not exist in the storage."""
 
 
+class StoreMismatch(FeatureStoreError):
+    """A store holds features of another extraction config or another dataset than asked for."""
+
+
 def _check_key(key: str) -> str:
     """Validate a storage key: relative, ``/``-separated, no ``.``/``..`` parts, no empty parts."""
     if not isinstance(key, str) or not key:
