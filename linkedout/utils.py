@@ -51,6 +51,18 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
                     mininterval=1.0)
 
 
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 20 s``, ``1 h 05 min``: a duration for logs and progress bars."""
+    if seconds != seconds or seconds < 0:  # NaN or negative: unknown
+        return "?"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one."""
     path = Path(path)

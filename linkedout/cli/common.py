@@ -41,6 +41,8 @@ def add_extraction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=csv_ints, default=(0, 4, 8, 12, 16, 20),
                    help="hidden-state layers to keep (0 = embedding output), default 0,4,8,12,16,20")
     p.add_argument("--tokens", type=int, default=64, help="token budget K per layer (default 64)")
+    p.add_argument("--text-tokens", type=int, default=8,
+                   help="of the K tokens, those pooling the prompt span (default 8; the rest pool the video)")
     p.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per video (default 8)")
     p.add_argument("--frame-size", type=int, default=224, help="frame side in pixels (default 224)")
     p.add_argument("--frame-sampling", choices=("exact", "keyframe"), default="exact",
@@ -89,7 +91,8 @@ def extraction_configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
     ecfg = ExtractionConfig(
         layers=args.layers, prompts=tuple(args.prompts) if args.prompts else DEFAULT_PROMPTS,
-        num_frames=args.frames, frame_size=args.frame_size, tokens=args.tokens, dtype=args.dtype,
+        num_frames=args.frames, frame_size=args.frame_size, tokens=args.tokens, text_tokens=args.text_tokens,
+        dtype=args.dtype,
         batch_size=args.batch_size, shard_size=args.shard_size, early_exit=not args.no_early_exit,
         frame_sampling=args.frame_sampling, decode_workers=args.decode_workers, decode_threads=args.decode_threads,
     )

@@ -170,12 +170,13 @@ class LinkedOutExtractor:
         if cfg.video_tokens > spans.video_len or cfg.text_tokens > spans.text_len:
             per_frame = (spans.video_len - 1) // cfg.num_frames
             most = min(cfg.video_tokens, spans.video_len) + min(cfg.text_tokens, spans.text_len)
-            mb = len(cfg.layers) * cfg.tokens * bb.hidden_size * (1 if cfg.dtype == "int8" else 2) / 1e6
+            size = len(cfg.layers) * cfg.tokens * bb.hidden_size * (1 if cfg.dtype == "int8" else 2)
+            per_video = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
             raise ValueError(
                 f"ExtractionConfig.tokens={cfg.tokens} (text_tokens={cfg.text_tokens}) exceeds what a video gives "
                 f"backbone {bb.name!r}: {cfg.video_tokens} video bins for {spans.video_len} visual tokens "
                 f"({cfg.num_frames} frames x {per_frame} + 1) and {cfg.text_tokens} text bins for {spans.text_len} "
-                f"prompt tokens; at most K = {most} here (larger K only repeats tokens, {mb:.1f} MB a video)")
+                f"prompt tokens; at most K = {most} here (a larger K only repeats tokens, at {per_video} a video)")
 
     @property
     def hidden_size(self) -> int:
