@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from linkedout.extraction.prefetch import DecodeJob, Decoded
+from linkedout.extraction.prefetch import Decoded, DecodeJob
 
 
 def crash_on_7(job: DecodeJob) -> Decoded:

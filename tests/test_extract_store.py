@@ -131,7 +131,7 @@ def test_a_store_of_another_dataset_is_refused_and_force_replaces_it(tiny: Backb
     shutil.copytree(data, renamed)
     for p in renamed.glob("MicroLens-synth_*"):
         p.rename(p.with_name(p.name.replace("MicroLens-synth", "MicroLens-2")))
-    with pytest.raises(StoreMismatch, match="holds features of dataset 'MicroLens-synth'.*not of 'MicroLens-2'"):
+    with pytest.raises(StoreMismatch, match=r"holds features of dataset 'MicroLens-synth'.*not of 'MicroLens-2'"):
         extract_dataset(load_microlens(renamed), store, CFG, tiny)
     replaced = extract_dataset(load_microlens(other), store, CFG, tiny, replace=True)
     assert replaced.encoded == 12
@@ -184,7 +184,7 @@ def test_a_bit_flip_is_caught_by_verify_and_by_the_first_read(tiny: Backbone, da
     assert main(["features", "verify", str(store)]) == 1
     out = capsys.readouterr().out
     assert "shard-00001.data.npy" in out and "sha256" in out
-    with pytest.raises(FeatureStoreError, match="checksum mismatch.*shard-00001"):
+    with pytest.raises(FeatureStoreError, match=r"checksum mismatch.*shard-00001"):
         FeatureReader(store).get(victim.ids[0])  # the first read from local disk checks it too
     # --repair marks the shard for re-extraction; the next extraction redoes it and the store is sound
     assert main(["features", "verify", str(store), "--repair"]) == 1
