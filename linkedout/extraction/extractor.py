@@ -34,7 +34,7 @@ from linkedout.data.microlens import sort_ids
 from linkedout.extraction.backbone import Backbone, BackboneConfig, load_backbone
 from linkedout.extraction.catalog import clear_store, reconcile_store
 from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
-from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_stream, threads_per_worker
+from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
 from linkedout.extraction.video import FRAME_SAMPLINGS
 from linkedout.features.shards import FAILURES_KEY, FeatureSpec, ShardManifest, ShardWriter, read_manifest
 from linkedout.features.storage import S3Options, Storage, StoreMismatch, open_storage
@@ -325,10 +325,11 @@ def _decode_jobs(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfi
             for vid in ids]
 
 
-def _decode_ahead(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig) -> Generator[Decoded, None, None]:
+def _decode_ahead(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig,
+                  decoder: Callable[[DecodeJob], Decoded] | None) -> Generator[Decoded, None, None]:
     """Decoded videos in ``ids`` order; with workers, up to ``2 * batch_size + workers`` ahead of the model."""
     window = 2 * cfg.batch_size + cfg.decode_workers
-    return decode_stream(_decode_jobs(dataset, ids, cfg), cfg.decode_workers, window)
+    return decode_stream(_decode_jobs(dataset, ids, cfg), cfg.decode_workers, window, decoder or decode_job)
 
 
 def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
@@ -418,6 +419,7 @@ def extract_dataset(
     endpoint_url: S3Options = None,
     retry_failed: bool = False,
     replace: bool = False,
+    decoder: Callable[[DecodeJob], Decoded] | None = None,
 ) -> ExtractionSummary:
     """Extract the features of every video of ``dataset`` into a feature store; resumable.
 
@@ -438,6 +440,8 @@ def extract_dataset(
     failure summary: :func:`failures_document`) after every run.
 
     ``backbone`` is a loaded :class:`Backbone` or a :class:`BackboneConfig` to load (default tiny).
+    ``decoder`` replaces :func:`linkedout.extraction.prefetch.decode_job` (a module-level function, as
+    it is sent to the decoding processes): e.g. a GPU decoder, or frames decoded beforehand.
     """
     cfg = cfg or ExtractionConfig()
     if max_shards is not None and max_shards < 0:
@@ -468,7 +472,7 @@ def extract_dataset(
              len(ids), writer.storage.uri, len(planned), skipped, len(todo))
 
     todo_ids = [vid for i in todo for vid in plan[i]]
-    decoded = _decode_ahead(dataset, todo_ids, cfg)
+    decoded = _decode_ahead(dataset, todo_ids, cfg, decoder)
     stream = progress(decoded, total=len(todo_ids), desc="extract", unit="video")
     try:
         encoded = _extract_shards(extractor, writer, plan, todo, stream, on_shard_written)

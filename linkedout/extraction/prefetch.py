@@ -35,7 +35,7 @@ from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["DecodeJob", "Decoded", "decode_job", "decode_stream", "threads_per_worker"]
+__all__ = ["DecodeJob", "Decoded", "decode_job", "decode_stream", "load_frames", "threads_per_worker"]
 
 CRASHED = "the decoder process crashed on this file"
 
@@ -72,6 +72,19 @@ def decode_job(job: DecodeJob) -> Decoded:
     except VideoDecodeError as err:
         return Decoded(job.video_id, None, err.reason, source)
     return Decoded(job.video_id, frames, None, source)
+
+
+def load_frames(job: DecodeJob) -> Decoded:
+    """A decoder for frames decoded beforehand: ``job.path`` is a ``.npy`` of uint8 ``(F, S, S, 3)``
+    (benchmarks: the pipeline without the decoding work; caches of decoded frames)."""
+    try:
+        frames = np.load(job.path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        return Decoded(job.video_id, None, f"{type(err).__name__}: {err}", video_source(job.path))
+    if frames.dtype != np.uint8 or frames.shape != (job.num_frames, job.size, job.size, 3):
+        return Decoded(job.video_id, None, f"frames of shape {frames.shape} {frames.dtype}, expected "
+                       f"{(job.num_frames, job.size, job.size, 3)} uint8", video_source(job.path))
+    return Decoded(job.video_id, frames, None, video_source(job.path))
 
 
 def threads_per_worker(workers: int, threads: int = 0) -> int:

@@ -167,7 +167,7 @@ class S3Config:
     Every request has a connect timeout and a read timeout (seconds without a byte from the
     server) and is retried at most ``retries`` times (botocore "standard" mode: jittered
     exponential back-off on connection errors, timeouts, throttling and 5xx). So an endpoint that
-    accepts connections and never answers fails after at most :meth:`worst_case_seconds` (27 s with
+    accepts connections and never answers fails after at most :meth:`worst_case_seconds` (30 s with
     the defaults), with an error naming the endpoint. Raise ``read_timeout`` for a slow server.
 
     Attributes:
@@ -224,7 +224,7 @@ class S3Config:
     def describe(self) -> str:
         where = self.endpoint_url or "the default AWS endpoint"
         return (f"{where} (connect timeout {self.connect_timeout:g} s, read timeout {self.read_timeout:g} s, "
-                f"{self.attempts} attempts)")
+                f"{self.attempts} attempt{'s' if self.attempts != 1 else ''})")
 
 
 S3Options = S3Config | str | None  # what the library's ``endpoint_url`` arguments accept

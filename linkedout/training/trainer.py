@@ -589,7 +589,7 @@ class Trainer:
         """A model without trainable parameters (popularity) is only validated and saved."""
         log.info("%s has no trainable parameters: validating only", type(self.model).__name__)
         if self.dist.is_main:
-            self._truncate_metrics()  # state 0: a validation-only run writes its one row afresh
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a validation-only run: its one row, afresh
             self._end_epoch(None, {}, validate=True)
             self._save(self.best_path)
             self._save(self.last_path)
