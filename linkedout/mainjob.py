@@ -115,8 +115,7 @@ def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, e
     _check_runs(data_dir, chosen, run_dirs, split, item_features, seed=seed, epochs=epochs, force=force)
     for (name, v), run_dir in zip(chosen, run_dirs):
         reads = v.kind in ("linkedout", "hybrid")
-        if (run_dir / "checkpoints").is_dir() and stop_after != "train" and evaluation_is_fresh(
-                run_dir, eval_fingerprint(run_dir, split, features_digest if reads else None)):
+        if stop_after != "train" and _evaluated(run_dir, split, features_digest if reads else None):
             log.info("%s already trained and evaluated on these inputs; skipping", v.name)
             continue
         train_variant(data_dir, str(features), run_dir, name, seed=seed, epochs=epochs, split=split,
@@ -140,6 +139,14 @@ def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, e
         write_fingerprint(out, fp)
     print(f"== report: {out}  ({time.perf_counter() - t_start:.0f} s in all)", flush=True)
     return out
+
+
+def _evaluated(run_dir: Path, split: Any, features_digest: str | None) -> bool:
+    """Whether ``run_dir`` holds a checkpoint and an evaluation of it made from exactly these inputs."""
+    try:
+        return evaluation_is_fresh(run_dir, eval_fingerprint(run_dir, split, features_digest))
+    except FileNotFoundError:  # no checkpoint yet (never trained, or killed before the first one)
+        return False
 
 
 def _check_runs(data: Path, chosen: Sequence[tuple[str, Variant]], run_dirs: Sequence[Path], split: Any,

@@ -23,9 +23,21 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("linkedout") else f"linkedout.{name}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (tools and tests swap it)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(level: int | str = logging.INFO) -> None:
     """Configure the root ``linkedout`` logger for command-line use (called by the CLI only)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
