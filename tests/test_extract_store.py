@@ -211,3 +211,42 @@ def test_an_interrupted_extraction_with_workers_resumes_to_the_same_features(tin
     extract_dataset(ds, tmp_path / "whole", CFG, tiny)
     a, b = FeatureReader(tmp_path / "f"), FeatureReader(tmp_path / "whole")
     np.testing.assert_array_equal(a.get_many(b.ids), b.get_many(b.ids))
+
+
+@pytest.mark.integration
+def test_decode_workers_exit_when_their_parent_is_killed_outright(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tests = Path(__file__).parent
+    script = (f"import sys; sys.path[:0] = [{str(tests)!r}, {str(tests.parent)!r}]\n"
+              "from decode_helpers import sleepy\n"
+              "from linkedout.extraction.prefetch import DecodeJob, decode_stream\n"
+              f"jobs = [DecodeJob(str(i), {str(tmp_path)!r}, 1, 2) for i in range(4)]\n"
+              "next(decode_stream(jobs, 2, 4, sleepy))\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has exited
+        except (ProcessLookupError, FileNotFoundError):
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:  # never leave them behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "decode workers outlived their killed parent"

@@ -12,7 +12,7 @@ killed it: the pool is rebuilt and those videos are decoded again one at a time;
 kills a worker on its own is reported as failed ("the decoder process crashed"), the others go on.
 
 Workers ignore SIGINT: on Ctrl-C the parent alone stops (and stops them), so the terminal shows
-one line, not a traceback per worker.
+one line, not a traceback per worker. A worker whose parent is killed outright exits within a second.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -96,6 +98,15 @@ def threads_per_worker(workers: int, threads: int = 0) -> int:
 
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:  # a parent killed outright (SIGKILL, OOM) leaves no one to stop us
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=exit_with_parent, name="linkedout-decode-watchdog", daemon=True).start()
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:

@@ -227,6 +227,10 @@ def _decode_indexed(container: Any, stream: Any, index: _Index, plan: Plan, size
     targets = sorted(set(plan.wanted))
     wanted = set(targets)
     target_pts = {index.pts(t) for t in targets}
+    # The last frame to reach before the next seek: once its packet is in, the decoder is drained
+    # (its reordering delay would otherwise decode the frames after it for nothing).
+    last_of_group = ({index.keyframe_before(t): t for t in targets} if plan.method == "seek"
+                     else {0: targets[-1]})
     cc = stream.codec_context
     skip = cc.name in _SKIP_NONREF_CODECS
     kept: dict[int, np.ndarray] = {}
@@ -243,7 +247,8 @@ def _decode_indexed(container: Any, stream: Any, index: _Index, plan: Plan, size
                     frames.close()
                 if pos >= 0 or k > 0:
                     container.seek(index.pts(k), stream=stream, backward=True)  # flushes the decoder
-                frames = _frames(container, stream, cc, target_pts, skip)
+                stop = last_of_group[k if plan.method == "seek" else 0]
+                frames = _frames(container, stream, cc, target_pts, skip, index.pts(stop))
                 expect = k  # a key frame is never skipped: it comes out first
             for frame in frames:
                 i = None if frame.pts is None else index.index_of(int(frame.pts))
@@ -267,13 +272,17 @@ def _decode_indexed(container: Any, stream: Any, index: _Index, plan: Plan, size
     return kept
 
 
-def _frames(container: Any, stream: Any, cc: Any, target_pts: set[int], skip: bool) -> Any:
-    """Decoded frames from the current position; non-reference frames that are no target are skipped."""
+def _frames(container: Any, stream: Any, cc: Any, target_pts: set[int], skip: bool, stop_pts: int) -> Any:
+    """Decoded frames from the current position up to the packet of ``stop_pts`` (then the decoder is
+    drained); non-reference frames that are no target are skipped."""
     try:
         for packet in container.demux(stream):
             if skip:
                 cc.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in target_pts else "NONREF"
             yield from cc.decode(packet)
+            if packet.pts == stop_pts:
+                yield from cc.decode(None)  # drain: out come the frames held for reordering
+                return
     finally:
         if skip:
             cc.skip_frame = "DEFAULT"
