@@ -2,9 +2,11 @@
 
 - :mod:`.storage`: the ``Storage`` protocol (atomic writes), ``LocalStorage``, ``S3Storage`` and
   ``S3Config`` (bounded timeouts and retries), ``open_storage(uri)``.
-- :mod:`.shards`: ``FeatureSpec`` (the extraction config stored beside the features),
-  ``ShardWriter`` (crash-safe, resumable shard writes + ``finalize`` -> ``index.json``) and
-  ``FeatureReader`` (random access by video id, memory-mapped locally, cached from S3).
+- :mod:`.shards`: ``FeatureSpec`` (the extraction config stored beside the features), the shard
+  manifests and index, ``ShardWriter`` (crash-safe, resumable shard writes, ``drop_videos``,
+  ``finalize`` -> ``index.json``).
+- :mod:`.reader`: ``FeatureReader`` (random access by video id, memory-mapped locally, cached from
+  S3, every shard file's hash checked when first opened).
 - :mod:`.quant`: symmetric int8 with one float32 scale per ``(layer, token)`` row.
 - :mod:`.info`: storage arithmetic for ``linkedout features info``.
 - :mod:`.verify`: ``verify_store`` (every checksum, every id once: ``linkedout features verify``)
@@ -14,9 +16,9 @@
 
 from linkedout.features.info import format_info, info_from_store, storage_summary
 from linkedout.features.quant import dequantize_int8, quantize_int8
+from linkedout.features.reader import FeatureReader
 from linkedout.features.shards import (
     FeatureIndex,
-    FeatureReader,
     FeatureSpec,
     ShardManifest,
     ShardWriter,

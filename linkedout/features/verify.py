@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from linkedout.features.reader import FeatureReader
 from linkedout.features.shards import (
     INDEX_KEY,
     FeatureIndex,
-    FeatureReader,
     ShardManifest,
     list_shards,
     manifest_key,
