@@ -60,9 +60,13 @@ def test_train_prints_a_summary_not_the_history(data: Path, tmp_path: Path, caps
 
 def test_train_into_a_run_dir_of_another_variant_is_refused_clearly(data: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from linkedout.extraction import BackboneConfig, ExtractionConfig, extract_dataset
+
     run = tmp_path / "run"
     store = tmp_path / "features"
-    assert main(["extract", "--data", str(data), "--out", str(store), *FAST]) == 0
+    extract_dataset(load_microlens(data), store, ExtractionConfig(layers=(0, 4), num_frames=2, frame_size=56, tokens=8,
+                                                                  text_tokens=2, decode_workers=0),
+                    BackboneConfig(tiny_image_size=56, device="cpu"))
     assert main(["train", "--data", str(data), "--features", str(store), "--run-dir", str(run), "--variant",
                  "sasrec_id", "--epochs", "1"]) == 0
     config = (run / "config.json").read_text()
