@@ -1,33 +1,63 @@
 """The main job, stage by stage: dataset -> features -> split -> training -> evaluation -> report.
 
-Each stage is a function the CLI calls (and that the Kubeflow components will wrap later). Every
-stage is resumable: it reads what an earlier run left in the work directory and skips what is
-complete (the synthetic dataset, finished feature shards, trained checkpoints, written evaluations).
+Each stage is a plain function with explicit inputs and outputs; the CLI calls them, and the
+Kubeflow components will wrap the same functions. A stage is reused only when the inputs it was
+made from are the ones asked for now: each stores a fingerprint of its inputs beside its outputs
+(:mod:`linkedout.fingerprint`) and, on a re-run, compares it with the new one:
+
+============  ===================================================  ======================================
+stage         inputs in its fingerprint                            when they differ
+============  ===================================================  ======================================
+dataset       the synthetic dataset's config (``W/data`` only)      refused; ``force`` regenerates it
+features      per video: its file (size, mtime, sampled hash);      changed files re-extracted; another
+              the store: the extraction spec, the dataset's name    config or dataset refused (``force``
+                                                                    replaces the store)
+split         the dataset's tables, the feature store's content     rebuilt
+training      variant, model and training configs (seed, epochs),   refused (``force`` retrains it)
+              the split's and the store's content
+evaluation    the run's training fingerprint, the checkpoint's      evaluated again
+              sha256, split, features, protocol
+report        every evaluation, dataset and features                written again
+============  ===================================================  ======================================
+
+Every stage is also resumable: finished feature shards and checkpoints of a killed run are kept.
 
 Work directory layout (``linkedout run --workdir W``)::
 
     W/data/                 the dataset (MicroLens layout; generated when not given)
-    W/features/             feature shards, spec.json, index.json
-    W/split/                the preprocessed leave-one-out split (cached)
-    W/runs/<variant>/       config.json, metrics.jsonl, tb/, checkpoints/{last,best}.pt, eval.json
-    W/report.html           the report
+    W/features/             feature shards, spec.json, index.json, dataset.json, failures.json
+    W/split/                the preprocessed leave-one-out split (cached), fingerprint.json
+    W/runs/<variant>/       config.json, fingerprint.json, metrics.jsonl, tb/, checkpoints/{last,best}.pt,
+                            eval.json, eval.fingerprint.json
+    W/report.html           the report (report.fingerprint.json beside it)
     W/summary.json          the metrics table of the run, machine-readable
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
+import dataclasses
 import json
-import os
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from linkedout.fingerprint import (
+    Fingerprint,
+    StageMismatch,
+    canonical_digest,
+    dataset_tables,
+    evaluation_fingerprint,
+    file_sha256,
+    files_digest,
+    read_fingerprint,
+    training_fingerprint,
+    write_fingerprint,
+)
 from linkedout.utils import atomic_write_text, get_logger, set_seed
 
 log = get_logger(__name__)
@@ -99,132 +129,155 @@ def demo_train_config(**overrides: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- data
 
+MIN_INTERACTIONS = 5  # MicroLens preprocessing: users with fewer interactions are dropped
+MAX_INTERACTIONS = 13  # ... and each user's last 13 are kept
+MAX_HISTORY = 10
+
 
 def has_dataset(root: Path) -> bool:
     return root.is_dir() and (any(root.glob("*_pairs.csv")) or any(root.glob("*_pairs.tsv")))
 
 
-def ensure_dataset(root: Path, preset: str, seed: int | None = None) -> Path:
-    """Generate the synthetic dataset at ``root`` unless one is already there."""
-    if has_dataset(root):
-        log.info("dataset found at %s", root)
-        return root
+def ensure_dataset(root: Path, preset: str, seed: int | None = None, *, force: bool = False) -> Path:
+    """Generate the synthetic dataset at ``root`` unless the same one is already there.
+
+    A dataset generated at ``root`` with another config (another preset or seed) is refused with
+    :class:`StageMismatch` (``force``: deleted and generated again); a dataset there that
+    ``linkedout`` did not generate is used as it is.
+    """
     from linkedout.data import synth
 
     cfg = synth.SynthConfig.preset(preset, **({} if seed is None else {"seed": seed}))
+    if has_dataset(root):
+        saved = root / f"{cfg.prefix}_synth_config.json"
+        if not saved.is_file():
+            log.info("dataset found at %s (not a generated one: used as it is)", root)
+            return root
+        old = Fingerprint("synthetic dataset", synth.content_config(json.loads(saved.read_text())))
+        new = Fingerprint("synthetic dataset", synth.content_config(dataclasses.asdict(cfg)))
+        if old.digest == new.digest:
+            log.info("dataset found at %s", root)
+            return root
+        if not force:
+            raise StageMismatch(str(root), "a synthetic dataset", old.diff(new),
+                                f"Use another --workdir, or --force to generate the {preset!r} dataset again "
+                                "(every later stage is then redone).")
+        log.warning("--force: deleting the synthetic dataset at %s (%s)", root, "; ".join(old.diff(new)[:4]))
+        shutil.rmtree(root)
     log.info("generating the %r synthetic dataset at %s", preset, root)
     return synth.generate(root, cfg)
+
+
+def dataset_digest(data: Path) -> dict[str, Any]:
+    """The dataset's fingerprint inputs: its prefix and the sha256 of its tables (videos are
+    identified one by one by the extraction)."""
+    from linkedout.data.microlens import find_prefix
+
+    prefix, _ = find_prefix(data)
+    return dataset_tables(data, prefix)
+
+
+def check_trainable(interactions: Any, source: str) -> None:
+    """``DatasetError`` up front when MicroLens preprocessing would leave no user to train on."""
+    from linkedout.data.microlens import DatasetError
+
+    counts = interactions.groupby("user", sort=False).size()
+    if not (counts >= MIN_INTERACTIONS).any():
+        raise DatasetError(
+            f"{source}: no user has >= {MIN_INTERACTIONS} interactions ({len(counts):,} users, at most "
+            f"{int(counts.max()) if len(counts) else 0} each): MicroLens preprocessing drops users with fewer, so "
+            "nothing would be left to train or evaluate on")
 
 
 # ---------------------------------------------------------------------------------------- extraction
 
 
-def extraction_configs(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(ExtractionConfig, BackboneConfig)`` from ``linkedout extract`` arguments."""
-    from linkedout.extraction.backbone import BackboneConfig
-    from linkedout.extraction.extractor import DEFAULT_PROMPTS, ExtractionConfig
+def extract(data: Path, out: str | Any, configs: tuple[Any, Any] | None = None, *,
+            s3_endpoint: Any = None, retry_failed: bool = False, force: bool = False) -> Any:
+    """Extract the features of every video of the dataset at ``data`` into the store ``out``.
 
-    ecfg = ExtractionConfig(
-        layers=args.layers, prompts=tuple(args.prompts) if args.prompts else DEFAULT_PROMPTS,
-        num_frames=args.frames, frame_size=args.frame_size, tokens=args.tokens, dtype=args.dtype,
-        batch_size=args.batch_size, shard_size=args.shard_size, early_exit=not args.no_early_exit,
-    )
-    bcfg = BackboneConfig(source=args.backbone, device=args.device, dtype=args.backbone_dtype, seed=args.seed)
-    return ecfg, bcfg
-
-
-def extract(data: Path, out: str | os.PathLike[str], configs: tuple[Any, Any] | None = None, *,
-            s3_endpoint: str | None = None) -> Any:
-    """Extract the features of every video of the dataset at ``data`` into the store ``out``."""
+    ``configs``: ``(ExtractionConfig, BackboneConfig)``; ``s3_endpoint``: an endpoint URL or an
+    ``S3Config``; ``retry_failed``: try every failed video again; ``force``: a store of another
+    extraction config or dataset is emptied first instead of refused. See ``extract_dataset``.
+    """
     from linkedout.data.microlens import load_microlens
+    from linkedout.extraction.backbone import BackboneConfig
     from linkedout.extraction.extractor import extract_dataset
 
     ecfg, bcfg = configs if configs is not None else (None, None)
+    (bcfg or BackboneConfig()).check()  # a missing GPU or checkpoint directory, before any work
     # Missing or corrupt videos are not a reason to stop: the extractor records each by id with the
     # reason, and the split drops their interactions.
     dataset = load_microlens(data, check_videos=False)
-    return extract_dataset(dataset, str(out), ecfg, bcfg, endpoint_url=s3_endpoint)
+    return extract_dataset(dataset, out if not isinstance(out, Path) else str(out), ecfg, bcfg,
+                           endpoint_url=s3_endpoint, retry_failed=retry_failed, replace=force)
 
 
-def features_info(args: argparse.Namespace) -> str:
-    """The text of ``linkedout features info``: a store's figures, or those of a given setting."""
-    from linkedout.features import FeatureReader, FeatureSpec
-    from linkedout.features.info import format_info, info_from_store, storage_summary
-
-    if args.store:
-        reader = FeatureReader(args.store, endpoint_url=args.s3_endpoint)
-        return format_info(info_from_store(reader))
-    spec = FeatureSpec(backbone="(setting)", layers=tuple(range(0, 4 * args.layers, 4)), prompts=("-",),
-                       num_frames=8, frame_size=224, tokens=args.tokens, hidden=args.hidden, dtype=args.dtype)
-    return format_info(storage_summary(spec, args.videos))
+class TooManyFailures(ValueError):
+    """More videos failed to extract than the allowed share."""
 
 
-def model_summary(config: Path | None, hidden: int) -> str:
-    from linkedout.model import ModelConfig, build_model
-    from linkedout.model.summary import format_summary, paper_comparison, parameter_summary
-
-    if config is None:
-        return paper_comparison() if hidden in (3584, 4096) else _summary_at(hidden)
-    import torch
-
-    cfg = ModelConfig.from_dict(json.loads(Path(config).read_text()))
-    with torch.device("meta"):
-        model = build_model(cfg, 1000, np.ones(1001, dtype=np.int64))
-    return format_summary(parameter_summary(model), title=f"trainable parameters ({config}, 1,000 items)")
-
-
-def _summary_at(hidden: int) -> str:
-    from linkedout.model.summary import format_summary, paper_parameter_summary
-
-    return format_summary(paper_parameter_summary(hidden), title=f"paper config at D={hidden}")
+def check_failures(summary: Any, max_failed_share: float) -> None:
+    """:class:`TooManyFailures` when the extraction's failed share exceeds ``max_failed_share``."""
+    if summary.failed_share > max_failed_share:
+        raise TooManyFailures(
+            f"{len(summary.failed):,} of {summary.videos:,} videos could not be extracted "
+            f"({100 * summary.failed_share:.2f} % > the allowed {100 * max_failed_share:g} %, --max-failed-share); "
+            f"the reasons are in {summary.uri}/failures.json. Fix or remove the files and run again (changed files "
+            "are retried), or raise --max-failed-share")
 
 
 # --------------------------------------------------------------------------------------------- split
 
 
 def build_split(data: Path, features: str | None, cache_dir: Path | None = None, *,
-                s3_endpoint: str | None = None) -> Any:
+                s3_endpoint: Any = None) -> Any:
     """MicroLens preprocessing and leave-one-out split, over the videos that have features.
 
     Videos whose extraction failed (corrupt files) have no features: their interactions are dropped
     before preprocessing, and how many is logged, so that every model is compared on the same split.
-    The split is cached in ``cache_dir`` (rebuilt when the dataset or the store changes).
+    The split is cached in ``cache_dir`` with its fingerprint (the dataset's tables and the feature
+    store's content) and rebuilt when they change.
     """
-    from linkedout.data.microlens import load_microlens
+    from linkedout.data.microlens import DatasetError, load_microlens
     from linkedout.data.split import SplitData, leave_one_out, preprocess
 
     dataset = load_microlens(data, check_videos=False)
     catalog = list(dataset.item_ids)
-    pairs = sorted(Path(data).glob(f"{dataset.prefix}_pairs.*"))
-    stamp: dict[str, Any] = {
-        "data": str(Path(data).resolve()), "items": len(catalog),
-        "pairs": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in pairs],
-    }
+    inputs: dict[str, Any] = {"dataset": dataset_digest(Path(data)), "features": None,
+                              "preprocess": [MIN_INTERACTIONS, MAX_INTERACTIONS, MAX_HISTORY]}
     if features is not None:
         from linkedout.features import FeatureReader
+        from linkedout.features.verify import store_digest
 
         reader = FeatureReader(features, endpoint_url=s3_endpoint)
         if not reader.storage.exists("index.json"):
             raise ValueError(f"feature store {features} is incomplete (no index.json: extraction is still "
                              "running or was stopped); finish it with `linkedout extract` first")
         have = set(reader.ids)
-        stamp["features"] = str(features)
-        stamp["feature_ids"] = hashlib.sha256("\n".join(sorted(have)).encode()).hexdigest()
+        inputs["features"] = store_digest(reader)
         missing = [i for i in catalog if i not in have]
         if missing:
             log.warning("%d videos have no features (failed extraction: %s%s); their interactions are dropped",
                         len(missing), ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
             catalog = [i for i in catalog if i in have]
-            stamp["items"] = len(catalog)
-    stamp_file = None if cache_dir is None else cache_dir / "stamp.json"
-    if stamp_file is not None and stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        return SplitData.load(stamp_file.parent)
+    fp = Fingerprint("split", inputs)
+    if cache_dir is not None and (cache_dir / "split.json").is_file():
+        stored = read_fingerprint(cache_dir)
+        if stored is not None and stored.digest == fp.digest:
+            return SplitData.load(cache_dir)
+        if stored is not None:
+            log.info("the split in %s is stale (%s); rebuilding it", cache_dir, "; ".join(stored.diff(fp)[:4]))
     inter = dataset.interactions
     inter = inter[inter["item"].isin(set(catalog))]
-    split = leave_one_out(preprocess(inter), max_history=10, catalog=catalog)
+    pre = preprocess(inter, MIN_INTERACTIONS, MAX_INTERACTIONS)
+    if pre.empty:
+        check_trainable(inter, f"dataset {data}" + (" (videos with features only)" if features else ""))
+        raise DatasetError(f"dataset {data}: no interactions left after preprocessing")
+    split = leave_one_out(pre, max_history=MAX_HISTORY, catalog=catalog)
     if cache_dir is not None:
         split.save(cache_dir)
-        atomic_write_text(cache_dir / "stamp.json", json.dumps(stamp, indent=2))
+        write_fingerprint(cache_dir, fp)
     return split
 
 
@@ -295,11 +348,65 @@ def item_features_for(split: Any, features: str | None, s3_endpoint: str | None 
     return ItemFeatures(FeatureReader(features, endpoint_url=s3_endpoint), split.item_ids)
 
 
+def features_digest_of(item_features: Any) -> str | None:
+    if item_features is None:
+        return None
+    from linkedout.features.verify import store_digest
+
+    return store_digest(item_features.reader)
+
+
+def side_info_digest(data: Path, v: Variant) -> str | None:
+    """Titles (in the tables) and covers (names, sizes, mtimes) of a variant that reads them."""
+    if not v.side_info:
+        return None
+    from linkedout.data.microlens import load_microlens
+
+    dataset = load_microlens(data, check_videos=False)
+    return canonical_digest([dataset_digest(Path(data)), files_digest(dataset.covers_dir, "*.jpg")])
+
+
+TRAIN_HINT = "Use another --run-dir, or --force to clear it and train from scratch."
+RUN_HINT = "Retrain with `linkedout run --force` (their run directories are cleared first), or use another --workdir."
+
+
+def check_run_dir(run_dir: Path, fp: Fingerprint, *, force: bool = False, hint: str = TRAIN_HINT) -> None:
+    """Refuse (:class:`StageMismatch`) a run directory that holds a run of other inputs; ``force`` clears it.
+
+    A run directory written before fingerprints existed is checked by its ``config.json``
+    (variant, model and training configs) and adopted when they agree.
+    """
+    stored = read_fingerprint(run_dir)
+    config_file = run_dir / "config.json"
+    if stored is None and config_file.is_file():
+        old = json.loads(config_file.read_text())
+        train = {k: v for k, v in (old.get("train") or {}).items() if k in fp.inputs["train"]}
+        stored = Fingerprint("training", {**fp.inputs, "variant": old.get("variant"), "model": old.get("model"),
+                                          "train": train})
+        if stored.digest == fp.digest:
+            log.warning("%s has no fingerprint (written by an older version): adopting it; its split and "
+                        "features cannot be checked", run_dir)
+            return
+    try:
+        fp.check(stored, str(run_dir), hint)
+    except StageMismatch:
+        if not force:
+            raise
+        log.warning("--force: clearing %s, which holds a run of other inputs", run_dir)
+        shutil.rmtree(run_dir)
+
+
 def train_variant(data: Path, features: str | None, run_dir: Path, variant: str, *, seed: int = 42,
                   epochs: int | None = None, batch_size: int | None = None, loss: str | None = None,
-                  device: str = "auto", s3_endpoint: str | None = None, split: Any = None,
-                  item_features: Any = None) -> dict[str, Any]:
-    """Train one variant into ``run_dir`` (resuming a killed run) and return the training result."""
+                  device: str = "auto", s3_endpoint: Any = None, split: Any = None,
+                  item_features: Any = None, force: bool = False, hint: str = TRAIN_HINT) -> dict[str, Any]:
+    """Train one variant into ``run_dir`` (resuming a killed run) and return the training result.
+
+    The run's fingerprint (:func:`linkedout.fingerprint.training_fingerprint`) is written into
+    ``run_dir`` before training; a run directory that holds a run of other inputs (another variant,
+    model or training config, seed, split or feature store) is refused with :class:`StageMismatch`
+    naming what differs, before anything in it is touched (``force``: cleared and trained anew).
+    """
     from linkedout.model import build_model
     from linkedout.model.recommender import LinkedOutRecommender
     from linkedout.training import Trainer
@@ -322,7 +429,11 @@ def train_variant(data: Path, features: str | None, run_dir: Path, variant: str,
         item_features = None
     mcfg = model_config_for(v, spec)
     tcfg = demo_train_config(seed=seed, epochs=epochs, batch_size=batch_size, loss=loss, device=device)
+    fp = training_fingerprint(v.name, mcfg.to_dict(), tcfg.to_dict(), split.digest(), features_digest_of(item_features),
+                              side_info_digest(data, v))
+    check_run_dir(run_dir, fp, force=force, hint=hint)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(run_dir, fp)
     atomic_write_text(run_dir / "config.json", json.dumps({
         "variant": v.name, "display": v.display, "group": v.group, "data": str(data),
         "features": None if features is None else str(features), "num_items": split.num_items,
@@ -348,15 +459,33 @@ def _checkpoint_of(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir} has no checkpoint (train it first: linkedout train --run-dir {run_dir})")
 
 
+EVAL_PROTOCOL = {"sampled_negatives": 100, "seed": 0}
+
+
+def eval_fingerprint(run_dir: Path, split: Any, features_digest: str | None, which: str = "test") -> Fingerprint:
+    """The inputs of ``run_dir``'s evaluation (see :func:`linkedout.fingerprint.evaluation_fingerprint`)."""
+    training = read_fingerprint(run_dir)
+    return evaluation_fingerprint(None if training is None else training.digest, file_sha256(_checkpoint_of(run_dir)),
+                                  split.digest(), features_digest, which, EVAL_PROTOCOL)
+
+
+def evaluation_is_fresh(run_dir: Path, fp: Fingerprint) -> bool:
+    """Whether ``run_dir/eval.json`` was made from exactly the inputs ``fp``."""
+    stored = read_fingerprint(run_dir / "eval.json")
+    return (run_dir / "eval.json").is_file() and stored is not None and stored.digest == fp.digest
+
+
 def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str = "test",
-                 s3_endpoint: str | None = None, split: Any = None, item_features: Any = None) -> dict[str, Any]:
-    """Evaluate a run's best checkpoint on the test (or validation) split and write ``eval.json``."""
+                 s3_endpoint: Any = None, split: Any = None, item_features: Any = None) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint on the test (or validation) split; write ``eval.json`` and its fingerprint."""
     from linkedout.evaluation import evaluate
     from linkedout.interpret.report import count_parameters, write_eval_json
     from linkedout.training.checkpoint import load_model_from_checkpoint
 
     run_dir = Path(run_dir)
     _checkpoint_of(run_dir)  # fail before any loading when the run was never trained
+    if which not in ("test", "valid"):
+        raise ValueError(f"which must be 'test' or 'valid', got {which!r}")
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     if split is None:
         split = build_split(data, features, s3_endpoint=s3_endpoint)
@@ -368,8 +497,7 @@ def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str 
         if features is None:
             raise ValueError(f"{run_dir} holds a model that reads backbone features: pass --features")
         item_features = item_features_for(split, features, s3_endpoint)
-    if which not in ("test", "valid"):
-        raise ValueError(f"which must be 'test' or 'valid', got {which!r}")
+    fp = eval_fingerprint(run_dir, split, features_digest_of(item_features) if model.needs_features else None, which)
     eval_set = split.test if which == "test" else split.valid
     if which == "test":
         exclude = [np.append(s, t) for s, t in zip(split.train_sequences, split.valid.targets)]
@@ -377,13 +505,15 @@ def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str 
         exclude = list(split.train_sequences)
     t0 = time.perf_counter()
     result = evaluate(model, eval_set, item_features if model.needs_features else None, exclude=exclude,
-                      sampled_negatives=100, seed=0)
+                      sampled_negatives=EVAL_PROTOCOL["sampled_negatives"], seed=EVAL_PROTOCOL["seed"])
     log.info("evaluated %s on %s in %.1f s: %s", run_dir.name, which, time.perf_counter() - t0,
              {k: round(v, 4) for k, v in result.summary().items()})
     train_seed = int(cfg.get("train", {}).get("seed", 0))
     write_eval_json(run_dir / "eval.json", result, model=str(cfg.get("display", run_dir.name)),
                     params=count_parameters(model), seed=train_seed,
-                    extra={"group": cfg.get("group", "model"), "split": which, "variant": cfg.get("variant")})
+                    extra={"group": cfg.get("group", "model"), "split": which, "variant": cfg.get("variant"),
+                           "num_items": split.num_items})
+    write_fingerprint(run_dir / "eval.json", fp)
     return json.loads((run_dir / "eval.json").read_text())
 
 
@@ -391,8 +521,12 @@ def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str 
 
 
 def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, features: str | None = None,
-           s3_endpoint: str | None = None, notes: Sequence[str] | None = None) -> Path:
-    """Write the HTML report of ``runs``; gate heatmaps come from the first run with a learned gate."""
+           s3_endpoint: Any = None, notes: Sequence[str] | None = None) -> Path:
+    """Write the HTML report of ``runs``; gate heatmaps come from the first run with a learned gate.
+
+    The "Dataset and configuration" section shows the data's figures, the feature extraction
+    (from the store's spec), and every run's model and training configuration.
+    """
     import torch
 
     from linkedout.interpret.contributions import layer_contributions
@@ -403,6 +537,7 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
     contributions = None
     labels = counts = None
     dataset_summary: dict[str, Any] | None = None
+    extraction: dict[str, Any] | None = None
     split = None
     if data is not None:
         from linkedout.data.microlens import load_microlens
@@ -410,6 +545,12 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
 
         dataset_summary = dataset_stats(load_microlens(data, check_videos=False))
         split = build_split(data, features, s3_endpoint=s3_endpoint)
+    if features is not None:
+        from linkedout.features import FeatureReader
+
+        reader = FeatureReader(features, endpoint_url=s3_endpoint)
+        extraction = {**reader.spec.to_dict(), "videos": len(reader), "failed": len(reader.failed),
+                      "store": reader.storage.uri}
     if split is not None and features is not None:
         for rec in records:
             mode = ((rec.config or {}).get("model", {}).get("fusion", {}) or {}).get("mode")
@@ -427,109 +568,29 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
         out, title="LinkedOut report", metrics_rows=[r for r in records if r.eval is not None],
         training_logs={r.name: r.logs for r in records if r.logs}, contributions=contributions,
         dataset_summary=dataset_summary, notes=list(notes) if notes else None, item_labels=labels,
-        item_counts=counts,
+        item_counts=counts, extraction=extraction,
+        run_configs={r.name: r.config for r in records if r.config},
     )
 
 
-# ------------------------------------------------------------------------------------------ main job
+# ----------------------------------------------------------------------------------- model summary
 
 
-def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, epochs: int | None = None,
-            variants: Sequence[str] | None = None, seed: int = 42, stop_after: str | None = None,
-            extraction: Any = None, backbone: Any = None) -> Path:
-    """The main job on the embedded default; returns the report's path (or the last stage's output).
+def model_summary(config: Path | None, hidden: int) -> str:
+    from linkedout.model import ModelConfig, build_model
+    from linkedout.model.summary import format_summary, paper_comparison, parameter_summary
 
-    ``extraction`` / ``backbone``: an ``ExtractionConfig`` / ``BackboneConfig`` (default: the
-    paper's layers, prompts, 8 frames at 224 px, K = 64, float16, on the tiny seeded backbone).
-    """
-    from linkedout.data.microlens import load_microlens, validate_microlens
-    from linkedout.data.stats import dataset_stats, format_stats
-    from linkedout.extraction.backbone import BackboneConfig
-    from linkedout.extraction.extractor import ExtractionConfig
-    from linkedout.features import FeatureReader
-    from linkedout.features.info import format_info, info_from_store
+    if config is None:
+        return paper_comparison() if hidden in (3584, 4096) else _summary_at(hidden)
+    import torch
 
-    t_start = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    variant_names = tuple(variants) if variants else DEFAULT_VARIANTS
-    chosen = [(name, parse_variant(name)) for name in variant_names]  # fail on a bad name before any work
-
-    # 1. dataset
-    data_dir = Path(data) if data is not None else ensure_dataset(workdir / "data", preset)
-    vreport = validate_microlens(data_dir, check_videos=True)
-    if vreport.errors or vreport.warnings:
-        print(vreport.format())
-    # Tables must be sound; missing or unreadable videos are only reported here and recorded as
-    # failed by the extraction (their interactions are then dropped).
-    validate_microlens(data_dir, check_videos=False).raise_if_errors()
-    dataset = load_microlens(data_dir, check_videos=False)
-    print("== dataset\n" + format_stats(dataset_stats(dataset)), flush=True)
-    if stop_after == "data":
-        return data_dir
-
-    # 2. features (resumable: finished shards are skipped)
-    features = workdir / "features"
-    summary = extract(data_dir, features, (extraction or ExtractionConfig(shard_size=64), backbone or BackboneConfig()))
-    if summary.failed:
-        print(f"== {len(summary.failed)} videos could not be decoded and have no features:")
-        for vid, why in sorted(summary.failed.items())[:20]:
-            print(f"   {vid}: {why}")
-    print("== features\n" + format_info(info_from_store(FeatureReader(features))), flush=True)
-    if stop_after == "extract":
-        return features
-
-    # 3. split, training, evaluation
-    split = build_split(data_dir, str(features), cache_dir=workdir / "split")
-    item_features = item_features_for(split, str(features), None)
-    run_dirs = []
-    for name, v in chosen:
-        run_dir = workdir / "runs" / v.name
-        run_dirs.append(run_dir)
-        if (run_dir / "eval.json").is_file():
-            log.info("%s already trained and evaluated; skipping", v.name)
-            continue
-        train_variant(data_dir, str(features), run_dir, name, seed=seed, epochs=epochs, split=split,
-                      item_features=item_features)
-        if stop_after == "train":
-            continue
-        evaluate_run(data_dir, str(features), run_dir, split=split, item_features=item_features)
-    if stop_after == "train":
-        return workdir / "runs"
-
-    # 4. report
-    table = summary_table(run_dirs)
-    atomic_write_text(workdir / "summary.json", json.dumps(table, indent=2))
-    print("== test metrics (full catalogue, history masked)\n" + format_table(table), flush=True)
-    out = report(run_dirs, workdir / "report.html", data=data_dir, features=str(features))
-    print(f"== report: {out}  ({time.perf_counter() - t_start:.0f} s in all)", flush=True)
-    return out
+    cfg = ModelConfig.from_dict(json.loads(Path(config).read_text()))
+    with torch.device("meta"):
+        model = build_model(cfg, 1000, np.ones(1001, dtype=np.int64))
+    return format_summary(parameter_summary(model), title=f"trainable parameters ({config}, 1,000 items)")
 
 
-def summary_table(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Rows ``{model, group, overall: {...}, warm: {...}, cold: {...}}`` from the runs' ``eval.json``."""
-    rows = []
-    for run_dir in run_dirs:
-        ev = json.loads((Path(run_dir) / "eval.json").read_text())
-        full = ev["full"]
-        rows.append({"model": ev["model"], "group": ev.get("group"), "params": ev.get("params"),
-                     "n_users": full.get("n_users"),
-                     **{part: full[part] for part in ("overall", "warm", "cold")},
-                     "sampled": (ev.get("sampled") or {}).get("overall")})
-    return rows
+def _summary_at(hidden: int) -> str:
+    from linkedout.model.summary import format_summary, paper_parameter_summary
 
-
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    cols = [("overall", "HR@10"), ("overall", "NDCG@10"), ("warm", "HR@10"), ("warm", "NDCG@10"),
-            ("cold", "HR@10"), ("cold", "NDCG@10")]
-    head = f"{'model':<24}" + "".join(f"{p + ' ' + m:>16}" for p, m in cols)
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        cells = []
-        for part, metric in cols:
-            value = (r.get(part) or {}).get(metric)
-            cells.append(f"{value:>16.4f}" if isinstance(value, (int, float)) else f"{'-':>16}")
-        lines.append(f"{r['model']:<24}" + "".join(cells))
-    return "\n".join(lines)
-
-
+    return format_summary(paper_parameter_summary(hidden), title=f"paper config at D={hidden}")

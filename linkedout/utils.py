@@ -23,9 +23,21 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("linkedout") else f"linkedout.{name}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (tools and tests swap it)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(level: int | str = logging.INFO) -> None:
     """Configure the root ``linkedout`` logger for command-line use (called by the CLI only)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
@@ -49,6 +61,18 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
     disable = os.environ.get("LINKEDOUT_PROGRESS", "1") == "0"
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
                     mininterval=1.0)
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 20 s``, ``1 h 05 min``: a duration for logs and progress bars."""
+    if seconds != seconds or seconds < 0:  # NaN or negative: unknown
+        return "?"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -188,3 +188,45 @@ def test_several_prefixes_are_reported(ds: Path) -> None:
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not a directory"):
         load_microlens(tmp_path / "nowhere")
+
+
+def _warnings(root: Path) -> str:
+    return "\n".join(str(w) for w in validate_microlens(root).warnings)
+
+
+def test_negative_timestamps_are_a_warning(ds: Path) -> None:
+    pd.DataFrame([*PAIRS[:-1], ("10", "2", -900)], columns=["user", "item", "timestamp"]).to_csv(
+        ds / f"{PREFIX}_pairs.csv", index=False)
+    assert "negative timestamps" in _warnings(ds) and "(1; first: 7)" in _warnings(ds)  # file line 7
+    assert not validate_microlens(ds).errors  # still usable: the rows are kept, in time order
+    assert (load_microlens(ds).interactions["timestamp"] < 0).sum() == 1
+
+
+@pytest.mark.parametrize("first_row_bad", [True, False], ids=["first-row", "later-row"])
+def test_non_numeric_likes_and_views_are_a_warning_naming_the_items(ds: Path, first_row_bad: bool) -> None:
+    rows = ["1\t5\t50", "2\t1\t10", "3\t0\t7", "4\t2\t20"]
+    rows[0 if first_row_bad else 2] = rows[0 if first_row_bad else 2].replace("\t5\t", "\tmany\t").replace("\t0\t", "\tn/a\t")
+    (ds / f"{PREFIX}_likes_and_views.txt").write_text("\n".join(rows) + "\n")
+    bad = "1" if first_row_bad else "3"
+    warnings = _warnings(ds)
+    # before: a bad first row was silently taken for a header (and dropped), a later one refused the dataset
+    assert "likes is not a non-negative integer" in warnings and f"first: {bad})" in warnings
+    assert not validate_microlens(ds).errors
+    lv = load_microlens(ds).likes_views
+    assert bad not in set(lv["item"]) and len(lv) == 3
+
+
+def test_a_header_line_in_likes_and_views_is_still_accepted(ds: Path) -> None:
+    (ds / f"{PREFIX}_likes_and_views.txt").write_text("item\tlikes\tviews\n1\t5\t50\n2\t1\t10\n3\t0\t7\n4\t2\t20\n")
+    assert "likes" not in _warnings(ds) and len(load_microlens(ds).likes_views) == 4
+
+
+def test_several_prefixes_name_an_option_that_exists(ds: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from linkedout.cli import main
+
+    (ds / "Other_pairs.csv").write_text("user,item,timestamp\n")
+    assert main(["data", "validate", str(ds), "--no-videos"]) == 1
+    out = capsys.readouterr().out
+    assert "--prefix NAME" in out and "prefix=" not in out  # the advice names a real option...
+    assert main(["data", "validate", str(ds), "--no-videos", "--prefix", PREFIX]) == 0  # ...that works
+    assert main(["data", "stats", str(ds), "--prefix", PREFIX]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from linkedout.extraction.extractor import ExtractionConfig
-from linkedout.pipeline import run_all
+from linkedout.mainjob import run_all
 
 
 class _Imgs(HTMLParser):
@@ -58,6 +58,10 @@ def test_report_holds_metrics_and_heatmaps(workdir: Path) -> None:
     parser.feed(html)
     assert parser.images >= 3  # training curves, the three-panel heatmap, per-layer shares
     assert "L8" in html and "L20" in html  # heatmap columns are the kept layers
+    # the configuration as tables: the extraction, every run's model and training settings
+    assert "<h3>Feature extraction</h3>" in html and "tokens per layer K" in html and "<h3>Training</h3>" in html
+    # the toy catalogue (50 videos) is smaller than the sampled protocol's 1 + 100: said, not a copied table
+    assert "the catalogue has 50 videos" in html
 
 
 def test_rerun_skips_finished_stages(workdir: Path) -> None:

@@ -109,7 +109,7 @@ def test_open_storage_dispatch(tmp_path: Path) -> None:
         open_storage("gs://bucket/x")
     with pytest.raises(ValueError, match="bucket"):
         open_storage("s3:///x")
-    with pytest.raises(ValueError, match=r"S3Storage\.read_timeout"):
+    with pytest.raises(ValueError, match=r"S3Config\.read_timeout"):
         S3Storage("bucket", read_timeout=0)
 
 

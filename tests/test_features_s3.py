@@ -105,7 +105,7 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     with socket.socket() as s:  # a loopback port with nobody listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, max_attempts=1)
+    store = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, retries=0)
     with pytest.raises(FeatureStoreError, match=r"'spec\.json'.*s3://bucket"):
         store.read_bytes("spec.json")
 
@@ -177,3 +177,93 @@ def test_s3_cache_dir(endpoint: str, bucket: str, tmp_path: Path) -> None:
     second = FeatureReader(uri, endpoint_url=endpoint, cache_dir=tmp_path)
     np.testing.assert_array_equal(second.get_many(IDS), expected)
     assert isinstance(second._cache.get(0).data, np.memmap)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A loopback TCP server that accepts every connection and never answers a byte."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)  # kept open, never read, never written
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_default_s3_bounds_fail_a_silent_endpoint_within_30_s() -> None:
+    from linkedout.features import S3Config
+
+    cfg = S3Config()
+    assert cfg.worst_case_seconds() <= 30  # every attempt waiting out both timeouts, plus the back-off
+    client = S3Storage("bucket", endpoint_url="http://127.0.0.1:1").client.meta.config
+    assert (client.connect_timeout, client.read_timeout) == (cfg.connect_timeout, cfg.read_timeout)
+    assert client.retries["total_max_attempts"] == cfg.attempts == 3  # botocore counts the first try too
+
+
+def test_a_silent_endpoint_fails_fast_naming_it(silent_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import time
+
+    from linkedout.cli import main
+    from linkedout.data.synth import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig.preset("toy", num_videos=30, num_users=4), write_videos=False)
+    _credentials(monkeypatch)
+    t0 = time.monotonic()
+    assert main(["features", "info", "--store", "s3://bucket/features", "--s3-endpoint", silent_endpoint,
+                 "--s3-read-timeout", "0.5", "--s3-retries", "1"]) == 2
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert elapsed < 5, elapsed  # 2 attempts x 0.5 s (before: 6 attempts x 120 s, over 400 s with no output)
+    assert silent_endpoint in err and "did not answer" in err and "read timeout 0.5 s, 2 attempts" in err
+    # the same bounds from the environment, for extract (which reaches the store after loading the backbone)
+    monkeypatch.setenv("LINKEDOUT_S3_READ_TIMEOUT", "0.5")
+    monkeypatch.setenv("LINKEDOUT_S3_RETRIES", "0")
+    t0 = time.monotonic()
+    assert main(["extract", "--data", str(data), "--out", "s3://bucket/f", "--s3-endpoint", silent_endpoint,
+                 "--layers", "0,4", "--tokens", "16", "--frames", "2", "--device", "cpu"]) == 2
+    assert time.monotonic() - t0 < 20
+    err = capsys.readouterr().err
+    assert silent_endpoint in err and "read timeout 0.5 s, 1 attempt)" in err
+
+
+def test_malformed_s3_variables_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from linkedout.features import S3Config
+
+    monkeypatch.setenv("LINKEDOUT_S3_CONNECT_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="LINKEDOUT_S3_CONNECT_TIMEOUT"):
+        S3Config.from_env()
+    monkeypatch.setenv("LINKEDOUT_S3_CONNECT_TIMEOUT", "0")
+    with pytest.raises(ValueError, match=r"S3Config\.connect_timeout"):
+        S3Config.from_env()
+    monkeypatch.setenv("LINKEDOUT_S3_CONNECT_TIMEOUT", "2")
+    assert S3Config.from_env(connect_timeout=4).connect_timeout == 4  # a flag wins over the environment

@@ -60,7 +60,8 @@ def test_missing_and_corrupt_videos_are_recorded_and_dropped(data: Path, tmp_pat
     assert set(summary.failed) == {missing, corrupt}
     split = pipeline.build_split(broken, str(store), cache_dir=tmp_path / "split")
     assert missing not in split.item_ids and corrupt not in split.item_ids
-    assert json.loads((tmp_path / "split" / "stamp.json").read_text())["items"] == len(ds.item_ids) - 2
+    assert split.num_items == len(ds.item_ids) - 2
+    assert json.loads((tmp_path / "split" / "fingerprint.json").read_text())["stage"] == "split"
 
 
 def test_evaluate_without_a_checkpoint_names_the_run(data: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def test_report_is_self_contained_with_values_and_figures(tmp_path: Path) -> Non
     assert page.index(">LinkedOut</td>") < page.index(">SASRec (IDs)</td>")
     assert "Sampled protocol" in page and "N = 5" in page
     assert f"{contrib.share_pct[2]:.1f} %" in page
-    assert "split.max_history" in page
+    assert "split.max_history" not in page and ">users<" in page  # readable rows, not dotted keys
     assert "vid25" not in page  # row labels live inside the PNG, not the HTML
 
 
@@ -235,3 +236,48 @@ def test_eval_json_schema_is_checked_and_unevaluated_runs_are_left_out(tmp_path:
     assert "No evaluated runs" in page and len(_images(page)) == 1
     with pytest.raises(ValueError, match="clash"):
         write_eval_json(tmp_path / "e.json", {"full": {}}, model="m", params=1, seed=0, extra={"seed": 1})
+
+
+def test_the_dataset_and_configuration_section_is_readable_tables(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from linkedout.data.stats import dataset_stats
+    from linkedout.features import FeatureSpec
+    from linkedout.model import ModelConfig
+    from linkedout.model.config import FusionConfig
+    from linkedout.training import TrainConfig
+
+    rows = [(f"u{u}", str(1 + (u + t) % N), 1000 * t) for u in range(12) for t in range(6)]
+    stats = dataset_stats(pd.DataFrame(rows, columns=["user", "item", "timestamp"]))
+    spec = FeatureSpec.paper(hidden=3584).to_dict()
+    lo = {"variant": "linkedout", "num_items": N, "train": TrainConfig(seed=7, lr_video=2e-4).to_dict(),
+          "model": ModelConfig(kind="linkedout", fusion=FusionConfig(num_layers=6, tokens=64, in_dim=3584)).to_dict()}
+    ids = {"variant": "sasrec_id", "num_items": N, "train": TrainConfig(seed=7).to_dict(),
+           "model": ModelConfig(kind="sasrec_id").to_dict()}
+    runs = [load_run(_write_run(tmp_path, "LinkedOut", 0.5, "model"))]
+    out = write_report(tmp_path / "r.html", title="t", metrics_rows=runs, dataset_summary=stats,
+                       extraction={**spec, "videos": N, "failed": 1, "store": "/x/features"},
+                       run_configs={"LinkedOut (MoE)": lo, "SASRec (IDs)": ids})
+    page = out.read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", " ", page)
+    for fact in ("Feature extraction", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "L0, L4, L8, L12, L16, L20 (6)",
+                 "tokens per layer K", "3,584", "float16", "8 at 224 x 224 px", "Which objects appear?",
+                 "Models", "Training", "seed", "0.0002 / 0.0001 / 0.0001", "inbatch_logq", "moe",
+                 "users", "interactions per user (min / median / mean / max)", "cold-start test targets"):
+        assert fact in text, fact
+    assert "sequence_length.histogram" not in page and "split.cold_test_fraction" not in page  # no key dump
+    # one column per run, "–" where a setting does not apply (no fusion for the ID model)
+    fusion_row = re.search(r'<td class="name">layer fusion</td><td>(.*?)</td><td>(.*?)</td>', page)
+    assert fusion_row is not None and fusion_row.groups() == ("moe", "–")
+
+
+def test_the_sampled_table_is_replaced_by_a_note_when_the_catalogue_is_smaller_than_n(tmp_path: Path) -> None:
+    run = _write_run(tmp_path, "LinkedOut", 0.5, "model")  # sampled_negatives=5 over a catalogue of N = 25
+    big = write_report(tmp_path / "a.html", title="t", metrics_rows=[load_run(run)]).read_text()
+    assert "Sampled protocol — target vs. uniformly sampled negatives" in big
+    rec = json.loads((run / "eval.json").read_text())
+    rec["num_items"] = 5  # a catalogue of 5 videos: 1 + 5 candidates hold every video
+    (run / "eval.json").write_text(json.dumps(rec))
+    small = write_report(tmp_path / "b.html", title="t", metrics_rows=[load_run(run)]).read_text()
+    assert "Sampled protocol — target" not in small
+    assert "the catalogue has 5 videos" in small and "ranks exactly as the full-catalogue one" in small

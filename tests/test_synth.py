@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from linkedout.data import leave_one_out, load_microlens, preprocess, validate_microlens
+from linkedout.data import DatasetError, leave_one_out, load_microlens, preprocess, validate_microlens
 from linkedout.data.synth import SynthConfig, encode_videos, generate, generate_tables, read_synth_topics
 
 PREFIX = "MicroLens-synth"
@@ -135,3 +135,25 @@ def test_config_validation_names_the_field() -> None:
     big = SynthConfig.preset("microlens-100k")
     assert (big.num_videos, big.num_users, big.num_interactions) == (19_738, 100_000, 719_405)
     assert SynthConfig.preset("small", num_users=3000).num_interactions == 24_000
+
+
+def test_synth_into_a_directory_with_another_dataset_is_refused_up_front(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from linkedout.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["data", "synth", "--out", str(out), "--preset", "toy", "--no-videos", "--videos", "30",
+                 "--users", "4"]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    # another prefix would make the directory hold two datasets (unusable): refused, nothing written
+    cfg = SynthConfig.preset("toy", num_videos=30, num_users=4, prefix="MicroLens-other")
+    with pytest.raises(DatasetError, match="already holds the dataset MicroLens-synth"):
+        generate(out, cfg, write_videos=False)
+    # the same prefix again: refused too unless --force, which replaces it
+    assert main(["data", "synth", "--out", str(out), "--preset", "toy", "--no-videos", "--videos", "25",
+                 "--users", "4"]) == 2
+    assert "already holds the dataset MicroLens-synth" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert main(["data", "synth", "--out", str(out), "--preset", "toy", "--no-videos", "--videos", "25",
+                 "--users", "4", "--force"]) == 0
+    assert len(load_microlens(out, check_videos=False).item_ids) == 25

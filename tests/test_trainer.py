@@ -359,3 +359,71 @@ def test_dataclass_state_is_plain_data() -> None:
     from linkedout.training.trainer import _State
 
     assert json.loads(json.dumps(dataclasses.asdict(_State())))["step"] == 0
+
+
+def _rows(run_dir: Path) -> list[tuple[str, int, int]]:
+    return [(r["kind"], r["epoch"], r["step"]) for r in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "after-the-epoch-row"])
+def test_a_resumed_run_logs_every_row_once(split: SplitData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           where: str) -> None:
+    cfg = quick_cfg(epochs=3)  # checkpoints at epoch ends only
+    stub = {"evaluate_fn": lambda *a: {"NDCG@10": 0.0}}
+    full = Trainer(sasrec(split), split, None, cfg, tmp_path / "full", **stub)  # type: ignore[arg-type]
+    full.fit()
+    spe = full.steps_per_epoch
+    run = tmp_path / "killed"
+    if where == "mid-epoch":  # killed after logging steps of epoch 2, before its checkpoint
+        def kill(_trainer: Trainer, step: int) -> None:
+            if step == spe + 2:
+                raise Killed
+
+        with pytest.raises(Killed):
+            Trainer(sasrec(split), split, None, cfg, run, on_step=kill, **stub).fit()  # type: ignore[arg-type]
+    else:  # killed after the epoch-2 row was written, before last.pt was saved
+        real_save = Trainer._save
+
+        def save(self: Trainer, path: Path, rank_rng: Any = None) -> None:
+            if path == self.last_path and self.state.epoch == 2:
+                raise Killed
+            real_save(self, path, rank_rng)
+
+        monkeypatch.setattr(Trainer, "_save", save)
+        with pytest.raises(Killed):
+            Trainer(sasrec(split), split, None, cfg, run, **stub).fit()  # type: ignore[arg-type]
+        monkeypatch.setattr(Trainer, "_save", real_save)
+        assert ("epoch", 2, 2 * spe) in _rows(run)
+    Trainer(sasrec(split), split, None, cfg, run, **stub).fit()  # type: ignore[arg-type]
+    assert _rows(run) == _rows(tmp_path / "full")  # each step and epoch once, in order
+
+
+def test_a_finished_untrained_model_is_not_logged_twice(split: SplitData, tmp_path: Path) -> None:
+    cfg = ModelConfig(kind="popularity")
+    for _ in range(2):
+        Trainer(build_model(cfg, split.num_items, split.item_counts), split, None, quick_cfg(), tmp_path).fit()
+    assert [r["kind"] for r in read_metrics(tmp_path)] == ["epoch"]
+
+
+def test_the_training_log_gives_the_whole_run_eta(split: SplitData, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    cfg = quick_cfg(epochs=4, early_stopping_patience=0)
+    with caplog.at_level("INFO", logger="linkedout.training.trainer"):
+        Trainer(sasrec(split), split, None, cfg, tmp_path).fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 4
+    assert "epoch 1/4" in lines[0] and "run ETA" in lines[0] and "(3 epochs left" in lines[0]
+    assert "(0 epochs left" in lines[-1] and "run ETA 0 s" in lines[-1]
+    epochs = [r for r in read_metrics(tmp_path) if r["kind"] == "epoch"]
+    assert epochs[0]["eta_s"] > 0 and epochs[-1]["eta_s"] == 0
+
+
+def test_resuming_another_model_is_refused_naming_the_difference(split: SplitData, tmp_path: Path) -> None:
+    from linkedout.training.checkpoint import CheckpointError
+
+    Trainer(sasrec(split), split, None, quick_cfg(epochs=1), tmp_path).fit()
+    torch.manual_seed(0)
+    other = build_model(ModelConfig(kind="sasrec_id", d_model=32, sequence=SequenceConfig(
+        max_history=5, num_layers=1, num_heads=2, ffn_dim=32)), split.num_items, split.item_counts)
+    with pytest.raises(CheckpointError, match=r"another model.*d_model: 16 -> 32.*another run directory"):
+        Trainer(other, split, None, quick_cfg(epochs=2), tmp_path).fit()

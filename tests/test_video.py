@@ -109,3 +109,106 @@ def test_bad_arguments(tmp_path: Path) -> None:
         decode_frames(tmp_path / "x.mp4", num_frames=0)
     with pytest.raises(ValueError, match="size"):
         decode_frames(tmp_path / "x.mp4", size=0)
+
+
+# ------------------------------------------------------------------ seeking, per-video method, rotation
+
+
+def write_video(path: Path, num: int = 60, width: int = 96, height: int = 64, *, codec: str = "libx264",
+                options: dict[str, str] | None = None, fps: int = 25, vfr: bool = False,
+                rotation: float | None = None) -> Path:
+    """A video whose frames all differ (a moving block on a gray ramp), so a wrong frame shows."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if vfr:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        rng = np.random.default_rng(0)
+        t = 0
+        for i in range(num):
+            img = np.full((height, width, 3), (i * 4) % 256, np.uint8)
+            x = (i * 3) % (width - 16)
+            img[8:24, x:x + 16] = (255, 40, 40)
+            img[:8, :8] = 255  # a marker in the top-left corner (rotation tests)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if vfr:
+                frame.pts, frame.time_base = t, Fraction(1, 1000)
+                t += int(rng.choice([20, 40, 60]))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+ENCODINGS = {
+    "h264-bframes-gop12": dict(options={"g": "12", "bf": "3"}),
+    "h264-no-bframes-gop10": dict(options={"g": "10", "bf": "0"}),
+    "h264-open-gop": dict(options={"g": "15", "x264-params": "open-gop=1"}),
+    "h264-vfr": dict(options={"g": "12"}, vfr=True),
+    "hevc-gop16": dict(codec="libx265", options={"x265-params": "keyint=16:min-keyint=16:log-level=error"}),
+    "vp9-gop12": dict(codec="libvpx-vp9", options={"g": "12", "deadline": "realtime", "cpu-used": "8"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+@pytest.mark.parametrize("num_frames", [8, 5])
+def test_every_method_gives_the_frames_of_sequential_decoding(tmp_path: Path, name: str, num_frames: int) -> None:
+    if ENCODINGS[name].get("codec", "libx264") not in av.codecs_available:
+        pytest.skip(f"{ENCODINGS[name]['codec']} not in this FFmpeg build")
+    video = write_video(tmp_path / f"{name}.mp4", **ENCODINGS[name])  # type: ignore[arg-type]
+    reference = decode_frames(video, num_frames, 32, method="reference")
+    for method in ("auto", "seek", "sequential"):
+        np.testing.assert_array_equal(decode_frames(video, num_frames, 32, method=method), reference,
+                                      err_msg=f"{name}: method {method}")
+
+
+def test_seeking_decodes_fewer_frames_and_short_clips_decode_sequentially(tmp_path: Path) -> None:
+    from linkedout.extraction.video import video_plan
+
+    long = write_video(tmp_path / "long.mp4", num=400, options={"g": "25", "sc_threshold": "0"})
+    plan = video_plan(long, 8)
+    assert plan.method == "seek" and plan.keyframes == 16
+    assert plan.decoded_frames < 0.5 * plan.sequential_frames  # at most ~25 frames per sample
+    short = write_video(tmp_path / "short.mp4", num=60, options={"g": "250", "sc_threshold": "0"})  # one key frame
+    assert video_plan(short, 8).method == "sequential"
+
+
+def test_keyframe_sampling_moves_samples_to_nearby_key_frames_only(tmp_path: Path) -> None:
+    from linkedout.extraction.video import video_plan
+
+    video = write_video(tmp_path / "v.mp4", num=400, options={"g": "25", "sc_threshold": "0"})
+    exact = video_plan(video, 8)
+    fast = video_plan(video, 8, sampling="keyframe")
+    spacing = (400 - 1) / 7
+    assert all(abs(a - b) <= spacing / 2 for a, b in zip(exact.wanted, fast.wanted))
+    assert all(w % 25 == 0 for w in fast.wanted[:-1]) and fast.decoded_frames < exact.decoded_frames
+    assert len(set(fast.wanted)) == 8  # still 8 distinct frames, in time order
+    frames = decode_frames(video, 8, 32, sampling="keyframe")
+    reference = decode_frames(video, 400, 32, method="reference")  # every frame
+    for j, i in enumerate(fast.wanted):
+        np.testing.assert_array_equal(frames[j], reference[i])
+    # one key frame only: nothing is near enough, every sample stays exact
+    sparse = write_video(tmp_path / "sparse.mp4", num=60, options={"g": "250", "sc_threshold": "0"})
+    np.testing.assert_array_equal(decode_frames(sparse, 8, 32, sampling="keyframe"),
+                                  decode_frames(sparse, 8, 32, method="reference"))
+
+
+@pytest.mark.parametrize(("degrees", "turns"), [(90, 1), (-90, 3), (180, 2)])
+def test_rotation_metadata_is_honoured(tmp_path: Path, degrees: int, turns: int) -> None:
+    upright = write_video(tmp_path / "plain.mp4", num=12, width=64, height=32, options={"g": "4"})
+    rotated = write_video(tmp_path / "rotated.mp4", num=12, width=64, height=32, options={"g": "4"},
+                          rotation=degrees)
+    plain = decode_frames(upright, 4, 32)
+    turned = decode_frames(rotated, 4, 32)
+    # the display matrix rotates the picture counter-clockwise by `degrees` (FFmpeg's convention,
+    # what players and `ffmpeg -autorotate` show): the same pixels, turned
+    np.testing.assert_array_equal(turned, np.rot90(plain, turns, axes=(1, 2)))
+    corner = {1: (slice(-2, None), slice(0, 2)), 3: (slice(0, 2), slice(-2, None)),
+              2: (slice(-2, None), slice(-2, None))}[turns]
+    assert turned[0][corner].mean() > 200  # the top-left marker moved where the rotation puts it
+    assert turned[0][:2, :2].mean() < 200

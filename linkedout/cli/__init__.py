@@ -8,6 +8,7 @@ resumed and inspected on its own::
     linkedout data stats     users, items, interactions, sequence lengths, popularity, cold start
     linkedout extract        frozen video-LLM features of every video -> feature shards
     linkedout features info  bytes per video and totals (for a store, or for a given setting)
+    linkedout features verify  every checksum and every id of a feature store
     linkedout model summary  trainable parameters per part
     linkedout train          train one model (LinkedOut, a baseline or an ablation)
     linkedout evaluate       full-catalogue and sampled metrics of a trained run
@@ -54,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, and what was written stays (shards, checkpoints): the same command resumes.
+        print(f"linkedout {args.command}: interrupted; everything written so far is kept: run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         # Bad input of any kind: a clear one-line error naming the problem, no traceback. Of the
         # RuntimeErrors only LinkedOut's own (FeatureStoreError, CheckpointError) are bad input; any

@@ -240,7 +240,9 @@ def _find_pairs(root: Path, report: ValidationReport, prefix: str | None = None)
         report.add("error", ".", f"missing file: no {want} found in {root}")
         return None
     if len(candidates) > 1:
-        report.add("error", ".", "several datasets in one directory (pass prefix=...)", sorted(candidates))
+        report.add("error", ".", "several datasets in one directory (give each its own directory: extract, train "
+                   "and run read one dataset per directory; `linkedout data validate|stats --prefix NAME` "
+                   "inspects one of them); prefixes", sorted(candidates))
         return None
     (name, files), = candidates.items()
     report.prefix = name
@@ -280,6 +282,10 @@ def _read_pairs_csv(path: Path, report: ValidationReport) -> pd.DataFrame | None
         report.add("error", path.name, "timestamp is not an integer (ms) on line(s)", lines)
         return None
     df["timestamp"] = values.astype(np.int64)
+    negative = values < 0
+    if negative.any():
+        report.add("warning", path.name, "negative timestamps (ms since 1970) on line(s); kept, ordered as they are",
+                   (np.flatnonzero(negative) + 2).tolist())
     return df
 
 
@@ -412,17 +418,21 @@ def _read_likes_views(path: Path, report: ValidationReport) -> pd.DataFrame:
         return empty
     df.columns = list(LIKES_VIEWS_COLUMNS)
     df["item"] = df["item"].str.strip()
-    if len(df) and not df.iloc[0]["likes"].strip().lstrip("-").isdigit():
-        df = df.iloc[1:]  # tolerate a header line
-    out = {"item": df["item"].to_numpy()}
-    for col in ("likes", "views"):
-        values = pd.to_numeric(df[col].str.strip(), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0)
-        if bad.any():
-            report.add("error", path.name, f"{col} is not a non-negative integer for item(s)",
-                       df["item"].to_numpy()[bad].tolist())
-            return empty
-        out[col] = values.astype(np.int64)
+    first = df.iloc[0] if len(df) else None
+    if first is not None and first["likes"].strip().lower() == "likes" and first["views"].strip().lower() == "views":
+        df = df.iloc[1:]  # a header line
+    values = {col: pd.to_numeric(df[col].str.strip(), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+              for col in ("likes", "views")}
+    bad = np.zeros(len(df), dtype=bool)
+    for col, v in values.items():
+        wrong = ~np.isfinite(v) | (v != np.round(v)) | (v < 0)
+        if wrong.any():
+            report.add("warning", path.name, f"{col} is not a non-negative integer (rows dropped; likes and views "
+                       "of those items left empty)", df["item"].to_numpy()[wrong].tolist())
+        bad |= wrong
+    out = {"item": df["item"].to_numpy()[~bad]}
+    for col, v in values.items():
+        out[col] = v[~bad].astype(np.int64)
     result = pd.DataFrame(out).astype({"item": str})
     dup = result.duplicated(subset=["item"]).to_numpy()
     if dup.any():

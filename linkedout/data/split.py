@@ -13,6 +13,7 @@ is the padding index 0). Everything is vectorised with numpy/pandas (MicroLens-1
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -94,6 +95,22 @@ class SplitData:
     @property
     def max_history(self) -> int:
         return int(self.test.histories.shape[1])
+
+    def digest(self) -> str:
+        """sha256 of the split's content (items, users, every array): the split stage's fingerprint."""
+        cached = self.__dict__.get("_digest")
+        if cached is not None:
+            return str(cached)
+        h = hashlib.sha256()
+        h.update(json.dumps([self.item_ids, self.valid.user_ids, self.test.user_ids]).encode())
+        train_flat, train_offsets = _pack(self.train_sequences)
+        arrays = [train_flat, train_offsets, self.item_counts]
+        for es in (self.valid, self.test):
+            arrays += [es.histories, es.targets, es.cold]
+        for array in arrays:
+            h.update(np.ascontiguousarray(array).tobytes())
+        self.__dict__["_digest"] = digest = h.hexdigest()
+        return digest
 
     def item_index(self) -> dict[str, int]:
         """Item id -> index in ``1..N``."""

@@ -152,6 +152,15 @@ class SynthConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
+#: SynthConfig fields that do not change the dataset written (only how fast it is written).
+NON_CONTENT_FIELDS = ("workers",)
+
+
+def content_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A ``SynthConfig`` as a dict, without the fields that do not change the dataset (``workers``)."""
+    return {k: v for k, v in config.items() if k not in NON_CONTENT_FIELDS}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # tests: tiny and quick
     "toy": dict(num_videos=50, num_users=120, num_interactions=960, num_topics=4, num_frames=8,
@@ -213,13 +222,17 @@ class SynthResult:
 # public entry points
 
 
-def generate(root: str | Path, cfg: SynthConfig, *, write_videos: bool = True) -> Path:
+def generate(root: str | Path, cfg: SynthConfig, *, write_videos: bool = True, overwrite: bool = False) -> Path:
     """Write a synthetic dataset in the MicroLens layout under ``root`` and return ``root``.
 
     With ``write_videos=False`` only the tables are written (the dataset then loads with
-    ``load_microlens(root, check_videos=False)``).
+    ``load_microlens(root, check_videos=False)``). A directory is one dataset: ``root`` holding a
+    dataset of another prefix is refused (a second prefix would make it unusable), and one of the
+    same prefix too unless ``overwrite`` (its files are then deleted first); both checks come
+    before anything is written.
     """
     root = Path(root)
+    _check_target(root, cfg, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = generate_tables(cfg, root)
@@ -234,6 +247,27 @@ def generate(root: str | Path, cfg: SynthConfig, *, write_videos: bool = True) -
         log.info("synth %s: %d videos encoded in %.1fs", cfg.prefix, len(result.jobs), time.perf_counter() - t1)
     _write_tables(root, cfg, result)
     return root
+
+
+def _check_target(root: Path, cfg: SynthConfig, overwrite: bool) -> None:
+    from linkedout.data.microlens import DatasetError
+
+    if not root.is_dir():
+        return
+    prefixes = sorted({p.name.rsplit("_pairs.", 1)[0] for p in (*root.glob("*_pairs.csv"), *root.glob("*_pairs.tsv"))})
+    others = [p for p in prefixes if p != cfg.prefix]
+    if others:
+        raise DatasetError(f"{root} already holds the dataset {', '.join(others)}: a second dataset in one directory "
+                           "makes it unusable (every command reads one dataset per directory); choose another --out")
+    if cfg.prefix in prefixes:
+        if not overwrite:
+            raise DatasetError(f"{root} already holds the dataset {cfg.prefix}; choose another --out, or --force to "
+                               "replace it")
+        import shutil
+
+        log.warning("replacing the dataset %s in %s", cfg.prefix, root)
+        for path in root.glob(f"{cfg.prefix}_*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def generate_tables(cfg: SynthConfig, root: str | Path = ".") -> SynthResult:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +159,9 @@ RANDOM_ARCHITECTURES: dict[str, dict[str, Any]] = {
     },
 }
 
+# A model-hub id: owner/name, no path syntax (a local path is anything else, or an existing directory).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
 # SigLIP's normalisation (what the LLaVA-OneVision checkpoints' preprocessor configs say).
 _SIGLIP_MEAN = (0.5, 0.5, 0.5)
 _SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -237,6 +241,31 @@ class BackboneConfig:
             raise ValueError("BackboneConfig.tiny_text_hidden / tiny_text_heads must be an even integer")
         if self.tiny_text_heads % self.tiny_text_kv_heads:
             raise ValueError("BackboneConfig.tiny_text_heads must be divisible by tiny_text_kv_heads")
+
+    def check(self) -> None:
+        """Check, before any loading, what only this machine can tell: that the device exists and
+        that a local checkpoint directory is there. ``ValueError`` naming the field and the way out."""
+        if self.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+                       else "no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES?)")
+                raise ValueError(f"BackboneConfig.device is {self.device!r} but {why}: use --device cpu "
+                                 "(or auto, which picks CUDA when there is a GPU)")
+            if ":" in self.device:
+                index = int(self.device.split(":", 1)[1]) if self.device.split(":", 1)[1].isdigit() else -1
+                if not 0 <= index < torch.cuda.device_count():
+                    raise ValueError(f"BackboneConfig.device is {self.device!r} but this machine has "
+                                     f"{torch.cuda.device_count()} CUDA device(s)")
+        if self.source == "tiny" or self.source.startswith("random:"):
+            return
+        path = Path(self.source).expanduser()
+        if path.exists():
+            if not path.is_dir() or not (path / "config.json").is_file():
+                raise ValueError(f"BackboneConfig.source {self.source!r} is not a saved LLaVA-OneVision checkpoint "
+                                 "directory (no config.json; write one with save_pretrained)")
+        elif not _HUB_ID.fullmatch(self.source):
+            raise ValueError(f"BackboneConfig.source: the backbone directory {self.source!r} does not exist "
+                             "(and it is not a hub id of the form owner/name)")
 
     def resolved_device(self) -> torch.device:
         """The torch device (``auto`` resolved)."""
@@ -564,11 +593,14 @@ def _load_pretrained(cfg: BackboneConfig) -> Backbone:
                               "revision": cfg.revision}
     if device.type == "cuda":
         kwargs["device_map"] = str(device)  # load the shards straight onto the GPU
+    local = Path(cfg.source).expanduser().is_dir()
     try:
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(cfg.source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(cfg.source, revision=cfg.revision)
     except OSError as err:
-        raise ValueError(f"BackboneConfig.source {cfg.source!r}: cannot load a checkpoint: {err}") from err
+        where = ("the local directory" if local else
+                 "no local directory of that name, and the model hub (offline? no cache?) could not provide it")
+        raise ValueError(f"BackboneConfig.source {cfg.source!r}: cannot load a checkpoint from {where}: {err}") from err
     model = cast(Any, model).to(device)
     chat_template = _read_chat_template(cfg.source, tokenizer, cfg.revision)
     preprocessing = _read_preprocessing(cfg.source, model.config, cfg.revision)
@@ -579,7 +611,12 @@ def _load_pretrained(cfg: BackboneConfig) -> Backbone:
 
 
 def load_backbone(cfg: BackboneConfig) -> Backbone:
-    """Build (``tiny``, ``random:<name>``) or load (directory, hub id) a frozen backbone."""
+    """Build (``tiny``, ``random:<name>``) or load (directory, hub id) a frozen backbone.
+
+    :meth:`BackboneConfig.check` runs first: a missing device or checkpoint directory is a clear
+    ``ValueError``, not an error from deep inside torch or the hub client.
+    """
+    cfg.check()
     if cfg.source == "tiny" or cfg.source.startswith("random:"):
         backbone = _build_random(cfg)
     else:

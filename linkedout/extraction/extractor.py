@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -31,10 +32,12 @@ from torch import Tensor, nn
 
 from linkedout.data.microlens import sort_ids
 from linkedout.extraction.backbone import Backbone, BackboneConfig, load_backbone
+from linkedout.extraction.catalog import clear_store, reconcile_store
 from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
-from linkedout.extraction.video import VideoDecodeError, decode_frames
-from linkedout.features.shards import FeatureSpec, ShardManifest, ShardWriter, read_manifest
-from linkedout.features.storage import Storage
+from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
+from linkedout.extraction.video import FRAME_SAMPLINGS
+from linkedout.features.shards import FAILURES_KEY, FeatureSpec, ShardManifest, ShardWriter, read_manifest
+from linkedout.features.storage import S3Options, Storage, StoreMismatch, open_storage
 from linkedout.utils import get_logger, progress
 
 __all__ = [
@@ -72,7 +75,12 @@ class ExtractionConfig:
     early_exit: stop the decoder after the deepest kept layer (the features are the same).
     dtype: storage dtype of the features, ``float16`` or ``int8`` (per-row scales).
     shard_size: videos per shard (>= 1); shards are the unit of resume.
-    decode_workers: threads decoding videos while the model runs (0 = decode in the main thread).
+    frame_sampling: ``exact`` (uniform frame indices, LLaVA-OneVision's sampling) or ``keyframe``
+        (each sample moved to the nearest key frame within half the sampling interval: about 5x
+        less decoding on long videos, other features; recorded in the spec).
+    decode_workers: processes decoding the next videos while the model runs (0 = decode in this
+        process, between batches).
+    decode_threads: FFmpeg threads per decoding process (0 = the cores shared among the workers).
     """
 
     layers: tuple[int, ...] = (0, 4, 8, 12, 16, 20)
@@ -85,7 +93,9 @@ class ExtractionConfig:
     early_exit: bool = True
     dtype: str = "float16"
     shard_size: int = 256
+    frame_sampling: str = "exact"
     decode_workers: int = 2
+    decode_threads: int = 0
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(x) for x in self.layers)
@@ -107,8 +117,12 @@ class ExtractionConfig:
             )
         if self.dtype not in ("float16", "int8"):
             raise ValueError(f"ExtractionConfig.dtype must be float16 or int8, got {self.dtype!r}")
-        if self.decode_workers < 0:
-            raise ValueError(f"ExtractionConfig.decode_workers must be >= 0, got {self.decode_workers}")
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(f"ExtractionConfig.frame_sampling must be one of {FRAME_SAMPLINGS}, "
+                             f"got {self.frame_sampling!r}")
+        for name in ("decode_workers", "decode_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ExtractionConfig.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def video_tokens(self) -> int:
@@ -146,6 +160,23 @@ class LinkedOutExtractor:
         self.backbone = backbone
         self.cfg = cfg
         self._weights: dict[int, tuple[Tensor, Tensor]] = {}  # num_frames -> (input_ids (T,), pool (K, T))
+        self._check_token_budget()
+
+    def _check_token_budget(self) -> None:
+        """``ValueError`` when ``K`` exceeds the tokens a video gives (bins would only repeat tokens)."""
+        cfg, bb = self.cfg, self.backbone
+        ids = bb.prompt_ids(cfg.prompts, cfg.num_frames)
+        spans = find_spans(ids, bb.video_token_id, bb.end_of_turn_id)
+        if cfg.video_tokens > spans.video_len or cfg.text_tokens > spans.text_len:
+            per_frame = (spans.video_len - 1) // cfg.num_frames
+            most = min(cfg.video_tokens, spans.video_len) + min(cfg.text_tokens, spans.text_len)
+            size = len(cfg.layers) * cfg.tokens * bb.hidden_size * (1 if cfg.dtype == "int8" else 2)
+            per_video = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+            raise ValueError(
+                f"ExtractionConfig.tokens={cfg.tokens} (text_tokens={cfg.text_tokens}) exceeds what a video gives "
+                f"backbone {bb.name!r}: {cfg.video_tokens} video bins for {spans.video_len} visual tokens "
+                f"({cfg.num_frames} frames x {per_frame} + 1) and {cfg.text_tokens} text bins for {spans.text_len} "
+                f"prompt tokens; at most K = {most} here (a larger K only repeats tokens, at {per_video} a video)")
 
     @property
     def hidden_size(self) -> int:
@@ -251,8 +282,10 @@ class VideoDataset(Protocol):
 class ExtractionSummary:
     """What one :func:`extract_dataset` run did.
 
-    ``failed`` holds every video of the store without features and why (this run's and earlier
-    runs'); ``complete`` is False when the run stopped after ``max_shards`` shards.
+    ``failed`` holds every video of the dataset's catalogue without features in the store and why
+    (this run's and earlier runs'; also written to the store's ``failures.json``); ``retried`` the
+    failed videos this run tried again, ``changed`` the videos re-extracted because their file
+    changed; ``complete`` is False when the run stopped after ``max_shards`` shards.
     """
 
     uri: str
@@ -266,6 +299,13 @@ class ExtractionSummary:
     seconds: float = 0.0  # decoding, encoding and writing (backbone loading excluded)
     load_seconds: float = 0.0  # loading the backbone
     complete: bool = True
+    retried: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def failed_share(self) -> float:
+        """Share of the catalogue's videos without features."""
+        return len(self.failed) / self.videos if self.videos else 0.0
 
     @property
     def videos_per_second(self) -> float:
@@ -279,41 +319,17 @@ class ExtractionSummary:
         return json.dumps(self.to_dict(), indent=2)
 
 
-_Decoded = tuple[str, "np.ndarray | VideoDecodeError"]
+def _decode_jobs(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig) -> list[DecodeJob]:
+    threads = threads_per_worker(cfg.decode_workers, cfg.decode_threads)
+    return [DecodeJob(vid, str(dataset.video_path(vid)), cfg.num_frames, cfg.frame_size, cfg.frame_sampling, threads)
+            for vid in ids]
 
 
-def _decode_one(dataset: VideoDataset, video_id: str, cfg: ExtractionConfig) -> _Decoded:
-    try:
-        return video_id, decode_frames(dataset.video_path(video_id), cfg.num_frames, cfg.frame_size)
-    except VideoDecodeError as err:
-        return video_id, err
-
-
-def _decode_stream(
-    dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig
-) -> Generator[_Decoded, None, None]:
-    """``(id, frames (F, S, S, 3) uint8 | VideoDecodeError)`` in ``ids`` order.
-
-    With ``decode_workers > 0`` a thread pool decodes up to ``2 * batch_size + workers`` videos
-    ahead (PyAV releases the GIL while decoding), overlapping decoding with the forward passes.
-    """
-    if cfg.decode_workers == 0:
-        for video_id in ids:
-            yield _decode_one(dataset, video_id, cfg)
-        return
+def _decode_ahead(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig,
+                  decoder: Callable[[DecodeJob], Decoded] | None) -> Generator[Decoded, None, None]:
+    """Decoded videos in ``ids`` order; with workers, up to ``2 * batch_size + workers`` ahead of the model."""
     window = 2 * cfg.batch_size + cfg.decode_workers
-    with ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="linkedout-decode") as pool:
-        pending: list[Future[_Decoded]] = []
-        next_id = 0
-        try:
-            while next_id < len(ids) or pending:
-                while next_id < len(ids) and len(pending) < window:
-                    pending.append(pool.submit(_decode_one, dataset, ids[next_id], cfg))
-                    next_id += 1
-                yield pending.pop(0).result()
-        finally:
-            for fut in pending:
-                fut.cancel()
+    return decode_stream(_decode_jobs(dataset, ids, cfg), cfg.decode_workers, window, decoder or decode_job)
 
 
 def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
@@ -329,6 +345,7 @@ def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
         dtype=cfg.dtype,
         compression=cfg.compression,
         backbone_dtype=str(backbone.dtype).removeprefix("torch."),
+        frame_sampling=cfg.frame_sampling,
     )
 
 
@@ -337,7 +354,7 @@ def _extract_shards(
     writer: ShardWriter,
     plan: list[list[str]],
     todo: list[int],
-    stream: Iterator[_Decoded],
+    stream: Iterator[Decoded],
     on_shard_written: Callable[[int, ShardManifest], None] | None,
 ) -> int:
     """Encode and write the shards ``todo`` from the decoded ``stream``; returns the videos encoded."""
@@ -347,27 +364,48 @@ def _extract_shards(
         rows: list[np.ndarray] = []  # (b, L, K, D) per batch
         ok_ids: list[str] = []
         failed: dict[str, str] = {}
+        sources: dict[str, dict[str, Any]] = {}
         batch_ids: list[str] = []
         batch: list[np.ndarray] = []
         for position in range(len(plan[shard])):
-            video_id, frames = next(stream)
-            assert video_id == plan[shard][position], "the decode stream follows the plan"
-            if isinstance(frames, VideoDecodeError):
-                log.warning("video %s skipped: %s", video_id, frames.reason)
-                failed[video_id] = frames.reason
+            item = next(stream)
+            assert item.video_id == plan[shard][position], "the decode stream follows the plan"
+            sources[item.video_id] = item.source
+            if item.frames is None:
+                log.warning("video %s skipped: %s", item.video_id, item.error)
+                failed[item.video_id] = str(item.error)
             else:
-                batch_ids.append(video_id)
-                batch.append(frames)
+                batch_ids.append(item.video_id)
+                batch.append(item.frames)
             if batch and (len(batch) == cfg.batch_size or position == len(plan[shard]) - 1):
                 rows.append(extractor.encode(np.stack(batch)))  # (b, L, K, D)
                 ok_ids += batch_ids
                 batch_ids, batch = [], []
         features = np.concatenate(rows) if rows else np.zeros((0, *writer.spec.shape), np.float32)  # (n, L, K, D)
-        manifest = writer.write_shard(shard, ok_ids, features, failed)
+        manifest = writer.write_shard(shard, ok_ids, features, failed, sources)
         encoded += len(ok_ids)
         if on_shard_written is not None:
             on_shard_written(shard, manifest)
     return encoded
+
+
+def _reason_class(reason: str) -> str:
+    """``"InvalidDataError: [Errno ...] ... '/x.mp4'"`` -> ``"InvalidDataError"``: reasons grouped for the summary."""
+    head = reason.split(":", 1)[0].strip()
+    return head if head and len(head) <= 60 else reason[:60]
+
+
+def failures_document(summary: ExtractionSummary) -> dict[str, Any]:
+    """The ``failures.json`` written beside the features: counts, share, reasons by id and by kind."""
+    return {
+        "format": "linkedout-extraction-failures", "version": 1,
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "store": summary.uri, "videos": summary.videos, "failed": len(summary.failed),
+        "failed_share": summary.failed_share, "complete": summary.complete,
+        "by_reason": dict(Counter(_reason_class(r) for r in summary.failed.values()).most_common()),
+        "reasons": dict(sorted(summary.failed.items())),
+        "retried": summary.retried, "changed": summary.changed,
+    }
 
 
 def extract_dataset(
@@ -378,21 +416,32 @@ def extract_dataset(
     *,
     max_shards: int | None = None,
     on_shard_written: Callable[[int, ShardManifest], None] | None = None,
-    endpoint_url: str | None = None,
+    endpoint_url: S3Options = None,
+    retry_failed: bool = False,
+    replace: bool = False,
+    decoder: Callable[[DecodeJob], Decoded] | None = None,
 ) -> ExtractionSummary:
     """Extract the features of every video of ``dataset`` into a feature store; resumable.
 
-    Shards are planned incrementally (:meth:`ShardWriter.plan_incremental`): shards already in the
-    store keep their videos and are skipped when complete; the videos found in none (sorted by id,
-    ``sort_ids``) are cut into new shards of ``cfg.shard_size``. So a re-run resumes where it
-    stopped, and a grown catalogue extracts only its new videos. Each shard's videos are decoded (in a thread pool, ahead of the model), encoded
-    in batches of ``cfg.batch_size`` and written with :class:`ShardWriter`. A video that cannot be
-    decoded is logged and recorded by id with the reason in its shard's ``failed`` map; it gets no
-    row. ``max_shards`` stops after computing that many shards (the store stays resumable);
-    ``on_shard_written(shard, manifest)`` is called after each shard is written. When every shard is
-    complete the store's ``index.json`` is written.
+    First the store is reconciled with the dataset (:func:`linkedout.extraction.catalog.reconcile_store`):
+    a store of another extraction config or another dataset is refused (:class:`StoreMismatch`), or
+    with ``replace`` (``--force``) emptied first; failed videos whose file changed (all failed
+    videos with ``retry_failed``) and written videos whose file changed are dropped to be
+    extracted again. Shards are then planned incrementally
+    (:meth:`ShardWriter.plan_incremental`): shards already in the store keep their videos and are
+    skipped when complete; the videos found in none (sorted by id, ``sort_ids``) are cut into new
+    shards of ``cfg.shard_size``. So a re-run resumes where it stopped, and a grown catalogue
+    extracts only its new videos. Videos are decoded ahead of the model in ``cfg.decode_workers``
+    processes, encoded in batches of ``cfg.batch_size`` and written with :class:`ShardWriter`. A
+    video that cannot be decoded is logged and recorded by id with the reason in its shard's
+    ``failed`` map; it gets no row. ``max_shards`` stops after computing that many shards (the store
+    stays resumable); ``on_shard_written(shard, manifest)`` is called after each shard is written.
+    When every shard is complete the store's ``index.json`` is written; ``failures.json`` (the
+    failure summary: :func:`failures_document`) after every run.
 
     ``backbone`` is a loaded :class:`Backbone` or a :class:`BackboneConfig` to load (default tiny).
+    ``decoder`` replaces :func:`linkedout.extraction.prefetch.decode_job` (a module-level function, as
+    it is sent to the decoding processes): e.g. a GPU decoder, or frames decoded beforehand.
     """
     cfg = cfg or ExtractionConfig()
     if max_shards is not None and max_shards < 0:
@@ -402,8 +451,18 @@ def extract_dataset(
     loaded = time.perf_counter()
     extractor = LinkedOutExtractor(bb, cfg)
     spec = feature_spec(bb, cfg)
-    writer = ShardWriter(storage, spec, cfg.shard_size, endpoint_url=endpoint_url)
+    store = open_storage(storage, endpoint_url)
     ids = sort_ids(str(x) for x in dataset.item_ids)
+    try:
+        writer = ShardWriter(store, spec, cfg.shard_size)
+        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    except StoreMismatch as err:
+        if not replace:
+            raise
+        log.warning("%s", err)
+        clear_store(store)  # --force: this store held another config's or another dataset's features
+        writer = ShardWriter(store, spec, cfg.shard_size)
+        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
     plan = writer.plan_incremental(ids)  # shards already written keep their videos; new videos go to new shards
     planned = [i for i, chunk in enumerate(plan) if chunk]
     pending = [i for i in planned if not writer.is_complete(i, plan[i], verify="size")]
@@ -413,28 +472,31 @@ def extract_dataset(
              len(ids), writer.storage.uri, len(planned), skipped, len(todo))
 
     todo_ids = [vid for i in todo for vid in plan[i]]
-    decoded = _decode_stream(dataset, todo_ids, cfg)
+    decoded = _decode_ahead(dataset, todo_ids, cfg, decoder)
     stream = progress(decoded, total=len(todo_ids), desc="extract", unit="video")
     try:
         encoded = _extract_shards(extractor, writer, plan, todo, stream, on_shard_written)
-    finally:  # stop the decoding threads now, also when interrupted
+    finally:  # stop the decoding processes now, also when interrupted
         cast(Generator[Any, None, None], stream).close()
         decoded.close()
 
     complete = len(todo) == len(pending)
+    catalog = set(ids)
     if complete:
         index = writer.finalize()
-        all_failed = dict(index.failed)
+        all_failed = {k: v for k, v in index.failed.items() if k in catalog}
     else:
         all_failed = {}
         for i in writer.complete_shards():
-            all_failed.update(read_manifest(writer.storage, i).failed)
+            all_failed.update({k: v for k, v in read_manifest(writer.storage, i).failed.items() if k in catalog})
     summary = ExtractionSummary(
         uri=writer.storage.uri, spec=spec.to_dict(), videos=len(ids), shards=len(planned),
         shards_written=len(todo), shards_skipped=skipped, encoded=encoded, failed=all_failed,
         seconds=time.perf_counter() - loaded, load_seconds=loaded - started, complete=complete,
+        retried=reconciled.retried, changed=reconciled.changed,
     )
-    log.info("extraction %s: %d videos encoded in %.1f s (%.2f videos/s), %d failed in the store",
+    writer.storage.write_bytes(FAILURES_KEY, json.dumps(failures_document(summary), indent=2).encode())
+    log.info("extraction %s: %d videos encoded in %.1f s (%.2f videos/s), %d of %d failed (%.2f %%)",
              "complete" if complete else "stopped early", encoded, summary.seconds,
-             summary.videos_per_second, len(all_failed))
+             summary.videos_per_second, len(all_failed), len(ids), 100 * summary.failed_share)
     return summary

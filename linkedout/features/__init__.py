@@ -1,20 +1,24 @@
 """Feature store: per-video backbone hidden states ``[L, K, D]`` in shards, locally or on S3.
 
-- :mod:`.storage`: the ``Storage`` protocol (atomic writes), ``LocalStorage``, ``S3Storage``,
-  ``open_storage(uri)``.
-- :mod:`.shards`: ``FeatureSpec`` (the extraction config stored beside the features),
-  ``ShardWriter`` (crash-safe, resumable shard writes + ``finalize`` -> ``index.json``) and
-  ``FeatureReader`` (random access by video id, memory-mapped locally, cached from S3).
+- :mod:`.storage`: the ``Storage`` protocol (atomic writes), ``LocalStorage``, ``S3Storage`` and
+  ``S3Config`` (bounded timeouts and retries), ``open_storage(uri)``.
+- :mod:`.shards`: ``FeatureSpec`` (the extraction config stored beside the features), the shard
+  manifests and index, ``ShardWriter`` (crash-safe, resumable shard writes, ``drop_videos``,
+  ``finalize`` -> ``index.json``).
+- :mod:`.reader`: ``FeatureReader`` (random access by video id, memory-mapped locally, cached from
+  S3, every shard file's hash checked when first opened).
 - :mod:`.quant`: symmetric int8 with one float32 scale per ``(layer, token)`` row.
 - :mod:`.info`: storage arithmetic for ``linkedout features info``.
+- :mod:`.verify`: ``verify_store`` (every checksum, every id once: ``linkedout features verify``)
+  and ``store_digest`` (the store's content fingerprint for the stages downstream).
 - :mod:`.items` (imports torch, so not re-exported here): item index -> features for training.
 """
 
 from linkedout.features.info import format_info, info_from_store, storage_summary
 from linkedout.features.quant import dequantize_int8, quantize_int8
+from linkedout.features.reader import FeatureReader
 from linkedout.features.shards import (
     FeatureIndex,
-    FeatureReader,
     FeatureSpec,
     ShardManifest,
     ShardWriter,
@@ -25,8 +29,10 @@ from linkedout.features.storage import (
     FeatureStoreError,
     LocalStorage,
     MissingKeyError,
+    S3Config,
     S3Storage,
     Storage,
+    StoreMismatch,
     open_storage,
 )
 
@@ -37,10 +43,12 @@ __all__ = [
     "FeatureStoreError",
     "LocalStorage",
     "MissingKeyError",
+    "S3Config",
     "S3Storage",
     "ShardManifest",
     "ShardWriter",
     "Storage",
+    "StoreMismatch",
     "dequantize_int8",
     "format_info",
     "info_from_store",

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from linkedout.features.shards import INDEX_KEY, FeatureReader, FeatureSpec
+from linkedout.features.reader import FeatureReader
+from linkedout.features.shards import INDEX_KEY, FeatureSpec
 
 
 def storage_summary(spec: FeatureSpec, num_videos: int) -> dict[str, Any]:

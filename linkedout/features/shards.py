@@ -37,9 +37,8 @@ import io
 import json
 import os
 import re
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,9 +46,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from linkedout.features.quant import dequantize_int8, quantize_int8
-from linkedout.features.storage import FeatureStoreError, MissingKeyError, Storage, open_storage
-from linkedout.utils import atomic_write_bytes, get_logger
+from linkedout.features.quant import quantize_int8
+from linkedout.features.storage import (
+    FeatureStoreError,
+    MissingKeyError,
+    S3Options,
+    Storage,
+    StoreMismatch,
+    open_storage,
+)
+from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
@@ -57,6 +63,8 @@ FORMAT = "linkedout-features"
 FORMAT_VERSION = 1
 SPEC_KEY = "spec.json"
 INDEX_KEY = "index.json"
+DATASET_KEY = "dataset.json"  # which dataset the store's catalogue belongs to (written by the extraction)
+FAILURES_KEY = "failures.json"  # the extraction's failure summary
 SHARD_DIR = "shards"
 DTYPES = ("float16", "int8")
 _MANIFEST_KEY = re.compile(r"^shards/shard-(\d{5,})\.json$")
@@ -107,6 +115,9 @@ class FeatureSpec:
             tokens (provenance only), a non-empty string.
         backbone_dtype: precision the backbone ran in (``float32`` | ``bfloat16`` | ``float16``):
             part of the spec so that a store never mixes, say, CPU float32 and GPU bf16 rows.
+        frame_sampling: which frames were read, ``exact`` (uniform indices, LLaVA-OneVision's
+            sampling) or ``keyframe`` (the nearest key frame within half the sampling interval);
+            stores written before this field existed are ``exact``.
     """
 
     backbone: str
@@ -119,9 +130,12 @@ class FeatureSpec:
     dtype: str = "float16"
     compression: str = "segment_mean"
     backbone_dtype: str = "float32"
+    frame_sampling: str = "exact"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if self.frame_sampling not in ("exact", "keyframe"):
+            raise ValueError(f"{name}.frame_sampling must be exact or keyframe, got {self.frame_sampling!r}")
         if self.backbone_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"{name}.backbone_dtype must be float32, bfloat16 or float16, "
                              f"got {self.backbone_dtype!r}")
@@ -262,6 +276,9 @@ class ShardManifest:
     dtype: str
     files: dict[str, FileEntry]  # "data" and, for int8, "scale"
     created: str
+    # video id -> what identified its file when it was extracted (``linkedout.fingerprint.video_source``),
+    # for written and failed videos; empty in stores written before sources were recorded.
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -274,6 +291,7 @@ class ShardManifest:
             "dtype": self.dtype,
             "files": {name: dataclasses.asdict(entry) for name, entry in self.files.items()},
             "created": self.created,
+            "sources": self.sources,
         }
 
     @classmethod
@@ -292,6 +310,7 @@ class ShardManifest:
                 files={name: FileEntry(str(e["key"]), str(e["sha256"]), int(e["bytes"]))
                        for name, e in d["files"].items()},
                 created=str(d["created"]),
+                sources={str(k): dict(v) for k, v in (d.get("sources") or {}).items()},
             )
             if manifest.shape[:1] != (len(manifest.ids),) or "data" not in manifest.files:
                 raise ValueError(f"shape {manifest.shape} does not match {len(manifest.ids)} ids "
@@ -454,7 +473,7 @@ class ShardWriter:
         spec: FeatureSpec,
         shard_size: int = 64,
         *,
-        endpoint_url: str | None = None,
+        endpoint_url: S3Options = None,
     ) -> None:
         if not _is_int(shard_size) or shard_size < 1:
             raise ValueError(f"ShardWriter.shard_size must be an integer >= 1, got {shard_size!r}")
@@ -467,9 +486,10 @@ class ShardWriter:
         if self.storage.exists(SPEC_KEY):
             stored = read_spec(self.storage)
             if stored != spec:
-                raise FeatureStoreError(
-                    f"{self.storage.uri} holds features of another extraction config; use a new store or "
-                    f"the same config. Differences (store != new): {'; '.join(stored.diff(spec))}")
+                raise StoreMismatch(
+                    f"{self.storage.uri} holds features of another extraction config (store != asked: "
+                    f"{'; '.join(stored.diff(spec))}); a store holds one config: use a new feature store "
+                    "(--out, or a new --workdir), or --force to delete its features and extract again")
         else:
             self.storage.write_bytes(SPEC_KEY, _spec_bytes(spec))
             log.info("new feature store %s: %s %s per video", self.storage.uri, spec.dtype, spec.shape)
@@ -566,20 +586,22 @@ class ShardWriter:
         ids: Sequence[str],
         features: np.ndarray,
         failed: Mapping[str, str] | None = None,
+        sources: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ShardManifest:
         """Write shard ``shard_index``: ``features`` float ``[n, L, K, D]``, row ``r`` = ``ids[r]``.
 
-        ``failed`` maps the ids of the shard's videos that could not be extracted to the reason.
-        The data files go first, the manifest last; an existing shard of that index is replaced.
-        Raises ``ValueError`` for bad input (shape, dtype, non-finite or float16-overflowing
-        values, duplicate ids) naming the ids at fault.
+        ``failed`` maps the ids of the shard's videos that could not be extracted to the reason;
+        ``sources`` maps video ids (written or failed) to what identified their file (recorded in the
+        manifest, so that a re-run notices a changed file). The data files go first, the manifest
+        last; an existing shard of that index is replaced. Raises ``ValueError`` for bad input
+        (shape, dtype, non-finite or float16-overflowing values, duplicate ids) naming the ids at fault.
         """
         failed = {str(k): str(v) for k, v in (failed or {}).items()}
         ids = [str(x) for x in ids]
         self._validate(shard_index, ids, features, failed)
         features = np.asarray(features, dtype=np.float32)  # (n, L, K, D)
 
-        files: dict[str, tuple[str, bytes]] = {}
+        arrays: dict[str, np.ndarray] = {}
         if self.spec.dtype == "float16":
             with np.errstate(over="ignore"):
                 values = features.astype(np.float16)  # (n, L, K, D)
@@ -588,35 +610,81 @@ class ShardWriter:
                 bad = [ids[i] for i in np.flatnonzero(overflow)[:10]]
                 raise ValueError(f"shard {shard_index}: features of video ids {bad} exceed the float16 range "
                                  "(|x| > 65504); use dtype int8")
-            files["data"] = (data_key(shard_index), _npy_bytes(values))
+            arrays["data"] = values
         else:
-            q, scale = quantize_int8(features)  # (n, L, K, D) int8, (n, L, K) float32
-            files["data"] = (data_key(shard_index), _npy_bytes(q))
-            files["scale"] = (scale_key(shard_index), _npy_bytes(scale))
+            arrays["data"], arrays["scale"] = quantize_int8(features)  # (n, L, K) int8, (n, L, K) float32
+        return self._commit(int(shard_index), ids, arrays, failed, sources)
 
+    def _commit(self, shard_index: int, ids: list[str], arrays: Mapping[str, np.ndarray], failed: dict[str, str],
+                sources: Mapping[str, Mapping[str, Any]] | None) -> ShardManifest:
+        """Write a shard's stored arrays (``data`` and for int8 ``scale``), then its manifest."""
+        keys = {"data": data_key(shard_index), "scale": scale_key(shard_index)}
         # Drop the old manifest first: from here until the new one lands, the shard is incomplete.
         # index.json no longer describes the store either; readers rebuild it until finalize().
         self.storage.delete(manifest_key(shard_index))
         self.storage.delete(INDEX_KEY)
         entries = {}
-        for name, (key, data) in files.items():
-            self.storage.write_bytes(key, data)
-            entries[name] = FileEntry(key=key, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        for name, array in arrays.items():
+            data = _npy_bytes(array)
+            self.storage.write_bytes(keys[name], data)
+            entries[name] = FileEntry(key=keys[name], sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        known = {*ids, *failed}
         manifest = ShardManifest(
-            shard=int(shard_index),
+            shard=shard_index,
             ids=tuple(ids),
             failed=failed,
             shape=(len(ids), *self.spec.shape),
             dtype=self.spec.dtype,
             files=entries,
             created=_now(),
+            sources={str(k): dict(v) for k, v in (sources or {}).items() if str(k) in known},
         )
         self.storage.write_bytes(manifest_key(shard_index), json.dumps(manifest.to_dict(), indent=1).encode())
         self._written = {vid: s for vid, s in self._written.items() if s != shard_index}  # a rewrite
-        self._written.update(dict.fromkeys((*ids, *failed), int(shard_index)))
+        self._written.update(dict.fromkeys((*ids, *failed), shard_index))
         log.debug("wrote shard %d of %s: %d videos, %d failed", shard_index, self.storage.uri,
                   len(ids), len(failed))
         return manifest
+
+    def drop_videos(self, shard_index: int, video_ids: Iterable[str]) -> ShardManifest | None:
+        """Remove videos (written or failed) from a complete shard, so that they are extracted again.
+
+        Failed videos only: the manifest is rewritten (their ``failed`` entries go). Written videos:
+        the shard's other rows are copied as stored (no re-quantisation) into new data files and the
+        manifest is rewritten, with the crash safety of :meth:`write_shard` (a run killed meanwhile
+        leaves the shard incomplete, and its videos are extracted again). A shard left empty is
+        deleted. Returns the new manifest (None when deleted or when nothing was dropped).
+        """
+        drop = {str(x) for x in video_ids}
+        manifest = read_manifest(self.storage, shard_index)
+        _check_manifest_spec(manifest, self.spec, self.storage.uri)
+        if not drop & {*manifest.ids, *manifest.failed}:
+            return None
+        ids = [vid for vid in manifest.ids if vid not in drop]
+        failed = {k: v for k, v in manifest.failed.items() if k not in drop}
+        sources = {k: v for k, v in manifest.sources.items() if k not in drop}
+        if not ids and not failed:
+            self.storage.delete(manifest_key(shard_index))
+            self.storage.delete(INDEX_KEY)
+            for entry in manifest.files.values():
+                self.storage.delete(entry.key)
+            self._written = {vid: s for vid, s in self._written.items() if s != shard_index}
+            log.info("shard %d of %s emptied and deleted", shard_index, self.storage.uri)
+            return None
+        if len(ids) == len(manifest.ids):  # only failed entries go: the data files stay as they are
+            new = dataclasses.replace(manifest, failed=failed, sources=sources, created=_now())
+            self.storage.delete(INDEX_KEY)
+            self.storage.write_bytes(manifest_key(shard_index), json.dumps(new.to_dict(), indent=1).encode())
+            return new
+        rows = np.array([r for r, vid in enumerate(manifest.ids) if vid not in drop], dtype=np.int64)
+        arrays = {}
+        for name, entry in manifest.files.items():
+            raw = self.storage.read_bytes(entry.key)
+            if len(raw) != entry.bytes or hashlib.sha256(raw).hexdigest() != entry.sha256:
+                raise FeatureStoreError(f"cannot keep the other videos of shard {shard_index} in "
+                                        f"{self.storage.uri}: {entry.key} does not match its manifest")
+            arrays[name] = np.load(io.BytesIO(raw), allow_pickle=False)[rows]
+        return self._commit(shard_index, ids, arrays, failed, sources)
 
     def _validate(self, shard_index: int, ids: list[str], features: np.ndarray, failed: dict[str, str]) -> None:
         if not _is_int(shard_index) or shard_index < 0:
@@ -669,297 +737,11 @@ class ShardWriter:
         return index
 
 
-# ------------------------------------------------------------------------------------------- reader
+def __getattr__(name: str) -> Any:
+    # FeatureReader lives in linkedout.features.reader (which imports this module); importing it
+    # from here still works.
+    if name == "FeatureReader":
+        from linkedout.features.reader import FeatureReader
 
-
-@dataclass
-class _Shard:
-    manifest: ShardManifest
-    data: np.ndarray  # (n, L, K, D) float16 or int8, possibly memory-mapped
-    scale: np.ndarray | None  # (n, L, K) float32 for int8
-    nbytes: int  # bytes held in process memory (0 when memory-mapped)
-
-
-class _StaleIndex(FeatureStoreError):
-    """index.json disagrees with a shard manifest (a shard was rewritten after finalize)."""
-
-
-@dataclass
-class _Cache:
-    max_shards: int
-    max_bytes: int
-    entries: OrderedDict[int, _Shard] = field(default_factory=OrderedDict)
-
-    def get(self, shard: int) -> _Shard | None:
-        entry = self.entries.get(shard)
-        if entry is not None:
-            self.entries.move_to_end(shard)
-        return entry
-
-    def put(self, shard: int, entry: _Shard) -> None:
-        self.entries[shard] = entry
-        self.entries.move_to_end(shard)
-        while len(self.entries) > 1 and (
-            len(self.entries) > self.max_shards or sum(e.nbytes for e in self.entries.values()) > self.max_bytes
-        ):
-            self.entries.popitem(last=False)
-
-
-class FeatureReader:
-    """Random access to a feature store by video id.
-
-    Local stores are memory-mapped per shard (a lookup reads only its rows); remote (S3) shards
-    are downloaded once each, checked against their sha256, and kept in an LRU cache bounded by
-    ``cache_size`` shards and ``cache_bytes`` bytes, or saved under ``cache_dir`` (keyed by sha256,
-    so never stale) and memory-mapped from there. The index comes from ``index.json`` when it
-    lists the same shards as the manifests present, else it is rebuilt from the manifests.
-
-    Args:
-        storage: a :class:`Storage`, a directory or ``s3://bucket/prefix``.
-        cache_size: the most shards held open, >= 1.
-        cache_bytes: the most bytes of downloaded shards held in memory, >= 1 (memory-mapped shards
-            count 0); the most recent shard is always kept.
-        cache_dir: a local directory for downloaded shards (remote stores only).
-        verify_on_open: check each shard's sha256 when it is opened. Default: True for remote
-            stores (the bytes are in hand), False for local ones (sizes are checked; hashing would
-            read whole shards — use :meth:`verify`).
-        endpoint_url: S3 endpoint when ``storage`` is an ``s3://`` uri.
-    """
-
-    def __init__(
-        self,
-        storage: Storage | str | os.PathLike[str],
-        cache_size: int = 8,
-        *,
-        cache_bytes: int = 2 << 30,
-        cache_dir: str | os.PathLike[str] | None = None,
-        verify_on_open: bool | None = None,
-        endpoint_url: str | None = None,
-    ) -> None:
-        if not _is_int(cache_size) or cache_size < 1:
-            raise ValueError(f"FeatureReader.cache_size must be an integer >= 1, got {cache_size!r}")
-        if not _is_int(cache_bytes) or cache_bytes < 1:
-            raise ValueError(f"FeatureReader.cache_bytes must be an integer >= 1, got {cache_bytes!r}")
-        self.storage = open_storage(storage, endpoint_url)
-        self._remote = self.storage.local_path(SPEC_KEY) is None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.verify_on_open = self._remote if verify_on_open is None else bool(verify_on_open)
-        self.spec = read_spec(self.storage)
-        self._lock = threading.RLock()
-        self._cache = _Cache(int(cache_size), int(cache_bytes))
-        self._manifests: dict[int, ShardManifest] = {}
-        self._index = self._load_index()
-
-    def __repr__(self) -> str:
-        return f"FeatureReader({self.storage.uri!r}, videos={len(self)}, shards={len(self._index.shards)})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Picklable for DataLoader workers / process pools: open shards and the lock are not sent.
-        state = self.__dict__.copy()
-        state["_lock"] = None
-        state["_cache"] = _Cache(self._cache.max_shards, self._cache.max_bytes)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
-    # ---- index
-    def _manifest(self, shard: int) -> ShardManifest:
-        manifest = self._manifests.get(shard)
-        if manifest is None:
-            manifest = read_manifest(self.storage, shard)
-            _check_manifest_spec(manifest, self.spec, self.storage.uri)
-            self._manifests[shard] = manifest
-        return manifest
-
-    def _load_index(self) -> FeatureIndex:
-        shards = list_shards(self.storage)
-        try:
-            index = FeatureIndex.from_bytes(self.storage.read_bytes(INDEX_KEY), self.storage.uri)
-            if set(index.shards) == set(shards):
-                return index
-            log.warning("%s in %s lists shards other than those present; rebuilding it from %d manifests "
-                        "(run finalize to update it)", INDEX_KEY, self.storage.uri, len(shards))
-        except MissingKeyError:
-            log.info("no %s in %s; building the index from %d shard manifests",
-                     INDEX_KEY, self.storage.uri, len(shards))
-        except FeatureStoreError as e:
-            log.warning("%s; rebuilding the index from the shard manifests", e)
-        return self._rebuild_index(shards)
-
-    def _rebuild_index(self, shards: Iterable[int] | None = None) -> FeatureIndex:
-        shards = list_shards(self.storage) if shards is None else list(shards)
-        self._manifests.clear()
-        return FeatureIndex.build({s: self._manifest(s) for s in shards}, self.storage.uri)
-
-    @property
-    def ids(self) -> list[str]:
-        """Video ids with features, in store order (shard, row)."""
-        return list(self._index.locations)
-
-    @property
-    def failed(self) -> dict[str, str]:
-        """Video ids whose extraction failed -> the reason."""
-        return dict(self._index.failed)
-
-    @property
-    def shards(self) -> tuple[int, ...]:
-        return self._index.shards
-
-    def manifest(self, shard: int) -> ShardManifest:
-        with self._lock:
-            return self._manifest(shard)
-
-    def __len__(self) -> int:
-        return len(self._index.locations)
-
-    def __contains__(self, video_id: object) -> bool:
-        return video_id in self._index.locations
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index.locations)
-
-    # ---- shard loading
-    def _open(self, shard: int) -> _Shard:
-        with self._lock:
-            cached = self._cache.get(shard)
-            if cached is not None:
-                return cached
-            manifest = self._manifest(shard)
-            for row, vid in enumerate(manifest.ids):
-                if self._index.locations.get(vid) != (shard, row):
-                    raise _StaleIndex(f"{INDEX_KEY} of {self.storage.uri} disagrees with shard {shard} "
-                                      f"about video {vid!r}")
-            n = len(manifest.ids)
-            data, data_bytes = self._load_array(manifest.files["data"], np.dtype(self.spec.dtype),
-                                                (n, *self.spec.shape))
-            scale, scale_bytes = None, 0
-            if self.spec.dtype == "int8":
-                scale, scale_bytes = self._load_array(manifest.files["scale"], np.dtype(np.float32),
-                                                      (n, *self.spec.shape[:2]))
-            entry = _Shard(manifest, data, scale, data_bytes + scale_bytes)
-            self._cache.put(shard, entry)
-            return entry
-
-    def _load_array(self, entry: FileEntry, dtype: np.dtype[Any], shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
-        """(array, bytes held in memory) of one shard file, checked against the manifest."""
-        local = self.storage.local_path(entry.key)
-        in_memory = 0
-        checked = False  # sha256 already checked (a download into cache_dir)
-        if local is None and self.cache_dir is not None:
-            local = self.cache_dir / f"{entry.sha256}.npy"
-            if not (local.is_file() and local.stat().st_size == entry.bytes):
-                raw = self.storage.read_bytes(entry.key)
-                self._check_bytes(entry, raw, checksum=True)  # the cache is keyed by sha256: always check
-                atomic_write_bytes(local, raw)
-                checked = True
-        if local is not None:
-            try:
-                size = local.stat().st_size
-            except FileNotFoundError:
-                raise FeatureStoreError(f"shard file {entry.key!r} listed in its manifest is missing "
-                                        f"from {self.storage.uri}") from None
-            if size != entry.bytes:
-                raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} has {size} bytes, "
-                                        f"its manifest says {entry.bytes}: truncated or replaced")
-            if self.verify_on_open and not checked and _sha256_file(local) != entry.sha256:
-                raise FeatureStoreError(f"checksum mismatch for {entry.key!r} in {self.storage.uri} ({local})")
-            mmap: Literal["r"] | None = "r" if shape[0] > 0 else None  # an empty array cannot be mapped
-            source: Path | io.BytesIO = local
-        else:
-            raw = self.storage.read_bytes(entry.key)
-            self._check_bytes(entry, raw, checksum=self.verify_on_open)
-            mmap, source = None, io.BytesIO(raw)
-        try:
-            array = np.load(source, mmap_mode=mmap, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} is not a valid .npy "
-                                    f"file: {e}") from e
-        if mmap is None:
-            in_memory = array.nbytes
-        if array.dtype != dtype or array.shape != shape:
-            raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} holds {array.dtype} "
-                                    f"{array.shape}, expected {dtype} {shape}")
-        return array, in_memory
-
-    def _check_bytes(self, entry: FileEntry, raw: bytes, *, checksum: bool) -> None:
-        if len(raw) != entry.bytes:
-            raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} has {len(raw)} bytes, "
-                                    f"its manifest says {entry.bytes}: truncated or replaced")
-        if checksum and hashlib.sha256(raw).hexdigest() != entry.sha256:
-            raise FeatureStoreError(f"checksum mismatch for {entry.key!r} in {self.storage.uri}")
-
-    # ---- lookups
-    def _missing(self, video_id: str) -> KeyError:
-        reason = self._index.failed.get(video_id)
-        if reason is not None:
-            return KeyError(f"video id {video_id!r} has no features in {self.storage.uri}: "
-                            f"its extraction failed ({reason})")
-        return KeyError(f"video id {video_id!r} is not in feature store {self.storage.uri}")
-
-    def get(self, video_id: str) -> np.ndarray:
-        """Features of one video, float32 ``[L, K, D]``; ``KeyError`` naming an unknown id."""
-        return self.get_many([video_id])[0]
-
-    def get_many(self, video_ids: Iterable[str]) -> np.ndarray:
-        """Features of several videos in the given order (repeats allowed), float32 ``[n, L, K, D]``.
-
-        Each shard involved is opened once; rows are read in shard order.
-        """
-        video_ids = list(video_ids)
-        for attempt in range(2):
-            try:
-                return self._gather(video_ids)
-            except _StaleIndex as e:
-                if attempt:
-                    raise
-                log.warning("%s; rebuilding the index from the shard manifests", e)
-                with self._lock:
-                    self._cache.entries.clear()
-                    self._index = self._rebuild_index()
-        raise AssertionError("unreachable")
-
-    def _gather(self, video_ids: list[str]) -> np.ndarray:
-        out = np.empty((len(video_ids), *self.spec.shape), dtype=np.float32)  # (n, L, K, D)
-        groups: dict[int, tuple[list[int], list[int]]] = {}
-        for pos, vid in enumerate(video_ids):
-            loc = self._index.locations.get(vid)
-            if loc is None:
-                raise self._missing(vid)
-            positions, rows = groups.setdefault(loc[0], ([], []))
-            positions.append(pos)
-            rows.append(loc[1])
-        for shard in sorted(groups):
-            positions, rows = groups[shard]
-            order = np.argsort(rows, kind="stable")
-            pos_sorted = np.asarray(positions)[order]
-            rows_sorted = np.asarray(rows)[order]
-            entry = self._open(shard)
-            values = entry.data[rows_sorted]  # (m, L, K, D)
-            if entry.scale is not None:
-                out[pos_sorted] = dequantize_int8(values, entry.scale[rows_sorted])
-            else:
-                out[pos_sorted] = values
-        return out
-
-    def verify(self) -> int:
-        """Re-hash every shard file against its manifest; returns the number of files checked.
-
-        Raises :class:`FeatureStoreError` listing every missing, truncated or corrupted file.
-        """
-        problems: list[str] = []
-        count = 0
-        for shard in self._index.shards:
-            manifest = self.manifest(shard)
-            problems += _check_files(self.storage, manifest, "checksum")
-            count += len(manifest.files)
-        if problems:
-            raise FeatureStoreError(f"feature store {self.storage.uri} failed verification: " + "; ".join(problems))
-        log.info("verified %d files of %d shards in %s", count, len(self._index.shards), self.storage.uri)
-        return count
-
-    def clear_cache(self) -> None:
-        """Close every open shard (drops memory maps and downloaded arrays)."""
-        with self._lock:
-            self._cache.entries.clear()
+        return FeatureReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,8 +11,11 @@ crash-safety on that guarantee.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -31,6 +34,10 @@ class FeatureStoreError(RuntimeError):
 
 class MissingKeyError(FeatureStoreError):
     """A key that was asked for does not exist in the storage."""
+
+
+class StoreMismatch(FeatureStoreError):
+    """A store holds features of another extraction config or another dataset than asked for."""
 
 
 def _check_key(key: str) -> str:
@@ -145,70 +152,147 @@ class LocalStorage:
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
+#: Environment variables that set the S3 client's limits (a CLI flag, where given, wins).
+S3_ENV = {
+    "connect_timeout": "LINKEDOUT_S3_CONNECT_TIMEOUT",
+    "read_timeout": "LINKEDOUT_S3_READ_TIMEOUT",
+    "retries": "LINKEDOUT_S3_RETRIES",
+}
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """How to reach an S3 (-compatible) endpoint, with bounded waiting.
+
+    Every request has a connect timeout and a read timeout (seconds without a byte from the
+    server) and is retried at most ``retries`` times (botocore "standard" mode: jittered
+    exponential back-off on connection errors, timeouts, throttling and 5xx). So an endpoint that
+    accepts connections and never answers fails after at most :meth:`worst_case_seconds` (30 s with
+    the defaults), with an error naming the endpoint. Raise ``read_timeout`` for a slow server.
+
+    Attributes:
+        endpoint_url: e.g. ``http://127.0.0.1:9000``; None uses boto3's resolution
+            (``AWS_ENDPOINT_URL``, ``~/.aws/config``, AWS itself).
+        region: None uses boto3's resolution, falling back to ``us-east-1``.
+        connect_timeout: seconds, > 0 (env ``LINKEDOUT_S3_CONNECT_TIMEOUT``).
+        read_timeout: seconds, > 0 (env ``LINKEDOUT_S3_READ_TIMEOUT``).
+        retries: retries after the first attempt, >= 0 (env ``LINKEDOUT_S3_RETRIES``).
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    connect_timeout: float = 3.0
+    read_timeout: float = 6.0
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"S3Config.{name} must be a number of seconds > 0, got {value!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"S3Config.retries must be an integer >= 0, got {self.retries!r}")
+
+    @classmethod
+    def from_env(cls, endpoint_url: str | None = None, *, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> S3Config:
+        """Defaults, overridden by the ``LINKEDOUT_S3_*`` environment variables, overridden by
+        ``overrides`` that are not None (the CLI flags). A malformed variable is a ``ValueError``
+        naming it."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in S3_ENV.items():
+            raw = env.get(var, "").strip()
+            if raw:
+                try:
+                    values[name] = int(raw) if name == "retries" else float(raw)
+                except ValueError:
+                    raise ValueError(f"environment variable {var} must be a number, got {raw!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(endpoint_url=endpoint_url, **values)
+
+    @property
+    def attempts(self) -> int:
+        return self.retries + 1
+
+    def worst_case_seconds(self) -> float:
+        """The longest one request can take before it fails: every attempt waiting out both
+        timeouts, plus botocore's largest back-off between attempts (1 s x 2^i, the throttling scale)."""
+        backoff = sum(min(2.0**i, 20.0) for i in range(self.retries))
+        return self.attempts * (self.connect_timeout + self.read_timeout) + backoff
+
+    def describe(self) -> str:
+        where = self.endpoint_url or "the default AWS endpoint"
+        return (f"{where} (connect timeout {self.connect_timeout:g} s, read timeout {self.read_timeout:g} s, "
+                f"{self.attempts} attempt{'s' if self.attempts != 1 else ''})")
+
+
+S3Options = S3Config | str | None  # what the library's ``endpoint_url`` arguments accept
+
+
+def s3_config(options: S3Options) -> S3Config:
+    """An :class:`S3Config` from an endpoint URL (limits from the environment) or a ready config."""
+    if isinstance(options, S3Config):
+        return options
+    return S3Config.from_env(options)
+
 
 class S3Storage:
     """An S3 bucket (or any S3-compatible endpoint: MinIO, Ceph, moto) under an optional key prefix.
 
-    Credentials and, when ``endpoint_url`` is None, the endpoint come from the usual boto3 chain
+    Credentials and, when no endpoint is given, the endpoint come from the usual boto3 chain
     (``AWS_ACCESS_KEY_ID``..., ``AWS_ENDPOINT_URL``, ``~/.aws``, an instance role). Every request has
-    connect/read timeouts and bounded retries (botocore "standard" mode: exponential back-off on
-    throttling and transient 5xx/connection errors).
+    connect/read timeouts and bounded retries (:class:`S3Config`).
 
     Args:
         bucket: the bucket name.
         prefix: the key prefix under which this storage lives ("" = bucket root).
-        endpoint_url: e.g. ``http://127.0.0.1:9000``; None uses boto3's resolution.
-        region: the region; None uses boto3's resolution, falling back to ``us-east-1``.
-        connect_timeout, read_timeout: seconds, > 0.
-        max_attempts: total attempts per request (first try + retries), >= 1.
-        client: a ready boto3 S3 client (the other connection arguments are then ignored, except
-            that an unpickled copy builds its own client from them).
+        endpoint_url: an endpoint URL, or a full :class:`S3Config`; None: boto3's resolution.
+        region, connect_timeout, read_timeout, retries: override the config's (and the
+            environment's) values when given.
+        client: a ready boto3 S3 client (the connection arguments are then ignored, except that an
+            unpickled copy builds its own client from them).
     """
 
     def __init__(
         self,
         bucket: str,
         prefix: str = "",
-        endpoint_url: str | None = None,
+        endpoint_url: S3Options = None,
         region: str | None = None,
         *,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 120.0,
-        max_attempts: int = 5,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        retries: int | None = None,
         client: BaseClient | Any | None = None,
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"S3Storage.bucket must be a bucket name without '/', got {bucket!r}")
-        if connect_timeout <= 0:
-            raise ValueError(f"S3Storage.connect_timeout must be > 0, got {connect_timeout}")
-        if read_timeout <= 0:
-            raise ValueError(f"S3Storage.read_timeout must be > 0, got {read_timeout}")
-        if max_attempts < 1:
-            raise ValueError(f"S3Storage.max_attempts must be >= 1, got {max_attempts}")
+        base = s3_config(endpoint_url)
+        changes: dict[str, Any] = {k: v for k, v in dict(region=region, connect_timeout=connect_timeout,
+                                                           read_timeout=read_timeout, retries=retries).items()
+                                   if v is not None}
+        self.config = dataclasses.replace(base, **changes) if changes else base
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         if self.prefix:
             _check_key(self.prefix)
-        self.endpoint_url = endpoint_url
-        self._client_args: dict[str, Any] = dict(
-            endpoint_url=endpoint_url, region=region, connect_timeout=connect_timeout,
-            read_timeout=read_timeout, max_attempts=max_attempts)
-        self.client = client if client is not None else self._make_client(**self._client_args)
+        self.endpoint_url = self.config.endpoint_url
+        self.client = client if client is not None else self._make_client(self.config)
 
     @staticmethod
-    def _make_client(endpoint_url: str | None, region: str | None, connect_timeout: float,
-                     read_timeout: float, max_attempts: int) -> BaseClient:
+    def _make_client(cfg: S3Config) -> BaseClient:
         import boto3
         from botocore.config import Config
 
         session = boto3.session.Session()
         config = Config(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            retries={"max_attempts": cfg.retries, "mode": "standard"},  # botocore: retries after the first
         )
-        return session.client("s3", endpoint_url=endpoint_url,
-                              region_name=region or session.region_name or "us-east-1", config=config)
+        return session.client("s3", endpoint_url=cfg.endpoint_url,
+                              region_name=cfg.region or session.region_name or "us-east-1", config=config)
 
     def __getstate__(self) -> dict[str, Any]:
         # boto3 clients do not pickle (DataLoader workers, process pools): rebuild one on unpickling.
@@ -218,7 +302,7 @@ class S3Storage:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.client = self._make_client(**self._client_args)
+        self.client = self._make_client(self.config)
 
     def __repr__(self) -> str:
         return f"S3Storage({self.uri!r}, endpoint_url={self.endpoint_url!r})"
@@ -239,6 +323,12 @@ class S3Storage:
             if code in _NOT_FOUND_CODES:
                 return MissingKeyError(f"no object {key!r} in {self.uri}")
             return FeatureStoreError(f"cannot {action} {key!r} in {self.uri}: {code}: {e}")
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+        if isinstance(e, ReadTimeoutError | ConnectTimeoutError | BotoConnectionError):
+            return FeatureStoreError(f"cannot {action} {key!r} in {self.uri}: the S3 endpoint "
+                                     f"{self.config.describe()} did not answer: {type(e).__name__}: {e}")
         return FeatureStoreError(f"cannot {action} {key!r} in {self.uri}: {type(e).__name__}: {e}")
 
     def read_bytes(self, key: str) -> bytes:
@@ -299,10 +389,11 @@ class S3Storage:
         return None
 
 
-def open_storage(uri: str | os.PathLike[str] | Storage, endpoint_url: str | None = None) -> Storage:
+def open_storage(uri: str | os.PathLike[str] | Storage, endpoint_url: S3Options = None) -> Storage:
     """A :class:`Storage` for ``s3://bucket[/prefix]``, ``file:///path`` or a plain path.
 
-    A ready :class:`Storage` is returned unchanged. ``endpoint_url`` only applies to ``s3://``.
+    A ready :class:`Storage` is returned unchanged. ``endpoint_url`` (an URL or an
+    :class:`S3Config`) only applies to ``s3://``.
     """
     if not isinstance(uri, str | os.PathLike):
         if isinstance(uri, Storage):

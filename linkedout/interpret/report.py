@@ -407,6 +407,22 @@ def _metrics_table(rows: Sequence[tuple[str, dict[str, Any]]], proto: str, group
     return "".join(out)
 
 
+def _catalogue_within_sample(rows: Sequence[tuple[str, dict[str, Any]]]) -> tuple[int, int] | None:
+    """``(N, negatives)`` when every evaluated run's catalogue is no larger than 1 + the sampled negatives."""
+    sizes, negs = [], []
+    for _, rec in rows:
+        if not rec.get("sampled"):
+            continue
+        n = rec.get("num_items")
+        if not isinstance(n, int):
+            return None
+        sizes.append(n)
+        negs.append(int(rec["sampled"].get("num_negatives") or 0))
+    if sizes and all(n <= k + 1 for n, k in zip(sizes, negs)):
+        return max(sizes), min(negs)
+    return None
+
+
 def _num(v: Any) -> float | None:
     """A finite number, or None (missing, null, NaN)."""
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
@@ -463,6 +479,8 @@ def write_report(
     config: Mapping[str, Any] | None = None,
     item_labels: Sequence[str] | None = None,
     item_counts: Sequence[int] | np.ndarray | None = None,
+    extraction: Mapping[str, Any] | None = None,
+    run_configs: Mapping[str, Mapping[str, Any]] | None = None,
     heatmap_videos: int = 30,
     valid_metric: str = "NDCG@10",
     seed: int = 0,
@@ -478,12 +496,15 @@ def write_report(
         training_logs: run name -> ``metrics.jsonl`` records; plotted as loss and ``valid_metric``
             per epoch.
         contributions: catalogue-wide :class:`Contributions` (heatmap rows are picked from them).
-        dataset_summary: dataset statistics (nested mappings are flattened to ``a.b`` keys).
+        dataset_summary: dataset statistics (``linkedout.data.stats.dataset_stats``), shown as a table
+            of the data's figures.
         notes: free text (one paragraph, or a list of bullet points).
-        config: the configuration summary.
+        config: any further configuration, shown as key / value rows.
         item_labels: dataset id per item index (``SplitData.item_ids``) to label heatmap rows.
         item_counts: training popularity per item index (``SplitData.item_counts``); when given the
             heatmap shows the ``heatmap_videos`` most popular videos, otherwise a seeded sample.
+        extraction: the feature store's spec (plus ``videos``, ``failed``, ``store``): a table.
+        run_configs: run name -> its ``config.json``: the model and training tables, one column a run.
         heatmap_videos: number of heatmap rows, >= 1.
         valid_metric: the validation metric plotted per epoch.
         seed: seed of the heatmap row sample.
@@ -511,6 +532,14 @@ def write_report(
         ("sampled", "overall", "Sampled protocol — target vs. uniformly sampled negatives"),
     ):
         table = _metrics_table(rows, proto, group, keys)
+        if table and proto == "sampled":
+            small = _catalogue_within_sample(rows)
+            if small is not None:
+                n, k = small
+                body.append(f"<h3>{_esc('Sampled protocol')}</h3><p>Not shown: the catalogue has {n:,} videos, no more "
+                            f"than the protocol's 1 + {k} candidates, so every unseen video is a candidate and the "
+                            "sampled protocol ranks exactly as the full-catalogue one above.</p>")
+                continue
         if table:
             if proto == "sampled":
                 negs = sorted({str(rec["sampled"].get("num_negatives")) for _, rec in rows if rec.get("sampled")})
@@ -554,12 +583,19 @@ def write_report(
             f'<tr><td class="name">gate weight</td>{gate}</tr></tbody></table>'
         )
 
-    if dataset_summary or config:
+    if dataset_summary or config or extraction or run_configs:
+        from linkedout.interpret.setup_tables import data_table, extraction_table, model_table, training_table
+
         body.append("<h2>Dataset and configuration</h2>")
         if dataset_summary:
-            body.append(f"<h3>Dataset</h3>{_kv_table(dataset_summary)}")
+            body.append(f"<h3>Data</h3>{data_table(dataset_summary)}")
+        if extraction:
+            body.append(f"<h3>Feature extraction</h3>{extraction_table(extraction)}")
+        if run_configs:
+            body.append(f"<h3>Models</h3>{model_table(run_configs)}")
+            body.append(f"<h3>Training</h3>{training_table(run_configs)}")
         if config:
-            body.append(f"<h3>Configuration</h3>{_kv_table(config)}")
+            body.append(f"<h3>Other settings</h3>{_kv_table(config)}")
 
     if notes:
         body.append("<h2>Notes</h2>")

@@ -43,11 +43,18 @@ from torch import Tensor, nn
 
 from linkedout.model.base import Recommender, gather_history
 from linkedout.training.batches import Batch, BatchBuilder, ShardedOrder, iterate_batches, steps_per_epoch
-from linkedout.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from linkedout.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from linkedout.training.config import TrainConfig
 from linkedout.training.distributed import DistContext, all_reduce_mean, barrier, broadcast_flag, wrap_model
 from linkedout.training.losses import bpr_loss, full_softmax_loss, inbatch_logq_loss, log_popularity
-from linkedout.utils import atomic_write_text, get_logger, progress, set_seed
+from linkedout.utils import atomic_write_text, format_duration, get_logger, progress, set_seed
 
 log = get_logger(__name__)
 
@@ -224,6 +231,7 @@ class Trainer:
         self.item_counts = torch.as_tensor(np.asarray(split.item_counts), dtype=torch.long)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.state = _State()
+        self._run_eta: float | None = None  # seconds left for the whole run, after the latest epoch
         self.model.to(self.device)
         if not self.trainable:
             return
@@ -307,6 +315,8 @@ class Trainer:
         resumed = self._maybe_resume()
         if not resumed:
             set_seed(cfg.seed + self.dist.rank)
+        if main:
+            self._truncate_metrics()  # rows a killed run logged after its last checkpoint are logged again
         writer = self._tensorboard() if main else None
         total_steps = self.steps_per_epoch * cfg.epochs
         stop = self.state.stopped_early
@@ -320,8 +330,9 @@ class Trainer:
                 batches = iterate_batches(self.builder, self.order, epoch, start=start, stop=self.steps_per_epoch,
                                           step_offset=epoch * self.steps_per_epoch, num_workers=cfg.num_workers)
                 if main:
+                    eta = f", run ETA {format_duration(self._run_eta)}" if self._run_eta is not None else ""
                     batches = progress(batches, total=self.steps_per_epoch - start,
-                                       desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+                                       desc=f"epoch {epoch + 1}/{cfg.epochs}{eta}", unit="batch")
                 epoch_t0 = time.perf_counter() - self.state.epoch_seconds
                 epoch_loss = torch.tensor(self.state.epoch_loss_sum, device=self.device)
                 for batch in batches:
@@ -356,7 +367,6 @@ class Trainer:
                 train_stats = {
                     "loss": float(all_reduce_mean(epoch_loss / max(1, self.state.batch_in_epoch), self.dist)),
                     "seq_per_s": self.state.epoch_seqs / epoch_s,
-                    "eta_s": (cfg.epochs - epoch - 1) * epoch_s,
                     "epoch_s": epoch_s,
                 }
                 self.state.epoch += 1
@@ -423,14 +433,24 @@ class Trainer:
                 patience = cfg.early_stopping_patience
                 stop = patience > 0 and self.state.bad_validations >= patience and self.state.epoch < cfg.epochs
                 self.state.stopped_early = stop
-                log.info("epoch %d: %s = %.4f (best %.4f at epoch %d)%s", self.state.epoch, cfg.best_metric, value,
+            # The whole run's ETA: the epochs left at this epoch's pace, validation included (early
+            # stopping may end the run sooner; the validations without improvement left say when at most).
+            remaining = 0 if stop else cfg.epochs - self.state.epoch
+            epoch_cost = float(train.get("epoch_s", 0.0)) + (eval_s / max(1, cfg.eval_every) if validate else 0.0)
+            self._run_eta = remaining * epoch_cost
+            if validate:
+                patience_left = (f", early stop after {cfg.early_stopping_patience - self.state.bad_validations} more "
+                                 "validations without improvement" if cfg.early_stopping_patience and remaining else "")
+                log.info("epoch %d/%d: %s = %.4f (best %.4f at epoch %d)%s; %s/epoch, run ETA %s (%d epochs left%s)",
+                         self.state.epoch, cfg.epochs, cfg.best_metric, value,
                          self.state.best_metric if self.state.best_metric is not None else float("nan"),
-                         self.state.best_epoch, "; stopping early" if stop else "")
+                         self.state.best_epoch, "; stopping early" if stop else "",
+                         format_duration(epoch_cost), format_duration(self._run_eta), remaining, patience_left)
                 if improved:
                     self._save(self.best_path)
             record: dict[str, Any] = {"kind": "epoch", "epoch": self.state.epoch, "step": self.state.step, **train,
-                                      "lr": self._lrs(), "valid": metrics, "best": self.state.best_metric,
-                                      "eval_s": eval_s, "time": time.time()}
+                                      "eta_s": self._run_eta, "lr": self._lrs(), "valid": metrics,
+                                      "best": self.state.best_metric, "eval_s": eval_s, "time": time.time()}
             if metrics is not None:
                 self.state.history.append(record)
             self._append_metrics(record)
@@ -456,6 +476,33 @@ class Trainer:
             writer.add_scalar("train/seq_per_s", seq_per_s, self.state.step)
             for name, lr in lrs.items():
                 writer.add_scalar(f"lr/{name}", lr, self.state.step)
+
+    def _truncate_metrics(self) -> None:
+        """Keep the ``metrics.jsonl`` rows up to the resumed state; drop those logged after it.
+
+        A run killed after logging an epoch (or a step) but before its checkpoint logs it again when
+        it resumes; without this the file would hold that row twice. A fresh run starts an empty file.
+        """
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        s = self.state
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1  # a torn last line of a killed run
+                continue
+            keep = isinstance(rec, dict) and int(rec.get("step", 0)) <= s.step and (
+                rec.get("kind") != "epoch" or int(rec.get("epoch", 0)) <= s.epoch)
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            log.info("%s: dropped %d rows logged after the checkpoint that is resumed (step %d)", path, dropped, s.step)
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -487,6 +534,7 @@ class Trainer:
         if not self.last_path.is_file():
             return False
         ckpt = load_checkpoint(self.last_path, map_location=self.device)
+        self._check_same_model(ckpt)
         saved_cfg = ckpt.get("train_config") or {}
         changed = sorted(k for k, v in self.cfg.to_dict().items()
                          if k not in ("epochs", "early_stopping_patience", "log_every") and saved_cfg.get(k, v) != v)
@@ -514,12 +562,34 @@ class Trainer:
                  self.state.batch_in_epoch, self.state.step)
         return True
 
+    def _check_same_model(self, ckpt: dict[str, Any]) -> None:
+        """:class:`CheckpointError` naming what differs when ``last.pt`` holds another model than this one."""
+        from linkedout.fingerprint import diff_inputs
+
+        module = unwrap(self.model)
+        config = getattr(module, "config", None)
+        mine = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
+        saved = ckpt.get("model_config")
+        problems = []
+        if ckpt.get("model_class") != type(module).__name__:
+            problems.append(f"model {ckpt.get('model_class')} -> {type(module).__name__}")
+        if int(ckpt.get("num_items") or 0) not in (0, self.num_items):
+            problems.append(f"num_items {ckpt.get('num_items')} -> {self.num_items}")
+        if mine is not None and isinstance(saved, dict) and saved != mine:
+            problems += diff_inputs(saved, mine)
+        if problems:
+            raise CheckpointError(
+                f"{self.last_path} holds a checkpoint of another model than the one asked for "
+                f"({'; '.join(problems[:6])}): it cannot be resumed. Use another run directory, or delete "
+                f"{self.run_dir} to train from scratch")
+
     # ------------------------------------------------------------------------------------ results
 
     def _fit_untrained(self) -> TrainResult:
         """A model without trainable parameters (popularity) is only validated and saved."""
         log.info("%s has no trainable parameters: validating only", type(self.model).__name__)
         if self.dist.is_main:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a validation-only run: its one row, afresh
             self._end_epoch(None, {}, validate=True)
             self._save(self.best_path)
             self._save(self.last_path)

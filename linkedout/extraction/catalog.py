@@ -1,0 +1,150 @@
+"""Which videos of a dataset a feature store still needs: one dataset's catalogue, kept in step.
+
+A feature store holds the features of **one** dataset's catalogue under **one** extraction config
+(the spec, checked by ``ShardWriter``). Before an extraction plans its shards,
+:func:`reconcile_store` compares the store with the dataset:
+
+- the store's ``dataset.json`` names the dataset (its prefix, e.g. ``MicroLens-100k``) that filled
+  it; another name is refused, naming both;
+- every video in the store was recorded with what identified its file
+  (:func:`linkedout.fingerprint.video_source`). A **failed** video whose file changed since (fixed,
+  replaced, appeared) is dropped from its shard so that it is tried again — every failed video
+  with ``retry_failed``; a **written** video whose file now holds other content is dropped too
+  (its shard keeps its other rows as stored) and extracted again;
+- when none of the store's videos is in the catalogue, or most of those in both hold other content
+  now, the dataset is not the one the store was made from: that is refused (re-extracting a whole
+  store silently, or mixing two catalogues in one store, is never what was meant). A catalogue
+  that grew or shrank is the same dataset: new videos are extracted, dropped ones stay readable.
+  ``replace`` (``--force``) empties the store first instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from linkedout.features.shards import DATASET_KEY, ShardWriter, read_manifest
+from linkedout.features.storage import FeatureStoreError, MissingKeyError, Storage, StoreMismatch
+from linkedout.fingerprint import same_video
+from linkedout.utils import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["Reconciled", "clear_store", "dataset_name", "reconcile_store"]
+
+FORCE_HINT = ("use a new feature store (--out, or a new --workdir), or --force to delete this store's "
+              "features and extract again")
+
+
+class _Dataset(Protocol):
+    @property
+    def item_ids(self) -> Sequence[str]: ...
+
+    def video_path(self, item: str) -> Path: ...
+
+
+@dataclass
+class Reconciled:
+    """What :func:`reconcile_store` did: the videos dropped from their shards to be extracted again."""
+
+    retried: list[str] = field(default_factory=list)  # failed before; their file changed (or retry_failed)
+    changed: list[str] = field(default_factory=list)  # written before; their file now holds other content
+
+
+def dataset_name(dataset: Any) -> str | None:
+    """The dataset's name (its MicroLens prefix), when it has one."""
+    prefix = getattr(dataset, "prefix", None)
+    return str(prefix) if prefix else None
+
+
+def clear_store(storage: Storage) -> int:
+    """Delete every object of a store (``--force``); returns how many. The spec goes last."""
+    keys = storage.list()
+    for key in sorted(keys, key=lambda k: k == "spec.json"):
+        storage.delete(key)
+    log.warning("deleted the %d objects of feature store %s (--force)", len(keys), storage.uri)
+    return len(keys)
+
+
+def _read_dataset_doc(storage: Storage) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(storage.read_bytes(DATASET_KEY))
+        return doc if isinstance(doc, dict) else None
+    except MissingKeyError:
+        return None
+    except ValueError:
+        return None
+
+
+def _write_dataset_doc(storage: Storage, name: str | None, root: str | None, videos: int,
+                       previous: dict[str, Any] | None) -> None:
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    doc = {"format": "linkedout-feature-dataset", "version": 1, "name": name, "root": root, "videos": videos,
+           "created": (previous or {}).get("created", now), "updated": now}
+    storage.write_bytes(DATASET_KEY, json.dumps(doc, indent=2).encode())
+
+
+def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], *,
+                    retry_failed: bool = False) -> Reconciled:
+    """Drop from ``writer``'s store what must be extracted again for ``dataset`` (see the module docstring).
+
+    Raises :class:`StoreMismatch` (naming both datasets, and the way out) when the store holds
+    another dataset's features.
+    """
+    storage = writer.storage
+    name = dataset_name(dataset)
+    root = getattr(dataset, "root", None)
+    previous = _read_dataset_doc(storage)
+    if previous and name and previous.get("name") and previous["name"] != name:
+        raise StoreMismatch(
+            f"{storage.uri} holds features of dataset {previous['name']!r} (from {previous.get('root')}), "
+            f"not of {name!r} (at {root}); a feature store holds one dataset's catalogue: {FORCE_HINT}")
+    catalog = set(ids)
+    stored: set[str] = set()
+    written_here = 0
+    retry: dict[int, list[str]] = defaultdict(list)
+    changed: dict[int, list[str]] = defaultdict(list)
+    for shard in writer.complete_shards():
+        try:
+            manifest = read_manifest(storage, shard)
+        except FeatureStoreError:
+            continue  # replanned by the writer
+        stored.update(manifest.ids, manifest.failed)
+        for vid in manifest.failed:
+            if vid in catalog and (retry_failed or not same_video(manifest.sources.get(vid), dataset.video_path(vid))):
+                retry[shard].append(vid)
+        for vid in manifest.ids:
+            if vid in catalog:
+                written_here += 1
+                if not same_video(manifest.sources.get(vid), dataset.video_path(vid)):
+                    changed[shard].append(vid)
+    in_catalog = len(stored & catalog)
+    n_changed = sum(len(v) for v in changed.values())
+    if stored and (in_catalog == 0 or (written_here and 2 * n_changed > written_here)):
+        first = sorted(v for vs in changed.values() for v in vs)[:5]
+        raise StoreMismatch(
+            f"{storage.uri} holds features of another dataset than the one at {root}: {len(stored) - in_catalog:,} of "
+            f"its {len(stored):,} videos are not in the catalogue, and {n_changed:,} of the {written_here:,} in both "
+            f"hold other content now{f' (first: {first})' if first else ''}; a feature store holds one dataset's "
+            f"catalogue: {FORCE_HINT}")
+    result = Reconciled()
+    for shard in sorted(set(retry) | set(changed)):
+        drop = [*retry.get(shard, []), *changed.get(shard, [])]
+        writer.drop_videos(shard, drop)
+        result.retried += retry.get(shard, [])
+        result.changed += changed.get(shard, [])
+    if result.retried:
+        log.info("%d failed videos will be tried again (%s): %s%s", len(result.retried),
+                 "--retry-failed" if retry_failed else "their file changed", ", ".join(result.retried[:5]),
+                 " ..." if len(result.retried) > 5 else "")
+    if result.changed:
+        log.warning("%d videos changed content since they were extracted and will be extracted again: %s%s",
+                    len(result.changed), ", ".join(result.changed[:5]), " ..." if len(result.changed) > 5 else "")
+    _write_dataset_doc(storage, name or (previous or {}).get("name"), None if root is None else str(root),
+                       len(ids), previous)
+    return result
