@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.request
@@ -25,9 +26,9 @@ import torch
 from conftest import Toy
 
 from linkedout import pipeline, publish
-from linkedout.export import Catalog, update_catalog
+from linkedout.data.microlens import load_microlens
+from linkedout.export import Catalog
 from linkedout.export.graphs import RankerGraph
-from linkedout.features import FeatureReader
 from linkedout.featurestore import HistoryReader
 from linkedout.serving import process
 from linkedout.serving.client import RecommendClient, RecommendError
@@ -133,20 +134,28 @@ def test_metrics_and_request_log(served: Served) -> None:
     assert {"request_id", "ts", "user_id", "variant", "items", "scores", "latency_ms"} <= set(rows[-1])
 
 
-def test_a_video_added_live_is_recommended_without_a_restart(served: Served) -> None:
+def test_a_video_added_live_is_recommended_without_a_restart(served: Served, tmp_path: Path) -> None:
+    """``linkedout catalog add``'s path: a new mp4 is extracted, encoded, published, pushed to Feast, served."""
     user = str(served.toy.split.test.user_ids[2])
     before = served.client.recommend([user], k=10)[0]
-    target = before.items[0]  # the user's best match; its twin has the same content
-    reader = FeatureReader(served.toy.features)
+    target = before.items[0]  # the user's best match; a copy of its file is a new video of the same content
+    dataset = load_microlens(served.toy.data, check_videos=False)
     twin = 7_000_001
-    version, catalog = update_catalog(served.workdir / "model_repository", "linkedout", add_ids=[twin],
-                                      add_features=reader.get_many([str(target)]))
-    assert version == 2 and twin in catalog
+    shutil.copy(dataset.video_path(str(target)), tmp_path / f"{twin}.mp4")
     pid_before = served.stack.server.pid
+    out = publish.add_videos([tmp_path / f"{twin}.mp4"], repository=served.workdir / "model_repository",
+                             name="linkedout", features=str(served.toy.features),
+                             added_store=served.workdir / "features-added", feast_dir=served.workdir / "feast")
+    assert out["version"] == 2 and out["added"] == [twin] and not out["failed"]
     rec = wait_for(lambda: (r := served.client.recommend([user], k=10)[0]).model_version == "linkedout_ranker:2" and r)
-    assert twin in rec.items and target in rec.items  # the twin scores exactly as the original
+    assert twin in rec.items and target in rec.items  # the twin scores as the original (same content)
     assert abs(rec.items.index(twin) - rec.items.index(target)) == 1
-    assert served.stack.server.pid == pid_before  # loaded by the running Triton
+    assert served.stack.server.pid == pid_before  # loaded by the running Triton, no restart
+    from linkedout.featurestore import open_repo
+    from linkedout.featurestore.online import read_rows
+
+    rows = read_rows(open_repo(served.workdir / "feast"), "video_embedding", [twin], ["model_version"])
+    assert rows[0][1] is not None  # the new video is in Feast's online store
 
 
 def test_killing_triton_is_a_clean_error_within_a_second_and_a_restart_serves_again(served: Served) -> None:

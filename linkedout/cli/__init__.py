@@ -16,6 +16,7 @@ resumed and inspected on its own::
     linkedout export         a trained run -> ONNX encoder and ranker in a versioned Triton model repository
     linkedout serve          the local stack: Triton, the KServe transformer, Feast, on loopback
     linkedout recommend      ask the running stack for recommendations over gRPC
+    linkedout catalog add    new videos recommendable at once (no retraining, no restart)
     linkedout run            the main job end to end on the embedded default
     linkedout ab             A/B experiments: render, status, promote, rollback, analyze, simulate
     linkedout manifests      Kubernetes manifests: list, render, validate
@@ -36,7 +37,7 @@ from collections.abc import Sequence
 from linkedout.utils import configure_logging
 
 #: Command modules under ``linkedout.cli``, in the order their commands appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "serve", "run", "ab", "manifests")
+COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "serve", "catalog", "run", "ab", "manifests")
 
 
 def build_parser() -> argparse.ArgumentParser:
