@@ -137,7 +137,33 @@ def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, e
     else:
         report(run_dirs, out, data=data_dir, features=str(features))
         write_fingerprint(out, fp)
-    print(f"== report: {out}  ({time.perf_counter() - t_start:.0f} s in all)", flush=True)
+    if stop_after == "report":
+        print(f"== report: {out}  ({time.perf_counter() - t_start:.0f} s in all)", flush=True)
+        return out
+
+    # 5. publish the main model (the first variant) and serve it: the model repository, Feast, the
+    #    local stack (Triton + the KServe transformer), one gRPC query answered
+    from linkedout import publish
+    from linkedout.serving.client import format_table as format_answers
+
+    main_variant = chosen[0][1]
+    served_as = "linkedout"
+    version = publish.export_if_new(data_dir, str(features), workdir / "runs" / main_variant.name,
+                                    workdir / "model_repository", name=served_as, split=split,
+                                    item_features=item_features)
+    stamp = {"dataset": dataset_digest(data_dir), "model": served_as, "version": version}
+    if not publish.features_published(workdir / "feast", stamp):
+        publish.publish_features(data_dir, workdir / "model_repository", workdir / "feast", name=served_as,
+                                 version=version)
+        atomic_write_text(workdir / "feast" / "linkedout_published.json", json.dumps(stamp, indent=2))
+    user = str(split.test.user_ids[0])
+    print(f"== serving {main_variant.display} as {served_as!r} (version {version}); asking for user {user} "
+          "over gRPC", flush=True)
+    answers = publish.serve_and_query(workdir, name=served_as, users=[user], k=10)
+    print(format_answers(answers), flush=True)
+    print(f"== report: {out}  ({time.perf_counter() - t_start:.0f} s in all)\n"
+          f"   serve it again: linkedout serve --workdir {workdir}\n"
+          f"   then ask it:    linkedout recommend --workdir {workdir} --user {user} --k 10 --explain", flush=True)
     return out
 
 

@@ -323,3 +323,49 @@ def _check_reproduces(features: str, ecfg: Any, backbone: Any, s3_endpoint: str 
                              f"difference {err:.3g}): give the backbone the store was extracted with (--backbone)")
         return
     log.warning("no video of %s found under %s to check against; trusting the spec", features, root)
+
+
+# ------------------------------------------------------------------------------------- main job
+
+
+def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *, name: str, split: Any = None,
+                  item_features: Any = None) -> int:
+    """Export ``run_dir`` as ``name`` unless the repository's latest version already is this checkpoint.
+
+    Returns the ranker version that serves the run.
+    """
+    from linkedout.export import Catalog, ModelRepository, ranker_name
+
+    repo = ModelRepository(repository)
+    ckpt = _checkpoint_of(Path(run_dir))
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    latest = repo.latest(ranker_name(name))
+    if latest is not None:
+        meta = Catalog.load(repo.version_dir(ranker_name(name), latest)).meta
+        if (meta.get("source") or {}).get("checkpoint_sha256") == sha and not meta.get("added") \
+                and not meta.get("removed"):
+            log.info("%s_ranker version %d already serves %s", name, latest, ckpt)
+            return latest
+    result = export_run(data, features, run_dir, repository, name=name, split=split, item_features=item_features)
+    return int(result.ranker_version)
+
+
+def features_published(feast_dir: Path, stamp: dict[str, Any]) -> bool:
+    f = Path(feast_dir) / "linkedout_published.json"
+    return f.is_file() and json.loads(f.read_text()) == stamp
+
+
+def serve_and_query(workdir: Path, *, name: str, users: list[str], k: int = 10) -> list[Any]:
+    """Start the local stack of ``workdir``, ask it for ``users``' recommendations over gRPC, stop it.
+
+    Returns the answers (``linkedout.serving.client.Recommendation``).
+    """
+    from linkedout.serving.client import RecommendClient
+    from linkedout.serving.stack import LocalStack, StackSettings
+
+    with LocalStack(StackSettings(workdir=workdir, default_model=name)) as stack:
+        client = RecommendClient(stack.info["transformer"]["grpc"], model=name)
+        try:
+            return client.recommend(users, k, explain=True)
+        finally:
+            client.close()

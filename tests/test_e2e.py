@@ -34,6 +34,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+def test_main_job_serves_its_model_and_answers_a_grpc_query(workdir: Path) -> None:
+    from linkedout.export import Catalog
+
+    catalog = Catalog.load(workdir / "model_repository" / "linkedout_ranker" / "1")
+    assert catalog.meta["source"]["variant"] == "linkedout"  # the first variant is the one served
+    assert (workdir / "feast" / "feature_store.yaml").is_file()
+    assert (workdir / "serving" / "transformer.log").is_file()
+    assert not (workdir / "serving" / "stack.json").exists()  # the stack was stopped after the query
+    log = (workdir / "serving" / "requests.jsonl").read_text().splitlines()
+    answer = json.loads(log[-1])
+    assert answer["model_version"] == "linkedout_ranker:1" and len(answer["items"]) == 10
+
+
 def test_main_job_writes_every_stage(workdir: Path) -> None:
     assert any((workdir / "data").glob("*_pairs.csv"))
     assert (workdir / "features" / "index.json").is_file()
@@ -68,7 +81,10 @@ def test_rerun_skips_finished_stages(workdir: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in (workdir / "features").rglob("*.npy")}
     ckpt = workdir / "runs" / "linkedout" / "checkpoints" / "best.pt"
     ckpt_mtime = ckpt.stat().st_mtime_ns
+    versions_before = sorted(p.name for p in (workdir / "model_repository" / "linkedout_ranker").iterdir())
     run_all(workdir, preset="toy", epochs=2, variants=("linkedout", "sasrec_id", "popularity", "uniform"),
             extraction=ExtractionConfig(num_frames=2, batch_size=8, shard_size=16))
     assert {p: p.stat().st_mtime_ns for p in (workdir / "features").rglob("*.npy")} == before
     assert ckpt.stat().st_mtime_ns == ckpt_mtime
+    # the same checkpoint is not exported again
+    assert sorted(p.name for p in (workdir / "model_repository" / "linkedout_ranker").iterdir()) == versions_before

@@ -40,7 +40,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def first_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("first") / "w"
-    run_all(work, data=dataset, epochs=1, variants=VARIANTS, extraction=FAST)
+    run_all(work, data=dataset, epochs=1, variants=VARIANTS, extraction=FAST, stop_after="report")
     return work
 
 
@@ -58,7 +58,7 @@ def _eval(work: Path, variant: str = "sasrec_id") -> dict:
 def test_the_same_inputs_reuse_every_stage(dataset: Path, workdir: Path) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in [*workdir.rglob("*.pt"), *workdir.rglob("eval.json"),
                                                  workdir / "report.html", *workdir.glob("features/shards/*")]}
-    run_all(workdir, data=dataset, epochs=1, variants=VARIANTS, extraction=FAST)
+    run_all(workdir, data=dataset, epochs=1, variants=VARIANTS, extraction=FAST, stop_after="report")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     for variant in VARIANTS:
         fp = read_fingerprint(workdir / "runs" / variant)
@@ -86,10 +86,10 @@ def test_another_dataset_is_refused_and_its_videos_are_not_appended(dataset: Pat
     ids = sorted(FeatureReader(workdir / "features").ids)
     other = _synth(tmp_path / "d2", seed=9)  # the same layout, prefix and ids; other videos and users
     with pytest.raises(StoreMismatch, match="another dataset") as info:
-        run_all(workdir, data=other, epochs=1, variants=VARIANTS, extraction=FAST)
+        run_all(workdir, data=other, epochs=1, variants=VARIANTS, extraction=FAST, stop_after="report")
     assert "--force" in str(info.value)
     assert sorted(FeatureReader(workdir / "features").ids) == ids
-    run_all(workdir, data=other, epochs=1, variants=VARIANTS, extraction=FAST, force=True)  # every stage redone
+    run_all(workdir, data=other, epochs=1, variants=VARIANTS, extraction=FAST, force=True, stop_after="report")  # every stage redone
     assert read_fingerprint(workdir / "split").inputs["dataset"] == pipeline.dataset_digest(other)
 
 

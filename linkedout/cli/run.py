@@ -20,7 +20,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--variants", default=None,
                    help="comma-separated models to train (default: linkedout,sasrec_id,popularity,last_layer,uniform)")
     p.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
-    p.add_argument("--stop-after", choices=("data", "extract", "train"), default=None,
+    p.add_argument("--stop-after", choices=("data", "extract", "train", "report"), default=None,
                    help="stop after this stage")
     p.add_argument("--force", action="store_true",
                    help="redo, instead of refusing, the stages whose recorded inputs differ from the ones asked "
