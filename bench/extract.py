@@ -14,7 +14,8 @@
    for a 161-s 720p video) beside.
 3. **End to end** (``--e2e-videos``): ``extract_dataset`` on N copies of a video with
    ``--e2e-workers`` decoding processes, against the same run on frames decoded beforehand (the
-   decoder then only loads them): steady-state videos/s with decoding vs on pre-decoded frames.
+   decoder then only loads them) and with decoding in-process (no workers, no overlap):
+   steady-state videos/s with decoding vs on pre-decoded frames.
    The backbone gets ``--e2e-torch-threads`` (default 1) threads: on a GPU node it runs on the GPU
    and the CPU cores are the decoders'; here, with 2 cores, it gets one and the decoders share the
    other. Decoding is hidden when a video's decoding (CPU s / workers' cores) takes no longer than
@@ -271,16 +272,17 @@ def end_to_end(backbone: Backbone, cfg: ExtractionConfig, video: Path, num_video
     last, so the start of the decoding processes and the first batch's warm-up are left out.
     """
     cfg = dataclasses.replace(cfg, decode_workers=workers, frame_sampling=sampling, shard_size=cfg.batch_size)
-    rates: dict[str, list[float]] = {"decoding": [], "predecoded": []}
+    rates: dict[str, list[float]] = {"decoding": [], "predecoded": [], "in_process": []}
     with tempfile.TemporaryDirectory() as tmp:
         frames = Path(tmp) / "frames.npy"
         np.save(frames, decode_frames(video, cfg.num_frames, cfg.frame_size, sampling=sampling))  # type: ignore[arg-type]
         for r in range(runs):
             for name in rates:  # interleaved, so drifts in the machine's load hit both alike
-                dataset = _Copies(video if name == "decoding" else frames, num_videos)
+                dataset = _Copies(frames if name == "predecoded" else video, num_videos)
                 ends: list[tuple[float, int]] = []
-                extract_dataset(dataset, Path(tmp) / f"{name}{r}", cfg, backbone,
-                                decoder=None if name == "decoding" else load_frames,
+                run_cfg = dataclasses.replace(cfg, decode_workers=0) if name == "in_process" else cfg
+                extract_dataset(dataset, Path(tmp) / f"{name}{r}", run_cfg, backbone,
+                                decoder=load_frames if name == "predecoded" else None,
                                 on_shard_written=lambda _i, m, ends=ends: ends.append((time.perf_counter(), len(m.ids))))
                 videos = sum(n for _, n in ends[1:])
                 rates[name].append(videos / (ends[-1][0] - ends[0][0]))
@@ -359,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             e2e = end_to_end(backbone, base, video, args.e2e_videos, args.e2e_workers, args.e2e_runs, sampling)
             e2e.update(video=f"{seconds} s 720p", sampling=sampling, videos=args.e2e_videos, workers=args.e2e_workers)
             report["end_to_end"].append(e2e)
-            print(f"  {seconds:>4} s 720p {sampling:<8}: {e2e['decoding']['videos_per_s']:6.2f} videos/s decoding, "
+            print(f"  {seconds:>4} s 720p {sampling:<8}: {e2e['decoding']['videos_per_s']:6.2f} videos/s decoding in "
+                  f"{args.e2e_workers} processes, {e2e['in_process']['videos_per_s']:6.2f} decoding in-process, "
                   f"{e2e['predecoded']['videos_per_s']:6.2f} on pre-decoded frames (ratio {e2e['ratio']:.2f}; "
                   "1.00 = decoding hidden behind the backbone)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
