@@ -15,7 +15,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--features", default=None, help="feature store (needed by LinkedOut models)")
     p.add_argument("--run-dir", required=True, type=Path, help="where checkpoints and logs go (resumes)")
     p.add_argument("--variant", default="linkedout",
-                   help="linkedout | sasrec_id | popularity | hybrid | last_layer | uniform | layer:N")
+                   help="warmcold | linkedout | sasrec_id | popularity | hybrid | last_layer | uniform | layer:N")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--loss", default=None, help="inbatch_logq | bpr | full_softmax")
