@@ -54,7 +54,7 @@ def feats() -> torch.Tensor:
     return torch.randn(N + 1, L, K, D, generator=g)  # (N+1, L, K, D)
 
 
-ALL_IDS = [{}, {"gate": "frequency"}, {"map_weight": 1.0}, {"min_count": 2}]
+ALL_IDS = [{}, {"gate": "frequency"}, {"map_weight": 1.0}, {"min_count": 2}, {"unknown_row": True}]
 
 
 @pytest.mark.parametrize("ids", ALL_IDS)
@@ -153,6 +153,22 @@ def test_frequency_gate_weighs_rows_by_count_and_map_stands_in(feats: torch.Tens
     assert {"id"} <= set(mapped.param_groups()) and parameter_summary(mapped)["id"] > (N + 1) * DM
 
 
+def test_unknown_row_is_shared_by_items_without_an_id_row(feats: torch.Tensor) -> None:
+    model = make(unknown_row=True, dropout=0.5)
+    assert model.id_unknown is not None and "id" in model.param_groups()
+    with torch.no_grad():
+        model.id_unknown.normal_()
+        content, _ = model.eval().encode_content(torch.arange(N + 1), feats)
+        emb = model.encode_items(torch.arange(N + 1), feats).emb
+        table = model.id_embedding.weight  # type: ignore[union-attr]
+    torch.testing.assert_close(emb[COLD], content[COLD] + model.id_unknown)
+    torch.testing.assert_close(emb[0], content[0] + model.id_unknown)
+    torch.testing.assert_close(emb[WARM], content[WARM] + table[WARM])
+    model.train()  # a dropped item takes the shared row, so it learns from the dropped items
+    model.encode_items(WARM.repeat(4), feats[WARM.repeat(4)]).emb.sum().backward()
+    assert model.id_unknown.grad is not None and model.id_unknown.grad.abs().sum() > 0
+
+
 def test_state_dict_alone_rebuilds_counts_and_outputs(feats: torch.Tensor) -> None:
     model = make(gate="frequency").eval()
     config = ModelConfig.from_dict(json.loads(json.dumps(model.config.to_dict())))
@@ -175,7 +191,8 @@ def test_counts_and_config_are_validated() -> None:
     model.set_item_counts(np.ones(N + 1, dtype=np.int64))
     assert int(model.id_counts[0]) == 0  # the padding index never counts as seen
     for bad, field in (({"dropout": 1.0}, "dropout"), ({"min_count": 0}, "min_count"),
-                       ({"gate": "popularity"}, "gate"), ({"map_weight": -1.0}, "map_weight")):
+                       ({"gate": "popularity"}, "gate"), ({"map_weight": -1.0}, "map_weight"),
+                       ({"unknown_row": 1}, "unknown_row")):
         with pytest.raises(ValueError, match=f"IDConfig.{field}"):
             IDConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="kind"):

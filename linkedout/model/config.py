@@ -286,9 +286,14 @@ class IDConfig:
     # predicts an item's ID row from its content (MSE to the stop-grad rows of warm items in the
     # batch) and uses the prediction in place of the ID row for items without one; >= 0.
     map_weight: float = 0.0
+    # A learned row shared by every item without an ID row (dropped in training, never seen, index
+    # 0): what the ID part of a typical training target adds, learned from the dropped items, so
+    # that a video scored from its content alone is not ranked below every ID-carrying one.
+    unknown_row: bool = False
 
     def __post_init__(self) -> None:
         n = type(self).__name__
+        _check_bool(n, "unknown_row", self.unknown_row)
         _check_float(n, "dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
         _check_int(n, "min_count", self.min_count, lo=1)
         _check_choice(n, "gate", self.gate, ID_GATES)

@@ -15,6 +15,10 @@
   their untrained rows are never read;
 - ``w_i``: 1, or with ``IDConfig.gate = "frequency"`` a learned ``sigmoid(a log(1 + count_i) + b)``.
 
+With ``IDConfig.unknown_row`` every item without an ID row (dropped, unseen, index 0) adds one
+shared learned row ``u`` instead: ``e_i = c_i + u``. It is not an item's row (no item index reads
+it); it learns, from the items dropped in training, what the ID part adds to a typical target.
+
 Training makes the content alone a good embedding: in every training step a share
 ``IDConfig.dropout`` of the batch's *distinct* items lose their ID row (in every history slot and as
 targets alike), so the ranking loss must be met by ``c_i`` for them. Optionally
@@ -91,6 +95,7 @@ class WarmColdRecommender(LinkedOutRecommender):
         self.register_buffer("id_counts", torch.zeros(num_items + 1, dtype=torch.int64))  # (N+1,)
         self.id_gate: FrequencyGate | None = FrequencyGate() if cfg.ids.gate == "frequency" else None
         self.id_map: ContentToID | None = ContentToID(d, std) if cfg.ids.map_weight > 0 else None
+        self.id_unknown: nn.Parameter | None = nn.Parameter(torch.zeros(d)) if cfg.ids.unknown_row else None
         if item_counts is not None:
             self.set_item_counts(item_counts)
 
@@ -100,15 +105,18 @@ class WarmColdRecommender(LinkedOutRecommender):
 
         Raises ``ValueError`` naming the problem on a wrong shape, a non-integer dtype or a negative count.
         """
-        c = torch.as_tensor(np.asarray(item_counts) if not isinstance(item_counts, Tensor) else item_counts)
+        c = item_counts.detach().cpu().numpy() if isinstance(item_counts, Tensor) else np.asarray(item_counts)
         n = self.num_items + 1
-        if tuple(c.shape) != (n,):
+        if c.shape != (n,):
             raise ValueError(f"item_counts must have shape [N+1={n}], got {tuple(c.shape)}")
-        if c.dtype.is_floating_point and c.numel() and not bool((c == c.round()).all()):
+        if not np.issubdtype(c.dtype, np.number) or np.issubdtype(c.dtype, np.complexfloating):
+            raise ValueError(f"item_counts must be numbers, got dtype {c.dtype}")
+        if c.size and not bool(np.isfinite(c).all() and (c == np.round(c)).all()):
             raise ValueError(f"item_counts must hold whole numbers, got dtype {c.dtype} with fractions")
-        if c.numel() and int(c.min()) < 0:
+        if c.size and c.min() < 0:
             raise ValueError("item_counts must be >= 0")
-        self.id_counts.copy_(c.to(torch.int64))
+        # from numpy, so that it also works while the model is built on the meta device
+        self.id_counts.copy_(torch.from_numpy(c.astype(np.int64)))
         self.id_counts[0] = 0
 
     def seen(self, item_idx: Tensor) -> Tensor:
@@ -140,6 +148,8 @@ class WarmColdRecommender(LinkedOutRecommender):
         # output of that name (docs/serving.md §1).
         emb = content + weight.unsqueeze(-1) * table.weight[rows]  # (M, d)
         aux = video.aux_loss
+        if self.id_unknown is not None:
+            emb = emb + (~use).to(content.dtype).unsqueeze(-1) * self.id_unknown  # (M, d) the shared row
         if self.id_map is not None:
             mapped = self.id_map(content)  # (M, d)
             emb = emb + (~use).to(content.dtype).unsqueeze(-1) * mapped  # (M, d) stands in for a missing row
