@@ -119,6 +119,19 @@ def test_id_dropout_drops_whole_rows_in_training_only(feats: torch.Tensor) -> No
         assert ((model.encode_items(idx, f).emb - content).abs().amax(dim=1) > 1e-6).all()
 
 
+def test_batch_dropout_drops_every_row_of_a_step(feats: torch.Tensor) -> None:
+    model = make(dropout=0.0, batch_dropout=0.5).train()
+    with torch.no_grad():
+        content, _ = model.encode_content(WARM, feats[WARM])
+        outcomes = []
+        for step in range(40):
+            torch.manual_seed(step)
+            delta = (model.encode_items(WARM, feats[WARM]).emb - content).abs().amax(dim=1) > 1e-6  # (W,)
+            assert bool(delta.all()) or not bool(delta.any())  # all rows kept, or none
+            outcomes.append(bool(delta.all()))
+    assert 10 < sum(outcomes) < 30
+
+
 def test_one_draw_per_distinct_item_covers_history_and_target(feats: torch.Tensor) -> None:
     """The trainer encodes a batch's distinct items once, so a dropped video is dropped everywhere."""
     model = make(dropout=0.5).train()
@@ -192,7 +205,7 @@ def test_counts_and_config_are_validated() -> None:
     assert int(model.id_counts[0]) == 0  # the padding index never counts as seen
     for bad, field in (({"dropout": 1.0}, "dropout"), ({"min_count": 0}, "min_count"),
                        ({"gate": "popularity"}, "gate"), ({"map_weight": -1.0}, "map_weight"),
-                       ({"unknown_row": 1}, "unknown_row")):
+                       ({"unknown_row": 1}, "unknown_row"), ({"batch_dropout": -0.1}, "batch_dropout")):
         with pytest.raises(ValueError, match=f"IDConfig.{field}"):
             IDConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="kind"):

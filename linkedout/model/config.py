@@ -276,6 +276,9 @@ class IDConfig:
     # Share of a training batch's distinct items whose ID row is dropped (replaced by nothing) in
     # that step: the same items lose their ID in every history slot and as targets; in [0, 1).
     dropout: float = 0.5
+    # Share of training steps in which every item loses its ID row (the step trains the content
+    # tower alone, as ID-free LinkedOut); in [0, 1). Combines with ``dropout``.
+    batch_dropout: float = 0.0
     # An item's ID row is read only when it has at least this many training interactions; >= 1.
     # Items below it (and never-seen items) are encoded from their content alone.
     min_count: int = 1
@@ -295,6 +298,7 @@ class IDConfig:
         n = type(self).__name__
         _check_bool(n, "unknown_row", self.unknown_row)
         _check_float(n, "dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
+        _check_float(n, "batch_dropout", self.batch_dropout, lo=0.0, hi=1.0, hi_open=True)
         _check_int(n, "min_count", self.min_count, lo=1)
         _check_choice(n, "gate", self.gate, ID_GATES)
         _check_float(n, "map_weight", self.map_weight, lo=0.0)

@@ -21,7 +21,8 @@ it); it learns, from the items dropped in training, what the ID part adds to a t
 
 Training makes the content alone a good embedding: in every training step a share
 ``IDConfig.dropout`` of the batch's *distinct* items lose their ID row (in every history slot and as
-targets alike), so the ranking loss must be met by ``c_i`` for them. Optionally
+targets alike), so the ranking loss must be met by ``c_i`` for them; with ``IDConfig.batch_dropout``
+a share of the steps drop every row (the step trains the content tower alone). Optionally
 (``IDConfig.map_weight > 0``) a residual MLP ``m(c)`` learns to predict the ID row from the content
 (MSE to the stop-grad rows of the batch's warm items) and stands in for the ID row where there is
 none: ``e_i = c_i + m(c_i)`` for dropped and unseen items.
@@ -139,6 +140,8 @@ class WarmColdRecommender(LinkedOutRecommender):
         use = counts >= ids.min_count  # (M,) bool; id_counts[0] == 0, so index 0 never reads a row
         if self.training and ids.dropout > 0:
             use = use & (torch.rand(item_idx.shape, device=item_idx.device) >= ids.dropout)  # (M,)
+        if self.training and ids.batch_dropout > 0:  # one draw per call: the trainer's whole batch
+            use = use & (torch.rand((), device=item_idx.device) >= ids.batch_dropout)  # (M,)
         rows = torch.where(use, item_idx, torch.zeros_like(item_idx))  # (M,) unused -> zero row 0
         weight = use.to(content.dtype)  # (M,)
         if self.id_gate is not None:
