@@ -57,6 +57,10 @@ ALTERNATIVES: dict[str, tuple[str, dict[str, Any]]] = {
     "map_dropout75": ("warmcold", {"dropout": 0.75, "map_weight": 1.0}),
     "maprank_dropout50": ("warmcold", {"dropout": 0.5, "map_weight": 1e-6}),  # the mapping learns from ranking alone
     "map10_dropout50": ("warmcold", {"dropout": 0.5, "map_weight": 10.0}),
+    "map10": ("warmcold", {"dropout": 0.0, "map_weight": 10.0}),
+    "map10_dropout25": ("warmcold", {"dropout": 0.25, "map_weight": 10.0}),
+    "map30_dropout50": ("warmcold", {"dropout": 0.5, "map_weight": 30.0}),
+    "map100_dropout50": ("warmcold", {"dropout": 0.5, "map_weight": 100.0}),
     "dropout50_min3": ("warmcold", {"dropout": 0.5, "min_count": 3}),
     "freq_map_dropout50": ("warmcold", {"dropout": 0.5, "gate": "frequency", "map_weight": 1.0}),
     "batch30_dropout50": ("warmcold", {"dropout": 0.5, "batch_dropout": 0.3}),

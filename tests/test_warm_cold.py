@@ -78,7 +78,7 @@ def test_cold_videos_never_read_an_untrained_id_row(ids: dict[str, object], feat
 
 
 def test_index_zero_and_untrained_items_are_their_content_alone(feats: torch.Tensor) -> None:
-    model = make().eval()
+    model = make(map_weight=0.0).eval()
     with torch.no_grad():
         content, _ = model.encode_content(torch.arange(N + 1), feats)  # (N+1, d)
         emb = model.encode_items(torch.arange(N + 1), feats).emb
@@ -89,6 +89,20 @@ def test_index_zero_and_untrained_items_are_their_content_alone(feats: torch.Ten
         # a warm video's features under index 0 (a video added through the live catalogue) = content only
         live = model.encode_items(torch.zeros(len(WARM), dtype=torch.long), feats[WARM]).emb
         torch.testing.assert_close(live, content[WARM])
+
+
+def test_default_model_scores_unseen_videos_from_content_and_its_mapping(feats: torch.Tensor) -> None:
+    """The main job's configuration: an unseen video is c + m(c), a function of its features alone."""
+    model = make().eval()
+    assert model.config.ids == IDConfig() and model.id_map is not None
+    with torch.no_grad():
+        content, _ = model.encode_content(torch.arange(N + 1), feats)
+        emb = model.encode_items(torch.arange(N + 1), feats).emb
+        torch.testing.assert_close(emb[COLD], content[COLD] + model.id_map(content[COLD]))
+        live = model.encode_items(torch.zeros(len(COLD), dtype=torch.long), feats[COLD]).emb
+        torch.testing.assert_close(live, emb[COLD])  # index 0 (live catalogue) = an unseen catalogue video
+        table = model.id_embedding.weight  # type: ignore[union-attr]
+        torch.testing.assert_close(emb[WARM], content[WARM] + table[WARM])
 
 
 def test_untrained_rows_get_no_gradient(feats: torch.Tensor) -> None:
@@ -102,7 +116,7 @@ def test_untrained_rows_get_no_gradient(feats: torch.Tensor) -> None:
 
 
 def test_id_dropout_drops_whole_rows_in_training_only(feats: torch.Tensor) -> None:
-    model = make(dropout=0.5)
+    model = make(dropout=0.5, map_weight=0.0)
     idx = WARM.repeat(40)  # (600,) warm items, many draws
     f = feats[idx]
     with torch.no_grad():
@@ -120,7 +134,7 @@ def test_id_dropout_drops_whole_rows_in_training_only(feats: torch.Tensor) -> No
 
 
 def test_batch_dropout_drops_every_row_of_a_step(feats: torch.Tensor) -> None:
-    model = make(dropout=0.0, batch_dropout=0.5).train()
+    model = make(dropout=0.0, batch_dropout=0.5, map_weight=0.0).train()
     with torch.no_grad():
         content, _ = model.encode_content(WARM, feats[WARM])
         outcomes = []
@@ -167,7 +181,7 @@ def test_frequency_gate_weighs_rows_by_count_and_map_stands_in(feats: torch.Tens
 
 
 def test_unknown_row_is_shared_by_items_without_an_id_row(feats: torch.Tensor) -> None:
-    model = make(unknown_row=True, dropout=0.5)
+    model = make(unknown_row=True, dropout=0.5, map_weight=0.0)
     assert model.id_unknown is not None and "id" in model.param_groups()
     with torch.no_grad():
         model.id_unknown.normal_()

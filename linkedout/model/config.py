@@ -288,7 +288,7 @@ class IDConfig:
     # Weight of the content -> ID mapping loss; 0 = no mapping. > 0 builds a residual MLP that
     # predicts an item's ID row from its content (MSE to the stop-grad rows of warm items in the
     # batch) and uses the prediction in place of the ID row for items without one; >= 0.
-    map_weight: float = 0.0
+    map_weight: float = 10.0
     # A learned row shared by every item without an ID row (dropped in training, never seen, index
     # 0): what the ID part of a typical training target adds, learned from the dropped items, so
     # that a video scored from its content alone is not ranked below every ID-carrying one.
