@@ -18,7 +18,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--data", type=Path, default=None, help="use this dataset instead of generating one")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default 100, early-stopped)")
     p.add_argument("--variants", default=None,
-                   help="comma-separated models to train (default: linkedout,sasrec_id,popularity,last_layer,uniform)")
+                   help="comma-separated models to train (default: warmcold,linkedout,sasrec_id,popularity,last_layer,uniform)")
     p.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
     p.add_argument("--stop-after", choices=("data", "extract", "train", "report"), default=None,
                    help="stop after this stage")
