@@ -36,7 +36,14 @@ from linkedout.extraction.catalog import clear_store, reconcile_store
 from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
 from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
 from linkedout.extraction.video import FRAME_SAMPLINGS
-from linkedout.features.shards import FAILURES_KEY, FeatureSpec, ShardManifest, ShardWriter, read_manifest
+from linkedout.features.shards import (
+    FAILURES_KEY,
+    SPEC_KEY,
+    FeatureSpec,
+    ShardManifest,
+    ShardWriter,
+    read_manifest,
+)
 from linkedout.features.storage import S3Options, Storage, StoreMismatch, open_storage
 from linkedout.utils import get_logger, progress
 
@@ -447,11 +454,14 @@ def extract_dataset(
     if max_shards is not None and max_shards < 0:
         raise ValueError(f"max_shards must be >= 0, got {max_shards}")
     started = time.perf_counter()
+    store = open_storage(storage, endpoint_url)
+    # Reach the store before loading the backbone (minutes for a 7B checkpoint): an S3 endpoint that
+    # is down or never answers fails within the S3 client's bounds (30 s by default), naming it.
+    store.exists(SPEC_KEY)
     bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone or BackboneConfig())
     loaded = time.perf_counter()
     extractor = LinkedOutExtractor(bb, cfg)
     spec = feature_spec(bb, cfg)
-    store = open_storage(storage, endpoint_url)
     ids = sort_ids(str(x) for x in dataset.item_ids)
     try:
         writer = ShardWriter(store, spec, cfg.shard_size)
