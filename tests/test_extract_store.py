@@ -168,6 +168,21 @@ def test_a_crashing_decoder_process_fails_its_video_only() -> None:
     assert "crashed" in str(out[6].error)
 
 
+def test_a_decoder_crash_while_the_consumer_is_busy_fails_its_video_only() -> None:
+    """The pool breaks between two pulls (while the backbone runs): the next refill must recover too."""
+    import time
+
+    from decode_helpers import crash_on_7
+
+    jobs = [DecodeJob(str(i), f"/none/{i}.mp4", 1, 2) for i in range(6, 12)]
+    stream = decode_stream(jobs, workers=2, window=3, decode_fn=crash_on_7)
+    out = [next(stream)]  # video 6; video 7 kills its worker meanwhile
+    time.sleep(3)  # the backbone encoding video 6
+    out += list(stream)
+    assert [d.video_id for d in out] == [j.video_id for j in jobs]
+    assert [d.video_id for d in out if d.frames is None] == ["7"] and "crashed" in str(out[1].error)
+
+
 def test_workers_decode_the_next_videos_while_the_current_one_is_encoded(tmp_path: Path) -> None:
     import time
 
