@@ -260,6 +260,14 @@ def test_extract_reaches_the_store_before_it_loads_the_backbone(silent_endpoint:
                                   BackboneConfig(device="cpu"),
                                   endpoint_url=S3Config(silent_endpoint, read_timeout=0.5, retries=0))
     assert loads == []  # failed before the backbone was loaded
+    # and `linkedout extract` reaches it before importing the extraction code at all
+    from linkedout import pipeline
+    from linkedout.cli import main
+
+    monkeypatch.setattr(pipeline, "extract", loads.append)
+    assert main(["extract", "--data", str(data), "--out", "s3://bucket/f", "--s3-endpoint", silent_endpoint,
+                 "--s3-read-timeout", "0.5", "--s3-retries", "0"]) == 2
+    assert loads == []
 
 
 @pytest.mark.slow  # waits out the default bounds twice (about 20 s each)
