@@ -70,13 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--attn", default="sdpa", help="attention implementation: sdpa | eager | flash_attention_2")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default 4)")
     p.add_argument("--batches", type=int, default=2, help="batches per timed run")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per mode (the median is reported)")
-    p.add_argument("--num-frames", type=int, default=8)
-    p.add_argument("--frame-size", type=int, default=224)
-    p.add_argument("--tokens", type=int, default=64)
-    p.add_argument("--layers", default="0,4,8,12,16,20")
+    p.add_argument("--num-frames", type=int, default=8, help="frames per video (default 8)")
+    p.add_argument("--frame-size", type=int, default=224, help="frame side in pixels (default 224)")
+    p.add_argument("--tokens", type=int, default=64, help="tokens per layer K (default 64)")
+    p.add_argument("--layers", default="0,4,8,12,16,20", help="kept layers (default 0,4,8,12,16,20)")
     p.add_argument("--durations", default="10,161,600", help="decode benchmark: video lengths in seconds ('' skips it)")
     p.add_argument("--heights", default="720,1080", help="decode benchmark: frame heights (16:9)")
     p.add_argument("--decode-repeats", type=int, default=3, help="timed decodes per video and mode (median)")
@@ -94,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="end to end: torch threads of the backbone (default 1: the backbone has one core, as it "
                         "would have its GPU, and the decoding processes the others)")
     p.add_argument("--skip-model", action="store_true", help="skip the model benchmark")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "extract.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "extract.json",
+                   help="the JSON to write (default bench/results/extract.json)")
     return p.parse_args(argv)
 
 
@@ -305,8 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             tokens=args.tokens, batch_size=args.batch_size)
     modes = {"full_forward": dataclasses.replace(base, early_exit=False),
              "early_exit": dataclasses.replace(base, early_exit=True)}
-    timed = (time_modes(backbone, modes, args.batches, args.repeats) if not args.skip_model else
-             {m: {"videos_per_s": float("nan"), "ratio_runs": [float("nan")], "sequence_tokens": 0} for m in modes})
+    timed: dict[str, Any] = (time_modes(backbone, modes, args.batches, args.repeats) if not args.skip_model
+                             else {m: None for m in modes})  # skipped: null in the JSON, not NaN figures
     full, early = timed["full_forward"], timed["early_exit"]
     spec = feature_spec(backbone, base)
     mb = {dtype: dataclasses.replace(spec, dtype=dtype).bytes_per_video() / 1e6 for dtype in ("float16", "int8")}
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": dataclasses.asdict(base),
         "full_forward": full,
         "early_exit": early,
-        "early_exit_speedup": statistics.median(early["ratio_runs"]),  # median of paired rounds
+        "early_exit_speedup": statistics.median(early["ratio_runs"]) if early else None,  # median of paired rounds
         "layers_computed": f"{max(layers)}/{backbone.num_layers}",
         "mb_per_video": mb,
     }
@@ -331,12 +332,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["load_average"] = os.getloadavg()
 
     print(f"backbone {report['backbone']} on {report['device']} ({report['device_name']}), {report['dtype']}, "
-          f"{args.num_frames} frames x {args.frame_size}px, batch {args.batch_size}, "
-          f"{full['sequence_tokens']} tokens/video")
-    print(f"  full forward : {full['videos_per_s']:8.2f} videos/s (median of {args.repeats})")
-    print(f"  early exit   : {early['videos_per_s']:8.2f} videos/s  -> x{report['early_exit_speedup']:.2f} "
-          f"(median of paired runs; {report['layers_computed']} decoder layers)")
-    if "peak_gpu_memory_gib" in early:
+          f"{args.num_frames} frames x {args.frame_size}px, batch {args.batch_size}"
+          + (f", {full['sequence_tokens']} tokens/video" if full else ""))
+    if full is None or early is None:
+        print("  model        : skipped (--skip-model)")
+    else:
+        print(f"  full forward : {full['videos_per_s']:8.2f} videos/s (median of {args.repeats})")
+        print(f"  early exit   : {early['videos_per_s']:8.2f} videos/s  -> x{report['early_exit_speedup']:.2f} "
+              f"(median of paired runs; {report['layers_computed']} decoder layers)")
+    if early is not None and full is not None and "peak_gpu_memory_gib" in early:
         print(f"  peak GPU memory: full {full['peak_gpu_memory_gib']:.2f} GiB, "
               f"early exit {early['peak_gpu_memory_gib']:.2f} GiB")
     print(f"  storage      : {mb['float16']:.4f} MB/video float16, {mb['int8']:.4f} MB/video int8 "

@@ -24,3 +24,11 @@ def sleepy(job: DecodeJob) -> Decoded:
     (Path(job.path) / f"{os.getpid()}.pid").write_text("")
     time.sleep(60)
     return Decoded(job.video_id, None, "slept", {})
+
+
+def mark_done(job: DecodeJob) -> Decoded:
+    """Writes ``<job.path>/<video_id>.done`` once "decoded" (so a test sees what was decoded ahead)."""
+    from pathlib import Path
+
+    (Path(job.path) / f"{job.video_id}.done").write_text(str(os.getpid()))
+    return Decoded(job.video_id, np.zeros((1, 2, 2, 3), np.uint8), None, {"size": 0})

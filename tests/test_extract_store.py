@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -165,6 +166,39 @@ def test_a_crashing_decoder_process_fails_its_video_only() -> None:
     assert [d.video_id for d in out] == [j.video_id for j in jobs]  # in order, none lost
     assert [d.video_id for d in out if d.frames is None] == ["7"]
     assert "crashed" in str(out[6].error)
+
+
+def test_a_decoder_crash_while_the_consumer_is_busy_fails_its_video_only() -> None:
+    """The pool breaks between two pulls (while the backbone runs): the next refill must recover too."""
+    import time
+
+    from decode_helpers import crash_on_7
+
+    jobs = [DecodeJob(str(i), f"/none/{i}.mp4", 1, 2) for i in range(6, 12)]
+    stream = decode_stream(jobs, workers=2, window=3, decode_fn=crash_on_7)
+    out = [next(stream)]  # video 6; video 7 kills its worker meanwhile
+    time.sleep(3)  # the backbone encoding video 6
+    out += list(stream)
+    assert [d.video_id for d in out] == [j.video_id for j in jobs]
+    assert [d.video_id for d in out if d.frames is None] == ["7"] and "crashed" in str(out[1].error)
+
+
+def test_workers_decode_the_next_videos_while_the_current_one_is_encoded(tmp_path: Path) -> None:
+    import time
+
+    from decode_helpers import mark_done
+
+    jobs = [DecodeJob(str(i), str(tmp_path), 1, 2) for i in range(8)]
+    stream = decode_stream(jobs, workers=2, window=4, decode_fn=mark_done)
+    first = next(stream)  # the consumer (the backbone) now holds video 0 and decodes nothing itself
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.done"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ahead = sorted(int(p.stem) for p in tmp_path.glob("*.done"))
+    assert ahead[:4] == [0, 1, 2, 3] and len(ahead) <= 5  # decoded ahead, up to the window (+ the one taken)
+    assert str(os.getpid()) not in {p.read_text() for p in tmp_path.glob("*.done")}  # in worker processes
+    rest = list(stream)
+    assert [first.video_id, *(d.video_id for d in rest)] == [j.video_id for j in jobs]
 
 
 def test_a_bit_flip_is_caught_by_verify_and_by_the_first_read(tiny: Backbone, data: Path, tmp_path: Path,

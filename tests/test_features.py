@@ -437,3 +437,34 @@ def test_info_from_store_counts_actual_bytes(tmp_path: Path) -> None:
     assert info["store_total_bytes"] == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
     assert info["bytes_per_video"] == 2 * 3 * 8 + 2 * 3 * 4 and info["has_index"]
     assert str(tmp_path) in format_info(info)
+
+
+# ------------------------------------------------------------------------------------------ verify
+
+
+def test_verify_finds_an_id_in_two_shards_a_stale_index_and_uncovered_catalogue_videos(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from linkedout.cli import main
+    from linkedout.features.verify import verify_store
+
+    run_extraction(ShardWriter(tmp_path, make_spec(), shard_size=3), video_features(IDS), failed={"z": "unreadable"})
+    assert verify_store(tmp_path, catalog=[*IDS, "z"]).ok  # a failed video counts as covered
+    # a second writer session (another process) writes "v01" again, in a new shard
+    x = video_features(["v01"], seed=5)["v01"][None]
+    ShardWriter(tmp_path, make_spec(), shard_size=3).write_shard(3, ["v01"], x)
+    report = verify_store(tmp_path, catalog=[*IDS, "z", "new"])
+    assert not report.ok and report.damaged_shards == [3]
+    assert "video id 'v01' appears in shard 0 and in shard 3" in report.problems
+    assert any("1 catalogue videos are in no shard (first: ['new'])" in p for p in report.problems)
+    (tmp_path / manifest_key(3)).unlink()  # what `verify --repair` does; the data file is left as an orphan
+    ShardWriter(tmp_path, make_spec(), shard_size=3).finalize()  # index.json again
+    after_repair = verify_store(tmp_path)
+    assert after_repair.ok and any("data files of shards [3] have no manifest" in w for w in after_repair.warnings)
+    index = json.loads((tmp_path / INDEX_KEY).read_text())
+    # an index.json that places a video in another row than its shard's manifest says
+    text = (tmp_path / INDEX_KEY).read_text()
+    (tmp_path / INDEX_KEY).write_text(text.replace('"v00"', '"tmp"').replace('"v01"', '"v00"').replace('"tmp"', '"v01"'))
+    assert json.loads((tmp_path / INDEX_KEY).read_text()) != index
+    assert any("index.json disagrees with the shard manifests about 2 videos" in p for p in verify_store(tmp_path).problems)
+    assert main(["features", "verify", str(tmp_path)]) == 1
+    assert "index.json disagrees" in capsys.readouterr().out

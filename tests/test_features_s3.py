@@ -242,6 +242,58 @@ def test_a_silent_endpoint_fails_fast_naming_it(silent_endpoint: str, monkeypatc
     assert silent_endpoint in err and "read timeout 0.5 s, 1 attempt)" in err
 
 
+def test_extract_reaches_the_store_before_it_loads_the_backbone(silent_endpoint: str,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """A 7B backbone takes minutes to load: an S3 endpoint that never answers must not wait for it."""
+    from linkedout.data.microlens import load_microlens
+    from linkedout.data.synth import SynthConfig, generate
+    from linkedout.extraction import BackboneConfig, extractor
+    from linkedout.features import S3Config
+
+    data = generate(tmp_path / "data", SynthConfig.preset("toy", num_videos=30, num_users=4), write_videos=False)
+    _credentials(monkeypatch)
+    loads: list[object] = []
+    monkeypatch.setattr(extractor, "load_backbone", loads.append)
+    with pytest.raises(FeatureStoreError, match=rf"{silent_endpoint}.*did not answer"):
+        extractor.extract_dataset(load_microlens(data, check_videos=False), "s3://bucket/f", None,
+                                  BackboneConfig(device="cpu"),
+                                  endpoint_url=S3Config(silent_endpoint, read_timeout=0.5, retries=0))
+    assert loads == []  # failed before the backbone was loaded
+    # and `linkedout extract` reaches it before importing the extraction code at all
+    from linkedout import pipeline
+    from linkedout.cli import main
+
+    monkeypatch.setattr(pipeline, "extract", loads.append)
+    assert main(["extract", "--data", str(data), "--out", "s3://bucket/f", "--s3-endpoint", silent_endpoint,
+                 "--s3-read-timeout", "0.5", "--s3-retries", "0"]) == 2
+    assert loads == []
+
+
+@pytest.mark.slow  # waits out the default bounds twice (about 20 s each)
+def test_with_the_default_bounds_a_silent_endpoint_fails_within_30_s(silent_endpoint: str,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     tmp_path: Path) -> None:
+    import time
+
+    from linkedout.cli import main
+    from linkedout.data.synth import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig.preset("toy", num_videos=30, num_users=4), write_videos=False)
+    _credentials(monkeypatch)
+    for name in ("LINKEDOUT_S3_CONNECT_TIMEOUT", "LINKEDOUT_S3_READ_TIMEOUT", "LINKEDOUT_S3_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    for argv in (["features", "info", "--store", "s3://bucket/features"],
+                 ["extract", "--data", str(data), "--out", "s3://bucket/f", "--device", "cpu"]):
+        t0 = time.monotonic()
+        assert main([*argv, "--s3-endpoint", silent_endpoint]) == 2
+        elapsed = time.monotonic() - t0
+        err = capsys.readouterr().err
+        assert elapsed < 30, (argv[0], elapsed)
+        assert silent_endpoint in err and "did not answer" in err, err
+
+
 def test_malformed_s3_variables_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from linkedout.features import S3Config
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -212,3 +213,51 @@ def test_rotation_metadata_is_honoured(tmp_path: Path, degrees: int, turns: int)
               2: (slice(-2, None), slice(-2, None))}[turns]
     assert turned[0][corner].mean() > 200  # the top-left marker moved where the rotation puts it
     assert turned[0][:2, :2].mean() < 200
+
+
+def test_decoder_threads_reach_ffmpeg_and_give_the_same_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from linkedout.extraction import video as video_module
+    from linkedout.extraction.extractor import ExtractionConfig, _decode_jobs
+    from linkedout.extraction.prefetch import os as prefetch_os
+
+    path = write_video(tmp_path / "v.mp4", num=60, options={"g": "10"})
+    seen: list[tuple[str, int]] = []
+    real_open = av.open
+
+    class Spy:  # the container, recording the decoder's threading when decoding starts
+        def __init__(self, container: Any) -> None:
+            self._container = container
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._container, name)
+
+        def __enter__(self) -> Spy:
+            return self
+
+        def __exit__(self, *exc: object) -> Any:
+            return self._container.__exit__(*exc)
+
+        def decode(self, *a: object, **k: object) -> Any:
+            stream = self._container.streams.video[0]
+            seen.append((str(stream.thread_type), stream.codec_context.thread_count))
+            return self._container.decode(*a, **k)
+
+    def spying_open(*args: Any, **kwargs: Any) -> Spy:
+        return Spy(real_open(*args, **kwargs))
+
+    one = decode_frames(path, 8, 32, method="reference", threads=1)
+    monkeypatch.setattr(video_module.av, "open", spying_open)
+    three = decode_frames(path, 8, 32, method="reference", threads=3)
+    assert seen and all(count == 3 and "AUTO" in kind for kind, count in seen)  # frame and slice threads
+    np.testing.assert_array_equal(three, one)
+    # the extractor's jobs: --decode-threads when given, else the cores shared among the workers
+    monkeypatch.setattr(prefetch_os, "cpu_count", lambda: 8)
+
+    class Dataset:
+        def video_path(self, vid: str) -> Path:
+            return path
+
+    for workers, threads, expected in ((2, 0, 4), (3, 0, 2), (0, 0, 8), (2, 5, 5)):
+        cfg = ExtractionConfig(decode_workers=workers, decode_threads=threads)
+        jobs = _decode_jobs(Dataset(), ["a", "b"], cfg)  # type: ignore[arg-type]
+        assert [job.threads for job in jobs] == [expected, expected], (workers, threads)

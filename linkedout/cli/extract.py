@@ -64,11 +64,18 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    s3 = s3_options(args)
+    if str(args.out).startswith("s3://"):
+        from linkedout.features.storage import open_storage
+
+        # Reach the store first, before torch and the backbone are even imported (seconds on a
+        # loaded machine): an endpoint that never answers fails within the S3 bounds, naming it.
+        open_storage(args.out, s3).exists("spec.json")
     from linkedout import pipeline
     from linkedout.extraction.extractor import failures_document
     from linkedout.features.verify import format_failures
 
-    summary = pipeline.extract(args.data, args.out, extraction_configs(args), s3_endpoint=s3_options(args),
+    summary = pipeline.extract(args.data, args.out, extraction_configs(args), s3_endpoint=s3,
                                retry_failed=args.retry_failed, force=args.force)
     if args.json:
         print(summary.to_json())

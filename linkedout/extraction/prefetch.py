@@ -147,9 +147,17 @@ def decode_stream(
     try:
         while todo or pending:
             limit = 1 if suspects else window
-            while todo and len(pending) < limit:
-                job = todo.popleft()
-                pending.append((job, pool.submit(decode_fn, job)))
+            try:
+                while todo and len(pending) < limit:
+                    pending.append((todo[0], pool.submit(decode_fn, todo[0])))
+                    todo.popleft()
+            except BrokenProcessPool:
+                # A worker died since the last result (while the consumer was busy): the jobs in
+                # flight fail below with the same error and are decoded again, one at a time.
+                if not pending:  # nothing in flight to blame: a fresh pool
+                    _stop(pool, kill=True)
+                    pool = _new_pool(workers)
+                    continue
             job, future = pending.popleft()
             try:
                 result = future.result()
