@@ -250,6 +250,7 @@ def build_split(data: Path, features: str | None, cache_dir: Path | None = None,
     inputs: dict[str, Any] = {"dataset": dataset_digest(Path(data)), "features": None,
                               "preprocess": [MIN_INTERACTIONS, MAX_INTERACTIONS, MAX_HISTORY]}
     if features is not None:
+        from linkedout.extraction.catalog import check_store_dataset
         from linkedout.features import FeatureReader
         from linkedout.features.verify import store_digest
 
@@ -257,6 +258,7 @@ def build_split(data: Path, features: str | None, cache_dir: Path | None = None,
         if not reader.storage.exists("index.json"):
             raise ValueError(f"feature store {features} is incomplete (no index.json: extraction is still "
                              "running or was stopped); finish it with `linkedout extract` first")
+        check_store_dataset(reader, dataset, catalog)
         have = set(reader.ids)
         inputs["features"] = store_digest(reader)
         missing = [i for i in catalog if i not in have]

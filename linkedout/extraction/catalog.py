@@ -89,6 +89,44 @@ def _write_dataset_doc(storage: Storage, name: str | None, root: str | None, vid
     storage.write_bytes(DATASET_KEY, json.dumps(doc, indent=2).encode())
 
 
+def _check_one_dataset(uri: str, previous: dict[str, Any] | None, name: str | None, root: Any, catalog: set[str],
+                       manifests: Sequence[Any], dataset: _Dataset) -> None:
+    """Raise :class:`StoreMismatch` when the store at ``uri`` holds another dataset's features than ``dataset``."""
+    if previous and name and previous.get("name") and previous["name"] != name:
+        raise StoreMismatch(
+            f"{uri} holds features of dataset {previous['name']!r} (from {previous.get('root')}), "
+            f"not of {name!r} (at {root}); a feature store holds one dataset's catalogue: {FORCE_HINT}")
+    stored: set[str] = set()
+    written_here = 0
+    changed: list[str] = []
+    for manifest in manifests:
+        stored.update(manifest.ids, manifest.failed)
+        for vid in manifest.ids:
+            if vid in catalog:
+                written_here += 1
+                if not same_video(manifest.sources.get(vid), dataset.video_path(vid)):
+                    changed.append(vid)
+    in_catalog = len(stored & catalog)
+    if stored and (in_catalog == 0 or (written_here and 2 * len(changed) > written_here)):
+        first = sorted(changed)[:5]
+        raise StoreMismatch(
+            f"{uri} holds features of another dataset than the one at {root}: {len(stored) - in_catalog:,} of "
+            f"its {len(stored):,} videos are not in the catalogue, and {len(changed):,} of the {written_here:,} in both "
+            f"hold other content now{f' (first: {first})' if first else ''}; a feature store holds one dataset's "
+            f"catalogue: {FORCE_HINT}")
+
+
+def check_store_dataset(reader: Any, dataset: _Dataset, ids: Sequence[str]) -> None:
+    """Refuse (:class:`StoreMismatch`) a complete feature store (a ``FeatureReader``) of another dataset.
+
+    The read-only half of :func:`reconcile_store`, for the stages that read features (the split,
+    training, evaluation): the same tests, on the store's recorded dataset and video sources.
+    """
+    manifests = [reader.manifest(shard) for shard in reader.shards]
+    _check_one_dataset(reader.storage.uri, _read_dataset_doc(reader.storage), dataset_name(dataset),
+                       getattr(dataset, "root", None), set(ids), manifests, dataset)
+
+
 def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], *,
                     retry_failed: bool = False) -> Reconciled:
     """Drop from ``writer``'s store what must be extracted again for ``dataset`` (see the module docstring).
@@ -100,38 +138,23 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
     name = dataset_name(dataset)
     root = getattr(dataset, "root", None)
     previous = _read_dataset_doc(storage)
-    if previous and name and previous.get("name") and previous["name"] != name:
-        raise StoreMismatch(
-            f"{storage.uri} holds features of dataset {previous['name']!r} (from {previous.get('root')}), "
-            f"not of {name!r} (at {root}); a feature store holds one dataset's catalogue: {FORCE_HINT}")
     catalog = set(ids)
-    stored: set[str] = set()
-    written_here = 0
     retry: dict[int, list[str]] = defaultdict(list)
     changed: dict[int, list[str]] = defaultdict(list)
+    manifests = []
     for shard in writer.complete_shards():
         try:
-            manifest = read_manifest(storage, shard)
+            manifests.append((shard, read_manifest(storage, shard)))
         except FeatureStoreError:
             continue  # replanned by the writer
-        stored.update(manifest.ids, manifest.failed)
+    _check_one_dataset(storage.uri, previous, name, root, catalog, [m for _, m in manifests], dataset)
+    for shard, manifest in manifests:
         for vid in manifest.failed:
             if vid in catalog and (retry_failed or not same_video(manifest.sources.get(vid), dataset.video_path(vid))):
                 retry[shard].append(vid)
         for vid in manifest.ids:
-            if vid in catalog:
-                written_here += 1
-                if not same_video(manifest.sources.get(vid), dataset.video_path(vid)):
-                    changed[shard].append(vid)
-    in_catalog = len(stored & catalog)
-    n_changed = sum(len(v) for v in changed.values())
-    if stored and (in_catalog == 0 or (written_here and 2 * n_changed > written_here)):
-        first = sorted(v for vs in changed.values() for v in vs)[:5]
-        raise StoreMismatch(
-            f"{storage.uri} holds features of another dataset than the one at {root}: {len(stored) - in_catalog:,} of "
-            f"its {len(stored):,} videos are not in the catalogue, and {n_changed:,} of the {written_here:,} in both "
-            f"hold other content now{f' (first: {first})' if first else ''}; a feature store holds one dataset's "
-            f"catalogue: {FORCE_HINT}")
+            if vid in catalog and not same_video(manifest.sources.get(vid), dataset.video_path(vid)):
+                changed[shard].append(vid)
     result = Reconciled()
     for shard in sorted(set(retry) | set(changed)):
         drop = [*retry.get(shard, []), *changed.get(shard, [])]
