@@ -8,7 +8,8 @@ dataset), this script
 
 1. exports the two trained runs into one model repository (`linkedout export --run-dir
    W/runs/NAME --repo W/ab/model_repository`, docs/serving.md §1) — two models that differ in a
-   known way (e.g. LinkedOut against its last-layer-only ablation, whose offline HR@10 differ);
+   known way (e.g. LinkedOut against its last-layer-only ablation, whose offline HR@10 differ) —
+   and writes the users' histories into the stack's Feast store (``W/ab/feast``);
 2. writes an experiment (50/50, sticky by user) and its routing config (`linkedout ab render`);
 3. starts the local stack (`linkedout serve --workdir W/ab --routing ROUTING`) and waits for
    `W/ab/serving/stack.json`;
@@ -92,6 +93,12 @@ def main() -> int:
     repo = ab / "model_repository"
     for run in (args.control, args.treatment):
         sh("export", "--run-dir", str(w / "runs" / run), "--repo", str(repo))
+    # the users' histories (and the control's catalogue) in the stack's Feast store: without them every
+    # simulated user would get the same cold-start answer from both variants
+    sys.path.insert(0, str(REPO))
+    from linkedout.publish import publish_features
+
+    publish_features(data, repo, ab / "feast", name=args.control)
 
     exp = {"name": f"{args.treatment}-vs-{args.control}".replace("_", "-"), "salt": f"local-{int(time.time())}",
            "variants": [{"name": "control", "model": args.control, "version": None, "weight": 50},

@@ -2,7 +2,8 @@
 
 Trains every variant for each seed on the same dataset, feature store and split (the main job's
 stages), evaluates on the test split (full catalogue, history masked; warm and cold targets) and
-prints mean ± std over seeds; writes ``bench/results/compare.json``.
+prints mean ± std over seeds, and the same as rows of the README's Markdown table; writes
+``bench/results/compare.json``.
 
     python bench/compare.py --workdir runs/demo --seeds 42 43 44
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--variants", default="linkedout,sasrec_id,popularity,last_layer,uniform,hybrid")
+    parser.add_argument("--variants", default="warmcold,linkedout,sasrec_id,popularity,last_layer,uniform,hybrid")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare.json"))
     args = parser.parse_args()
@@ -68,6 +69,14 @@ def main() -> None:
                 summary[v][f"{p}/{m}"] = {"mean": mean, "std": std}
                 cells.append(f"{mean:>14.4f} ± {std:.4f}")
         print(f"{v:<12}" + "".join(cells))
+    print("\nMarkdown rows (README table: HR@10, NDCG@10 overall, warm, cold):")
+    for v, cells_by_key in summary.items():
+        cells = []
+        for p in PARTS:
+            for m in METRICS:
+                ms = cells_by_key[f"{p}/{m}"]
+                cells.append(f"{ms['mean']:.3f}" if ms["std"] == 0 else f"{ms['mean']:.3f} ± {ms['std']:.3f}")
+        print(f"| {pipeline.parse_variant(v).display} | " + " | ".join(cells) + " |")
     out = {"workdir": str(args.workdir), "seeds": args.seeds, "num_items": split.num_items,
            "users": len(split.test.targets), "cold_test_users": int(split.test.cold.sum()),
            "seconds": time.perf_counter() - t0, "summary": summary, "runs": runs}

@@ -14,7 +14,12 @@
    for a 161-s 720p video) beside.
 3. **End to end** (``--e2e-videos``): ``extract_dataset`` on N copies of a video with
    ``--e2e-workers`` decoding processes, against the same run on frames decoded beforehand (the
-   decoder then only loads them): videos/s with decoding vs on pre-decoded frames.
+   decoder then only loads them) and with decoding in-process (no workers, no overlap):
+   steady-state videos/s with decoding vs on pre-decoded frames.
+   The backbone gets ``--e2e-torch-threads`` (default 1) threads: on a GPU node it runs on the GPU
+   and the CPU cores are the decoders'; here, with 2 cores, it gets one and the decoders share the
+   other. Decoding is hidden when a video's decoding (CPU s / workers' cores) takes no longer than
+   the backbone's time per video.
 
 This machine's CPUs are shared with other work: every figure is a median of several runs and
 still noisy; CPU time (not wall time) is what the decode targets are measured in.
@@ -85,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e2e-runs", type=int, default=3, help="end to end: runs per case (median)")
     p.add_argument("--e2e-cases", default="10:exact,161:exact,161:keyframe",
                    help="end to end: SECONDS:SAMPLING cases at 720p")
+    p.add_argument("--e2e-torch-threads", type=int, default=1,
+                   help="end to end: torch threads of the backbone (default 1: the backbone has one core, as it "
+                        "would have its GPU, and the decoding processes the others)")
     p.add_argument("--skip-model", action="store_true", help="skip the model benchmark")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "extract.json")
     return p.parse_args(argv)
@@ -208,9 +216,10 @@ def _timed_decode(path: Path, repeats: int, **kwargs: Any) -> dict[str, Any]:
     return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall), "cpu_runs": cpu, "wall_runs": wall}
 
 
-def _entries(path: Path) -> list[Any]:
+def _frame_sizes(path: Path) -> list[tuple[int, bool]]:
+    """(bytes, is key frame) of every frame, from the container index (read while the file is open)."""
     with av.open(str(path)) as container:
-        return list(container.streams.video[0].index_entries)
+        return [(e.size, bool(e.is_keyframe)) for e in container.streams.video[0].index_entries]
 
 
 def decode_benchmark(cache: Path, durations: list[int], heights: list[int], repeats: int,
@@ -220,7 +229,7 @@ def decode_benchmark(cache: Path, durations: list[int], heights: list[int], repe
         for seconds in durations:
             path = bench_video(cache, seconds, height)
             exact, fast = video_plan(path, 8), video_plan(path, 8, sampling="keyframe")
-            sizes = [(e.size, e.is_keyframe) for e in _entries(path)]
+            sizes = _frame_sizes(path)
             row: dict[str, Any] = {"video": f"{seconds} s {height}p", "seconds": seconds, "height": height,
                                    "frames": exact.frames, "keyframes": exact.keyframes, "bytes": path.stat().st_size,
                                    "keyframe_kb": statistics.mean(b for b, k in sizes if k) / 1e3,
@@ -263,16 +272,17 @@ def end_to_end(backbone: Backbone, cfg: ExtractionConfig, video: Path, num_video
     last, so the start of the decoding processes and the first batch's warm-up are left out.
     """
     cfg = dataclasses.replace(cfg, decode_workers=workers, frame_sampling=sampling, shard_size=cfg.batch_size)
-    rates: dict[str, list[float]] = {"decoding": [], "predecoded": []}
+    rates: dict[str, list[float]] = {"decoding": [], "predecoded": [], "in_process": []}
     with tempfile.TemporaryDirectory() as tmp:
         frames = Path(tmp) / "frames.npy"
         np.save(frames, decode_frames(video, cfg.num_frames, cfg.frame_size, sampling=sampling))  # type: ignore[arg-type]
         for r in range(runs):
             for name in rates:  # interleaved, so drifts in the machine's load hit both alike
-                dataset = _Copies(video if name == "decoding" else frames, num_videos)
+                dataset = _Copies(frames if name == "predecoded" else video, num_videos)
                 ends: list[tuple[float, int]] = []
-                extract_dataset(dataset, Path(tmp) / f"{name}{r}", cfg, backbone,
-                                decoder=None if name == "decoding" else load_frames,
+                run_cfg = dataclasses.replace(cfg, decode_workers=0) if name == "in_process" else cfg
+                extract_dataset(dataset, Path(tmp) / f"{name}{r}", run_cfg, backbone,
+                                decoder=load_frames if name == "predecoded" else None,
                                 on_shard_written=lambda _i, m, ends=ends: ends.append((time.perf_counter(), len(m.ids))))
                 videos = sum(n for _, n in ends[1:])
                 rates[name].append(videos / (ends[-1][0] - ends[0][0]))
@@ -340,16 +350,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"(method) {'keyframe':>8}", flush=True)
         report["decode"] = decode_benchmark(args.cache, durations, heights, args.decode_repeats, args.reference_repeats)
     if args.e2e_videos:
+        torch.set_num_threads(args.e2e_torch_threads)
         report["end_to_end"] = []
         print(f"end to end: extract_dataset on {args.e2e_videos} videos (720p), {args.e2e_workers} decoding processes, "
-              f"median of {args.e2e_runs} runs", flush=True)
+              f"backbone on {args.e2e_torch_threads} torch thread(s), steady-state videos/s, median of {args.e2e_runs} "
+              "runs", flush=True)
         for case in args.e2e_cases.split(","):
             seconds, sampling = case.split(":")
             video = bench_video(args.cache, int(seconds), 720)
             e2e = end_to_end(backbone, base, video, args.e2e_videos, args.e2e_workers, args.e2e_runs, sampling)
             e2e.update(video=f"{seconds} s 720p", sampling=sampling, videos=args.e2e_videos, workers=args.e2e_workers)
             report["end_to_end"].append(e2e)
-            print(f"  {seconds:>4} s 720p {sampling:<8}: {e2e['decoding']['videos_per_s']:6.2f} videos/s decoding, "
+            print(f"  {seconds:>4} s 720p {sampling:<8}: {e2e['decoding']['videos_per_s']:6.2f} videos/s decoding in "
+                  f"{args.e2e_workers} processes, {e2e['in_process']['videos_per_s']:6.2f} decoding in-process, "
                   f"{e2e['predecoded']['videos_per_s']:6.2f} on pre-decoded frames (ratio {e2e['ratio']:.2f}; "
                   "1.00 = decoding hidden behind the backbone)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,8 +62,9 @@ from linkedout.utils import atomic_write_text, get_logger, set_seed
 
 log = get_logger(__name__)
 
-#: Variants trained by the main job: the model, the baselines and the paper's ablations.
-DEFAULT_VARIANTS = ("linkedout", "sasrec_id", "popularity", "last_layer", "uniform")
+#: Variants trained by the main job: the model, the baselines and the paper's ablations. The first
+#: is the model the job serves: ``warmcold`` (LinkedOut + ID rows for the videos seen in training).
+DEFAULT_VARIANTS = ("warmcold", "linkedout", "sasrec_id", "popularity", "last_layer", "uniform")
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,14 @@ class Variant:
 
 
 def parse_variant(name: str) -> Variant:
-    """``linkedout | hybrid | multimodal | sasrec_id | popularity | last_layer | uniform | layer:N`` -> ``Variant``.
+    """``warmcold | linkedout | hybrid | multimodal | sasrec_id | popularity | last_layer | uniform | layer:N``
+    -> ``Variant``.
 
     ``layer:N`` is the single-layer ablation on the N-th *kept* layer (0-based position in the
     feature store's layer list, e.g. ``layer:2`` is L8 at the paper's layers).
     """
     fixed = {
+        "warmcold": Variant("warmcold", "LinkedOut + seen-video IDs", "model", "warmcold"),
         "linkedout": Variant("linkedout", "LinkedOut (MoE)", "model", "linkedout"),
         "hybrid": Variant("hybrid", "LinkedOut + IDs", "model", "hybrid"),
         "multimodal": Variant("multimodal", "LinkedOut + title + cover", "model", "linkedout",
@@ -310,10 +313,10 @@ def model_config_for(variant: Variant, spec: Any | None, d_model: int = 64) -> A
     Ablations share the expert design, so they differ from the model only in how layers are fused.
     """
     from linkedout.model import ModelConfig
-    from linkedout.model.config import FusionConfig, ImageConfig, SequenceConfig, TextConfig
+    from linkedout.model.config import FEATURE_KINDS, FusionConfig, ImageConfig, SequenceConfig, TextConfig
 
     sequence = SequenceConfig(max_history=10, num_layers=2, num_heads=2, ffn_dim=4 * d_model, dropout=0.2)
-    if variant.kind in ("linkedout", "hybrid"):
+    if variant.kind in FEATURE_KINDS:
         if spec is None:
             raise ValueError(f"variant {variant.name!r} reads backbone features: give a feature store")
         fusion = FusionConfig(num_layers=len(spec.layers), tokens=spec.tokens, in_dim=spec.hidden,
@@ -428,6 +431,8 @@ def plan_run(data: Path, features: str | None, variant: str, *, seed: int = 42, 
              batch_size: int | None = None, loss: str | None = None, device: str = "auto", s3_endpoint: Any = None,
              split: Any = None, item_features: Any = None) -> RunPlan:
     """The configs and the fingerprint of training ``variant`` on these inputs (nothing is written)."""
+    from linkedout.model.config import FEATURE_KINDS
+
     v = parse_variant(variant)
     if split is None:
         if features is None:
@@ -435,7 +440,7 @@ def plan_run(data: Path, features: str | None, variant: str, *, seed: int = 42, 
                         "failed; pass --features to compare with LinkedOut runs on the same split")
         split = build_split(data, features, s3_endpoint=s3_endpoint)
     spec = None
-    if v.kind in ("linkedout", "hybrid"):
+    if v.kind in FEATURE_KINDS:
         if features is None:
             raise ValueError(f"variant {variant!r} reads backbone features: pass --features")
         if item_features is None:
@@ -588,6 +593,7 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
 
     from linkedout.interpret.contributions import layer_contributions
     from linkedout.interpret.report import load_run, write_report
+    from linkedout.model.config import FEATURE_KINDS
     from linkedout.training.checkpoint import load_model_from_checkpoint
 
     records = [load_run(r) for r in runs]
@@ -612,7 +618,7 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
         for rec in records:
             mode = ((rec.config or {}).get("model", {}).get("fusion", {}) or {}).get("mode")
             kind = (rec.config or {}).get("model", {}).get("kind")
-            if kind in ("linkedout", "hybrid") and mode == "moe":
+            if kind in FEATURE_KINDS and mode == "moe":
                 model: Any = load_model_from_checkpoint(_checkpoint_of(rec.run_dir), split.num_items)
                 item_features = item_features_for(split, features, s3_endpoint)
                 names = [f"L{layer}" for layer in item_features.reader.spec.layers]

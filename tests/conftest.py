@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,41 @@ def serving_repo(toy: Toy, tmp_path_factory: pytest.TempPathFactory) -> ServingR
                      config=ExportConfig(name=name, max_k=20))
         models[name] = model
     return ServingRepo(root, models, toy)
+
+
+@contextlib.contextmanager
+def moto_s3(*extra_env: str) -> Iterator[str]:
+    """A moto S3 server on a free loopback port, dummy credentials in the environment; yields its URL.
+
+    ``extra_env``: more variables set to the URL while it runs (e.g. ``FEAST_S3_ENDPOINT_URL``).
+    """
+    from moto import server as moto_server
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "http_proxy"):
+            mp.delenv(name, raising=False)
+        mp.setenv("NO_PROXY", "127.0.0.1")
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            url = f"http://{host}:{port}"
+            for name in extra_env:
+                mp.setenv(name, url)
+            yield url
+        finally:
+            server.stop()
+
+
+def new_bucket(endpoint: str, prefix: str) -> str:
+    """A fresh bucket on the S3 server at ``endpoint``."""
+    import uuid
+
+    import boto3
+
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name

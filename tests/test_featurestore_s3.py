@@ -8,13 +8,13 @@ production configuration: S3 offline store and registry, Redis online store.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import moto_s3, new_bucket
 from test_featurestore import expected_histories, online_videos, toy_interactions, toy_videos
 
 import linkedout.featurestore as lf
@@ -29,29 +29,13 @@ moto_server = pytest.importorskip("moto.server")
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """A moto S3 server on a free loopback port, with dummy credentials in the environment."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "http_proxy"):
-            mp.delenv(name, raising=False)
-        mp.setenv("NO_PROXY", "127.0.0.1")
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            url = f"http://{host}:{port}"
-            mp.setenv("FEAST_S3_ENDPOINT_URL", url)  # restored when the module is done
-            yield url
-        finally:
-            server.stop()
+    with moto_s3("FEAST_S3_ENDPOINT_URL") as url:
+        yield url
 
 
 @pytest.fixture
 def bucket(endpoint: str) -> str:
-    name = f"feast-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
+    return new_bucket(endpoint, "feast")
 
 
 def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:

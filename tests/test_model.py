@@ -23,6 +23,7 @@ from linkedout.model import (
     hash_title_tokens,
     unique_items,
 )
+from linkedout.model.config import COUNT_KINDS, FEATURE_KINDS
 from linkedout.model.summary import (
     format_summary,
     paper_comparison,
@@ -31,7 +32,7 @@ from linkedout.model.summary import (
 )
 
 N, L, K, D, DM, T = 20, 6, 8, 32, 32, 10
-TRAINABLE = ["linkedout", "hybrid", "sasrec_id"]
+TRAINABLE = ["linkedout", "hybrid", "warmcold", "sasrec_id"]
 ALL_KINDS = [*TRAINABLE, "popularity"]
 
 
@@ -54,7 +55,7 @@ COUNTS = np.arange(N + 1, dtype=np.int64) % 7 * 3  # item 0 (padding) has count 
 
 def make(kind: str = "linkedout", **kw: object) -> Recommender:
     torch.manual_seed(0)
-    return build_model(tiny_cfg(kind, **kw), N, item_counts=COUNTS if kind == "popularity" else None)  # type: ignore[arg-type]
+    return build_model(tiny_cfg(kind, **kw), N, item_counts=COUNTS if kind in COUNT_KINDS else None)  # type: ignore[arg-type]
 
 
 def catalogue_features(seed: int = 0) -> torch.Tensor:
@@ -85,12 +86,12 @@ def feats() -> torch.Tensor:
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_contract_shapes(kind: str, feats: torch.Tensor) -> None:
     model = make(kind).eval()
-    assert model.needs_features == (kind in ("linkedout", "hybrid"))
+    assert model.needs_features == (kind in FEATURE_KINDS)
     assert model.num_items == N and isinstance(model.config, ModelConfig)
     idx = torch.arange(1, N + 1)
     enc = encode(model, idx, feats)
     assert enc.emb.shape == (N, DM)
-    if kind in ("linkedout", "hybrid"):
+    if kind in FEATURE_KINDS:
         assert enc.gate is not None and enc.gate.shape == (N, L)
         assert enc.layer_outputs is not None and enc.layer_outputs.shape == (N, L, DM)
     hist = rand_history()
@@ -147,6 +148,7 @@ def test_history_longer_than_max_raises() -> None:
     ("linkedout", False, False, {"video", "head"}),
     ("linkedout", True, True, {"video", "text", "image", "head"}),
     ("hybrid", True, False, {"video", "text", "id", "head"}),
+    ("warmcold", True, False, {"video", "text", "id", "head"}),
     ("sasrec_id", False, False, {"id", "head"}),
     ("popularity", False, False, set()),
 ])
@@ -163,7 +165,8 @@ def test_param_groups_partition_trainable_parameters(kind: str, text: bool, imag
 
 
 @pytest.mark.parametrize("kind,text,image", [("linkedout", False, False), ("linkedout", True, True),
-                                             ("hybrid", True, True), ("sasrec_id", False, False)])
+                                             ("hybrid", True, True), ("warmcold", True, True),
+                                             ("sasrec_id", False, False)])
 def test_training_step_reaches_every_parameter(kind: str, text: bool, image: bool, feats: torch.Tensor) -> None:
     model = make(kind, text=text, image=image, kp_weight=0.5)
     if isinstance(model, LinkedOutRecommender):
@@ -236,12 +239,12 @@ def test_hash_title_tokens() -> None:
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_config_json_round_trip_rebuilds_identical_model(kind: str, feats: torch.Tensor) -> None:
-    cfg = tiny_cfg(kind, text=kind in ("linkedout", "hybrid"), image=kind == "hybrid")
+    cfg = tiny_cfg(kind, text=kind in FEATURE_KINDS, image=kind == "hybrid")
     text = json.dumps(cfg.to_dict())
     cfg2 = ModelConfig.from_dict(json.loads(text))
     assert cfg2 == cfg
     torch.manual_seed(0)
-    model = build_model(cfg, N, item_counts=COUNTS if kind == "popularity" else None).eval()
+    model = build_model(cfg, N, item_counts=COUNTS if kind in COUNT_KINDS else None).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(123)  # a different init, overwritten by the state_dict
     rebuilt = build_model(cfg2, N, state_dict=state).eval()
@@ -288,6 +291,10 @@ def test_build_model_errors() -> None:
         build_model(tiny_cfg("popularity"), N, item_counts=-np.ones(N + 1))
     with pytest.raises(ValueError, match="num_items"):
         build_model(tiny_cfg("linkedout"), 0)
+    with pytest.raises(ValueError, match="item_counts"):
+        build_model(tiny_cfg("warmcold"), N)
+    with pytest.raises(ValueError, match="item_counts"):
+        build_model(tiny_cfg("warmcold"), N, item_counts=np.ones(N))
 
 
 def test_popularity_ranks_by_counts_for_every_user() -> None:
@@ -337,9 +344,10 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...],
     return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
 
 
-def test_item_and_user_towers_export_with_dynamic_batch() -> None:
+@pytest.mark.parametrize("kind", ["linkedout", "warmcold"])
+def test_item_and_user_towers_export_with_dynamic_batch(kind: str) -> None:
     """torch.export (what the ONNX exporter traces) succeeds with dynamic batch sizes."""
-    model = make("linkedout", text=True).eval()
+    model = make(kind, text=True).eval()
 
     class ItemTower(torch.nn.Module):
         def __init__(self, m: Recommender) -> None:
@@ -362,7 +370,7 @@ def test_item_and_user_towers_export_with_dynamic_batch() -> None:
     m_dim = torch.export.Dim("M", min=1, max=4096)
     idx, f = torch.tensor([1, 2, 3]), catalogue_features()[1:4]
     ep = _export(ItemTower(model), (idx, f), {"idx": {0: m_dim}, "f": {0: m_dim}})
-    idx5, f5 = torch.arange(1, 6), catalogue_features()[1:6]
+    idx5, f5 = torch.arange(0, 8), catalogue_features()[0:8]  # index 0 and a cold item (7) included
     for got, want in zip(ep.module()(idx5, f5), ItemTower(model)(idx5, f5)):
         torch.testing.assert_close(got, want)
     b_dim = torch.export.Dim("B", min=1, max=4096)

@@ -258,7 +258,7 @@ def test_no_ready_version_is_unavailable_not_a_crash(serving_repo: ServingRepo) 
     engine.close()
 
 
-def test_catalogue_files_on_s3_style_storage_are_listed_by_version(serving_repo: ServingRepo) -> None:
+def test_catalogue_versions_are_listed_and_loaded(serving_repo: ServingRepo) -> None:
     cats = ServedCatalogs(str(serving_repo.root))
     assert cats.versions("linkedout") == [1] and cats.versions("nope") == []
     view = cats.view("linkedout", 1)
@@ -266,3 +266,26 @@ def test_catalogue_files_on_s3_style_storage_are_listed_by_version(serving_repo:
     assert sorted(view.cold_start_rows.tolist()) == list(range(1, view.catalog.num_items + 1))
     meta = json.loads((serving_repo.root / "linkedout_ranker" / "1" / "catalog.json").read_text())
     assert meta["max_history"] == 10
+
+
+@pytest.mark.integration
+def test_the_transformer_reads_catalogues_from_an_s3_model_repository(serving_repo: ServingRepo) -> None:
+    """What a pod does: the repository uploaded to S3 (a moto server here), catalogues read from there."""
+    from conftest import moto_s3, new_bucket
+
+    from linkedout.export import ModelRepository
+
+    with moto_s3() as endpoint:
+        bucket = new_bucket(endpoint, "models")
+        uri = f"s3://{bucket}/repo"
+        keys = ModelRepository(serving_repo.root).upload(uri, endpoint_url=endpoint)
+        assert "linkedout_ranker/1/model.onnx" in keys and keys[-1].endswith("config.pbtxt")
+        assert ModelRepository(serving_repo.root).upload(uri, endpoint_url=endpoint) == [
+            "linkedout_encoder/config.pbtxt", "linkedout_ranker/config.pbtxt", "sasrec_id_encoder/config.pbtxt",
+            "sasrec_id_ranker/config.pbtxt"]  # unchanged version files are not sent again
+        cats = ServedCatalogs(uri, s3_endpoint=endpoint)
+        assert cats.versions("linkedout") == [1]
+        view = cats.view("linkedout", 1)
+        local = Catalog.load(serving_repo.root / "linkedout_ranker" / "1")
+        assert np.array_equal(view.catalog.ids, local.ids)
+        assert np.allclose(view.catalog.embeddings, local.embeddings)

@@ -89,6 +89,8 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> Any:
 
 
 def test_answers_are_the_pytorch_models_top_k_for_the_users_feast_history(served: Served) -> None:
+    if os.environ.get("LINKEDOUT_REQUIRE_TRITON") == "1":  # CI: the real Triton, not the KServe fallback
+        assert served.stack.info["model_server"]["kind"] == "triton"
     users = list(served.toy.split.test.user_ids[:8])
     feast_histories = HistoryReader(served.workdir / "feast").get(users)
     recs = served.client.recommend(users, k=10)

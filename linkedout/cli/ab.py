@@ -29,7 +29,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("experiment", type=Path, help="experiment YAML file")
     p.add_argument("--out", type=Path, required=True,
                    help="directory: routing.yaml (the routing config) and manifests.yaml (kubectl apply -f)")
-    p.add_argument("--namespace", "-n", default="linkedout")
+    p.add_argument("--namespace", "-n", default="linkedout", help="namespace of the InferenceService (default linkedout)")
     p.add_argument("--environment", default="production", help="app.kubernetes.io/environment label")
     p.add_argument("--image", default=None, help="transformer image (default: this release's CPU image)")
     p.add_argument("--storage-uri", default=None,
@@ -74,17 +74,18 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--data", type=Path, default=None, help="the synthetic dataset the stack serves (its users, topics)")
     p.add_argument("--model-name", default="linkedout", help="the transformer's --model_name")
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    p.add_argument("--max-requests", type=int, default=5000)
+    p.add_argument("--max-requests", type=int, default=5000, help="stop after this many requests (default 5000)")
     p.add_argument("--users", type=int, default=None, help="simulate at most this many users")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--concurrency", type=int, default=4, help="simulated users in flight at once (default 4)")
+    p.add_argument("--k", type=int, default=10, help="recommendations asked per request (default 10)")
     p.add_argument("--no-request-id", action="store_true",
                    help="write interactions without request_id (attribution by time window)")
     p.add_argument("--offline", action="store_true",
                    help="no stack: write both logs from --ctr (e.g. control=0.05,treatment=0.055)")
     p.add_argument("--ctr", default=None, help="offline: per-variant click-through, name=value,...")
-    p.add_argument("--offline-users", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offline-users", type=int, default=4000,
+                   help="simulated users with --offline (no stack: logs drawn from --ctr; default 4000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated users' choices (default 0)")
     p.set_defaults(func=cmd_simulate)
 
 

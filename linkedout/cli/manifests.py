@@ -19,13 +19,13 @@ def register(sub: Subparsers) -> None:
 
     p = cmds.add_parser("render", help="kubectl kustomize OVERLAY: a YAML stream for kubectl apply -f")
     p.add_argument("overlay", help="staging | production | canary | jobs/train | a directory")
-    p.add_argument("--root", type=Path, default=None)
+    p.add_argument("--root", type=Path, default=None, help="manifests directory (default: this tree's)")
     p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     p.set_defaults(func=cmd_render)
 
     p = cmds.add_parser("validate", help="schemas (strict) and rules of every object of the overlays")
     p.add_argument("overlays", nargs="*", help="default: all of them")
-    p.add_argument("--root", type=Path, default=None)
+    p.add_argument("--root", type=Path, default=None, help="manifests directory (default: this tree's)")
     p.add_argument("--schemas", type=Path, default=None,
                    help="custom-resource schemas (default: ../shared/k8s-schemas beside the repository)")
     p.set_defaults(func=cmd_validate)

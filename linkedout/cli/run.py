@@ -22,7 +22,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default 100, early-stopped)")
     p.add_argument("--variants", default=None,
                    help="comma-separated models to train, the first one served "
-                        "(default: linkedout,sasrec_id,popularity,last_layer,uniform)")
+                        "(default: warmcold,linkedout,sasrec_id,popularity,last_layer,uniform)")
     p.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
     p.add_argument("--stop-after", choices=("extract", "report"), default=None,
                    help="extract: run the extract pipeline only; report: stop after the report (no export, Feast "

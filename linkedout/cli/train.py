@@ -24,7 +24,7 @@ def register(sub: Subparsers) -> None:
                                    "run of other inputs (another variant, model, training config or seed).")
     _data_args(p, run_dir_help="where checkpoints and logs go (a killed run resumes from it)")
     p.add_argument("--variant", default="linkedout",
-                   help="linkedout | sasrec_id | popularity | hybrid | multimodal | last_layer | uniform | layer:N")
+                   help="warmcold | linkedout | sasrec_id | popularity | hybrid | multimodal | last_layer | uniform | layer:N")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 100, early-stopped)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per optimiser step (default 256)")
     p.add_argument("--loss", default=None, help="inbatch_logq (default) | bpr | full_softmax")

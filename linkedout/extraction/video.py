@@ -174,7 +174,7 @@ def _keyframe_targets(index: _Index, wanted: np.ndarray) -> np.ndarray:
     out = wanted.copy()
     for j, t in enumerate(wanted.tolist()):
         k = int(keys[np.argmin(np.abs(keys - t))])
-        if abs(k - t) <= spacing / 2:
+        if abs(k - t) < spacing / 2:  # strictly: two samples never move to one key frame
             out[j] = k
     return out
 

@@ -203,6 +203,27 @@ def _render_template(environment: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
+def feature_store_yaml(settings: FeastSettings, directory: str | os.PathLike[str] | None = None) -> str:
+    """The ``feature_store.yaml`` text of ``settings`` (resolved against ``directory`` when given).
+
+    What :func:`render_repo` writes; the Kubernetes manifests' ConfigMaps hold the production ones
+    (a test checks that they are this function's output).
+    """
+    s = settings.resolved(Path(directory)) if directory is not None else settings
+    if s.offline_root is None or s.registry is None or s.sqlite_path is None:
+        s = s.resolved(Path("."))
+    assert s.offline_root is not None and s.registry is not None and s.sqlite_path is not None
+    values = {
+        "project": s.project, "registry": s.registry, "registry_ttl_s": str(s.registry_ttl_s),
+        "sqlite_path": s.sqlite_path, "offline_root": s.offline_root,
+        "s3_endpoint_note": s.s3_endpoint or "AWS (or AWS_ENDPOINT_URL_S3)",
+        "redis_address": s.redis_address, "redis_timeout_s": str(s.redis_timeout_s),
+        "redis_connection": s.redis_connection_string(),
+        "redis_key_ttl_s": "null" if s.redis_key_ttl_s is None else str(s.redis_key_ttl_s),
+    }
+    return _render_template(s.environment, values)
+
+
 def render_repo(directory: str | os.PathLike[str], settings: FeastSettings) -> Path:
     """Write a Feast repository for ``settings`` into ``directory`` and return its absolute path.
 
@@ -213,15 +234,7 @@ def render_repo(directory: str | os.PathLike[str], settings: FeastSettings) -> P
     path.mkdir(parents=True, exist_ok=True)
     s = settings.resolved(path)
     assert s.offline_root is not None and s.registry is not None and s.sqlite_path is not None
-    values = {
-        "project": s.project, "registry": s.registry, "registry_ttl_s": str(s.registry_ttl_s),
-        "sqlite_path": s.sqlite_path, "offline_root": s.offline_root,
-        "s3_endpoint_note": s.s3_endpoint or "AWS (or AWS_ENDPOINT_URL_S3)",
-        "redis_address": s.redis_address, "redis_timeout_s": str(s.redis_timeout_s),
-        "redis_connection": s.redis_connection_string(),
-        "redis_key_ttl_s": "null" if s.redis_key_ttl_s is None else str(s.redis_key_ttl_s),
-    }
-    atomic_write_text(path / "feature_store.yaml", _render_template(s.environment, values))
+    atomic_write_text(path / "feature_store.yaml", feature_store_yaml(s))
     atomic_write_text(path / SETTINGS_FILE, json.dumps({"format": 1, **asdict(s)}, indent=2) + "\n")
     atomic_write_text(path / SHIM_FILE, _SHIM.format(dir=path))
     if not (path / SERVICES_FILE).exists():

@@ -17,13 +17,17 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 FusionMode = Literal["moe", "uniform", "single"]
 GateInput = Literal["expert", "backbone"]
-ModelKind = Literal["linkedout", "sasrec_id", "popularity", "hybrid"]
+ModelKind = Literal["linkedout", "sasrec_id", "popularity", "hybrid", "warmcold"]
+IdGate = Literal["none", "frequency"]
 
 FUSION_MODES: tuple[str, ...] = get_args(FusionMode)
 GATE_INPUTS: tuple[str, ...] = get_args(GateInput)
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+ID_GATES: tuple[str, ...] = get_args(IdGate)
 #: Kinds whose item tower reads backbone features (``Recommender.needs_features``).
-FEATURE_KINDS: tuple[str, ...] = ("linkedout", "hybrid")
+FEATURE_KINDS: tuple[str, ...] = ("linkedout", "hybrid", "warmcold")
+#: Kinds that need the training counts per item (``build_model(..., item_counts=...)``).
+COUNT_KINDS: tuple[str, ...] = ("popularity", "warmcold")
 
 #: Qwen2-7B hidden size (the LLM of LLaVA-OneVision-7B); the paper's table says 4096.
 PAPER_HIDDEN = 3584
@@ -259,11 +263,62 @@ class ImageConfig:
 
 
 @dataclass
+class IDConfig:
+    """The item-ID part of the ``warmcold`` item tower: an ID row where the video was seen in training.
+
+    The item embedding is ``content + w_i * E[i]``: ``content`` (fused layers, optional title and
+    cover) always, the ID row ``E[i]`` only for an item with at least ``min_count`` training
+    interactions (read from the model's ``id_counts`` buffer; every other item, the padding index 0
+    and a video added after training read no row at all, ``w_i = 0``). Training drops whole ID rows
+    so that the content alone stays a good embedding.
+    """
+
+    # Share of a training batch's distinct items whose ID row is dropped (replaced by nothing) in
+    # that step: the same items lose their ID in every history slot and as targets; in [0, 1).
+    dropout: float = 0.5
+    # Share of training steps in which every item loses its ID row (the step trains the content
+    # tower alone, as ID-free LinkedOut); in [0, 1). Combines with ``dropout``.
+    batch_dropout: float = 0.0
+    # An item's ID row is read only when it has at least this many training interactions; >= 1.
+    # Items below it (and never-seen items) are encoded from their content alone.
+    min_count: int = 1
+    # Weight of a read ID row: "none" = 1; "frequency" = sigmoid(a * log(1 + count) + b) with
+    # learned scalars a, b (the ID part fades in with the item's training frequency).
+    gate: IdGate = "none"
+    # Weight of the content -> ID mapping loss; 0 = no mapping. > 0 builds a residual MLP that
+    # predicts an item's ID row from its content (MSE to the stop-grad rows of warm items in the
+    # batch) and uses the prediction in place of the ID row for items without one; >= 0.
+    map_weight: float = 10.0
+    # A learned row shared by every item without an ID row (dropped in training, never seen, index
+    # 0): what the ID part of a typical training target adds, learned from the dropped items, so
+    # that a video scored from its content alone is not ranked below every ID-carrying one.
+    unknown_row: bool = False
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        _check_bool(n, "unknown_row", self.unknown_row)
+        _check_float(n, "dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
+        _check_float(n, "batch_dropout", self.batch_dropout, lo=0.0, hi=1.0, hi_open=True)
+        _check_int(n, "min_count", self.min_count, lo=1)
+        _check_choice(n, "gate", self.gate, ID_GATES)
+        _check_float(n, "map_weight", self.map_weight, lo=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IDConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
 class ModelConfig:
     """The whole recommender: which kind, its width, and the configs of its parts.
 
     kinds: ``linkedout`` (fusion MoE item tower, ID-free), ``hybrid`` (``linkedout`` + an item-ID
-    embedding), ``sasrec_id`` (classic SASRec on item IDs), ``popularity`` (no trainable parameters).
+    embedding for every item), ``warmcold`` (``linkedout`` + an ID embedding only for the items seen
+    in training, trained with ID dropout; see ``IDConfig``), ``sasrec_id`` (classic SASRec on item
+    IDs), ``popularity`` (no trainable parameters).
     """
 
     # Which recommender build_model builds; one of MODEL_KINDS.
@@ -279,6 +334,8 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     # Optional cover encoder (feature kinds only).
     image: ImageConfig = field(default_factory=ImageConfig)
+    # The ID part of kind "warmcold" (ignored by the other kinds).
+    ids: IDConfig = field(default_factory=IDConfig)
     # Hidden width of the ranking head (a residual MLP on the user state, feature kinds); 0 = no head
     # (the sequence output is the user state); >= 0.
     head_hidden: int = 256
@@ -290,7 +347,7 @@ class ModelConfig:
         _check_choice(n, "kind", self.kind, MODEL_KINDS)
         _check_int(n, "d_model", self.d_model, lo=1)
         for name, typ in (("fusion", FusionConfig), ("sequence", SequenceConfig), ("text", TextConfig),
-                          ("image", ImageConfig)):
+                          ("image", ImageConfig), ("ids", IDConfig)):
             if not isinstance(getattr(self, name), typ):
                 raise ValueError(f"{n}.{name} must be a {typ.__name__}, got {type(getattr(self, name)).__name__}")
         _check_int(n, "head_hidden", self.head_hidden, lo=0)

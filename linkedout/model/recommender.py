@@ -8,6 +8,9 @@
 - user tower: ``CausalSequenceModel`` over the history's item embeddings, then ``RankingHead``;
 - score: dot product of user states and item embeddings.
 
+``WarmColdRecommender`` (kind ``warmcold``, ``linkedout.model.warmcold``) adds an ID row only for the
+videos seen in training.
+
 ``build_model(cfg, num_items, item_counts=None, state_dict=None)`` builds any kind; with the
 ``state_dict`` of a checkpoint (saved beside ``cfg.to_dict()``) it rebuilds the trained model.
 """
@@ -22,8 +25,8 @@ from torch import Tensor, nn
 
 from linkedout.model.base import ItemEncoding, Recommender
 from linkedout.model.baselines import Popularity, SASRecID
-from linkedout.model.config import ModelConfig
-from linkedout.model.fusion import CrossLayerFusion
+from linkedout.model.config import COUNT_KINDS, ModelConfig
+from linkedout.model.fusion import CrossLayerFusion, FusionOutput
 from linkedout.model.towers import (
     CausalSequenceModel,
     ImageEncoder,
@@ -44,14 +47,16 @@ class LinkedOutRecommender(Recommender):
     (empty titles, grey covers).
     """
 
+    #: The ``ModelConfig.kind`` values this class builds.
+    KINDS: tuple[str, ...] = ("linkedout", "hybrid")
     needs_features = True
     title_tokens: Tensor
     covers: Tensor
 
     def __init__(self, cfg: ModelConfig, num_items: int) -> None:
         super().__init__()
-        if cfg.kind not in ("linkedout", "hybrid"):
-            raise ValueError(f"LinkedOutRecommender needs ModelConfig.kind 'linkedout' or 'hybrid', "
+        if cfg.kind not in self.KINDS:
+            raise ValueError(f"{type(self).__name__} needs ModelConfig.kind in {list(self.KINDS)}, "
                              f"got {cfg.kind!r}")
         if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
             raise ValueError(f"num_items must be an int >= 1, got {num_items!r}")
@@ -117,14 +122,15 @@ class LinkedOutRecommender(Recommender):
                 raise ValueError(f"covers must be uint8 or float in [0, 1], got dtype {c.dtype}")
             self.covers.copy_(c.to(torch.uint8))
 
-    def encode_items(self, item_idx: Tensor, features: Tensor | None = None) -> ItemEncoding:
-        """Item tower: ``item_idx`` (M,) int64 in ``0..N`` (0 = padding) and ``features`` (M, L, K, D).
+    def encode_content(self, item_idx: Tensor, features: Tensor | None) -> tuple[Tensor, FusionOutput]:
+        """The ID-free part of the item tower: fused layers (+ title, + cover).
 
-        Returns ``ItemEncoding``: ``emb`` (M, d); ``gate`` (M, L) and ``layer_outputs`` (M, L, d) of the
-        video fusion; ``aux_loss`` () in training mode when a fusion regulariser is active, else None.
+        ``item_idx`` (M,) int64 in ``0..N`` (0 = padding or a video outside the trained catalogue:
+        its title and cover rows are the empty ones), ``features`` (M, L, K, D). Returns the content
+        embedding (M, d) and the fusion's output (gate, layer outputs, regularisers).
         """
         if features is None:
-            raise ValueError("LinkedOutRecommender.encode_items needs features (M, L, K, D), got None")
+            raise ValueError(f"{type(self).__name__}.encode_items needs features (M, L, K, D), got None")
         if item_idx.dim() != 1 or features.shape[0] != item_idx.shape[0]:
             raise ValueError(f"item_idx (M,) and features (M, L, K, D) disagree: {tuple(item_idx.shape)} "
                              f"vs {tuple(features.shape)}")
@@ -134,6 +140,15 @@ class LinkedOutRecommender(Recommender):
             emb = emb + self.text_encoder(self.title_tokens[item_idx])  # (M, d)
         if self.image_encoder is not None:
             emb = emb + self.image_encoder(self.covers[item_idx])  # (M, d)
+        return emb, video
+
+    def encode_items(self, item_idx: Tensor, features: Tensor | None = None) -> ItemEncoding:
+        """Item tower: ``item_idx`` (M,) int64 in ``0..N`` (0 = padding) and ``features`` (M, L, K, D).
+
+        Returns ``ItemEncoding``: ``emb`` (M, d); ``gate`` (M, L) and ``layer_outputs`` (M, L, d) of the
+        video fusion; ``aux_loss`` () in training mode when a fusion regulariser is active, else None.
+        """
+        emb, video = self.encode_content(item_idx, features)  # (M, d)
         if self.id_embedding is not None:
             emb = emb + self.id_embedding(item_idx)  # (M, d)
         return ItemEncoding(emb=emb, gate=video.gate, layer_outputs=video.layer_outputs,
@@ -154,21 +169,25 @@ def build_model(cfg: ModelConfig, num_items: int, item_counts: np.ndarray | None
                 state_dict: Mapping[str, Tensor] | None = None) -> Recommender:
     """Build the recommender of kind ``cfg.kind`` for a catalogue of ``num_items`` items (``1..N``).
 
-    ``item_counts`` int [N+1] (training popularity) is needed by ``popularity`` unless ``state_dict``
-    is given. With ``state_dict`` (a checkpoint's), the weights and buffers are loaded strictly, so
+    ``item_counts`` int [N+1] (training popularity) is needed by ``popularity`` and ``warmcold``
+    (which ID rows were trained) unless ``state_dict`` is given. With ``state_dict`` (a checkpoint's), the weights and buffers are loaded strictly, so
     ``build_model(ModelConfig.from_dict(ckpt["config"]), N, state_dict=ckpt["state_dict"])``
     rebuilds a trained model. Works under ``with torch.device("meta"):`` for parameter counting.
     """
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     model: Recommender
-    if cfg.kind in ("linkedout", "hybrid"):
+    if cfg.kind in COUNT_KINDS and item_counts is None and state_dict is None:
+        raise ValueError(f"item_counts is required for ModelConfig.kind={cfg.kind!r} (or a state_dict)")
+    if cfg.kind in LinkedOutRecommender.KINDS:
         model = LinkedOutRecommender(cfg, num_items)
+    elif cfg.kind == "warmcold":
+        from linkedout.model.warmcold import WarmColdRecommender
+
+        model = WarmColdRecommender(cfg, num_items, item_counts)
     elif cfg.kind == "sasrec_id":
         model = SASRecID(cfg, num_items)
     else:
-        if item_counts is None and state_dict is None:
-            raise ValueError("item_counts is required for ModelConfig.kind='popularity' (or a state_dict)")
         counts = item_counts if item_counts is not None else np.zeros(num_items + 1, dtype=np.int64)
         model = Popularity(cfg, num_items, counts)
     if state_dict is not None:

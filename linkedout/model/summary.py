@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from linkedout.model.config import PAPER_HIDDEN, ModelConfig, ModelKind
+from linkedout.model.config import COUNT_KINDS, PAPER_HIDDEN, ModelConfig, ModelKind
 from linkedout.model.towers import parameter_part
 
 __all__ = ["PAPER_COUNTS", "format_summary", "paper_comparison", "paper_parameter_summary", "parameter_summary"]
@@ -76,7 +76,7 @@ def paper_parameter_summary(in_dim: int = PAPER_HIDDEN, kind: ModelKind = "linke
 
     cfg = ModelConfig.paper(in_dim=in_dim, kind=kind)
     counts = None
-    if kind == "popularity":
+    if kind in COUNT_KINDS:
         import numpy as np
 
         counts = np.zeros(num_items + 1, dtype=np.int64)

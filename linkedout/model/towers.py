@@ -36,8 +36,8 @@ __all__ = [
 GROUPS: tuple[str, ...] = ("video", "text", "image", "id", "head")
 
 #: Parameter-name prefix -> (summary part, optimiser group). Every recommender names its submodules
-#: by these prefixes (``fusion``, ``text_encoder``, ``image_encoder``, ``id_embedding``, ``sequence``,
-#: ``ranking_head``) so that one table drives both ``param_groups`` and ``parameter_summary``.
+#: by these prefixes (``fusion``, ``text_encoder``, ``image_encoder``, ``id_embedding``, ``id_gate``,
+#: ``id_map``, ``id_unknown``, ``sequence``, ``ranking_head``) so that one table drives both ``param_groups`` and ``parameter_summary``.
 PARTS: tuple[tuple[str, str, str], ...] = (
     ("fusion.experts.", "video_experts", "video"),
     ("fusion.gate.", "video_gate", "video"),
@@ -45,6 +45,9 @@ PARTS: tuple[tuple[str, str, str], ...] = (
     ("text_encoder.", "text", "text"),
     ("image_encoder.", "image", "image"),
     ("id_embedding.", "id", "id"),
+    ("id_gate.", "id", "id"),
+    ("id_map.", "id", "id"),
+    ("id_unknown", "id", "id"),
     ("sequence.", "sequence", "head"),
     ("ranking_head.", "ranking_head", "head"),
 )

@@ -32,6 +32,7 @@ from linkedout.serving.triton import (
     ModelControl,
     ModelLoadError,
     ModelServerError,
+    ServerChild,
     refresh_model,
 )
 from linkedout.serving.triton_env import TritonEnvironment, TritonUnavailable
@@ -60,7 +61,7 @@ class ModelServerProcess(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-class LocalPredictor:
+class LocalPredictor(ServerChild):
     """``python -m linkedout.serving.predictor`` as a child process on loopback ports.
 
     Args:
@@ -97,25 +98,6 @@ class LocalPredictor:
         self.stop_timeout = stop_timeout
         self._proc: Any = None
         self._log_offset = 0
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.ports['http']}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.ports['grpc']}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def control(self) -> ModelControl:
-        return ModelControl(self.http_url)
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "kserve-predictor", "pid": self.pid, "http": self.http_url, "grpc": self.grpc_url,

@@ -103,10 +103,13 @@ class LinkedOutTransformer(kserve.Model):
 
     def load(self) -> bool:
         histories: HistorySource | None = None
+        inline = False
         if self.feast_repo:
             from linkedout.featurestore.online import HistoryReader
 
-            histories = HistoryReader(self.feast_repo)
+            reader = HistoryReader(self.feast_repo)
+            inline = reader.address.startswith("sqlite")  # a local file: read on the loop, no thread hop
+            histories = reader
         router = Router(self.routing_path, self.default_model)
         catalogs = ServedCatalogs(self.model_repository, s3_endpoint=self.s3_endpoint)
         missing = [m for m in router.config.models if not catalogs.versions(m)]
@@ -116,7 +119,7 @@ class LinkedOutTransformer(kserve.Model):
         self.core = RecommendationEngine(
             router=router, catalogs=catalogs, ranker=self._rank, histories=histories,
             request_log=RequestLog(self.request_log_path) if self.request_log_path else None,
-            feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k)
+            feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k, inline_histories=inline)
         self.ready = True
         return self.ready
 

@@ -163,7 +163,37 @@ class ModelControl:
             raise ModelServerError(f"unload '{name}': {status} {self._error(payload)}")
 
 
-class LocalTriton:
+class ServerChild:
+    """What a model-server child process on loopback ports exposes: addresses, PID, liveness, control.
+
+    Subclasses set ``host``, ``ports`` (``{"http": p, "grpc": q, ...}``) and ``_proc`` (the Popen).
+    """
+
+    host: str
+    ports: dict[str, int]
+    _proc: Any
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports['grpc']}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def control(self) -> ModelControl:
+        return ModelControl(self.http_url)
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+
+class LocalTriton(ServerChild):
     """A ``tritonserver`` child process on loopback ports, explicit model control, never orphaned.
 
     Args:
@@ -214,27 +244,8 @@ class LocalTriton:
     # -- addresses ---------------------------------------------------------------------------------
 
     @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.ports['http']}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.ports['grpc']}"
-
-    @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.ports['metrics']}/metrics"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def control(self) -> ModelControl:
-        return ModelControl(self.http_url)
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def describe(self) -> dict[str, Any]:
         """Where it listens and what it runs (for the stack's ``stack.json``)."""
