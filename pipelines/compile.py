@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,38 @@ def compile_pipeline(name: str, out: str | Path | None = None, image: str | None
     """Write ``name``'s YAML to ``out`` (default ``pipelines/NAME.yaml``); returns the path."""
     path = Path(out) if out is not None else HERE / f"{name}.yaml"
     compiler.Compiler().compile(build(name, image), str(path))
+    path.write_text(stable_header(path.read_text()), encoding="utf-8")
     return path
+
+
+def stable_header(text: str) -> str:
+    """``text`` (a compiled pipeline) with the parameter defaults of its header comment in a stable order.
+
+    kfp 2.17 writes a comment line per parameter (``#    gpu_tolerations: list [Default: ...]``) from
+    the spec's protobuf ``Struct``s, whose key order changes from one process to the next; the spec
+    itself is ordered. Dict keys are sorted here, so compiling twice gives the same bytes."""
+    import re
+
+    def ordered(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ordered(value[k]) for k in sorted(value)}
+        if isinstance(value, list):
+            return [ordered(v) for v in value]
+        return value
+
+    line = re.compile(r"^(#    [A-Za-z_][A-Za-z0-9_]*: (?:dict|list) \[Default: )(.*)(\])$")
+    out = []
+    for row in text.split("\n"):
+        m = line.match(row)
+        if m:
+            try:
+                value = ast.literal_eval(m.group(2))
+            except (ValueError, SyntaxError):
+                value = None
+            if isinstance(value, (dict, list)):
+                row = f"{m.group(1)}{ordered(value)}{m.group(3)}"
+        out.append(row)
+    return "\n".join(out)
 
 
 def main(name: str | None = None, argv: list[str] | None = None) -> None:

@@ -8,11 +8,15 @@ from kfp import dsl
 
 import components as c
 from components.images import Images
+from linkedout.pipeline import DEFAULT_VARIANTS as _VARIANTS
 from pipelines.tasks import GPU_EXTRACT, GPU_TRAIN, LIGHT, MEDIUM, on_cpu, on_gpus
 
 #: Parameter defaults shared by the pipelines (what a cluster run uses unless told otherwise).
 DEFAULT_LAYERS = [0, 4, 8, 12, 16, 20]
-DEFAULT_VARIANTS = ["linkedout", "sasrec_id", "popularity", "last_layer", "uniform"]
+#: The variants trained by default: the main job's (:data:`linkedout.pipeline.DEFAULT_VARIANTS`, one source).
+DEFAULT_VARIANTS = list(_VARIANTS)
+#: The model deployed by default: the first of them (``warmcold``).
+SERVED_VARIANT = DEFAULT_VARIANTS[0]
 
 
 def validate(img: Images, p: dict[str, Any]) -> Any:

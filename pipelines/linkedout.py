@@ -18,7 +18,7 @@ from kfp import dsl
 import components as c
 from components.images import Images, images
 from pipelines import fragments
-from pipelines.fragments import DEFAULT_LAYERS, DEFAULT_VARIANTS
+from pipelines.fragments import DEFAULT_LAYERS, DEFAULT_VARIANTS, SERVED_VARIANT
 from pipelines.tasks import GPU_TOLERATIONS, H100_NODE_SELECTOR, LIGHT, on_cpu
 
 
@@ -55,7 +55,7 @@ def build(img: Images) -> Any:
         max_failed_share: float = 0.01,
         retry_failed: bool = False,
         variants: list = DEFAULT_VARIANTS,
-        model_variant: str = "linkedout",
+        model_variant: str = SERVED_VARIANT,
         model_name: str = "linkedout",
         epochs: int = 100,
         seed: int = 42,

@@ -68,7 +68,8 @@ def run(name: str, arguments: Mapping[str, Any], workdir: str | os.PathLike[str]
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs), raise_on_error=True)
     streamer = _Streamer(logs, runs, echo=echo)
     try:
-        with _environment({ERRORS_ENV: str(errors), "PYTHONUNBUFFERED": "1"}), _quiet_kfp_warnings(), \
+        with _environment({ERRORS_ENV: str(errors), "PYTHONUNBUFFERED": "1", **task_threads()}), \
+                _quiet_kfp_warnings(), \
                 _streaming(streamer):
             task = pipeline(**dict(arguments))
     except RuntimeError as e:
@@ -87,6 +88,18 @@ def run(name: str, arguments: Mapping[str, Any], workdir: str | os.PathLike[str]
         _prune(root / "logs", KEEP_RUNS)
     outputs = getattr(task, "outputs", None) or {}
     return dict(outputs)
+
+
+#: kfp.local 2.17 runs at most this many tasks at once (the iterations of a ParallelFor).
+PARALLEL_TASKS = 2
+
+
+def task_threads(cpus: int | None = None) -> dict[str, str]:
+    """The thread count of each task's math libraries (torch reads ``OMP_NUM_THREADS``): this machine's cores
+    shared by the tasks that run at once, so that two extraction or training tasks do not each start a
+    thread per core. A thread setting already in the environment is kept."""
+    n = str(max(1, (cpus or os.cpu_count() or 1) // PARALLEL_TASKS))
+    return {k: os.environ.get(k, n) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def _plain(text: str) -> str:

@@ -16,6 +16,7 @@ from kfp import dsl
 import components as c
 from components.images import Images, images
 from pipelines import fragments
+from pipelines.fragments import SERVED_VARIANT
 from pipelines.tasks import GPU_TOLERATIONS, H100_NODE_SELECTOR, LIGHT, on_cpu
 
 
@@ -30,7 +31,7 @@ def build(img: Images) -> Any:
         features: str,
         workdir: str = "/work/linkedout",
         work_pvc: str = "linkedout-work",
-        variant: str = "linkedout",
+        variant: str = SERVED_VARIANT,
         model_name: str = "linkedout",
         epochs: int = 100,
         seed: int = 42,
