@@ -81,7 +81,7 @@ def run(name: str, arguments: Mapping[str, Any], workdir: str | os.PathLike[str]
                              str(streamer.logs.get(failed, logs)) if failed else str(logs)) from None
         raise StepFailed(failed or "a task", "TaskFailed", f"{_plain(str(e))} (no error was recorded: the task's "
                          "process died or its component failed before the step started)",
-                         str(streamer.logs.get(failed, logs))) from None
+                         str(streamer.logs.get(failed, logs)) if failed else str(logs)) from None
     finally:
         shutil.rmtree(errors, ignore_errors=True)
         _prune(runs, KEEP_RUNS)
@@ -143,7 +143,7 @@ def _streaming(streamer: _Streamer) -> Iterator[None]:
     import builtins
 
     original, original_print = subprocess_task_handler.run_local_subprocess, builtins.print
-    subprocess_task_handler.run_local_subprocess = streamer.run  # type: ignore[assignment]
+    subprocess_task_handler.run_local_subprocess = streamer.run
     try:
         yield
     finally:
