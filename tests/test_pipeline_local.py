@@ -38,9 +38,9 @@ def test_extract_pipeline_writes_every_shard_in_parallel_groups(extracted: tuple
     assert out["Output"] == str(work / "features")
     reader = FeatureReader(work / "features")
     assert sorted(reader.ids) == sorted(FeatureReader(toy.features).ids)  # every video of the dataset
-    assert [layer for layer in reader.spec.layers] == [0, 4] and reader.spec.tokens == 8
+    assert list(reader.spec.layers) == [0, 4] and reader.spec.tokens == 8
     plan = json.loads((work / "pipeline" / "shard-plan.json").read_text())
-    assert len(plan["groups"]) == 2 and sorted(sum(plan["groups"], [])) == sorted(int(s) for s in plan["shards"])
+    assert len(plan["groups"]) == 2 and sorted(s for group in plan["groups"] for s in group) == sorted(int(s) for s in plan["shards"])
     # each task's whole output is kept, and its own lines name it
     logs = sorted(p.name for p in (work / "kfp" / "logs").rglob("*.log"))
     assert logs == ["collect-index.log", "extract-shards[0].log", "extract-shards[1].log", "plan-shards.log",
