@@ -106,6 +106,7 @@ def test_train_and_deploy_trains_evaluates_and_reports(trained: dict[str, Any]) 
     assert not (work / "model_repository").exists()  # deploy_to=none: nothing published
 
 
+@pytest.mark.slow  # three more pipeline runs; the default run's test_e2e re-runs the main job and checks the reuse
 def test_rerun_reuses_training_and_a_changed_seed_is_refused_then_redone_with_force(trained: dict[str, Any]) -> None:
     work, args = trained["work"], trained["args"]
     run = work / "runs" / "sasrec_id"
