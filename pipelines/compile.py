@@ -20,7 +20,11 @@ def build(name: str, image: str | None = None) -> Any:
     """The pipeline ``name`` (one of :data:`pipelines.PIPELINES`) built with the images of ``image``."""
     if name not in PIPELINES:
         raise ValueError(f"unknown pipeline {name!r}; choose from {list(PIPELINES)}")
-    return importlib.import_module(f"pipelines.{name}").build(images(image))
+    module = importlib.import_module(f"pipelines.{name}")
+    img = images(image)
+    if getattr(module, "IMAGES", None) == img:  # built when the module was imported (seconds on a busy machine)
+        return getattr(module, name)
+    return module.build(img)
 
 
 def compile_pipeline(name: str, out: str | Path | None = None, image: str | None = None) -> Path:

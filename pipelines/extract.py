@@ -61,7 +61,9 @@ def build(img: Images) -> Any:
     return extract
 
 
-extract = build(images())
+#: The images this module's pipeline was built with (pipelines.compile.build reuses it for them).
+IMAGES = images()
+extract = build(IMAGES)
 
 if __name__ == "__main__":
     from pipelines.compile import main

@@ -96,7 +96,9 @@ def build(img: Images) -> Any:
     return linkedout
 
 
-linkedout = build(images())
+#: The images this module's pipeline was built with (pipelines.compile.build reuses it for them).
+IMAGES = images()
+linkedout = build(IMAGES)
 
 if __name__ == "__main__":
     from pipelines.compile import main

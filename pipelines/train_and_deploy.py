@@ -68,7 +68,9 @@ def build(img: Images) -> Any:
     return train_and_deploy
 
 
-train_and_deploy = build(images())
+#: The images this module's pipeline was built with (pipelines.compile.build reuses it for them).
+IMAGES = images()
+train_and_deploy = build(IMAGES)
 
 if __name__ == "__main__":
     from pipelines.compile import main
