@@ -402,9 +402,7 @@ def evaluate(workdir: str, data: str, features: str, split: str, variant: str, c
                          "again meanwhile?)")
     sp = _load_split(split)
     item_features = item_features_for(sp, features, _s3(s3_endpoint))
-    cfg = json.loads((run_dir / "config.json").read_text())
-    reads = (cfg.get("model") or {}).get("kind") in ("linkedout", "hybrid")
-    fp = eval_fingerprint(run_dir, sp, features_digest_of(item_features) if reads else None)
+    fp = eval_fingerprint(run_dir, sp, features_digest_of(item_features) if reads_features(run_dir) else None)
     if evaluation_is_fresh(run_dir, fp):
         log.info("%s already evaluated on these inputs", run_dir.name)
         ev = json.loads((run_dir / "eval.json").read_text())
@@ -412,6 +410,16 @@ def evaluate(workdir: str, data: str, features: str, split: str, variant: str, c
         ev = evaluate_run(Path(data), features, run_dir, split=sp, item_features=item_features,
                           s3_endpoint=_s3(s3_endpoint))
     return {"run_dir": str(run_dir), "model": ev.get("model"), "metrics": flat_metrics(ev)}
+
+
+def reads_features(run_dir: Path) -> bool:
+    """Whether the model trained in ``run_dir`` reads backbone features (its evaluation's fingerprint then
+    holds the feature store's digest): its config's kind is one of ``linkedout.model.config.FEATURE_KINDS``,
+    the set the model itself answers ``needs_features`` from."""
+    from linkedout.model.config import FEATURE_KINDS
+
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    return (cfg.get("model") or {}).get("kind") in FEATURE_KINDS
 
 
 def flat_metrics(ev: dict[str, Any]) -> dict[str, float]:
@@ -450,9 +458,7 @@ def report(workdir: str, data: str, features: str, split: str, run_dirs: Sequenc
     item_features = item_features_for(sp, features, _s3(s3_endpoint))
     digest = features_digest_of(item_features)
     for run in runs:
-        cfg = json.loads((run / "config.json").read_text())
-        reads = (cfg.get("model") or {}).get("kind") in ("linkedout", "hybrid")
-        if not evaluation_is_fresh(run, eval_fingerprint(run, sp, digest if reads else None)):
+        if not evaluation_is_fresh(run, eval_fingerprint(run, sp, digest if reads_features(run) else None)):
             raise ValueError(f"{run}/eval.json is not the evaluation of this run's checkpoint on this split: "
                              "evaluate it first (it is not reported)")
     table = summary_table(runs)

@@ -140,3 +140,17 @@ def test_extract_of_another_dataset_into_the_store_is_refused(extracted: tuple[P
         local.run("extract", {"workdir": str(work), "dataset": str(other), **EXTRACT}, work, echo=False)
     assert info.value.step == "plan-shards" and info.value.error_type == "StoreMismatch"
     assert sorted(FeatureReader(work / "features").ids) == ids and _mtimes(shards) == shards  # nothing mixed in
+
+
+def test_the_steps_know_which_runs_read_features_for_every_default_variant(toy: Any, tmp_path: Path) -> None:
+    """The evaluate and report steps key an evaluation's freshness on the feature store only for models
+    that read it; a variant they got wrong (warmcold once) was re-evaluated every run and refused by the
+    report."""
+    from linkedout import pipeline, steps
+
+    for name in pipeline.DEFAULT_VARIANTS:
+        cfg = pipeline.model_config_for(pipeline.parse_variant(name), toy.item_features.reader.spec)
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
+        assert steps.reads_features(run) == cfg.needs_features, name
