@@ -19,7 +19,7 @@ def register(sub: Subparsers) -> None:
     c = sp.add_parser("compile", help="write a pipeline's YAML (what `kfp run submit -f` takes)",
                       description="Compile a pipeline (or all) to YAML. The images are REGISTRY/NAME:TAG-cpu and "
                                   "-gpu of --image (default $LINKEDOUT_IMAGE or ghcr.io/linkedout/linkedout:0.1.0).")
-    c.add_argument("name", choices=(*PIPELINES, "all"))
+    c.add_argument("name", choices=(*PIPELINES, "all"), help="the pipeline to compile, or all three")
     c.add_argument("--out", type=Path, default=None, help="YAML file (default pipelines/NAME.yaml; one pipeline only)")
     c.add_argument("--image", default=None, help="REGISTRY/NAME:TAG of the project's images")
     c.set_defaults(func=cmd_compile)
@@ -48,7 +48,7 @@ def register(sub: Subparsers) -> None:
     r = sp.add_parser("run", help="run a pipeline on this machine through kfp.local",
                       description="Run a pipeline through kfp.local (one subprocess per task); `linkedout run` is "
                                   "this for the linkedout pipeline with the embedded default's arguments.")
-    r.add_argument("name", choices=PIPELINES)
+    r.add_argument("name", choices=PIPELINES, help="the pipeline to run")
     r.add_argument("--workdir", type=Path, required=True, help="work directory (the cluster's work volume)")
     r.add_argument("params", nargs="*", metavar="KEY=VALUE", help="pipeline arguments (workdir is set)")
     r.set_defaults(func=cmd_run_local)
