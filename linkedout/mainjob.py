@@ -1,233 +1,164 @@
-"""The main job end to end (``linkedout run``): the stages of :mod:`linkedout.pipeline`, in order.
+"""The main job end to end (``linkedout run``): the ``linkedout`` Kubeflow pipeline, run on this machine.
 
-This is the orchestration alone: every stage is a function of :mod:`linkedout.pipeline` that
-decides by its fingerprint whether its outputs can be reused. When the main job runs through
-Kubeflow Pipelines, the components call the same stage functions and this module is what the
-local runner does in one process.
+There is one orchestration of the main job: the pipeline in ``pipelines/linkedout.py``. Here it
+runs through ``kfp.local`` (:mod:`pipelines.local`: one subprocess per task, the work directory in
+place of the cluster's volume), with the embedded default's arguments: the synthetic dataset, the
+tiny backbone on CPU, every variant trained, the main model deployed to the local stack (Triton,
+the KServe transformer, Feast on loopback) and asked one gRPC query. What a re-run reuses is
+decided inside the steps, by the stage functions' fingerprints (:mod:`linkedout.pipeline`): KFP's
+cache is off.
+
+``stop_after``: ``"extract"`` runs the ``extract`` pipeline alone; ``"report"`` the ``linkedout``
+pipeline with ``deploy_to="none"`` (no export, Feast or serving).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from linkedout.fingerprint import (
-    Fingerprint,
-    StageMismatch,
-    file_sha256,
-    read_fingerprint,
-    training_fingerprint,
-    write_fingerprint,
-)
-from linkedout.pipeline import (
-    DEFAULT_VARIANTS,
-    RUN_HINT,
-    Variant,
-    build_split,
-    check_failures,
-    check_run_dir,
-    check_trainable,
-    dataset_digest,
-    demo_train_config,
-    ensure_dataset,
-    eval_fingerprint,
-    evaluate_run,
-    evaluation_is_fresh,
-    extract,
-    features_digest_of,
-    item_features_for,
-    model_config_for,
-    parse_variant,
-    report,
-    side_info_digest,
-    train_variant,
-)
-from linkedout.utils import atomic_write_text, get_logger
+from linkedout.pipeline import DEFAULT_VARIANTS, parse_variant
+from linkedout.steps import format_table, report_fingerprint, summary_table  # noqa: F401 (kept importable here)
+from linkedout.utils import format_duration, get_logger
 
 log = get_logger(__name__)
+
+STOP_AFTER = ("extract", "report")
+
+
+def local_arguments(workdir: Path, *, preset: str = "small", data: Path | None = None, epochs: int | None = None,
+                    variants: Sequence[str] | None = None, seed: int = 42, extraction: Any = None,
+                    backbone: Any = None, force: bool = False, retry_failed: bool = False,
+                    max_failed_share: float = 0.01, deploy_to: str = "local", extract_workers: int = 2,
+                    model_repository_uri: str = "", s3_endpoint: str = "") -> dict[str, Any]:
+    """The ``linkedout`` pipeline's arguments for a run on this machine (validated before anything runs).
+
+    ``extraction`` / ``backbone``: an ``ExtractionConfig`` / ``BackboneConfig`` (default: the paper's
+    layers, prompts, 8 frames at 224 px, K = 64, float16, shards of 64 videos, on the tiny seeded
+    backbone). GPU counts are this machine's; the first variant is the model that is served.
+    """
+    import torch
+
+    from linkedout.extraction.backbone import BackboneConfig
+    from linkedout.extraction.extractor import ExtractionConfig
+
+    names = tuple(variants) if variants else DEFAULT_VARIANTS
+    for name in names:
+        parse_variant(name)  # a bad name fails before any work
+    if not 0 <= max_failed_share <= 1:
+        raise ValueError(f"max_failed_share must be in [0, 1], got {max_failed_share}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    ecfg = extraction or ExtractionConfig(shard_size=64)
+    bcfg = backbone or BackboneConfig()
+    bcfg.check()  # a missing GPU or checkpoint directory, before any work
+    defaults = BackboneConfig()
+    options = {f.name: getattr(bcfg, f.name) for f in dataclasses.fields(bcfg)
+               if f.name not in ("source", "dtype", "seed") and getattr(bcfg, f.name) != getattr(defaults, f.name)}
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {
+        "workdir": str(Path(workdir).resolve()), "dataset": "" if data is None else str(Path(data).resolve()),
+        "preset": preset, "features": "", "backbone": bcfg.source, "backbone_dtype": bcfg.dtype,
+        "backbone_seed": bcfg.seed, "backbone_options": options, "layers": list(ecfg.layers),
+        "prompts": list(ecfg.prompts), "frames": ecfg.num_frames, "frame_size": ecfg.frame_size,
+        "tokens": ecfg.tokens, "text_tokens": ecfg.text_tokens, "dtype": ecfg.dtype,
+        "frame_sampling": ecfg.frame_sampling, "extract_batch_size": ecfg.batch_size, "shard_size": ecfg.shard_size,
+        "decode_workers": ecfg.decode_workers, "extract_workers": extract_workers, "extract_gpus": min(gpus, 1),
+        "max_failed_share": max_failed_share, "retry_failed": retry_failed, "variants": list(names),
+        "model_variant": names[0], "model_name": "linkedout", "epochs": epochs or 100, "seed": seed,
+        "train_gpus": gpus, "deploy_to": deploy_to, "model_repository_uri": model_repository_uri,
+        "s3_endpoint": s3_endpoint, "force": force,
+    }
+
+
+def pipelines_module(name: str = "local") -> Any:
+    """``pipelines.<name>``. The package sits beside ``linkedout`` in the source tree; a checkout
+    installed without it (an editable install of an older package list) still finds it there."""
+    try:
+        return importlib.import_module(f"pipelines.{name}")
+    except ModuleNotFoundError as e:
+        root = Path(__file__).resolve().parents[1]
+        if e.name not in ("pipelines", "components") or not (root / "pipelines" / "local.py").is_file():
+            raise
+        sys.path.insert(0, str(root))
+        return importlib.import_module(f"pipelines.{name}")
 
 
 def run_all(workdir: Path, *, preset: str = "small", data: Path | None = None, epochs: int | None = None,
             variants: Sequence[str] | None = None, seed: int = 42, stop_after: str | None = None,
             extraction: Any = None, backbone: Any = None, force: bool = False, retry_failed: bool = False,
-            max_failed_share: float = 0.01) -> Path:
-    """The main job on the embedded default; returns the report's path (or the last stage's output).
+            max_failed_share: float = 0.01, extract_workers: int = 2) -> Path:
+    """The main job on the embedded default, through kfp.local; returns the report's path (the feature store's
+    with ``stop_after="extract"``).
 
-    ``extraction`` / ``backbone``: an ``ExtractionConfig`` / ``BackboneConfig`` (default: the
-    paper's layers, prompts, 8 frames at 224 px, K = 64, float16, on the tiny seeded backbone).
-    Stages are reused when their fingerprints match (see the module docstring); ``force`` redoes,
-    instead of refusing, the stages whose recorded inputs differ; ``retry_failed`` tries every
-    failed video again; more failed videos than ``max_failed_share`` stop the job after extraction.
+    Stages are reused when their fingerprints match (see :mod:`linkedout.pipeline`); ``force`` redoes,
+    instead of refusing, the stages whose recorded inputs differ; ``retry_failed`` tries every failed
+    video again; more failed videos than ``max_failed_share`` stop the job after extraction. A failed
+    step raises :class:`linkedout.steps.StepFailed` with that step's own error.
     """
-    from linkedout.data.microlens import load_microlens, validate_microlens
-    from linkedout.data.stats import dataset_stats, format_stats
-    from linkedout.extraction.backbone import BackboneConfig
-    from linkedout.extraction.extractor import ExtractionConfig
-    from linkedout.features import FeatureReader
-    from linkedout.features.info import format_info, info_from_store
-
-    t_start = time.perf_counter()
-    workdir = Path(workdir)
-    variant_names = tuple(variants) if variants else DEFAULT_VARIANTS
-    chosen = [(name, parse_variant(name)) for name in variant_names]  # fail on a bad name before any work
-    if not 0 <= max_failed_share <= 1:
-        raise ValueError(f"max_failed_share must be in [0, 1], got {max_failed_share}")
-    ecfg = extraction or ExtractionConfig(shard_size=64)
-    bcfg = backbone or BackboneConfig()
-    bcfg.check()  # a missing GPU or checkpoint directory, before any work
+    if stop_after not in (None, *STOP_AFTER):
+        raise ValueError(f"stop_after must be one of {STOP_AFTER} (or None), got {stop_after!r}")
+    t0 = time.time()
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-
-    # 1. dataset
-    data_dir = Path(data) if data is not None else ensure_dataset(workdir / "data", preset, force=force)
-    vreport = validate_microlens(data_dir, check_videos=True)
-    if vreport.errors or vreport.warnings:
-        print(vreport.format())
-    # Tables must be sound; missing or unreadable videos are only reported here and recorded as
-    # failed by the extraction (their interactions are then dropped).
-    validate_microlens(data_dir, check_videos=False).raise_if_errors()
-    dataset = load_microlens(data_dir, check_videos=False)
-    check_trainable(dataset.interactions, f"dataset {data_dir}")  # before hours of extraction
-    print("== dataset\n" + format_stats(dataset_stats(dataset)), flush=True)
-    if stop_after == "data":
-        return data_dir
-
-    # 2. features (resumable: finished shards are skipped, changed files re-extracted)
-    features = workdir / "features"
-    summary = extract(data_dir, features, (ecfg, bcfg), retry_failed=retry_failed, force=force)
-    if summary.failed:
-        print(f"== {len(summary.failed)} videos could not be decoded and have no features "
-              f"(all listed in {features / 'failures.json'}):")
-        for vid, why in sorted(summary.failed.items())[:20]:
-            print(f"   {vid}: {why}")
-    check_failures(summary, max_failed_share)
-    print("== features\n" + format_info(info_from_store(FeatureReader(features))), flush=True)
-    if stop_after == "extract":
+    args = local_arguments(workdir, preset=preset, data=data, epochs=epochs, variants=variants, seed=seed,
+                           extraction=extraction, backbone=backbone, force=force, retry_failed=retry_failed,
+                           max_failed_share=max_failed_share, extract_workers=extract_workers,
+                           deploy_to="none" if stop_after == "report" else "local")
+    name = "extract" if stop_after == "extract" else "linkedout"
+    if name == "extract":
+        args = {k: v for k, v in args.items() if k in EXTRACT_PARAMETERS}
+    print(f"== the {name!r} pipeline through kfp.local, one subprocess per task (their logs: "
+          f"{workdir / 'kfp' / 'logs'}/)", flush=True)
+    outputs = pipelines_module("local").run(name, args, workdir)
+    took = format_duration(time.time() - t0)
+    if name == "extract":
+        features = Path(str(outputs.get("Output", workdir / "features")))
+        print(f"== features: {features}  ({took} in all)", flush=True)
         return features
-
-    # 3. split, training, evaluation
-    split = build_split(data_dir, str(features), cache_dir=workdir / "split")
-    item_features = item_features_for(split, str(features), None)
-    features_digest = features_digest_of(item_features)
-    run_dirs = [workdir / "runs" / v.name for _, v in chosen]
-    _check_runs(data_dir, chosen, run_dirs, split, item_features, seed=seed, epochs=epochs, force=force)
-    for (name, v), run_dir in zip(chosen, run_dirs):
-        reads = v.kind in ("linkedout", "hybrid")
-        if stop_after != "train" and _evaluated(run_dir, split, features_digest if reads else None):
-            log.info("%s already trained and evaluated on these inputs; skipping", v.name)
-            continue
-        train_variant(data_dir, str(features), run_dir, name, seed=seed, epochs=epochs, split=split,
-                      item_features=item_features, hint=RUN_HINT)
-        if stop_after != "train":
-            evaluate_run(data_dir, str(features), run_dir, split=split, item_features=item_features)
-    if stop_after == "train":
-        return workdir / "runs"
-
-    # 4. report
-    table = summary_table(run_dirs)
-    atomic_write_text(workdir / "summary.json", json.dumps(table, indent=2))
-    print("== test metrics (full catalogue, history masked)\n" + format_table(table), flush=True)
-    out = workdir / "report.html"
-    fp = report_fingerprint(run_dirs, data_dir, features_digest)
-    stored = read_fingerprint(out)
-    if out.is_file() and stored is not None and stored.digest == fp.digest:
-        log.info("report %s is up to date", out)
-    else:
-        report(run_dirs, out, data=data_dir, features=str(features))
-        write_fingerprint(out, fp)
-    if stop_after == "report":
-        print(f"== report: {out}  ({time.perf_counter() - t_start:.0f} s in all)", flush=True)
-        return out
-
-    # 5. publish the main model (the first variant) and serve it: the model repository, Feast, the
-    #    local stack (Triton + the KServe transformer), one gRPC query answered
-    from linkedout import publish
-    from linkedout.serving.client import format_table as format_answers
-
-    main_variant = chosen[0][1]
-    served_as = "linkedout"
-    version = publish.export_if_new(data_dir, str(features), workdir / "runs" / main_variant.name,
-                                    workdir / "model_repository", name=served_as, split=split,
-                                    item_features=item_features)
-    stamp = {"dataset": dataset_digest(data_dir), "model": served_as, "version": version}
-    if not publish.features_published(workdir / "feast", stamp):
-        publish.publish_features(data_dir, workdir / "model_repository", workdir / "feast", name=served_as,
-                                 version=version)
-        atomic_write_text(workdir / "feast" / "linkedout_published.json", json.dumps(stamp, indent=2))
-    user = str(split.test.user_ids[0])
-    print(f"== serving {main_variant.display} as {served_as!r} (version {version}); asking for user {user} "
-          "over gRPC", flush=True)
-    answers = publish.serve_and_query(workdir, name=served_as, users=[user], k=10)
-    print(format_answers(answers), flush=True)
-    print(f"== report: {out}  ({time.perf_counter() - t_start:.0f} s in all)\n"
-          f"   serve it again: linkedout serve --workdir {workdir}\n"
-          f"   then ask it:    linkedout recommend --workdir {workdir} --user {user} --k 10 --explain", flush=True)
-    return out
+    report = Path(str(outputs.get("Output", workdir / "report.html")))
+    print(f"== report: {report}", flush=True)
+    _print_outcome(workdir, t0)
+    print(f"== done in {took}", flush=True)
+    return report
 
 
-def _evaluated(run_dir: Path, split: Any, features_digest: str | None) -> bool:
-    """Whether ``run_dir`` holds a checkpoint and an evaluation of it made from exactly these inputs."""
+#: Parameters of the ``extract`` pipeline (a subset of the ``linkedout`` pipeline's).
+EXTRACT_PARAMETERS = frozenset({
+    "workdir", "dataset", "preset", "features", "backbone", "backbone_dtype", "backbone_seed", "backbone_options",
+    "layers", "prompts", "frames", "frame_size", "tokens", "text_tokens", "dtype", "frame_sampling",
+    "extract_batch_size", "shard_size", "decode_workers", "extract_workers", "extract_gpus", "max_failed_share",
+    "retry_failed", "force", "s3_endpoint",
+})
+
+
+def _print_outcome(workdir: Path, since: float) -> None:
+    """The deploy decision and the query's answer of this run (files the steps wrote after ``since``)."""
+    decision = _fresh_json(workdir / "pipeline" / "decision.json", since)
+    answer = _fresh_json(workdir / "serving" / "answer.json", since)
+    if decision is not None and not decision.get("deploy"):
+        print(f"== not deployed: {decision['reason']}\n   the serving model answers as before: "
+              f"linkedout serve --workdir {workdir}", flush=True)
+    if answer is not None:
+        first = answer["answers"][0]
+        print(f"== answer to the query: user {answer['user']}, top {len(first['items'])} of {first['model_version']}: "
+              f"{first['items']}", flush=True)
+        print(f"   serve it again: linkedout serve --workdir {workdir}\n"
+              f"   then ask it:    linkedout recommend --workdir {workdir} --user {answer['user']} --k 10 --explain",
+              flush=True)
+
+
+def _fresh_json(path: Path, since: float) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
     try:
-        return evaluation_is_fresh(run_dir, eval_fingerprint(run_dir, split, features_digest))
-    except FileNotFoundError:  # no checkpoint yet (never trained, or killed before the first one)
-        return False
-
-
-def _check_runs(data: Path, chosen: Sequence[tuple[str, Variant]], run_dirs: Sequence[Path], split: Any,
-                item_features: Any, *, seed: int, epochs: int | None, force: bool) -> None:
-    """Refuse, before any training, every run directory that holds a run of other inputs (``force``: clear it)."""
-    features_digest = features_digest_of(item_features)
-    spec = item_features.reader.spec if item_features is not None else None
-    problems = []
-    for (_, v), run_dir in zip(chosen, run_dirs):
-        reads = v.kind in ("linkedout", "hybrid")
-        fp = training_fingerprint(v.name, model_config_for(v, spec).to_dict(),
-                                  demo_train_config(seed=seed, epochs=epochs).to_dict(), split.digest(),
-                                  features_digest if reads else None, side_info_digest(data, v))
-        try:
-            check_run_dir(run_dir, fp, force=force, hint=RUN_HINT)
-        except StageMismatch as e:
-            problems.append(f"{v.name} ({'; '.join(e.differences[:4])})")
-    if problems:
-        raise StageMismatch(str(Path(run_dirs[0]).parent), "trained runs", problems, RUN_HINT)
-
-
-def summary_table(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Rows ``{model, group, overall: {...}, warm: {...}, cold: {...}}`` from the runs' ``eval.json``."""
-    rows = []
-    for run_dir in run_dirs:
-        ev = json.loads((Path(run_dir) / "eval.json").read_text())
-        full = ev["full"]
-        rows.append({"model": ev["model"], "group": ev.get("group"), "params": ev.get("params"),
-                     "n_users": full.get("n_users"),
-                     **{part: full[part] for part in ("overall", "warm", "cold")},
-                     "sampled": (ev.get("sampled") or {}).get("overall")})
-    return rows
-
-
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    cols = [("overall", "HR@10"), ("overall", "NDCG@10"), ("warm", "HR@10"), ("warm", "NDCG@10"),
-            ("cold", "HR@10"), ("cold", "NDCG@10")]
-    head = f"{'model':<24}" + "".join(f"{p + ' ' + m:>16}" for p, m in cols)
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        cells = []
-        for part, metric in cols:
-            value = (r.get(part) or {}).get(metric)
-            cells.append(f"{value:>16.4f}" if isinstance(value, (int, float)) else f"{'-':>16}")
-        lines.append(f"{r['model']:<24}" + "".join(cells))
-    return "\n".join(lines)
-
-
-def report_fingerprint(runs: Sequence[Path], data: Path | None, features_digest: str | None) -> Fingerprint:
-    """The report's inputs: every run's evaluation (its bytes) and training fingerprint, the dataset, the features."""
-    rows = []
-    for run_dir in runs:
-        ev = Path(run_dir) / "eval.json"
-        training = read_fingerprint(run_dir)
-        rows.append([Path(run_dir).name, file_sha256(ev) if ev.is_file() else None,
-                     None if training is None else training.digest])
-    return Fingerprint("report", {"runs": rows, "dataset": None if data is None else dataset_digest(data),
-                                  "features": features_digest})
+        doc = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and float(doc.get("time", 0)) >= since else None

@@ -180,6 +180,16 @@ def dataset_digest(data: Path) -> dict[str, Any]:
     return dataset_tables(data, prefix)
 
 
+def interactions_digest(interactions: Any) -> str:
+    """sha256 of an interactions table's rows (``user, item, timestamp``, in order)."""
+    import hashlib
+
+    import pandas as pd
+
+    rows = pd.util.hash_pandas_object(interactions[["user", "item", "timestamp"]], index=False)
+    return hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
+
+
 def check_trainable(interactions: Any, source: str) -> None:
     """``DatasetError`` up front when MicroLens preprocessing would leave no user to train on."""
     from linkedout.data.microlens import DatasetError
@@ -234,13 +244,17 @@ def check_failures(summary: Any, max_failed_share: float) -> None:
 
 
 def build_split(data: Path, features: str | None, cache_dir: Path | None = None, *,
-                s3_endpoint: Any = None) -> Any:
+                s3_endpoint: Any = None, interactions: Any = None) -> Any:
     """MicroLens preprocessing and leave-one-out split, over the videos that have features.
 
     Videos whose extraction failed (corrupt files) have no features: their interactions are dropped
     before preprocessing, and how many is logged, so that every model is compared on the same split.
     The split is cached in ``cache_dir`` with its fingerprint (the dataset's tables and the feature
     store's content) and rebuilt when they change.
+
+    ``interactions``: the interactions to split (``user, item, timestamp`` as linkedout/data holds
+    them, e.g. read back from Feast's offline store) instead of the dataset's own table; the
+    catalogue is still the dataset's, and the interactions' content is part of the fingerprint.
     """
     from linkedout.data.microlens import DatasetError, load_microlens
     from linkedout.data.split import SplitData, leave_one_out, preprocess
@@ -249,6 +263,8 @@ def build_split(data: Path, features: str | None, cache_dir: Path | None = None,
     catalog = list(dataset.item_ids)
     inputs: dict[str, Any] = {"dataset": dataset_digest(Path(data)), "features": None,
                               "preprocess": [MIN_INTERACTIONS, MAX_INTERACTIONS, MAX_HISTORY]}
+    if interactions is not None:
+        inputs["interactions"] = interactions_digest(interactions)
     if features is not None:
         from linkedout.extraction.catalog import check_store_dataset
         from linkedout.features import FeatureReader
@@ -273,7 +289,7 @@ def build_split(data: Path, features: str | None, cache_dir: Path | None = None,
             return SplitData.load(cache_dir)
         if stored is not None:
             log.info("the split in %s is stale (%s); rebuilding it", cache_dir, "; ".join(stored.diff(fp)[:4]))
-    inter = dataset.interactions
+    inter = dataset.interactions if interactions is None else interactions
     inter = inter[inter["item"].isin(set(catalog))]
     pre = preprocess(inter, MIN_INTERACTIONS, MAX_INTERACTIONS)
     if pre.empty:
@@ -401,24 +417,25 @@ def check_run_dir(run_dir: Path, fp: Fingerprint, *, force: bool = False, hint: 
         shutil.rmtree(run_dir)
 
 
-def train_variant(data: Path, features: str | None, run_dir: Path, variant: str, *, seed: int = 42,
-                  epochs: int | None = None, batch_size: int | None = None, loss: str | None = None,
-                  device: str = "auto", s3_endpoint: Any = None, split: Any = None,
-                  item_features: Any = None, force: bool = False, hint: str = TRAIN_HINT) -> dict[str, Any]:
-    """Train one variant into ``run_dir`` (resuming a killed run) and return the training result.
+@dataclass
+class RunPlan:
+    """What a training run is made from: the variant, its configs, its fingerprint, its inputs."""
 
-    The run's fingerprint (:func:`linkedout.fingerprint.training_fingerprint`) is written into
-    ``run_dir`` before training; a run directory that holds a run of other inputs (another variant,
-    model or training config, seed, split or feature store) is refused with :class:`StageMismatch`
-    naming what differs, before anything in it is touched (``force``: cleared and trained anew).
-    """
-    from linkedout.model import build_model
+    variant: Variant
+    model: Any  # ModelConfig
+    train: Any  # TrainConfig
+    fingerprint: Fingerprint
+    split: Any  # SplitData
+    item_features: Any  # ItemFeatures | None
+
+
+def plan_run(data: Path, features: str | None, variant: str, *, seed: int = 42, epochs: int | None = None,
+             batch_size: int | None = None, loss: str | None = None, device: str = "auto", s3_endpoint: Any = None,
+             split: Any = None, item_features: Any = None) -> RunPlan:
+    """The configs and the fingerprint of training ``variant`` on these inputs (nothing is written)."""
     from linkedout.model.config import FEATURE_KINDS
-    from linkedout.model.recommender import LinkedOutRecommender
-    from linkedout.training import Trainer
 
     v = parse_variant(variant)
-    run_dir = Path(run_dir)
     if split is None:
         if features is None:
             log.warning("no feature store given: the split keeps every video, also those whose extraction "
@@ -437,23 +454,64 @@ def train_variant(data: Path, features: str | None, run_dir: Path, variant: str,
     tcfg = demo_train_config(seed=seed, epochs=epochs, batch_size=batch_size, loss=loss, device=device)
     fp = training_fingerprint(v.name, mcfg.to_dict(), tcfg.to_dict(), split.digest(), features_digest_of(item_features),
                               side_info_digest(data, v))
-    check_run_dir(run_dir, fp, force=force, hint=hint)
+    return RunPlan(v, mcfg, tcfg, fp, split, item_features)
+
+
+def prepare_run_dir(run_dir: Path, plan: RunPlan, data: Path, features: str | None, *, force: bool = False,
+                    hint: str = TRAIN_HINT) -> None:
+    """Refuse a run directory of other inputs (``force``: clear it), then write the fingerprint and ``config.json``."""
+    check_run_dir(run_dir, plan.fingerprint, force=force, hint=hint)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_fingerprint(run_dir, fp)
+    write_fingerprint(run_dir, plan.fingerprint)
+    v = plan.variant
     atomic_write_text(run_dir / "config.json", json.dumps({
         "variant": v.name, "display": v.display, "group": v.group, "data": str(data),
-        "features": None if features is None else str(features), "num_items": split.num_items,
-        "model": mcfg.to_dict(), "train": tcfg.to_dict(),
+        "features": None if features is None else str(features), "num_items": plan.split.num_items,
+        "model": plan.model.to_dict(), "train": plan.train.to_dict(),
     }, indent=2))
+
+
+def training_is_complete(run_dir: Path, fp: Fingerprint) -> bool:
+    """Whether ``run_dir`` holds a finished run (``result.json`` and its checkpoint) of exactly the inputs ``fp``."""
+    stored = read_fingerprint(run_dir)
+    if stored is None or stored.digest != fp.digest or not (run_dir / "result.json").is_file():
+        return False
+    try:
+        _checkpoint_of(run_dir)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def train_variant(data: Path, features: str | None, run_dir: Path, variant: str, *, seed: int = 42,
+                  epochs: int | None = None, batch_size: int | None = None, loss: str | None = None,
+                  device: str = "auto", s3_endpoint: Any = None, split: Any = None,
+                  item_features: Any = None, force: bool = False, hint: str = TRAIN_HINT) -> dict[str, Any]:
+    """Train one variant into ``run_dir`` (resuming a killed run) and return the training result.
+
+    The run's fingerprint (:func:`linkedout.fingerprint.training_fingerprint`) is written into
+    ``run_dir`` before training; a run directory that holds a run of other inputs (another variant,
+    model or training config, seed, split or feature store) is refused with :class:`StageMismatch`
+    naming what differs, before anything in it is touched (``force``: cleared and trained anew).
+    """
+    from linkedout.model import build_model
+    from linkedout.model.recommender import LinkedOutRecommender
+    from linkedout.training import Trainer
+
+    run_dir = Path(run_dir)
+    plan = plan_run(data, features, variant, seed=seed, epochs=epochs, batch_size=batch_size, loss=loss,
+                    device=device, s3_endpoint=s3_endpoint, split=split, item_features=item_features)
+    prepare_run_dir(run_dir, plan, data, features, force=force, hint=hint)
+    v, split = plan.variant, plan.split
     set_seed(seed)  # the initial weights depend on the seed alone, not on what ran before
-    model = build_model(mcfg, split.num_items, split.item_counts)
+    model = build_model(plan.model, split.num_items, split.item_counts)
     if v.side_info:
         # titles and covers become model buffers: saved with every checkpoint, so evaluation and
         # export need nothing but the checkpoint
         assert isinstance(model, LinkedOutRecommender)
-        model.set_item_side_info(*item_side_info(data, split.item_ids, mcfg))
+        model.set_item_side_info(*item_side_info(data, split.item_ids, plan.model))
     log.info("training %s (%s) in %s", v.display, v.name, run_dir)
-    result = Trainer(model, split, item_features, tcfg, run_dir).fit()
+    result = Trainer(model, split, plan.item_features, plan.train, run_dir).fit()
     return dict(result.to_dict())
 
 

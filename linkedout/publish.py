@@ -40,12 +40,13 @@ __all__ = ["default_feature_spec", "default_model_config", "default_repository_c
 
 def export_run(data: Path, features: str | None, run_dir: Path, repository: str | os.PathLike[str], *,
                name: str | None = None, config: Any = None, s3_endpoint: str | None = None, split: Any = None,
-               item_features: Any = None) -> Any:
+               item_features: Any = None, extra_source: dict[str, Any] | None = None) -> Any:
     """Export a trained run's best checkpoint and its catalogue into a Triton model repository.
 
     The catalogue is the split's videos (those with features), in the model's item order, with their
-    training popularity and publish time (a MicroLens video's first interaction). Returns the
-    ``linkedout.export.ExportResult``.
+    training popularity and publish time (a MicroLens video's first interaction). ``extra_source`` is
+    recorded with the version's source (e.g. the validation metric the deploy decision compares).
+    Returns the ``linkedout.export.ExportResult``.
     """
     from linkedout.data.microlens import load_microlens
     from linkedout.export import ExportConfig, export_model
@@ -70,7 +71,7 @@ def export_run(data: Path, features: str | None, run_dir: Path, repository: str 
     export_cfg = config if config is not None else ExportConfig(name=name or str(cfg.get("variant", run_dir.name)))
     source = {"run_dir": str(run_dir.resolve()), "checkpoint": ckpt.name,
               "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "variant": cfg.get("variant"),
-              "data": str(data), "features": None if features is None else str(features)}
+              "data": str(data), "features": None if features is None else str(features), **(extra_source or {})}
     return export_model(model, repository, item_ids=split.item_ids, item_features=item_features,
                         popularity=split.item_counts, published=published, layers=layers, source=source,
                         config=export_cfg)
@@ -329,7 +330,7 @@ def _check_reproduces(features: str, ecfg: Any, backbone: Any, s3_endpoint: str 
 
 
 def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *, name: str, split: Any = None,
-                  item_features: Any = None) -> int:
+                  item_features: Any = None, extra_source: dict[str, Any] | None = None) -> int:
     """Export ``run_dir`` as ``name`` unless the repository's latest version already is this checkpoint.
 
     Returns the ranker version that serves the run.
@@ -346,7 +347,8 @@ def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *,
                 and not meta.get("removed"):
             log.info("%s_ranker version %d already serves %s", name, latest, ckpt)
             return latest
-    result = export_run(data, features, run_dir, repository, name=name, split=split, item_features=item_features)
+    result = export_run(data, features, run_dir, repository, name=name, split=split, item_features=item_features,
+                        extra_source=extra_source)
     return int(result.ranker_version)
 
 
@@ -369,3 +371,158 @@ def serve_and_query(workdir: Path, *, name: str, users: list[str], k: int = 10) 
             return client.recommend(users, k, explain=True)
         finally:
             client.close()
+
+
+def publish_features_once(data: Path, repository: Path, feast_dir: Path, *, name: str, version: int,
+                          settings: Any = None) -> dict[str, Any]:
+    """:func:`publish_features` unless this dataset and this version of ``name`` are already published there.
+
+    The stamp ``FEAST/linkedout_published.json`` records the dataset's tables and the version; a
+    re-run of the same job writes nothing. Returns the stamp and whether it was written now.
+    """
+    from linkedout.pipeline import dataset_digest
+    from linkedout.utils import atomic_write_text
+
+    stamp = {"dataset": dataset_digest(data), "model": name, "version": int(version)}
+    if features_published(feast_dir, stamp):
+        log.info("feast %s already holds %s version %d of this dataset", feast_dir, name, version)
+        return {**stamp, "written": False, "feast": str(feast_dir)}
+    summary = publish_features(data, repository, feast_dir, name=name, version=version, settings=settings)
+    atomic_write_text(Path(feast_dir) / "linkedout_published.json", json.dumps(stamp, indent=2))
+    return {**stamp, **summary, "written": True}
+
+
+# --------------------------------------------------------------------------- training data from Feast
+
+OFFLINE_STAMP = "linkedout_offline_dataset.json"
+
+
+def training_interactions(data: Path, feast_dir: Path, *, settings: Any = None, force: bool = False) -> Any:
+    """The training interactions, as Feast's offline store serves them, with the dataset's written there first.
+
+    The Feast repository at ``feast_dir`` is rendered (``settings``, default the local environment)
+    unless it exists. The dataset's interactions are written to the offline ``interactions`` table
+    as the part ``dataset`` (replaced when the dataset's tables changed, untouched otherwise); the
+    other parts (live watches pushed by the serving side) stay, so the training data is the
+    dataset plus what users watched since. A store whose interactions came from another dataset
+    (another name) is refused with :class:`linkedout.fingerprint.StageMismatch`; ``force`` deletes
+    every interactions part first. Returns ``user, item, timestamp`` rows sorted as linkedout/data
+    sorts them (:func:`linkedout.featurestore.read_interactions`).
+    """
+    from linkedout.data.microlens import load_microlens
+    from linkedout.featurestore import (
+        FeastSettings,
+        apply,
+        open_repo,
+        read_interactions,
+        render_repo,
+        write_interactions,
+    )
+    from linkedout.featurestore.definitions import INTERACTIONS
+    from linkedout.featurestore.offline import list_parts
+    from linkedout.fingerprint import StageMismatch
+    from linkedout.pipeline import dataset_digest
+    from linkedout.utils import atomic_write_text
+
+    feast_dir = Path(feast_dir)
+    if not (feast_dir / "feature_store.yaml").is_file():
+        render_repo(feast_dir, settings if settings is not None else FeastSettings(environment="local"))
+    repo = open_repo(feast_dir)
+    apply(repo)
+    digest = dataset_digest(data)
+    stamp_path = feast_dir / OFFLINE_STAMP
+    old = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+    if old is not None and old != digest:
+        if old.get("prefix") != digest["prefix"] and not force:
+            raise StageMismatch(str(feast_dir), "the offline interactions of another dataset",
+                                [f"dataset: {old.get('prefix')!r} -> {digest['prefix']!r}"],
+                                "Use another --workdir (or feast repository), or --force to delete its interactions.")
+        if force:
+            storage = repo.offline_storage()
+            parts = list_parts(repo, INTERACTIONS)
+            for key in parts:
+                storage.delete(key)
+            log.warning("--force: deleted the %d interactions parts of %s (another dataset's)", len(parts), feast_dir)
+    if old != digest or not list_parts(repo, INTERACTIONS):
+        dataset = load_microlens(data, check_videos=False)
+        write_interactions(repo, dataset.interactions, part="dataset")
+        atomic_write_text(stamp_path, json.dumps(digest, indent=2))
+    return read_interactions(repo)
+
+
+# ---------------------------------------------------------------------------- the deploy decision
+
+
+def validation_metric(checkpoint: Path, split: Any, item_features: Any, metric: str = "NDCG@10") -> float:
+    """``metric`` of the model in ``checkpoint`` on the split's validation users (full catalogue, history masked).
+
+    The items before each validation user's history window are masked too, as in training's validation.
+    """
+    import torch
+
+    from linkedout.evaluation import evaluate
+    from linkedout.training.checkpoint import load_model_from_checkpoint
+
+    model: Any = load_model_from_checkpoint(checkpoint, split.num_items)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate(model, split.valid, item_features if model.needs_features else None,
+                      exclude=list(split.train_sequences), sampled_negatives=0)
+    values = result.summary()
+    if metric not in values:
+        raise ValueError(f"unknown validation metric {metric!r}; choose from {sorted(values)}")
+    return float(values[metric])
+
+
+def compare_with_serving(run_dir: Path, repository: Path, *, name: str, split: Any, item_features: Any,
+                         metric: str = "NDCG@10") -> dict[str, Any]:
+    """Decide whether the model trained in ``run_dir`` may replace the one ``repository`` serves as ``name``.
+
+    The model now serving is the newest version of ``NAME_ranker``; the candidate is deployed when
+    nothing serves yet, when that version already is this checkpoint, or when its validation
+    ``metric`` is at least the serving model's on the same split. The serving model's value is the
+    one recorded when it was exported, if it was measured on this split; otherwise its checkpoint is
+    measured again here (when it is still there and fits this catalogue); a serving model that cannot
+    be measured on this split (another catalogue, a checkpoint gone) is replaced, and the reason says so.
+
+    Returns ``{"deploy", "reason", "metric", "candidate", "serving", "serving_version", "validation"}``;
+    ``validation`` is the record to store with an exported version (``export_if_new(extra_source=...)``).
+    """
+    from linkedout.export import Catalog, ModelRepository, ranker_name
+
+    ckpt = _checkpoint_of(Path(run_dir))
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    candidate = validation_metric(ckpt, split, item_features, metric)
+    record = {"validation": {"metric": metric, "value": candidate, "split": split.digest()}}
+    out: dict[str, Any] = {"metric": metric, "candidate": candidate, "serving": None, "serving_version": None,
+                           "validation": record}
+    repo = ModelRepository(repository)
+    latest = repo.latest(ranker_name(name)) if Path(repository).is_dir() else None
+    if latest is None:
+        return {**out, "deploy": True, "reason": f"nothing serves {name!r} yet: deploy (validation {metric} "
+                                                 f"{candidate:.4f})"}
+    source = Catalog.load(repo.version_dir(ranker_name(name), latest)).meta.get("source") or {}
+    out["serving_version"] = latest
+    if source.get("checkpoint_sha256") == sha:
+        return {**out, "deploy": True, "serving": candidate,
+                "reason": f"{name} v{latest} already serves this checkpoint (validation {metric} {candidate:.4f})"}
+    serving = None
+    recorded = source.get("validation") or {}
+    if recorded.get("metric") == metric and recorded.get("split") == split.digest():
+        serving = float(recorded["value"])
+    else:
+        old = Path(str(source.get("run_dir", ""))) / "checkpoints" / str(source.get("checkpoint", "best.pt"))
+        if old.is_file() and hashlib.sha256(old.read_bytes()).hexdigest() == source.get("checkpoint_sha256"):
+            try:
+                serving = validation_metric(old, split, item_features, metric)
+            except (ValueError, RuntimeError, KeyError) as e:
+                log.warning("cannot measure %s v%d on this split: %s", name, latest, e)
+    if serving is None:
+        return {**out, "deploy": True,
+                "reason": f"{name} v{latest} cannot be measured on this split (another catalogue, or its checkpoint "
+                          f"is gone): the new model replaces it (validation {metric} {candidate:.4f})"}
+    out["serving"] = serving
+    if candidate >= serving:
+        return {**out, "deploy": True, "reason": f"validation {metric} {candidate:.4f} >= {serving:.4f} of {name} "
+                                                 f"v{latest}: deploy"}
+    return {**out, "deploy": False, "reason": f"validation {metric} {candidate:.4f} < {serving:.4f} of {name} "
+                                              f"v{latest}: v{latest} keeps serving"}

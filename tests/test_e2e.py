@@ -1,7 +1,9 @@
-"""The main job end to end on a toy dataset: synth -> extract -> split -> train -> evaluate -> report.
+"""The main job end to end on a toy dataset: the ``linkedout`` pipeline through kfp.local (synth ->
+extract -> Feast -> split -> train -> evaluate -> report -> export -> local Triton + KServe -> a
+gRPC query).
 
 This is what the README's first command runs (at the ``small`` preset); here the toy preset with
-2 frames per video and 2 epochs keeps it to well under a minute.
+2 frames per video and 2 epochs. It starts the real servers (``integration``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pytest
 
 from linkedout.extraction.extractor import ExtractionConfig
 from linkedout.mainjob import run_all
+
+pytestmark = pytest.mark.integration
 
 
 class _Imgs(HTMLParser):

@@ -1,5 +1,9 @@
 """Stages reused only when their inputs match: a work directory made with another dataset, seed or
-epochs is refused (or, with force, redone), never silently reported."""
+epochs is refused (or, with force, redone), never silently reported.
+
+The tests that run the main job (``run_all``: the ``linkedout`` pipeline through kfp.local, a dozen
+task processes a run, eight runs here) are ``slow``; ``tests/test_pipeline_local.py`` checks the
+same refusals through the ``extract`` and ``train_and_deploy`` pipelines in the default run."""
 
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ import torch
 from linkedout import pipeline
 from linkedout.data.synth import SynthConfig, generate
 from linkedout.extraction.extractor import ExtractionConfig
-from linkedout.features import FeatureReader, StoreMismatch
+from linkedout.features import FeatureReader
 from linkedout.fingerprint import StageMismatch, read_fingerprint
 from linkedout.mainjob import run_all
+from linkedout.steps import StepFailed
 
 FAST = ExtractionConfig(layers=(0, 4), num_frames=2, tokens=8, text_tokens=2, batch_size=8, shard_size=8,
                         decode_workers=0)
@@ -55,6 +60,7 @@ def _eval(work: Path, variant: str = "sasrec_id") -> dict:
     return json.loads((work / "runs" / variant / "eval.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_same_inputs_reuse_every_stage(dataset: Path, workdir: Path) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in [*workdir.rglob("*.pt"), *workdir.rglob("eval.json"),
                                                  workdir / "report.html", *workdir.glob("features/shards/*")]}
@@ -65,14 +71,16 @@ def test_the_same_inputs_reuse_every_stage(dataset: Path, workdir: Path) -> None
         assert fp is not None and fp.stage == "training" and fp.inputs["train"]["seed"] == 42
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "difference"), [({"seed": 43}, "train.seed: 42 -> 43"),
                                                     ({"epochs": 2}, "train.epochs: 1 -> 2")])
 def test_another_seed_or_epochs_is_refused_not_reported_stale(dataset: Path, workdir: Path, change: dict,
                                                               difference: str) -> None:
     before = _eval(workdir)
     kwargs = {"data": dataset, "epochs": 1, "variants": VARIANTS, "extraction": FAST, **change}
-    with pytest.raises(StageMismatch, match="--force") as info:
+    with pytest.raises(StepFailed, match="--force") as info:  # the plan-training step's own StageMismatch
         run_all(workdir, **kwargs)
+    assert info.value.step == "plan-training" and info.value.error_type == "StageMismatch"
     assert difference in str(info.value) and "sasrec_id" in str(info.value)
     assert _eval(workdir) == before  # the old results stay, unreported as new ones
     run_all(workdir, force=True, **kwargs)
@@ -81,12 +89,14 @@ def test_another_seed_or_epochs_is_refused_not_reported_stale(dataset: Path, wor
     assert read_fingerprint(workdir / "runs" / "sasrec_id").inputs["train"]["epochs"] == change.get("epochs", 1)
 
 
+@pytest.mark.slow
 def test_another_dataset_is_refused_and_its_videos_are_not_appended(dataset: Path, workdir: Path,
                                                                     tmp_path: Path) -> None:
     ids = sorted(FeatureReader(workdir / "features").ids)
     other = _synth(tmp_path / "d2", seed=9)  # the same layout, prefix and ids; other videos and users
-    with pytest.raises(StoreMismatch, match="another dataset") as info:
+    with pytest.raises(StepFailed, match="another dataset") as info:  # the plan-shards step's StoreMismatch
         run_all(workdir, data=other, epochs=1, variants=VARIANTS, extraction=FAST, stop_after="report")
+    assert info.value.step == "plan-shards" and info.value.error_type == "StoreMismatch"
     assert "--force" in str(info.value)
     assert sorted(FeatureReader(workdir / "features").ids) == ids
     run_all(workdir, data=other, epochs=1, variants=VARIANTS, extraction=FAST, force=True, stop_after="report")  # every stage redone

@@ -17,7 +17,8 @@ resumed and inspected on its own::
     linkedout serve          the local stack: Triton, the KServe transformer, Feast, on loopback
     linkedout recommend      ask the running stack for recommendations over gRPC
     linkedout catalog add    new videos recommendable at once (no retraining, no restart)
-    linkedout run            the main job end to end on the embedded default
+    linkedout run            the main job end to end on the embedded default (the linkedout pipeline, kfp.local)
+    linkedout pipeline       Kubeflow pipelines: compile, submit to a KFP API server, run locally
     linkedout ab             A/B experiments: render, status, promote, rollback, analyze, simulate
     linkedout manifests      Kubernetes manifests: list, render, validate
 
@@ -37,7 +38,8 @@ from collections.abc import Sequence
 from linkedout.utils import configure_logging
 
 #: Command modules under ``linkedout.cli``, in the order their commands appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "serve", "catalog", "run", "ab", "manifests")
+COMMAND_MODULES: tuple[str, ...] = ("data", "extract", "model", "train", "export", "serve", "catalog", "run", "pipeline", "ab",
+                                     "manifests")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,340 @@
+"""The extraction stage as a fan-out: plan the shards, extract groups of them in parallel, collect the index.
+
+:func:`linkedout.pipeline.extract` runs the extraction in one process. On a cluster the shards are
+extracted by several GPU pods at once (the ``extract`` pipeline's ``ParallelFor``), so the same
+work is split in three plain functions with explicit inputs and outputs:
+
+1. :func:`plan_shards` (CPU, cheap; one task): the store is opened with the spec the extraction will
+   write (:func:`planned_spec`: computed from the configs, no weights loaded), a store of another
+   extraction config or dataset is refused (``force``: emptied), the store is reconciled with the
+   dataset (changed and failed videos dropped to be extracted again: the store's own resume
+   logic, :func:`linkedout.extraction.catalog.reconcile_store`), the shards are planned
+   incrementally and dealt into ``groups``; the :class:`ShardPlan` is written to a JSON file that
+   every later task reads (shard assignments can be large; pipeline parameters stay small).
+2. :func:`extract_group` (GPU; one task per group, retried on failure): the group's shards that
+   are not complete yet are extracted (a re-run, or a retry after a crash, skips complete shards;
+   a group with nothing left loads no backbone). Only this task writes its shards, so the groups
+   never write the same object.
+3. :func:`collect_index` (CPU; the fan-in): every planned shard must be complete; ``index.json``
+   and ``failures.json`` are written, and more failed videos than allowed stop the job.
+
+The spec of the loaded backbone is compared with the planned one before anything is written, so
+the plan and the extraction can never disagree silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from linkedout.utils import atomic_write_text, format_duration, get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["ShardPlan", "collect_index", "extract_group", "plan_shards", "planned_spec"]
+
+PLAN_FORMAT = "linkedout-shard-plan"
+PLAN_VERSION = 1
+
+
+@dataclass
+class ShardPlan:
+    """Which shard holds which videos, and which task extracts which shards.
+
+    ``shards`` maps a shard index to its video ids (written and failed); ``groups`` lists the shard
+    indices of each extraction task; ``pending`` the shards that were not complete when planned.
+    ``extraction`` / ``backbone`` are the ``ExtractionConfig`` / ``BackboneConfig`` fields (device
+    and dtype resolved, so every task runs the backbone the same way); ``spec`` the ``FeatureSpec``
+    the tasks must produce.
+    """
+
+    store: str
+    data: str
+    spec: dict[str, Any]
+    extraction: dict[str, Any]
+    backbone: dict[str, Any]
+    shards: dict[int, list[str]]
+    groups: list[list[int]]
+    pending: list[int] = field(default_factory=list)
+    videos: int = 0
+    retried: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shards"] = {str(k): v for k, v in self.shards.items()}
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **d}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ShardPlan:
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"shard plan {path} does not exist (run the plan step first)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"shard plan {path} is not JSON: {e}") from None
+        if d.get("format") != PLAN_FORMAT or d.get("version") != PLAN_VERSION:
+            raise ValueError(f"{path} is not a shard plan of format {PLAN_FORMAT!r} version {PLAN_VERSION}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        d["shards"] = {int(k): list(v) for k, v in d["shards"].items()}
+        d["groups"] = [[int(i) for i in g] for g in d["groups"]]
+        d["pending"] = [int(i) for i in d.get("pending", [])]
+        return cls(**d)
+
+    def configs(self) -> tuple[Any, Any]:
+        """``(ExtractionConfig, BackboneConfig)`` of the plan."""
+        from linkedout.extraction.backbone import BackboneConfig
+        from linkedout.extraction.extractor import ExtractionConfig
+
+        return ExtractionConfig(**self.extraction), BackboneConfig(**self.backbone)
+
+    def shard_list(self) -> list[list[str]]:
+        """The plan as :meth:`ShardWriter.plan_incremental` returns it: entry ``i`` is shard ``i``."""
+        size = max(self.shards) + 1 if self.shards else 0
+        return [self.shards.get(i, []) for i in range(size)]
+
+
+# ---------------------------------------------------------------------------------------------- spec
+
+
+def resolve_device(backbone: Any, gpus: int) -> Any:
+    """``backbone`` with ``device`` and ``dtype`` resolved for a task that gets ``gpus`` GPUs.
+
+    ``auto`` means CUDA when the extraction task has GPUs; resolving it once, in the plan, gives
+    every task (and the spec) the same answer, whichever machine the plan itself runs on.
+    """
+    device = backbone.device if backbone.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+    resolved = dataclasses.replace(backbone, device=device)
+    dtype = backbone.dtype if backbone.dtype != "auto" else str(_dtype_for(device)).removeprefix("torch.")
+    return dataclasses.replace(resolved, dtype=dtype)
+
+
+def _dtype_for(device: str) -> Any:
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def planned_spec(extraction: Any, backbone: Any) -> Any:
+    """The ``FeatureSpec`` that extracting with ``extraction`` and ``backbone`` writes, without loading weights.
+
+    ``backbone`` must have its device resolved (:func:`resolve_device`). The backbone's name, hidden
+    size and layer count come from its architecture (``tiny``, ``random:``) or from the checkpoint's
+    ``config.json`` (a directory or a hub id); a kept layer the backbone does not have is a
+    ``ValueError`` here, before any task starts.
+    """
+    from linkedout.extraction.backbone import _tiny_name, architecture_config
+    from linkedout.extraction.extractor import ExtractionConfig  # noqa: F401  (the type of ``extraction``)
+    from linkedout.features import FeatureSpec
+
+    src = backbone.source
+    if src == "tiny" or src.startswith("random:"):
+        config = architecture_config(backbone)
+        name = _tiny_name(backbone) if src == "tiny" else src
+    else:
+        from transformers import LlavaOnevisionConfig
+
+        try:
+            config = LlavaOnevisionConfig.from_pretrained(src, revision=backbone.revision)  # config.json only
+        except OSError as e:
+            raise ValueError(f"BackboneConfig.source {src!r}: cannot read its config.json: {e}") from None
+        name = str(Path(src).resolve()) if Path(src).expanduser().is_dir() else src
+        if backbone.revision:
+            name += f"@{backbone.revision}"
+    text: Any = config.text_config
+    layers = int(text.num_hidden_layers)
+    bad = [layer for layer in extraction.layers if layer > layers]
+    if bad:
+        raise ValueError(f"ExtractionConfig.layers {bad} do not exist in backbone {name!r}, which has hidden states "
+                         f"0..{layers} (0 = embeddings, i = output of decoder layer i)")
+    dtype = backbone.dtype if backbone.dtype != "auto" else str(_dtype_for(backbone.device)).removeprefix("torch.")
+    return FeatureSpec(backbone=name, layers=tuple(extraction.layers), prompts=tuple(extraction.prompts),
+                       num_frames=extraction.num_frames, frame_size=extraction.frame_size, tokens=extraction.tokens,
+                       hidden=int(text.hidden_size), dtype=extraction.dtype, compression=extraction.compression,
+                       backbone_dtype=dtype, frame_sampling=extraction.frame_sampling)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def deal(shards: Sequence[int], pending: Sequence[int], groups: int) -> list[list[int]]:
+    """Deal ``shards`` into at most ``groups`` non-empty groups, the ``pending`` ones evenly first.
+
+    The work of a group is its pending shards, so those are spread round-robin; complete shards
+    follow (they cost a size check each). Groups come out sorted; none is empty.
+    """
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    n = max(1, min(groups, len(shards)))
+    out: list[list[int]] = [[] for _ in range(n)]
+    todo = [s for s in shards if s in set(pending)]
+    done = [s for s in shards if s not in set(pending)]
+    for k, s in enumerate(todo):
+        out[k % n].append(s)
+    for k, s in enumerate(done):
+        out[(len(todo) + k) % n].append(s)
+    return [sorted(g) for g in out if g]
+
+
+def plan_shards(data: Path, features: str, extraction: Any, backbone: Any, plan_path: str | os.PathLike[str], *,
+                groups: int = 1, gpus: int = 0, retry_failed: bool = False, force: bool = False,
+                s3_endpoint: Any = None) -> ShardPlan:
+    """Plan the extraction of the dataset at ``data`` into the store ``features``; write the plan to ``plan_path``.
+
+    ``gpus``: the GPUs each extraction task gets (``auto`` device and dtype are resolved for them);
+    ``groups``: the most extraction tasks. See the module docstring for what is checked and when.
+    """
+    import dataclasses as dc
+
+    from linkedout.data.microlens import load_microlens, sort_ids
+    from linkedout.extraction.catalog import clear_store, reconcile_store
+    from linkedout.features.shards import ShardWriter
+    from linkedout.features.storage import StoreMismatch, open_storage
+
+    backbone = resolve_device(backbone, gpus)
+    dc.replace(backbone, device="cpu").check()  # the checkpoint directory exists (the GPU is the task's)
+    spec = planned_spec(extraction, backbone)
+    dataset = load_microlens(data, check_videos=False)
+    ids = sort_ids(str(x) for x in dataset.item_ids)
+    store = open_storage(str(features), s3_endpoint)
+    try:
+        writer = ShardWriter(store, spec, extraction.shard_size)
+        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    except StoreMismatch as err:
+        if not force:
+            raise
+        log.warning("%s", err)
+        clear_store(store)  # --force: the store held another config's or another dataset's features
+        writer = ShardWriter(store, spec, extraction.shard_size)
+        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    plan = writer.plan_incremental(ids)
+    shards = {i: chunk for i, chunk in enumerate(plan) if chunk}
+    pending = [i for i, chunk in shards.items() if not writer.is_complete(i, chunk, verify="size")]
+    result = ShardPlan(store=writer.storage.uri, data=str(data), spec=spec.to_dict(),
+                       extraction=dataclasses.asdict(extraction), backbone=dataclasses.asdict(backbone),
+                       shards=shards, groups=deal(sorted(shards), pending, groups), pending=pending,
+                       videos=len(ids), retried=reconciled.retried, changed=reconciled.changed)
+    result.save(plan_path)
+    log.info("planned %d videos into %d shards of %s (%d to extract, %d complete) in %d group(s)", len(ids),
+             len(shards), writer.storage.uri, len(pending), len(shards) - len(pending), len(result.groups))
+    return result
+
+
+# ------------------------------------------------------------------------------------------- extract
+
+
+def extract_group(plan_path: str | os.PathLike[str], group: int, *, s3_endpoint: Any = None,
+                  decoder: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Extract the shards of group ``group`` of the plan that are not complete yet; returns what was done.
+
+    ``decoder``: see :func:`linkedout.extraction.extractor.extract_dataset`.
+    """
+    from linkedout.data.microlens import load_microlens
+    from linkedout.extraction.backbone import load_backbone
+    from linkedout.extraction.extractor import (
+        LinkedOutExtractor,
+        _decode_ahead,
+        _extract_shards,
+        feature_spec,
+    )
+    from linkedout.features import FeatureSpec
+    from linkedout.features.shards import ShardWriter
+    from linkedout.features.storage import FeatureStoreError, open_storage
+
+    plan = ShardPlan.load(plan_path)
+    if not 0 <= group < len(plan.groups):
+        raise ValueError(f"group {group} is not in the plan {plan_path} ({len(plan.groups)} groups)")
+    mine = plan.groups[group]
+    ecfg, bcfg = plan.configs()
+    spec = FeatureSpec.from_dict(plan.spec)
+    writer = ShardWriter(open_storage(plan.store, s3_endpoint), spec, ecfg.shard_size)
+    todo = [i for i in mine if not writer.is_complete(i, plan.shards[i], verify="size")]
+    out: dict[str, Any] = {"group": group, "shards": mine, "written": [], "skipped": [i for i in mine if i not in todo],
+                           "encoded": 0, "seconds": 0.0}
+    if not todo:
+        log.info("group %d: its %d shards are complete", group, len(mine))
+        return out
+    started = time.perf_counter()
+    bb = load_backbone(bcfg)
+    actual = feature_spec(bb, ecfg)
+    if actual != spec:
+        raise FeatureStoreError(f"the backbone loaded for group {group} gives another spec than planned "
+                                f"({'; '.join(spec.diff(actual))}): plan again")
+    dataset = load_microlens(Path(plan.data), check_videos=False)
+    extractor = LinkedOutExtractor(bb, ecfg)
+    ids = [vid for i in todo for vid in plan.shards[i]]
+    log.info("group %d: extracting %d shards (%d videos), %d already complete", group, len(todo), len(ids),
+             len(out["skipped"]))
+    t0 = time.perf_counter()
+    done: list[int] = []
+
+    def written(shard: int, manifest: Any) -> None:
+        done.append(shard)
+        elapsed = time.perf_counter() - t0
+        videos = sum(len(plan.shards[i]) for i in done)
+        rate = videos / elapsed if elapsed > 0 else 0.0
+        eta = (len(ids) - videos) / rate if rate > 0 else float("nan")
+        log.info("group %d: shard %d written (%d of %d; %d videos, %d failed); %.2f videos/s, ETA %s", group, shard,
+                 len(done), len(todo), len(manifest.ids), len(manifest.failed), rate, format_duration(eta))
+
+    stream = _decode_ahead(dataset, ids, ecfg, decoder)
+    try:
+        out["encoded"] = _extract_shards(extractor, writer, plan.shard_list(), todo, iter(stream), written)
+    finally:
+        stream.close()
+    out["written"] = done
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+# ------------------------------------------------------------------------------------------- collect
+
+
+def collect_index(plan_path: str | os.PathLike[str], results: Sequence[dict[str, Any]] = (), *,
+                  max_failed_share: float = 1.0, s3_endpoint: Any = None) -> Any:
+    """The fan-in: check that every planned shard is complete, write ``index.json`` and ``failures.json``.
+
+    ``results`` are the groups' :func:`extract_group` outputs (for the summary's counts). Returns the
+    ``ExtractionSummary``; more failed videos than ``max_failed_share`` raise
+    :class:`linkedout.pipeline.TooManyFailures` after ``failures.json`` is written (the shards stay:
+    a re-run with a higher share, or with fixed files, resumes).
+    """
+    from linkedout.extraction.extractor import ExtractionSummary, failures_document
+    from linkedout.features import FeatureSpec
+    from linkedout.features.shards import FAILURES_KEY, ShardWriter
+    from linkedout.features.storage import FeatureStoreError, open_storage
+    from linkedout.pipeline import check_failures
+
+    plan = ShardPlan.load(plan_path)
+    spec = FeatureSpec.from_dict(plan.spec)
+    writer = ShardWriter(open_storage(plan.store, s3_endpoint), spec, int(plan.extraction["shard_size"]))
+    incomplete = [i for i, ids in sorted(plan.shards.items()) if not writer.is_complete(i, ids, verify="size")]
+    if incomplete:
+        raise FeatureStoreError(f"{plan.store}: shards {incomplete[:10]} of the plan are not complete (an extraction "
+                                "task failed or did not run); run the extraction again, complete shards are kept")
+    index = writer.finalize()
+    catalog = {vid for ids in plan.shards.values() for vid in ids}
+    summary = ExtractionSummary(
+        uri=writer.storage.uri, spec=plan.spec, videos=plan.videos, shards=len(plan.shards),
+        shards_written=sum(len(r.get("written", [])) for r in results),
+        shards_skipped=len(plan.shards) - sum(len(r.get("written", [])) for r in results),
+        encoded=int(sum(int(r.get("encoded", 0)) for r in results)),
+        failed={k: v for k, v in index.failed.items() if k in catalog},
+        seconds=float(sum(float(r.get("seconds", 0.0)) for r in results)),
+        retried=plan.retried, changed=plan.changed)
+    writer.storage.write_bytes(FAILURES_KEY, json.dumps(failures_document(summary), indent=2).encode())
+    log.info("extraction complete: %d videos in %d shards (%d written now), %d failed (%.2f %%)", plan.videos,
+             len(plan.shards), summary.shards_written, len(summary.failed), 100 * summary.failed_share)
+    check_failures(summary, max_failed_share)
+    return summary
