@@ -103,14 +103,20 @@ def test_another_dataset_is_refused_and_its_videos_are_not_appended(dataset: Pat
     assert read_fingerprint(workdir / "split").inputs["dataset"] == pipeline.dataset_digest(other)
 
 
-def test_training_on_a_feature_store_of_another_dataset_is_refused(workdir: Path, tmp_path: Path) -> None:
+def test_training_on_a_feature_store_of_another_dataset_is_refused(dataset: Path, tmp_path: Path) -> None:
     """`train` / `evaluate` read features through the split: another dataset's store is refused there too."""
-    other = _synth(tmp_path / "d2", seed=9)
+    from linkedout.extraction.backbone import BackboneConfig
+    from linkedout.features.storage import StoreMismatch
+
+    features = str(tmp_path / "features")
+    pipeline.extract(dataset, features, (FAST, BackboneConfig()))
+    other = _synth(tmp_path / "d2", seed=9)  # the same layout, prefix and ids; other videos and users
     with pytest.raises(StoreMismatch, match="another dataset"):
-        pipeline.build_split(other, str(workdir / "features"))
+        pipeline.build_split(other, features)
     with pytest.raises(StoreMismatch, match="another dataset"):
-        pipeline.train_variant(other, str(workdir / "features"), tmp_path / "run", "linkedout", epochs=1)
+        pipeline.train_variant(other, features, tmp_path / "run", "linkedout", epochs=1)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+    assert pipeline.build_split(dataset, features).num_items > 0  # its own dataset still trains on it
 
 
 def test_the_generated_dataset_of_another_preset_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
