@@ -172,3 +172,27 @@ def test_sigint_during_extraction_stops_cleanly_and_the_run_resumes(data: Path, 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "already complete" in done.stdout and (store / "index.json").is_file()
+
+
+def test_run_exits_1_when_the_extraction_step_finds_too_many_failed_videos(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`linkedout run` exits as `extract` does (1) when the collect-index step stops on the failed share;
+    any other failed step is an error of its own (2)."""
+    from linkedout import mainjob
+    from linkedout.steps import StepFailed
+
+    def too_many(*_a: object, **_k: object) -> None:
+        raise StepFailed("collect-index", "TooManyFailures", "3 of 8 videos failed (37.5 %) > --max-failed-share 1 %",
+                         str(tmp_path / "collect-index.log"))
+
+    monkeypatch.setattr(mainjob, "run_all", too_many)
+    assert main(["run", "--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "collect-index failed: TooManyFailures" in err and "--max-failed-share" in err
+
+    def other(*_a: object, **_k: object) -> None:
+        raise StepFailed("train", "StageMismatch", "train.seed: 42 -> 43")
+
+    monkeypatch.setattr(mainjob, "run_all", other)
+    assert main(["run", "--workdir", str(tmp_path)]) == 2
+    assert "train.seed: 42 -> 43" in capsys.readouterr().err

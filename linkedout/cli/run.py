@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from linkedout.cli.common import Subparsers, share
@@ -45,7 +46,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
     if args.extract_workers < 1:
         raise ValueError(f"--extract-workers must be >= 1, got {args.extract_workers}")
-    mainjob.run_all(args.workdir, preset=args.preset, data=args.data, epochs=args.epochs, variants=variants,
-                    seed=args.seed, stop_after=args.stop_after, force=args.force, retry_failed=args.retry_failed,
-                    max_failed_share=args.max_failed_share, extract_workers=args.extract_workers)
+    from linkedout.steps import StepFailed
+
+    try:
+        mainjob.run_all(args.workdir, preset=args.preset, data=args.data, epochs=args.epochs, variants=variants,
+                        seed=args.seed, stop_after=args.stop_after, force=args.force, retry_failed=args.retry_failed,
+                        max_failed_share=args.max_failed_share, extract_workers=args.extract_workers)
+    except StepFailed as e:
+        if e.error_type != "TooManyFailures":
+            raise
+        # not bad input: the data had more unreadable videos than allowed; exit 1 as `linkedout extract` does
+        print(f"linkedout run: {e}", file=sys.stderr)
+        return 1
     return 0
