@@ -289,3 +289,14 @@ def test_the_transformer_reads_catalogues_from_an_s3_model_repository(serving_re
         local = Catalog.load(serving_repo.root / "linkedout_ranker" / "1")
         assert np.array_equal(view.catalog.ids, local.ids)
         assert np.allclose(view.catalog.embeddings, local.embeddings)
+
+
+def test_stack_settings_resolve_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`linkedout serve --workdir runs/demo`: Triton and the transformer run in other directories, so
+    the work directory and the routing config they are given must be absolute."""
+    from linkedout.serving.stack import StackSettings
+
+    monkeypatch.chdir(tmp_path)
+    s = StackSettings(workdir=Path("runs/demo"), routing=Path("routing.yaml"))
+    assert s.workdir == tmp_path / "runs" / "demo" and s.workdir.is_absolute()
+    assert s.routing == tmp_path / "routing.yaml"

@@ -75,7 +75,9 @@ class StackSettings:
     startup_timeout: float = 180.0
 
     def __post_init__(self) -> None:
-        self.workdir = Path(self.workdir)
+        self.workdir = Path(self.workdir).resolve()  # the servers run in other directories
+        if self.routing is not None:
+            self.routing = Path(self.routing).resolve()
         if self.prefer not in ("triton", "kserve"):
             raise ValueError(f"StackSettings.prefer must be 'triton' or 'kserve', got {self.prefer!r}")
         if not self.sync_interval > 0:
