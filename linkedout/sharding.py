@@ -198,9 +198,8 @@ def plan_shards(data: Path, features: str, extraction: Any, backbone: Any, plan_
     import dataclasses as dc
 
     from linkedout.data.microlens import load_microlens, sort_ids
-    from linkedout.extraction.catalog import clear_store, reconcile_store
-    from linkedout.features.shards import ShardWriter
-    from linkedout.features.storage import StoreMismatch, open_storage
+    from linkedout.extraction.catalog import open_store_for
+    from linkedout.features.storage import open_storage
 
     backbone = resolve_device(backbone, gpus)
     dc.replace(backbone, device="cpu").check()  # the checkpoint directory exists (the GPU is the task's)
@@ -208,16 +207,8 @@ def plan_shards(data: Path, features: str, extraction: Any, backbone: Any, plan_
     dataset = load_microlens(data, check_videos=False)
     ids = sort_ids(str(x) for x in dataset.item_ids)
     store = open_storage(str(features), s3_endpoint)
-    try:
-        writer = ShardWriter(store, spec, extraction.shard_size)
-        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
-    except StoreMismatch as err:
-        if not force:
-            raise
-        log.warning("%s", err)
-        clear_store(store)  # --force: the store held another config's or another dataset's features
-        writer = ShardWriter(store, spec, extraction.shard_size)
-        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    writer, reconciled = open_store_for(store, spec, extraction.shard_size, dataset, ids,
+                                        retry_failed=retry_failed, replace=force)
     plan = writer.plan_incremental(ids)
     shards = {i: chunk for i, chunk in enumerate(plan) if chunk}
     pending = [i for i, chunk in shards.items() if not writer.is_complete(i, chunk, verify="size")]

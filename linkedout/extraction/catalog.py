@@ -171,3 +171,22 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
     _write_dataset_doc(storage, name or (previous or {}).get("name"), None if root is None else str(root),
                        len(ids), previous)
     return result
+
+
+def open_store_for(storage: Storage, spec: Any, shard_size: int, dataset: _Dataset, ids: Sequence[str], *,
+                   retry_failed: bool = False, replace: bool = False) -> tuple[ShardWriter, Reconciled]:
+    """A :class:`ShardWriter` on ``storage`` for ``dataset``'s catalogue ``ids``, reconciled (:func:`reconcile_store`).
+
+    A store of another extraction config or another dataset raises :class:`StoreMismatch`;
+    ``replace`` (``--force``) empties it and starts again instead.
+    """
+    try:
+        writer = ShardWriter(storage, spec, shard_size)
+        return writer, reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    except StoreMismatch as err:
+        if not replace:
+            raise
+        log.warning("%s", err)
+        clear_store(storage)  # --force: the store held another config's or another dataset's features
+        writer = ShardWriter(storage, spec, shard_size)
+        return writer, reconcile_store(writer, dataset, ids, retry_failed=retry_failed)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from linkedout.data.microlens import sort_ids
 from linkedout.extraction.backbone import Backbone, BackboneConfig, load_backbone
-from linkedout.extraction.catalog import clear_store, reconcile_store
+from linkedout.extraction.catalog import open_store_for
 from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
 from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
 from linkedout.extraction.video import FRAME_SAMPLINGS
@@ -44,7 +44,7 @@ from linkedout.features.shards import (
     ShardWriter,
     read_manifest,
 )
-from linkedout.features.storage import S3Options, Storage, StoreMismatch, open_storage
+from linkedout.features.storage import S3Options, Storage, open_storage
 from linkedout.utils import get_logger, progress
 
 __all__ = [
@@ -464,16 +464,8 @@ def extract_dataset(
     extractor = LinkedOutExtractor(bb, cfg)
     spec = feature_spec(bb, cfg)
     ids = sort_ids(str(x) for x in dataset.item_ids)
-    try:
-        writer = ShardWriter(store, spec, cfg.shard_size)
-        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
-    except StoreMismatch as err:
-        if not replace:
-            raise
-        log.warning("%s", err)
-        clear_store(store)  # --force: this store held another config's or another dataset's features
-        writer = ShardWriter(store, spec, cfg.shard_size)
-        reconciled = reconcile_store(writer, dataset, ids, retry_failed=retry_failed)
+    writer, reconciled = open_store_for(store, spec, cfg.shard_size, dataset, ids, retry_failed=retry_failed,
+                                        replace=replace)
     plan = writer.plan_incremental(ids)  # shards already written keep their videos; new videos go to new shards
     planned = [i for i, chunk in enumerate(plan) if chunk]
     pending = [i for i in planned if not writer.is_complete(i, plan[i], verify="size")]
