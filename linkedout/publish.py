@@ -119,6 +119,18 @@ def default_repository_configs(name: str = "linkedout") -> dict[str, str]:
             f"{ranker_name(name)}/config.pbtxt": config_pbtxt(ranker_name(name), rk, xcfg.triton)}
 
 
+def open_feast(feast_dir: Path, settings: Any = None) -> Any:
+    """The Feast repository in ``feast_dir``, rendered first if there is none (``settings``: a
+    ``FeastSettings``, default the local environment), with its definitions applied."""
+    from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo
+
+    if not (feast_dir / "feature_store.yaml").is_file():
+        render_repo(feast_dir, settings if settings is not None else FeastSettings(environment="local"))
+    repo = open_repo(feast_dir)
+    apply(repo)
+    return repo
+
+
 def publish_features(data: Path, repository: str | os.PathLike[str], feast_dir: str | os.PathLike[str], *,
                      name: str, version: int | None = None, settings: Any = None) -> dict[str, Any]:
     """Write a work directory's Feast store from the dataset and a published catalogue version.
@@ -133,21 +145,14 @@ def publish_features(data: Path, repository: str | os.PathLike[str], feast_dir: 
     from linkedout.data.microlens import load_microlens
     from linkedout.export import ModelRepository, ranker_name
     from linkedout.featurestore import (
-        FeastSettings,
-        apply,
         histories_from_interactions,
-        open_repo,
         publish_catalog,
-        render_repo,
         write_histories,
         write_interactions,
     )
 
     feast_dir = Path(feast_dir)
-    if not (feast_dir / "feature_store.yaml").is_file():
-        render_repo(feast_dir, settings if settings is not None else FeastSettings(environment="local"))
-    repo = open_repo(feast_dir)
-    apply(repo)
+    repo = open_feast(feast_dir, settings)
     dataset = load_microlens(data, check_videos=False)
     write_interactions(repo, dataset.interactions, part="dataset")
     histories = histories_from_interactions(dataset.interactions)
@@ -411,11 +416,7 @@ def training_interactions(data: Path, feast_dir: Path, *, settings: Any = None, 
     """
     from linkedout.data.microlens import load_microlens
     from linkedout.featurestore import (
-        FeastSettings,
-        apply,
-        open_repo,
         read_interactions,
-        render_repo,
         write_interactions,
     )
     from linkedout.featurestore.definitions import INTERACTIONS
@@ -425,10 +426,7 @@ def training_interactions(data: Path, feast_dir: Path, *, settings: Any = None, 
     from linkedout.utils import atomic_write_text
 
     feast_dir = Path(feast_dir)
-    if not (feast_dir / "feature_store.yaml").is_file():
-        render_repo(feast_dir, settings if settings is not None else FeastSettings(environment="local"))
-    repo = open_repo(feast_dir)
-    apply(repo)
+    repo = open_feast(feast_dir, settings)
     digest = dataset_digest(data)
     stamp_path = feast_dir / OFFLINE_STAMP
     old = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
