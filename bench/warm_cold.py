@@ -11,14 +11,21 @@ videos are. The test set is never looked at.
 
     python bench/warm_cold.py select --workdir runs/demo --seeds 42 43
 
+``calibrate``: the post-hoc factor ``IDConfig.cold_scale`` on the embedding of videos without an
+ID row, swept on ``select``'s checkpoints of one alternative (the split of ``--holdout``, the
+dataset's never-trained videos masked), with the rule that sets the default:
+
+    python bench/warm_cold.py select --workdir runs/demo --holdout 0.05 --alternatives map10_dropout50,linkedout
+    python bench/warm_cold.py calibrate --workdir runs/demo --holdout 0.05
+
 ``scale``: the same comparison as ``bench/compare.py`` (test, full catalogue, history masked, warm
 and cold targets) on a larger synthetic dataset, the ``microlens-100k`` preset restricted to
 ``--videos`` videos and ``--users`` users: generates it, extracts its features with the tiny
 backbone, trains and evaluates each variant once, and times every stage.
 
-    python bench/warm_cold.py scale --workdir runs/scale --videos 3000 --users 20000
+    python bench/warm_cold.py scale --workdir runs/scale --videos 3000 --users 15000 --epochs 20
 
-Figures go to ``bench/results/warm_cold_select.json`` and ``bench/results/warm_cold_scale.json``.
+Figures go to ``bench/results/warm_cold_{select,calibrate,scale}.json``.
 """
 
 from __future__ import annotations
@@ -174,7 +181,8 @@ def select(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for name in names:
             variant, ids = ALTERNATIVES[name]
-            run_dir = args.workdir / "warm_cold_select" / f"holdout{args.holdout_seed}" / f"seed{seed}" / name
+            run_dir = (args.workdir / "warm_cold_select" / f"holdout{args.holdout:g}_seed{args.holdout_seed}"
+                       / f"seed{seed}" / name)
             r = train_and_validate(split, item_features, variant, ids, seed, run_dir, exclude, args.epochs)
             rows[name].append(r)
             print(f"seed {seed} {name:<22} " + "  ".join(f"{p} {m} {r[p][m]:.4f}" for p in PARTS for m in METRICS)
@@ -192,6 +200,77 @@ def select(args: argparse.Namespace) -> None:
            "alternatives": {n: {"variant": ALTERNATIVES[n][0], "ids": ALTERNATIVES[n][1]} for n in names},
            "seconds": time.perf_counter() - t0, "summary": summary, "runs": rows}
     write(args.out or Path("bench/results/warm_cold_select.json"), out)
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    """Sweep ``IDConfig.cold_scale`` on the pseudo-cold validation split of ``select``'s trained runs.
+
+    Post hoc (the factor is not used in training): each seed's best checkpoint of ``--alternative``
+    is evaluated on validation with every factor of ``--scales``. The dataset's own never-trained
+    videos are masked for every validation user: in this split the held-out videos are the cold
+    ones, and the never-trained videos can be no validation target (they only ever occur as a
+    user's last interaction), so leaving them in would rank decoys a test catalogue does not have.
+    The factor chosen is the largest whose mean overall HR@10 and NDCG@10 stay within one standard
+    deviation (over seeds) of those of the factor with the best overall NDCG@10.
+    """
+    from linkedout.evaluation import evaluate
+    from linkedout.evaluation.evaluate import item_table
+    from linkedout.training.checkpoint import load_model_from_checkpoint
+
+    data, features = args.workdir / "data", str(args.workdir / "features")
+    base = pipeline.build_split(data, features, cache_dir=args.workdir / "split")
+    item_features = pipeline.item_features_for(base, features)
+    split, held = holdout_split(base, args.holdout, args.holdout_seed)
+    never = np.flatnonzero(base.item_counts == 0)
+    never = never[never > 0]
+    exclude = [np.concatenate([s, never]) for s in base.train_sequences]
+    keep = ~np.isin(split.valid.targets, never)  # (none on synthetic data: never-trained videos are last only)
+    valid = EvalSet([u for u, k in zip(split.valid.user_ids, keep, strict=True) if k], split.valid.histories[keep],
+                    split.valid.targets[keep], split.valid.cold[keep])
+    exclude = [e for e, k in zip(exclude, keep, strict=True) if k]
+    print(f"pseudo-cold split: {len(held)} held-out videos, {len(never)} never-trained videos masked; validation: "
+          f"{int(valid.cold.sum())} cold of {len(valid.targets)} targets", flush=True)
+    root = args.workdir / "warm_cold_select" / f"holdout{args.holdout:g}_seed{args.holdout_seed}"
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:
+        for name in [args.alternative, *args.references]:
+            ckpt = root / f"seed{seed}" / name / "checkpoints" / "best.pt"
+            if not ckpt.is_file():
+                raise SystemExit(f"{ckpt} is missing: run `select --holdout {args.holdout:g} --seeds {seed} "
+                                 f"--alternatives {name}` first")
+            model = load_model_from_checkpoint(ckpt, split.num_items)
+            feats = item_features if model.needs_features else None
+            scales = args.scales if name == args.alternative else [1.0]
+            for a in scales:
+                if name == args.alternative:
+                    model.config.ids.cold_scale = a
+                table = item_table(model, feats)
+                full = evaluate(model, valid, feats, exclude=exclude, sampled_negatives=0, table=table).full.to_dict()
+                key = f"{name} x{a:g}" if name == args.alternative else name
+                rows.setdefault(key, []).append({p: {m: full[p][m] for m in METRICS} for p in PARTS})
+                print(f"seed {seed} {key:<24} " + "  ".join(f"{p} {m} {full[p][m]:.4f}" for p in PARTS for m in METRICS),
+                      flush=True)
+    summary = {n: {f"{p}/{m}": mean_std([r[p][m] for r in rs]) for p in PARTS for m in METRICS}
+               for n, rs in rows.items()}
+    cands = [f"{args.alternative} x{a:g}" for a in args.scales]
+    best = max(cands, key=lambda n: summary[n]["overall/NDCG@10"]["mean"])
+    # the rule that sets IDConfig.cold_scale: the largest factor whose overall HR@10 and NDCG@10 stay
+    # within one standard deviation (over seeds) of the best factor's (the targets' own tolerance)
+    floor = {m: summary[best][f"overall/{m}"]["mean"] - summary[best][f"overall/{m}"]["std"] for m in METRICS}
+    ok = [n for n in cands if all(summary[n][f"overall/{m}"]["mean"] >= floor[m] for m in METRICS)]
+    chosen = max(ok, key=lambda n: args.scales[cands.index(n)])
+    print(f"\nvalidation (pseudo-cold split, never-trained videos masked), mean ± std over seeds {args.seeds}")
+    print(f"{'model':<24}" + "".join(f"{p + ' ' + m:>20}" for p in PARTS for m in METRICS))
+    for n, s in summary.items():
+        print(f"{n:<24}" + "".join(f"{s[f'{p}/{m}']['mean']:>12.4f} ± {s[f'{p}/{m}']['std']:.3f}"
+                                   for p in PARTS for m in METRICS)
+              + ("   <- best overall NDCG@10" if n == best else "") + ("   <- chosen" if n == chosen else ""))
+    out = {"workdir": str(args.workdir), "seeds": args.seeds, "holdout": args.holdout,
+           "holdout_seed": args.holdout_seed, "held_out_videos": len(held), "masked_never_trained": len(never),
+           "valid_cold_targets": int(valid.cold.sum()), "valid_targets": len(valid.targets),
+           "alternative": args.alternative, "scales": args.scales, "best": best, "chosen": chosen,
+           "rule": "largest factor with overall HR@10 and NDCG@10 within one std of the best factor's", "summary": summary, "runs": rows}
+    write(args.out or Path("bench/results/warm_cold_calibrate.json"), out)
 
 
 def scale(args: argparse.Namespace) -> None:
@@ -236,18 +315,21 @@ def scale(args: argparse.Namespace) -> None:
     for v in variants:
         run_dir = work / "runs" / pipeline.parse_variant(v).name
         t = time.perf_counter()
+        timing = run_dir / "bench_seconds.json"  # the first (real) run's time, kept for a re-run
         if not (run_dir / "eval.json").is_file():
             pipeline.train_variant(data, str(features), run_dir, v, seed=args.seed, epochs=args.epochs, split=split,
                                    item_features=item_features)
             pipeline.evaluate_run(data, str(features), run_dir, split=split, item_features=item_features)
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - t}))
         ev = json.loads((run_dir / "eval.json").read_text())
         res = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
         rows[v] = {**{p: {m: ev["full"][p][m] for m in METRICS} for p in PARTS},
                    "n_users": ev["full"]["n_users"], "epochs": res.get("epochs_completed"),
-                   "best_epoch": res.get("best_epoch"), "seconds": time.perf_counter() - t}
+                   "best_epoch": res.get("best_epoch"),
+                   "seconds": json.loads(timing.read_text())["seconds"] if timing.is_file() else None}
         times[f"{v}_s"] = rows[v]["seconds"]
         print(f"{v:<12} " + "  ".join(f"{p} {m} {ev['full'][p][m] or 0:.4f}" for p in PARTS for m in METRICS)
-              + f"  ({rows[v]['seconds']:.0f} s)", flush=True)
+              + f"  ({rows[v]['seconds'] or 0:.0f} s)", flush=True)
     out = {"workdir": str(work), "preset": "microlens-100k", "size": size, "seed": args.seed, "times": times,
            "rows": rows}
     write(args.out or Path("bench/results/warm_cold_scale.json"), out)
@@ -271,10 +353,20 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="cap on epochs (default: the main job's)")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(fn=select)
+    p = sub.add_parser("calibrate", help="sweep IDConfig.cold_scale on select's pseudo-cold runs")
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    p.add_argument("--alternative", default="map10_dropout50")
+    p.add_argument("--references", nargs="*", default=["linkedout"])
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0])
+    p.add_argument("--holdout", type=float, default=0.05, help="the share select held out")
+    p.add_argument("--holdout-seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(fn=calibrate)
     p = sub.add_parser("scale", help="the comparison on a larger microlens-100k-preset dataset")
     p.add_argument("--workdir", type=Path, default=Path("runs/scale"))
     p.add_argument("--videos", type=int, default=3000)
-    p.add_argument("--users", type=int, default=20000)
+    p.add_argument("--users", type=int, default=15000)
     p.add_argument("--variants", default="warmcold,linkedout,sasrec_id,hybrid")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--epochs", type=int, default=None)

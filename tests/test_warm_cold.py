@@ -78,7 +78,7 @@ def test_cold_videos_never_read_an_untrained_id_row(ids: dict[str, object], feat
 
 
 def test_index_zero_and_untrained_items_are_their_content_alone(feats: torch.Tensor) -> None:
-    model = make(map_weight=0.0).eval()
+    model = make(map_weight=0.0, cold_scale=1.0).eval()
     with torch.no_grad():
         content, _ = model.encode_content(torch.arange(N + 1), feats)  # (N+1, d)
         emb = model.encode_items(torch.arange(N + 1), feats).emb
@@ -98,7 +98,8 @@ def test_default_model_scores_unseen_videos_from_content_and_its_mapping(feats: 
     with torch.no_grad():
         content, _ = model.encode_content(torch.arange(N + 1), feats)
         emb = model.encode_items(torch.arange(N + 1), feats).emb
-        torch.testing.assert_close(emb[COLD], content[COLD] + model.id_map(content[COLD]))
+        scale = model.config.ids.cold_scale  # the calibration factor of content-only videos
+        torch.testing.assert_close(emb[COLD], scale * (content[COLD] + model.id_map(content[COLD])))
         live = model.encode_items(torch.zeros(len(COLD), dtype=torch.long), feats[COLD]).emb
         torch.testing.assert_close(live, emb[COLD])  # index 0 (live catalogue) = an unseen catalogue video
         table = model.id_embedding.weight  # type: ignore[union-attr]
@@ -167,7 +168,7 @@ def test_frequency_gate_weighs_rows_by_count_and_map_stands_in(feats: torch.Tens
         table = model.id_embedding.weight  # type: ignore[union-attr]
         w = torch.sigmoid(torch.log1p(torch.from_numpy(COUNTS).float()))  # a = 1, b = 0 at init
         torch.testing.assert_close(emb[WARM], content[WARM] + w[WARM, None] * table[WARM])
-    mapped = make(map_weight=1.0)
+    mapped = make(map_weight=1.0, cold_scale=1.0)
     assert mapped.id_map is not None
     with torch.no_grad():
         mapped.id_map.fc2.bias.fill_(0.5)  # a mapping that is not zero
@@ -181,7 +182,7 @@ def test_frequency_gate_weighs_rows_by_count_and_map_stands_in(feats: torch.Tens
 
 
 def test_unknown_row_is_shared_by_items_without_an_id_row(feats: torch.Tensor) -> None:
-    model = make(unknown_row=True, dropout=0.5, map_weight=0.0)
+    model = make(unknown_row=True, dropout=0.5, map_weight=0.0, cold_scale=1.0)
     assert model.id_unknown is not None and "id" in model.param_groups()
     with torch.no_grad():
         model.id_unknown.normal_()
@@ -194,6 +195,26 @@ def test_unknown_row_is_shared_by_items_without_an_id_row(feats: torch.Tensor) -
     model.train()  # a dropped item takes the shared row, so it learns from the dropped items
     model.encode_items(WARM.repeat(4), feats[WARM.repeat(4)]).emb.sum().backward()
     assert model.id_unknown.grad is not None and model.id_unknown.grad.abs().sum() > 0
+
+
+def test_cold_scale_multiplies_content_only_items_outside_training_only(feats: torch.Tensor) -> None:
+    base, scaled = make(cold_scale=1.0), make(cold_scale=1.5)
+    scaled.load_state_dict(base.state_dict())
+    idx = torch.arange(N + 1)
+    with torch.no_grad():
+        want = base.eval().encode_items(idx, feats).emb
+        got = scaled.eval().encode_items(idx, feats).emb
+        torch.testing.assert_close(got[WARM], want[WARM], rtol=0, atol=0)  # ID-carrying items untouched
+        torch.testing.assert_close(got[COLD], 1.5 * want[COLD])
+        torch.testing.assert_close(got[0], 1.5 * want[0])  # index 0: a video added to the live catalogue
+        base.train(), scaled.train()
+        torch.manual_seed(1)
+        a = base.encode_items(idx, feats).emb
+        torch.manual_seed(1)
+        b = scaled.encode_items(idx, feats).emb  # the same dropout draws
+        torch.testing.assert_close(b, a, rtol=0, atol=0)  # training never sees the factor
+    with pytest.raises(ValueError, match=r"IDConfig\.cold_scale"):
+        IDConfig(cold_scale=0.0)
 
 
 def test_state_dict_alone_rebuilds_counts_and_outputs(feats: torch.Tensor) -> None:
@@ -226,10 +247,12 @@ def test_counts_and_config_are_validated() -> None:
         WarmColdRecommender(ModelConfig(kind="linkedout", d_model=DM, fusion=cfg().fusion), N)
 
 
-def test_encode_items_exports_to_onnx_and_matches_onnxruntime(tmp_path: Path, feats: torch.Tensor) -> None:
+@pytest.mark.parametrize("ids", [{}, {"cold_scale": 1.3}])
+def test_encode_items_exports_to_onnx_and_matches_onnxruntime(ids: dict[str, object], tmp_path: Path,
+                                                             feats: torch.Tensor) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    model = make().eval()
+    model = make(**ids).eval()
 
     class ItemEncoder(torch.nn.Module):
         def __init__(self, m: WarmColdRecommender) -> None:

@@ -293,10 +293,19 @@ class IDConfig:
     # 0): what the ID part of a typical training target adds, learned from the dropped items, so
     # that a video scored from its content alone is not ranked below every ID-carrying one.
     unknown_row: bool = False
+    # Outside training, the embedding of every item without an ID row (never seen, index 0) is
+    # multiplied by this factor: a calibration of how far a content-only video is trusted against
+    # ID-carrying ones (> 1 ranks videos close to a user's taste higher, far ones lower). Not used
+    # in training (items dropped there keep factor 1); 1 = off; > 0. 1.2: chosen on the `small`
+    # preset's pseudo-cold validation split with 5 % of the warm videos held out (the catalogue's
+    # share of never-seen ones), as the largest factor whose overall HR@10 and NDCG@10 stay within
+    # one std of the best factor's (``bench/warm_cold.py calibrate``; README, "The served model").
+    cold_scale: float = 1.2
 
     def __post_init__(self) -> None:
         n = type(self).__name__
         _check_bool(n, "unknown_row", self.unknown_row)
+        _check_float(n, "cold_scale", self.cold_scale, lo=0.0, lo_open=True)
         _check_float(n, "dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
         _check_float(n, "batch_dropout", self.batch_dropout, lo=0.0, hi=1.0, hi_open=True)
         _check_int(n, "min_count", self.min_count, lo=1)

@@ -15,6 +15,9 @@
   their untrained rows are never read;
 - ``w_i``: 1, or with ``IDConfig.gate = "frequency"`` a learned ``sigmoid(a log(1 + count_i) + b)``.
 
+Outside training, the embedding of an item without an ID row is multiplied by
+``IDConfig.cold_scale`` (a calibration chosen on a pseudo-cold validation split; 1 = off).
+
 With ``IDConfig.unknown_row`` every item without an ID row (dropped, unseen, index 0) adds one
 shared learned row ``u`` instead: ``e_i = c_i + u``. It is not an item's row (no item index reads
 it); it learns, from the items dropped in training, what the ID part adds to a typical target.
@@ -162,4 +165,7 @@ class WarmColdRecommender(LinkedOutRecommender):
                 err = (self.id_map(content.detach()) - target).pow(2).mean(dim=-1)  # (M,)
                 map_loss = ids.map_weight * (err * warm).sum() / warm.sum().clamp_min(1.0)
                 aux = map_loss if aux is None else aux + map_loss
+        if not self.training and ids.cold_scale != 1.0:  # calibration of content-only items, see IDConfig
+            scale = torch.where(use, torch.ones_like(weight), torch.full_like(weight, ids.cold_scale))  # (M,)
+            emb = emb * scale.unsqueeze(-1)  # (M, d)
         return ItemEncoding(emb=emb, gate=video.gate, layer_outputs=video.layer_outputs, aux_loss=aux)
