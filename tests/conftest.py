@@ -44,7 +44,9 @@ def build_variant(variant: str, toy: Toy, *, seed: int = 7, d_model: int = 32) -
     from linkedout.utils import set_seed
 
     v = pipeline.parse_variant(variant)
-    spec = toy.item_features.reader.spec if v.kind in ("linkedout", "hybrid") else None
+    from linkedout.model.config import FEATURE_KINDS
+
+    spec = toy.item_features.reader.spec if v.kind in FEATURE_KINDS else None
     cfg = pipeline.model_config_for(v, spec, d_model=d_model)
     set_seed(seed)
     model = build_model(cfg, toy.split.num_items, toy.split.item_counts)

@@ -38,7 +38,7 @@ from linkedout.export.exporter import topk_mismatch
 from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
 from linkedout.features import FeatureReader
 
-VARIANTS = ("linkedout", "hybrid", "multimodal", "sasrec_id", "popularity", "uniform", "last_layer")
+VARIANTS = ("warmcold", "linkedout", "hybrid", "multimodal", "sasrec_id", "popularity", "uniform", "last_layer")
 TOL = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -328,6 +328,34 @@ def test_id_models_encode_new_videos_without_an_id_row(toy: Toy, tmp_path: Path)
         assert torch.allclose(new, content, atol=TOL)
         if variant == "sasrec_id":
             assert float(new.abs().max()) == 0.0
+
+
+def test_cold_scale_is_set_at_export_without_retraining(toy: Toy, tmp_path: Path) -> None:
+    """``ExportConfig.cold_scale`` rescales the catalogue rows and live additions of unseen videos only."""
+    model = build_variant("warmcold", toy)
+    base_scale = model.config.ids.cold_scale
+    repo = ModelRepository(tmp_path / "repo")
+    common = dict(item_ids=toy.split.item_ids, item_features=toy.item_features, popularity=toy.split.item_counts)
+    export_model(model, repo, **common, config=ExportConfig(name="a", max_k=10))  # the checkpoint's factor
+    export_model(model, repo, **common, config=ExportConfig(name="b", max_k=10, cold_scale=2.0))
+    a, b = (Catalog.load(repo.version_dir(f"{n}_ranker", 1)) for n in "ab")
+    seen = toy.split.item_counts[1:] > 0  # (N,) catalogue rows in id-row order
+    assert seen.any() and (~seen).any()
+    assert np.abs(b.embeddings[seen] - a.embeddings[seen]).max() <= TOL
+    assert np.abs(b.embeddings[~seen] - a.embeddings[~seen] * (2.0 / base_scale)).max() <= TOL
+    meta = json.loads((repo.version_dir("b_encoder", 1) / "export.json").read_text())
+    assert meta["source"]["model_config"]["ids"]["cold_scale"] == 2.0
+    assert model.config.ids.cold_scale == base_scale  # the caller's model is left as it was
+    feats = FeatureReader(toy.features).get_many([str(toy.split.item_ids[1])])
+    for n, scale in (("a", base_scale), ("b", 2.0)):  # a live video has no ID row: it gets the factor too
+        _, cat = update_catalog(repo, n, add_ids=[900001], add_features=feats)
+        with torch.no_grad():
+            content = model.encode_items(torch.tensor([0]), toy.item_features(torch.tensor([1]))).emb[0]
+        assert np.abs(cat.embeddings[-1] - content.numpy() * (scale / base_scale)).max() <= TOL
+    with pytest.raises(ValueError, match="warmcold models only"):
+        export_model(build_variant("hybrid", toy), repo, **common, config=ExportConfig(name="c", cold_scale=2.0))
+    with pytest.raises(ValueError, match=r"ExportConfig\.cold_scale"):
+        ExportConfig(cold_scale=0.0)
 
 
 # ------------------------------------------------------------------------------------- committed configs

@@ -24,6 +24,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default 64)")
     p.add_argument("--instance-kind", choices=("gpu", "cpu"), default="gpu",
                    help="Triton instance group kind in config.pbtxt (default gpu)")
+    p.add_argument("--cold-scale", type=float, default=None,
+                   help="warmcold only: export with this calibration factor on videos without an ID row "
+                        "instead of the checkpoint's (IDConfig.cold_scale; > 1 favours new videos; no retraining)")
     p.add_argument("--replace", action="store_true",
                    help="retire existing versions whose configuration differs (default: refuse)")
     p.add_argument("--upload", default=None, help="also copy the repository to this URI (s3://bucket/prefix)")
@@ -55,7 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     features = args.features if args.features is not None else run_cfg.get("features")
     triton = TritonConfig(max_batch_size=args.max_batch_size, instance_kind=f"KIND_{args.instance_kind.upper()}")
     cfg = ExportConfig(name=args.name or str(run_cfg.get("variant") or args.run_dir.name), max_k=args.max_k,
-                       triton=triton, replace=args.replace)
+                       triton=triton, replace=args.replace, cold_scale=args.cold_scale)
     result = publish.export_run(data, features, args.run_dir, args.repo, config=cfg, s3_endpoint=args.s3_endpoint)
     print(json.dumps(result.to_dict(), indent=2))
     if args.upload:

@@ -19,6 +19,8 @@ ranker version is published. The parent version keeps serving until the new one 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -85,6 +87,10 @@ class ExportConfig:
     batch_size: int = 512
     # Retire every existing version when the model's configuration changed (else refuse).
     replace: bool = False
+    # ``warmcold`` only: the calibration factor on the embedding of videos without an ID row
+    # (``IDConfig.cold_scale``) to export instead of the checkpoint's; None = the checkpoint's. It is
+    # not used in training, so moving along the warm/cold trade-off needs no retraining; > 0.
+    cold_scale: float | None = None
 
     def __post_init__(self) -> None:
         from linkedout.export.repository import config_pbtxt as _check_name
@@ -98,6 +104,9 @@ class ExportConfig:
             raise ValueError(f"ExportConfig.tolerance must be > 0, got {self.tolerance!r}")
         if not isinstance(self.triton, TritonConfig):
             raise ValueError(f"ExportConfig.triton must be a TritonConfig, got {type(self.triton).__name__}")
+        if self.cold_scale is not None and (isinstance(self.cold_scale, bool)
+                                            or not isinstance(self.cold_scale, float | int) or not self.cold_scale > 0):
+            raise ValueError(f"ExportConfig.cold_scale must be a number > 0 or None, got {self.cold_scale!r}")
 
 
 @dataclass
@@ -179,7 +188,7 @@ def export_model(
     """
     cfg = config or ExportConfig()
     repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
-    model = model.eval().to("cpu")
+    model = with_cold_scale(model.eval().to("cpu"), cfg.cold_scale)
     n = int(model.num_items)
     if len(item_ids) != n + 1:
         raise ValueError(f"item_ids must hold padding + {n} items (the model's catalogue), got {len(item_ids)}")
@@ -254,6 +263,22 @@ def export_model(
     log.info("exported %s: encoder v%d, ranker v%d, %d videos, checks %s", cfg.name, ev, rv, n,
              {k: round(v, 8) for k, v in checks.items()})
     return ExportResult(cfg.name, str(repo.root), ev, rv, n, checks, seconds)
+
+
+def with_cold_scale(model: Recommender, cold_scale: float | None) -> Recommender:
+    """``model`` itself, or with ``cold_scale`` a shallow copy (shared weights) whose ``IDConfig.cold_scale`` is it.
+
+    Raises ``ValueError`` for a model without an ID part that tells seen from unseen videos (not ``warmcold``).
+    """
+    if cold_scale is None:
+        return model
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "kind", None) != "warmcold":
+        raise ValueError(f"cold_scale applies to warmcold models only, not to {getattr(cfg, 'kind', type(model).__name__)}")
+    assert cfg is not None
+    out = copy.copy(model)
+    object.__setattr__(out, "config", dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, cold_scale=float(cold_scale))))
+    return out
 
 
 def export_ranker(model: Recommender, catalog: Catalog, repository: ModelRepository | str | os.PathLike[str],
