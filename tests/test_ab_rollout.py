@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from loopback import JsonHandler, serve
 
 from linkedout.ab import deploy, rollout
 from linkedout.cli import main
@@ -54,27 +53,15 @@ class StandIn:
 def api_server() -> Iterator[tuple[StandIn, str]]:
     state = StandIn()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def _record(self) -> Any:
-            n = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(n)) if n else None
+            body = self.read_json()
             state.requests.append({"method": self.command, "path": self.path,
                                    "content_type": self.headers.get("Content-Type"), "body": body})
             return body
 
         def _status(self, code: int, reason: str) -> None:
-            self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+            self.reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
                                "code": code})
 
         def do_GET(self) -> None:
@@ -82,13 +69,13 @@ def api_server() -> Iterator[tuple[StandIn, str]]:
             name = self.path.split("?")[0].rsplit("/", 1)[-1]
             if not self.path.startswith(PATH + "/") or name not in state.objects:
                 return self._status(404, "NotFound")
-            self._reply(200, state.objects[name])
+            self.reply(200, state.objects[name])
 
         def do_POST(self) -> None:
             body = self._record()
             if body["metadata"]["name"] in state.objects:
                 return self._status(409, "AlreadyExists")
-            self._reply(201, state.store(body))
+            self.reply(201, state.store(body))
 
         def do_PATCH(self) -> None:
             body = self._record()
@@ -101,16 +88,10 @@ def api_server() -> Iterator[tuple[StandIn, str]]:
             rv = (body.get("metadata") or {}).get("resourceVersion")
             if rv is not None and rv != current["metadata"]["resourceVersion"]:
                 return self._status(409, "Conflict")
-            self._reply(200, state.store(merge_patch(current, body)))
+            self.reply(200, state.store(merge_patch(current, body)))
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Handler) as url:
+        yield state, url
 
 
 def live_isvc(canary: int | None) -> dict[str, Any]:

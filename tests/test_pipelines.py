@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from loopback import serve
 
 from pipelines import PIPELINES
 from pipelines.compile import compile_pipeline
@@ -150,69 +151,47 @@ class _StandIn:
     client sends, not what a cluster does with it."""
 
     def __init__(self) -> None:
-        import http.server
-        import json
-        import threading
+        from urllib.parse import parse_qs, urlsplit
+
+        from loopback import JsonHandler
 
         self.requests: list[dict[str, Any]] = []
+        self.url = ""  # set while served (the kfp_api fixture)
         owner = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _answer(self, body: dict[str, Any], code: int = 200) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _record(self) -> dict[str, Any]:
-                from urllib.parse import parse_qs, urlsplit
-
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
                 url = urlsplit(self.path)
                 rec = {"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                       "headers": {k.lower(): v for k, v in self.headers.items()}, "body": json.loads(raw) if raw else None}
+                       "headers": {k.lower(): v for k, v in self.headers.items()}, "body": self.read_json()}
                 owner.requests.append(rec)
                 return rec
 
             def do_GET(self) -> None:
                 rec = self._record()
                 if rec["path"] == "/apis/v2beta1/healthz":
-                    self._answer({"multi_user": False})
+                    self.reply(200, {"multi_user": False})
                 elif rec["path"] == "/apis/v2beta1/experiments":
-                    self._answer({})  # no experiment of that name yet
+                    self.reply(200, {})  # no experiment of that name yet
                 elif rec["path"].startswith("/apis/v2beta1/runs/"):
-                    self._answer({"run_id": rec["path"].rsplit("/", 1)[1], "display_name": "r",
-                                  "experiment_id": "exp-1", "state": "PENDING",
-                                  "created_at": "2026-12-01T21:00:00Z"})
+                    self.reply(200, {"run_id": rec["path"].rsplit("/", 1)[1], "display_name": "r",
+                                     "experiment_id": "exp-1", "state": "PENDING",
+                                     "created_at": "2026-12-01T21:00:00Z"})
                 else:
-                    self._answer({"error": f"not in the stand-in: {rec['path']}"}, 404)
+                    self.reply(404, {"error": f"not in the stand-in: {rec['path']}"})
 
             def do_POST(self) -> None:
                 rec = self._record()
                 if rec["path"] == "/apis/v2beta1/experiments":
-                    self._answer({"experiment_id": "exp-1", "display_name": rec["body"]["display_name"],
-                                  "namespace": rec["body"].get("namespace")})
+                    self.reply(200, {"experiment_id": "exp-1", "display_name": rec["body"]["display_name"],
+                                     "namespace": rec["body"].get("namespace")})
                 elif rec["path"] == "/apis/v2beta1/runs":
-                    self._answer({**rec["body"], "run_id": "run-1", "state": "PENDING",
-                                  "created_at": "2026-12-01T21:00:00Z"})
+                    self.reply(200, {**rec["body"], "run_id": "run-1", "state": "PENDING",
+                                     "created_at": "2026-12-01T21:00:00Z"})
                 else:
-                    self._answer({"error": f"not in the stand-in: {rec['path']}"}, 404)
+                    self.reply(404, {"error": f"not in the stand-in: {rec['path']}"})
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.handler = Handler
 
     def sent(self, method: str, path: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"] == path]
@@ -224,9 +203,10 @@ def kfp_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_StandI
 
     monkeypatch.setenv("HOME", str(tmp_path))  # kfp writes ~/.config/kfp/context.json
     monkeypatch.setattr(client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / ".config" / "kfp" / "context.json"))
-    server = _StandIn()
-    yield server
-    server.close()
+    api = _StandIn()
+    with serve(api.handler) as url:
+        api.url = url
+        yield api
 
 
 def _the_run(api: _StandIn) -> dict[str, Any]:
