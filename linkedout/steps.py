@@ -330,9 +330,10 @@ def train(workdir: str, data: str, features: str, split: str, variant: str, mode
     run_dir = run_dir_of(workdir, variant)
     sp = _load_split(split)
     plan = plan_run(Path(data), features, variant, seed=seed, epochs=epochs, split=sp, s3_endpoint=_s3(s3_endpoint))
-    processes = torch.cuda.device_count() if torch.cuda.is_available() else 1
-    if gpus and processes < gpus and torch.cuda.is_available():
-        log.warning("the task asked for %d GPU(s) and sees %d", gpus, processes)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and visible < gpus and torch.cuda.is_available():
+        log.warning("the task asked for %d GPU(s) and sees %d", gpus, visible)
+    processes = max(1, min(gpus, visible))  # one process per asked-for GPU it sees (kfp.local sees them all)
     if training_is_complete(run_dir, plan.fingerprint):
         log.info("%s already trained on these inputs (%s); reusing it", plan.variant.name, run_dir)
     elif processes > 1 and not plan.variant.side_info:
