@@ -585,8 +585,12 @@ def evaluate_run(data: Path, features: str | None, run_dir: Path, *, which: str 
 
 
 def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, features: str | None = None,
-           s3_endpoint: Any = None, notes: Sequence[str] | None = None) -> Path:
+           s3_endpoint: Any = None, notes: Sequence[str] | None = None, split: Any = None,
+           item_features: Any = None) -> Path:
     """Write the HTML report of ``runs``; gate heatmaps come from the first run with a learned gate.
+
+    ``split`` / ``item_features``: the split the runs were trained and evaluated on and its feature
+    table, when the caller has them (the pipeline's report step); otherwise built from ``data``.
 
     The "Dataset and configuration" section shows the data's figures, the feature extraction
     (from the store's spec), and every run's model and training configuration.
@@ -609,7 +613,8 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
         from linkedout.data.stats import dataset_stats
 
         dataset_summary = dataset_stats(load_microlens(data, check_videos=False))
-        split = build_split(data, features, s3_endpoint=s3_endpoint)
+        if split is None:
+            split = build_split(data, features, s3_endpoint=s3_endpoint)
     if features is not None:
         from linkedout.features import FeatureReader
 
@@ -622,7 +627,8 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
             kind = (rec.config or {}).get("model", {}).get("kind")
             if kind in FEATURE_KINDS and mode == "moe":
                 model: Any = load_model_from_checkpoint(_checkpoint_of(rec.run_dir), split.num_items)
-                item_features = item_features_for(split, features, s3_endpoint)
+                if item_features is None:
+                    item_features = item_features_for(split, features, s3_endpoint)
                 names = [f"L{layer}" for layer in item_features.reader.spec.layers]
                 with torch.no_grad():
                     contributions = layer_contributions(model, item_features, layer_names=names)

@@ -472,7 +472,8 @@ def report(workdir: str, data: str, features: str, split: str, run_dirs: Sequenc
     if out.is_file() and stored is not None and stored.digest == fp.digest:
         log.info("report %s is up to date", out)
     else:
-        write_report(runs, out, data=Path(data), features=features, s3_endpoint=_s3(s3_endpoint))
+        write_report(runs, out, data=Path(data), features=features, s3_endpoint=_s3(s3_endpoint), split=sp,
+                     item_features=item_features)
         write_fingerprint(out, fp)
     if html:
         Path(html).parent.mkdir(parents=True, exist_ok=True)
