@@ -178,8 +178,9 @@ def deal(shards: Sequence[int], pending: Sequence[int], groups: int) -> list[lis
         raise ValueError(f"groups must be >= 1, got {groups}")
     n = max(1, min(groups, len(shards)))
     out: list[list[int]] = [[] for _ in range(n)]
-    todo = [s for s in shards if s in set(pending)]
-    done = [s for s in shards if s not in set(pending)]
+    waiting = set(pending)
+    todo = [s for s in shards if s in waiting]
+    done = [s for s in shards if s not in waiting]
     for k, s in enumerate(todo):
         out[k % n].append(s)
     for k, s in enumerate(done):
