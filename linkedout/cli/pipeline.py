@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from linkedout.cli.common import Subparsers
-
-PIPELINES = ("extract", "train_and_deploy", "linkedout")
+from pipelines import PIPELINES
 
 
 def register(sub: Subparsers) -> None:
