@@ -56,6 +56,13 @@ def local_arguments(workdir: Path, *, preset: str = "small", data: Path | None =
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     ecfg = extraction or ExtractionConfig(shard_size=64)
+    carried = {"layers", "prompts", "num_frames", "frame_size", "tokens", "text_tokens", "dtype", "frame_sampling",
+               "batch_size", "shard_size", "decode_workers"}  # the pipeline's extraction parameters (below)
+    dropped = [f.name for f in dataclasses.fields(ecfg)
+               if f.name not in carried and getattr(ecfg, f.name) != getattr(ExtractionConfig(), f.name)]
+    if dropped:
+        raise ValueError(f"ExtractionConfig field(s) {dropped} are not parameters of the linkedout pipeline: "
+                         "leave them at their defaults, or run `linkedout extract` for the features")
     bcfg = backbone or BackboneConfig()
     bcfg.check()  # a missing GPU or checkpoint directory, before any work
     defaults = BackboneConfig()

@@ -285,3 +285,14 @@ def test_kfp_cli_run_submit_sends_the_yaml_and_its_arguments(kfp_api: _StandIn, 
                                                    "dataset": "/work/microlens-100k"}
     assert kfp_api.sent("GET", "/apis/v2beta1/runs/run-1")  # the CLI reads the run back to show it
     assert "run-1" in done.stdout
+
+
+def test_the_main_job_refuses_extraction_settings_its_pipeline_does_not_carry(tmp_path: Path) -> None:
+    from linkedout.extraction.extractor import ExtractionConfig
+    from linkedout.mainjob import local_arguments
+
+    args = local_arguments(tmp_path, extraction=ExtractionConfig(shard_size=32, frame_sampling="keyframe"))
+    assert args["shard_size"] == 32 and args["frame_sampling"] == "keyframe"
+    for field, value in (("early_exit", False), ("decode_threads", 3)):
+        with pytest.raises(ValueError, match=field):
+            local_arguments(tmp_path, extraction=ExtractionConfig(**{field: value}))
