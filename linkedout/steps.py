@@ -392,8 +392,6 @@ def evaluate(workdir: str, data: str, features: str, split: str, variant: str, c
         eval_fingerprint,
         evaluate_run,
         evaluation_is_fresh,
-        features_digest_of,
-        item_features_for,
     )
 
     run_dir = run_dir_of(workdir, variant)
@@ -402,14 +400,18 @@ def evaluate(workdir: str, data: str, features: str, split: str, variant: str, c
         raise ValueError(f"the model given ({checkpoint}) is not the best checkpoint of {run_dir} (was it trained "
                          "again meanwhile?)")
     sp = _load_split(split)
-    item_features = item_features_for(sp, features, _s3(s3_endpoint))
-    fp = eval_fingerprint(run_dir, sp, features_digest_of(item_features) if reads_features(run_dir) else None)
+    digest = None
+    if reads_features(run_dir):  # the store's digest from its manifests; the features are read only to evaluate
+        from linkedout.features import FeatureReader
+        from linkedout.features.verify import store_digest
+
+        digest = store_digest(FeatureReader(features, endpoint_url=_s3(s3_endpoint)))
+    fp = eval_fingerprint(run_dir, sp, digest)
     if evaluation_is_fresh(run_dir, fp):
         log.info("%s already evaluated on these inputs", run_dir.name)
         ev = json.loads((run_dir / "eval.json").read_text())
-    else:
-        ev = evaluate_run(Path(data), features, run_dir, split=sp, item_features=item_features,
-                          s3_endpoint=_s3(s3_endpoint))
+    else:  # evaluate_run loads the feature table when the model reads it
+        ev = evaluate_run(Path(data), features, run_dir, split=sp, s3_endpoint=_s3(s3_endpoint))
     return {"run_dir": str(run_dir), "model": ev.get("model"), "metrics": flat_metrics(ev)}
 
 
