@@ -486,8 +486,11 @@ def training_is_complete(run_dir: Path, fp: Fingerprint) -> bool:
 def train_variant(data: Path, features: str | None, run_dir: Path, variant: str, *, seed: int = 42,
                   epochs: int | None = None, batch_size: int | None = None, loss: str | None = None,
                   device: str = "auto", s3_endpoint: Any = None, split: Any = None,
-                  item_features: Any = None, force: bool = False, hint: str = TRAIN_HINT) -> dict[str, Any]:
+                  item_features: Any = None, force: bool = False, hint: str = TRAIN_HINT,
+                  plan: RunPlan | None = None) -> dict[str, Any]:
     """Train one variant into ``run_dir`` (resuming a killed run) and return the training result.
+
+    ``plan``: the :func:`plan_run` of exactly these arguments when the caller made it already.
 
     The run's fingerprint (:func:`linkedout.fingerprint.training_fingerprint`) is written into
     ``run_dir`` before training; a run directory that holds a run of other inputs (another variant,
@@ -499,8 +502,9 @@ def train_variant(data: Path, features: str | None, run_dir: Path, variant: str,
     from linkedout.training import Trainer
 
     run_dir = Path(run_dir)
-    plan = plan_run(data, features, variant, seed=seed, epochs=epochs, batch_size=batch_size, loss=loss,
-                    device=device, s3_endpoint=s3_endpoint, split=split, item_features=item_features)
+    if plan is None:
+        plan = plan_run(data, features, variant, seed=seed, epochs=epochs, batch_size=batch_size, loss=loss,
+                        device=device, s3_endpoint=s3_endpoint, split=split, item_features=item_features)
     prepare_run_dir(run_dir, plan, data, features, force=force, hint=hint)
     v, split = plan.variant, plan.split
     set_seed(seed)  # the initial weights depend on the seed alone, not on what ran before

@@ -344,7 +344,8 @@ def train(workdir: str, data: str, features: str, split: str, variant: str, mode
             log.warning("%s reads titles and covers, which the torchrun entry point does not load: one process",
                         plan.variant.name)
         train_variant(Path(data), features, run_dir, variant, seed=seed, epochs=epochs, split=sp,
-                      item_features=plan.item_features, force=force, hint=RUN_HINT, s3_endpoint=_s3(s3_endpoint))
+                      item_features=plan.item_features, force=force, hint=RUN_HINT, s3_endpoint=_s3(s3_endpoint),
+                      plan=plan)
     ckpt = _checkpoint_of(run_dir)
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
