@@ -237,19 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m pipelines.local", description=main.__doc__)
-    p.add_argument("name")
+    from pipelines import PIPELINES
+
+    p.add_argument("name", choices=PIPELINES)
     p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="pipeline arguments (values are JSON, else strings)")
-    a = p.parse_args(argv)
-    arguments: dict[str, Any] = {"workdir": str(a.workdir.resolve())}
-    for item in a.args:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"expected KEY=VALUE, got {item!r}")
-        try:
-            arguments[key] = json.loads(value)
-        except json.JSONDecodeError:
-            arguments[key] = value
+    p.add_argument("args", nargs="*", metavar="KEY=VALUE",
+                   help="pipeline arguments, typed by the compiled pipeline's parameters (as `linkedout pipeline submit`)")
+    a = p.parse_intermixed_args(argv)  # KEY=VALUE items may follow --workdir
+    from pipelines.submit import parse_arguments
+
+    try:
+        arguments = parse_arguments(Path(__file__).with_name(f"{a.name}.yaml"),
+                                    [f"workdir={a.workdir.resolve()}", *a.args])
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     print(run(a.name, arguments, a.workdir))
     return 0
 

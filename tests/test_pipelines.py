@@ -296,3 +296,23 @@ def test_the_main_job_refuses_extraction_settings_its_pipeline_does_not_carry(tm
     for field, value in (("early_exit", False), ("decode_threads", 3)):
         with pytest.raises(ValueError, match=field):
             local_arguments(tmp_path, extraction=ExtractionConfig(**{field: value}))
+
+
+def test_pipelines_local_command_types_its_arguments_like_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m pipelines.local NAME --workdir W key=value ...``: values typed by the compiled pipeline,
+    unknown keys and bad values refused before anything runs (``run`` is replaced: this is the parsing)."""
+    from pipelines import local
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(local, "run", lambda name, arguments, workdir: seen.update(name=name, arguments=arguments))
+    assert local.main(["extract", "--workdir", str(tmp_path), "shard_size=32", "layers=[0,4]", "retry_failed=true"]) == 0
+    assert seen["name"] == "extract"
+    assert seen["arguments"]["shard_size"] == 32 and seen["arguments"]["layers"] == [0, 4]
+    assert seen["arguments"]["retry_failed"] is True and seen["arguments"]["workdir"] == str(tmp_path.resolve())
+    for bad, message in ((["extract", "--workdir", str(tmp_path), "bogus=1"], "no parameter 'bogus'"),
+                         (["extract", "--workdir", str(tmp_path), "shard_size=x"], "shard_size"),
+                         (["nosuch", "--workdir", str(tmp_path)], "invalid choice")):
+        with pytest.raises(SystemExit) as exc:
+            local.main(bad)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
