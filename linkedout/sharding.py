@@ -116,14 +116,8 @@ def resolve_device(backbone: Any, gpus: int) -> Any:
     """
     device = backbone.device if backbone.device != "auto" else ("cuda" if gpus > 0 else "cpu")
     resolved = dataclasses.replace(backbone, device=device)
-    dtype = backbone.dtype if backbone.dtype != "auto" else str(_dtype_for(device)).removeprefix("torch.")
-    return dataclasses.replace(resolved, dtype=dtype)
-
-
-def _dtype_for(device: str) -> Any:
-    import torch
-
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # BackboneConfig's own rule for "auto" (bfloat16 on CUDA, float32 elsewhere), on the resolved device
+    return dataclasses.replace(resolved, dtype=str(resolved.resolved_dtype()).removeprefix("torch."))
 
 
 def planned_spec(extraction: Any, backbone: Any) -> Any:
@@ -158,7 +152,7 @@ def planned_spec(extraction: Any, backbone: Any) -> Any:
     if bad:
         raise ValueError(f"ExtractionConfig.layers {bad} do not exist in backbone {name!r}, which has hidden states "
                          f"0..{layers} (0 = embeddings, i = output of decoder layer i)")
-    dtype = backbone.dtype if backbone.dtype != "auto" else str(_dtype_for(backbone.device)).removeprefix("torch.")
+    dtype = str(backbone.resolved_dtype()).removeprefix("torch.")
     return FeatureSpec(backbone=name, layers=tuple(extraction.layers), prompts=tuple(extraction.prompts),
                        num_frames=extraction.num_frames, frame_size=extraction.frame_size, tokens=extraction.tokens,
                        hidden=int(text.hidden_size), dtype=extraction.dtype, compression=extraction.compression,
