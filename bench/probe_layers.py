@@ -20,7 +20,7 @@ import torch
 
 from linkedout.data.microlens import find_prefix
 from linkedout.data.synth import read_synth_topics
-from linkedout.features import FeatureReader
+from linkedout.shards import FeatureReader
 
 
 def probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, steps: int = 300) -> float:

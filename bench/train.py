@@ -38,8 +38,8 @@ import torch
 
 from linkedout.data.split import EvalSet, SplitData, leave_one_out
 from linkedout.evaluation import evaluate
-from linkedout.features.items import ItemFeatures
 from linkedout.model import FusionConfig, ModelConfig, SequenceConfig, build_model
+from linkedout.shards.items import ItemFeatures
 from linkedout.training import TrainConfig, Trainer, iterate_batches
 
 ML100K_USERS, ML100K_ITEMS = 100_000, 19_738

@@ -267,8 +267,8 @@ def build_split(data: Path, features: str | None, cache_dir: Path | None = None,
         inputs["interactions"] = interactions_digest(interactions)
     if features is not None:
         from linkedout.extraction.catalog import check_store_dataset
-        from linkedout.features import FeatureReader
-        from linkedout.features.verify import store_digest
+        from linkedout.shards import FeatureReader
+        from linkedout.shards.verify import store_digest
 
         reader = FeatureReader(features, endpoint_url=s3_endpoint)
         if not reader.storage.exists("index.json"):
@@ -363,8 +363,8 @@ def item_features_for(split: Any, features: str | None, s3_endpoint: str | None 
     """``ItemFeatures`` over the store ``features`` in the split's item order (None without a store)."""
     if features is None:
         return None
-    from linkedout.features import FeatureReader
-    from linkedout.features.items import ItemFeatures
+    from linkedout.shards import FeatureReader
+    from linkedout.shards.items import ItemFeatures
 
     return ItemFeatures(FeatureReader(features, endpoint_url=s3_endpoint), split.item_ids)
 
@@ -372,7 +372,7 @@ def item_features_for(split: Any, features: str | None, s3_endpoint: str | None 
 def features_digest_of(item_features: Any) -> str | None:
     if item_features is None:
         return None
-    from linkedout.features.verify import store_digest
+    from linkedout.shards.verify import store_digest
 
     return store_digest(item_features.reader)
 
@@ -620,7 +620,7 @@ def report(runs: Sequence[Path], out: Path, *, data: Path | None = None, feature
         if split is None:
             split = build_split(data, features, s3_endpoint=s3_endpoint)
     if features is not None:
-        from linkedout.features import FeatureReader
+        from linkedout.shards import FeatureReader
 
         reader = FeatureReader(features, endpoint_url=s3_endpoint)
         extraction = {**reader.spec.to_dict(), "videos": len(reader), "failed": len(reader.failed),

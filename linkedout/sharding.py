@@ -130,7 +130,7 @@ def planned_spec(extraction: Any, backbone: Any) -> Any:
     """
     from linkedout.extraction.backbone import _tiny_name, architecture_config
     from linkedout.extraction.extractor import ExtractionConfig  # noqa: F401  (the type of ``extraction``)
-    from linkedout.features import FeatureSpec
+    from linkedout.shards import FeatureSpec
 
     src = backbone.source
     if src == "tiny" or src.startswith("random:"):
@@ -194,7 +194,7 @@ def plan_shards(data: Path, features: str, extraction: Any, backbone: Any, plan_
 
     from linkedout.data.microlens import load_microlens, sort_ids
     from linkedout.extraction.catalog import open_store_for
-    from linkedout.features.storage import open_storage
+    from linkedout.shards.storage import open_storage
 
     backbone = resolve_device(backbone, gpus)
     dc.replace(backbone, device="cpu").check()  # the checkpoint directory exists (the GPU is the task's)
@@ -234,9 +234,9 @@ def extract_group(plan_path: str | os.PathLike[str], group: int, *, s3_endpoint:
         _extract_shards,
         feature_spec,
     )
-    from linkedout.features import FeatureSpec
-    from linkedout.features.shards import ShardWriter
-    from linkedout.features.storage import FeatureStoreError, open_storage
+    from linkedout.shards import FeatureSpec
+    from linkedout.shards.storage import ShardStoreError, open_storage
+    from linkedout.shards.writer import ShardWriter
 
     plan = ShardPlan.load(plan_path)
     if not 0 <= group < len(plan.groups):
@@ -255,7 +255,7 @@ def extract_group(plan_path: str | os.PathLike[str], group: int, *, s3_endpoint:
     bb = load_backbone(bcfg)
     actual = feature_spec(bb, ecfg)
     if actual != spec:
-        raise FeatureStoreError(f"the backbone loaded for group {group} gives another spec than planned "
+        raise ShardStoreError(f"the backbone loaded for group {group} gives another spec than planned "
                                 f"({'; '.join(spec.diff(actual))}): plan again")
     dataset = load_microlens(Path(plan.data), check_videos=False)
     extractor = LinkedOutExtractor(bb, ecfg)
@@ -297,17 +297,17 @@ def collect_index(plan_path: str | os.PathLike[str], results: Sequence[dict[str,
     a re-run with a higher share, or with fixed files, resumes).
     """
     from linkedout.extraction.extractor import ExtractionSummary, failures_document
-    from linkedout.features import FeatureSpec
-    from linkedout.features.shards import FAILURES_KEY, ShardWriter
-    from linkedout.features.storage import FeatureStoreError, open_storage
     from linkedout.pipeline import check_failures
+    from linkedout.shards import FeatureSpec
+    from linkedout.shards.storage import ShardStoreError, open_storage
+    from linkedout.shards.writer import FAILURES_KEY, ShardWriter
 
     plan = ShardPlan.load(plan_path)
     spec = FeatureSpec.from_dict(plan.spec)
     writer = ShardWriter(open_storage(plan.store, s3_endpoint), spec, int(plan.extraction["shard_size"]))
     incomplete = [i for i, ids in sorted(plan.shards.items()) if not writer.is_complete(i, ids, verify="size")]
     if incomplete:
-        raise FeatureStoreError(f"{plan.store}: shards {incomplete[:10]} of the plan are not complete (an extraction "
+        raise ShardStoreError(f"{plan.store}: shards {incomplete[:10]} of the plan are not complete (an extraction "
                                 "task failed or did not run); run the extraction again, complete shards are kept")
     index = writer.finalize()
     catalog = {vid for ids in plan.shards.values() for vid in ids}

@@ -231,8 +231,8 @@ def collect_index(results: Sequence[dict[str, Any]], max_failed_share: float = 0
 
     ``results``: the extraction tasks' outputs (they name the plan, unless ``plan`` is given)."""
     from linkedout import sharding
-    from linkedout.features import FeatureReader
-    from linkedout.features.info import format_info, info_from_store
+    from linkedout.shards import FeatureReader
+    from linkedout.shards.info import format_info, info_from_store
 
     plans = {str(r["plan"]) for r in results if r.get("plan")} | ({plan} if plan else set())
     if len(plans) != 1:
@@ -403,8 +403,8 @@ def evaluate(workdir: str, data: str, features: str, split: str, variant: str, c
     sp = _load_split(split)
     digest = None
     if reads_features(run_dir):  # the store's digest from its manifests; the features are read only to evaluate
-        from linkedout.features import FeatureReader
-        from linkedout.features.verify import store_digest
+        from linkedout.shards import FeatureReader
+        from linkedout.shards.verify import store_digest
 
         digest = store_digest(FeatureReader(features, endpoint_url=_s3(s3_endpoint)))
     fp = eval_fingerprint(run_dir, sp, digest)

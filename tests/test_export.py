@@ -36,7 +36,7 @@ from linkedout.export import (
 )
 from linkedout.export.exporter import topk_mismatch
 from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
-from linkedout.features import FeatureReader
+from linkedout.shards import FeatureReader
 
 VARIANTS = ("warmcold", "linkedout", "hybrid", "multimodal", "sasrec_id", "popularity", "uniform", "last_layer")
 TOL = 1e-4

@@ -18,9 +18,9 @@ from linkedout.data.synth import SynthConfig, generate
 from linkedout.extraction import BackboneConfig, ExtractionConfig, extract_dataset, load_backbone
 from linkedout.extraction.backbone import Backbone
 from linkedout.extraction.prefetch import DecodeJob, decode_stream
-from linkedout.features import FeatureReader, FeatureStoreError, StoreMismatch
-from linkedout.features.shards import list_shards, read_manifest
-from linkedout.features.verify import verify_store
+from linkedout.shards import FeatureReader, ShardStoreError, StoreMismatch
+from linkedout.shards.verify import verify_store
+from linkedout.shards.writer import list_shards, read_manifest
 
 CFG = ExtractionConfig(layers=(0, 4), num_frames=2, frame_size=56, tokens=8, text_tokens=2, batch_size=4,
                        shard_size=4, decode_workers=0)
@@ -218,7 +218,7 @@ def test_a_bit_flip_is_caught_by_verify_and_by_the_first_read(tiny: Backbone, da
     assert main(["features", "verify", str(store)]) == 1
     out = capsys.readouterr().out
     assert "shard-00001.data.npy" in out and "sha256" in out
-    with pytest.raises(FeatureStoreError, match=r"checksum mismatch.*shard-00001"):
+    with pytest.raises(ShardStoreError, match=r"checksum mismatch.*shard-00001"):
         FeatureReader(store).get(victim.ids[0])  # the first read from local disk checks it too
     # --repair marks the shard for re-extraction; the next extraction redoes it and the store is sound
     assert main(["features", "verify", str(store), "--repair"]) == 1

@@ -27,7 +27,7 @@ from linkedout.extraction import (
 from linkedout.extraction.backbone import Backbone
 from linkedout.extraction.compress import compress
 from linkedout.extraction.extractor import feature_spec
-from linkedout.features import FeatureReader, FeatureStoreError
+from linkedout.shards import FeatureReader, ShardStoreError
 
 SMALL: dict[str, Any] = dict(num_frames=2, frame_size=56, tokens=8, text_tokens=2)
 
@@ -252,7 +252,7 @@ def test_extract_dataset_resumes_and_reports_corrupt_videos(tiny: Backbone, data
     np.testing.assert_allclose(reader.get_many(probe), expected, rtol=2e-3, atol=2e-3)
 
     # A different extraction config never mixes into this store.
-    with pytest.raises(FeatureStoreError, match="another extraction config"):
+    with pytest.raises(ShardStoreError, match="another extraction config"):
         extract_dataset(data, store, dataclasses.replace(cfg, tokens=4, text_tokens=1), tiny)
 
 

@@ -32,7 +32,7 @@ def extracted(toy: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 def test_extract_pipeline_writes_every_shard_in_parallel_groups(extracted: tuple[Path, dict[str, Any]],
                                                                  toy: Any) -> None:
-    from linkedout.features import FeatureReader
+    from linkedout.shards import FeatureReader
 
     work, out = extracted
     assert out["Output"] == str(work / "features")
@@ -132,7 +132,7 @@ def test_rerun_reuses_training_and_a_changed_seed_is_refused_then_redone_with_fo
 def test_extract_of_another_dataset_into_the_store_is_refused(extracted: tuple[Path, dict[str, Any]],
                                                               tmp_path: Path) -> None:
     from linkedout.data.synth import SynthConfig, generate
-    from linkedout.features import FeatureReader
+    from linkedout.shards import FeatureReader
 
     work, _ = extracted
     ids = sorted(FeatureReader(work / "features").ids)

@@ -242,9 +242,9 @@ def test_the_dataset_and_configuration_section_is_readable_tables(tmp_path: Path
     import pandas as pd
 
     from linkedout.data.stats import dataset_stats
-    from linkedout.features import FeatureSpec
     from linkedout.model import ModelConfig
     from linkedout.model.config import FusionConfig
+    from linkedout.shards import FeatureSpec
     from linkedout.training import TrainConfig
 
     rows = [(f"u{u}", str(1 + (u + t) % N), 1000 * t) for u in range(12) for t in range(6)]

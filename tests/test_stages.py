@@ -17,9 +17,9 @@ import torch
 from linkedout import pipeline
 from linkedout.data.synth import SynthConfig, generate
 from linkedout.extraction.extractor import ExtractionConfig
-from linkedout.features import FeatureReader
 from linkedout.fingerprint import StageMismatch, read_fingerprint
 from linkedout.mainjob import run_all
+from linkedout.shards import FeatureReader
 from linkedout.steps import StepFailed
 
 FAST = ExtractionConfig(layers=(0, 4), num_frames=2, tokens=8, text_tokens=2, batch_size=8, shard_size=8,
@@ -106,7 +106,7 @@ def test_another_dataset_is_refused_and_its_videos_are_not_appended(dataset: Pat
 def test_training_on_a_feature_store_of_another_dataset_is_refused(dataset: Path, tmp_path: Path) -> None:
     """`train` / `evaluate` read features through the split: another dataset's store is refused there too."""
     from linkedout.extraction.backbone import BackboneConfig
-    from linkedout.features.storage import StoreMismatch
+    from linkedout.shards.storage import StoreMismatch
 
     features = str(tmp_path / "features")
     pipeline.extract(dataset, features, (FAST, BackboneConfig()))

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from linkedout.data.split import SplitData, leave_one_out, training_examples
-from linkedout.features.items import ItemFeatures
 from linkedout.model import FusionConfig, ModelConfig, SequenceConfig, build_model
 from linkedout.model.base import Recommender
 from linkedout.model.config import FusionMode
+from linkedout.shards.items import ItemFeatures
 from linkedout.training import (
     BatchBuilder,
     ShardedOrder,

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         # Bad input of any kind: a clear one-line error naming the problem, no traceback. Of the
-        # RuntimeErrors only LinkedOut's own (FeatureStoreError, CheckpointError) are bad input; any
+        # RuntimeErrors only LinkedOut's own (ShardStoreError, CheckpointError) are bad input; any
         # other (CUDA out of memory, a shape bug) keeps its traceback.
         own = type(e).__module__.startswith("linkedout.")
         if args.verbose or (isinstance(e, RuntimeError) and not own):

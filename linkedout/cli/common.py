@@ -78,7 +78,7 @@ def add_s3_args(p: argparse.ArgumentParser) -> None:
 
 def s3_options(args: argparse.Namespace) -> Any:
     """The ``S3Config`` of a command's S3 flags (and the environment)."""
-    from linkedout.features.storage import S3Config
+    from linkedout.shards.storage import S3Config
 
     return S3Config.from_env(args.s3_endpoint, connect_timeout=args.s3_connect_timeout,
                              read_timeout=args.s3_read_timeout, retries=args.s3_retries)

@@ -66,14 +66,14 @@ def register(sub: Subparsers) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     s3 = s3_options(args)
     if str(args.out).startswith("s3://"):
-        from linkedout.features.storage import open_storage
+        from linkedout.shards.storage import open_storage
 
         # Reach the store first, before torch and the backbone are even imported (seconds on a
         # loaded machine): an endpoint that never answers fails within the S3 bounds, naming it.
         open_storage(args.out, s3).exists("spec.json")
     from linkedout import pipeline
     from linkedout.extraction.extractor import failures_document
-    from linkedout.features.verify import format_failures
+    from linkedout.shards.verify import format_failures
 
     summary = pipeline.extract(args.data, args.out, extraction_configs(args), s3_endpoint=s3,
                                retry_failed=args.retry_failed, force=args.force)
@@ -99,8 +99,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_features_info(args: argparse.Namespace) -> int:
-    from linkedout.features import FeatureReader, FeatureSpec
-    from linkedout.features.info import format_info, info_from_store, storage_summary
+    from linkedout.shards import FeatureReader, FeatureSpec
+    from linkedout.shards.info import format_info, info_from_store, storage_summary
 
     if args.store:
         reader = FeatureReader(args.store, endpoint_url=s3_options(args))
@@ -113,7 +113,7 @@ def cmd_features_info(args: argparse.Namespace) -> int:
 
 
 def cmd_features_verify(args: argparse.Namespace) -> int:
-    from linkedout.features.verify import verify_store
+    from linkedout.shards.verify import verify_store
 
     catalog = None
     if args.data is not None:

@@ -52,7 +52,7 @@ from linkedout.utils import get_logger, progress
 log = get_logger(__name__)
 
 ItemFeatureFn = Callable[[Tensor], Tensor]
-"""``item_idx (M,) int64 -> features (M, L, K, D)`` (e.g. :class:`linkedout.features.items.ItemFeatures`)."""
+"""``item_idx (M,) int64 -> features (M, L, K, D)`` (e.g. :class:`linkedout.shards.items.ItemFeatures`)."""
 
 Exclusions = Mapping[str, Any] | Sequence[Any]
 """Per-user extra items to mask: a mapping ``user_id -> item indices`` or a sequence aligned with

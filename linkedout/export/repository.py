@@ -264,7 +264,7 @@ class ModelRepository:
         Version files go first and each model's ``config.pbtxt`` last; files already there with the
         same size are skipped; staging and retired directories are not copied.
         """
-        from linkedout.features.storage import open_storage
+        from linkedout.shards.storage import open_storage
 
         store = open_storage(uri, endpoint_url=endpoint_url)
         written: list[str] = []

@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from linkedout.features.shards import DATASET_KEY, ShardWriter, read_manifest
-from linkedout.features.storage import FeatureStoreError, MissingKeyError, Storage, StoreMismatch
 from linkedout.fingerprint import same_video
+from linkedout.shards.storage import MissingKeyError, ShardStoreError, Storage, StoreMismatch
+from linkedout.shards.writer import DATASET_KEY, ShardWriter, read_manifest
 from linkedout.utils import get_logger
 
 log = get_logger(__name__)
@@ -145,7 +145,7 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
     for shard in writer.complete_shards():
         try:
             manifests.append((shard, read_manifest(storage, shard)))
-        except FeatureStoreError:
+        except ShardStoreError:
             continue  # replanned by the writer
     _check_one_dataset(storage.uri, previous, name, root, catalog, [m for _, m in manifests], dataset)
     for shard, manifest in manifests:

@@ -36,7 +36,8 @@ from linkedout.extraction.catalog import open_store_for
 from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
 from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
 from linkedout.extraction.video import FRAME_SAMPLINGS
-from linkedout.features.shards import (
+from linkedout.shards.storage import S3Options, Storage, open_storage
+from linkedout.shards.writer import (
     FAILURES_KEY,
     SPEC_KEY,
     FeatureSpec,
@@ -44,7 +45,6 @@ from linkedout.features.shards import (
     ShardWriter,
     read_manifest,
 )
-from linkedout.features.storage import S3Options, Storage, open_storage
 from linkedout.utils import get_logger, progress
 
 __all__ = [

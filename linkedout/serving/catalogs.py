@@ -71,7 +71,7 @@ class ServedCatalogs:
         self._local = None if repository.startswith("s3://") else Path(repository)
         self._storage = None
         if self._local is None:
-            from linkedout.features.storage import open_storage
+            from linkedout.shards.storage import open_storage
 
             self._storage = open_storage(repository, endpoint_url=s3_endpoint)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="linkedout-catalogs-"))

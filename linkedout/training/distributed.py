@@ -171,9 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model_cfg.needs_features:
             if args.features is None:
                 raise ValueError(f"model kind {model_cfg.kind!r} reads backbone features: pass --features")
-            from linkedout.features.items import ItemFeatures
-            from linkedout.features.shards import FeatureReader
-            from linkedout.features.storage import open_storage
+            from linkedout.shards.items import ItemFeatures
+            from linkedout.shards.storage import open_storage
+            from linkedout.shards.writer import FeatureReader
 
             item_features = ItemFeatures(FeatureReader(open_storage(args.features, args.s3_endpoint)),
                                          split.item_ids)

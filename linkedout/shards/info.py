@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from linkedout.features.reader import FeatureReader
-from linkedout.features.shards import INDEX_KEY, FeatureSpec
+from linkedout.shards.reader import FeatureReader
+from linkedout.shards.writer import INDEX_KEY, FeatureSpec
 
 
 def storage_summary(spec: FeatureSpec, num_videos: int) -> dict[str, Any]:

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from conftest import moto_s3, new_bucket
 
-from linkedout.features import (
+from linkedout.shards import (
     FeatureReader,
     FeatureSpec,
-    FeatureStoreError,
     MissingKeyError,
     S3Storage,
+    ShardStoreError,
     ShardWriter,
     info_from_store,
     open_storage,
 )
-from linkedout.features.shards import data_key
+from linkedout.shards.writer import data_key
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_s3_storage_basics(endpoint: str, bucket: str) -> None:
     store.delete("x/y.bin")
     store.delete("x/y.bin")
     assert store.list() == []
-    with pytest.raises(FeatureStoreError, match="NoSuchBucket"):
+    with pytest.raises(ShardStoreError, match="NoSuchBucket"):
         S3Storage("no-such-bucket", endpoint_url=endpoint).read_bytes("k")
 
 
@@ -92,7 +92,7 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, retries=0)
-    with pytest.raises(FeatureStoreError, match=r"'spec\.json'.*s3://bucket"):
+    with pytest.raises(ShardStoreError, match=r"'spec\.json'.*s3://bucket"):
         store.read_bytes("spec.json")
 
 
@@ -141,7 +141,7 @@ def test_s3_killed_and_damaged_shards(endpoint: str, bucket: str) -> None:
     assert writer.is_complete(0) and not writer.is_complete(1)
     reader = FeatureReader(uri, endpoint_url=endpoint)
     assert close(reader.get("v00"), feats["v00"], "int8")
-    with pytest.raises(FeatureStoreError, match=r"checksum mismatch.*shard-00001"):
+    with pytest.raises(ShardStoreError, match=r"checksum mismatch.*shard-00001"):
         reader.get("v05")
     extract_all(writer, feats, calls)  # a size-only resume check cannot see it (same size) ...
     assert calls == [1]  # ... the checksum check above does: redo it
@@ -206,7 +206,7 @@ def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_default_s3_bounds_fail_a_silent_endpoint_within_30_s() -> None:
-    from linkedout.features import S3Config
+    from linkedout.shards import S3Config
 
     cfg = S3Config()
     assert cfg.worst_case_seconds() <= 30  # every attempt waiting out both timeouts, plus the back-off
@@ -249,13 +249,13 @@ def test_extract_reaches_the_store_before_it_loads_the_backbone(silent_endpoint:
     from linkedout.data.microlens import load_microlens
     from linkedout.data.synth import SynthConfig, generate
     from linkedout.extraction import BackboneConfig, extractor
-    from linkedout.features import S3Config
+    from linkedout.shards import S3Config
 
     data = generate(tmp_path / "data", SynthConfig.preset("toy", num_videos=30, num_users=4), write_videos=False)
     _credentials(monkeypatch)
     loads: list[object] = []
     monkeypatch.setattr(extractor, "load_backbone", loads.append)
-    with pytest.raises(FeatureStoreError, match=rf"{silent_endpoint}.*did not answer"):
+    with pytest.raises(ShardStoreError, match=rf"{silent_endpoint}.*did not answer"):
         extractor.extract_dataset(load_microlens(data, check_videos=False), "s3://bucket/f", None,
                                   BackboneConfig(device="cpu"),
                                   endpoint_url=S3Config(silent_endpoint, read_timeout=0.5, retries=0))
@@ -295,7 +295,7 @@ def test_with_the_default_bounds_a_silent_endpoint_fails_within_30_s(silent_endp
 
 
 def test_malformed_s3_variables_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from linkedout.features import S3Config
+    from linkedout.shards import S3Config
 
     monkeypatch.setenv("LINKEDOUT_S3_CONNECT_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="LINKEDOUT_S3_CONNECT_TIMEOUT"):

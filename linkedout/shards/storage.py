@@ -3,7 +3,7 @@
 Both back ends speak the same small :class:`Storage` protocol of ``/``-separated relative keys
 (``"spec.json"``, ``"shards/shard-00000.data.npy"``). Every write is atomic: a reader sees either
 no object or the whole object, never a prefix of it (local: temp file + ``os.replace``; S3: a
-single ``PutObject`` is atomic). The shard layer (:mod:`linkedout.features.shards`) builds its
+single ``PutObject`` is atomic). The shard layer (:mod:`linkedout.shards.writer`) builds its
 crash-safety on that guarantee.
 
 ``open_storage("s3://bucket/prefix")`` or ``open_storage("/some/dir")`` picks the back end.
@@ -28,15 +28,15 @@ if TYPE_CHECKING:
 _TEMP_NAME = re.compile(r"^\..+\.tmp$")
 
 
-class FeatureStoreError(RuntimeError):
+class ShardStoreError(RuntimeError):
     """A feature store is missing, inconsistent or unreachable; the message names the key / uri."""
 
 
-class MissingKeyError(FeatureStoreError):
+class MissingKeyError(ShardStoreError):
     """A key that was asked for does not exist in the storage."""
 
 
-class StoreMismatch(FeatureStoreError):
+class StoreMismatch(ShardStoreError):
     """A store holds features of another extraction config or another dataset than asked for."""
 
 
@@ -60,7 +60,7 @@ class Storage(Protocol):
         ...
 
     def read_bytes(self, key: str) -> bytes:
-        """The whole object; :class:`MissingKeyError` if absent, :class:`FeatureStoreError` on failure."""
+        """The whole object; :class:`MissingKeyError` if absent, :class:`ShardStoreError` on failure."""
         ...
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -109,13 +109,13 @@ class LocalStorage:
         except FileNotFoundError:
             raise MissingKeyError(f"no object {key!r} in {self.uri}") from None
         except OSError as e:
-            raise FeatureStoreError(f"cannot read {key!r} in {self.uri}: {e}") from e
+            raise ShardStoreError(f"cannot read {key!r} in {self.uri}: {e}") from e
 
     def write_bytes(self, key: str, data: bytes) -> None:
         try:
             atomic_write_bytes(self._path(key), data)
         except OSError as e:
-            raise FeatureStoreError(f"cannot write {key!r} in {self.uri}: {e}") from e
+            raise ShardStoreError(f"cannot write {key!r} in {self.uri}: {e}") from e
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -144,7 +144,7 @@ class LocalStorage:
         try:
             self._path(key).unlink(missing_ok=True)
         except OSError as e:
-            raise FeatureStoreError(f"cannot delete {key!r} in {self.uri}: {e}") from e
+            raise ShardStoreError(f"cannot delete {key!r} in {self.uri}: {e}") from e
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -315,21 +315,21 @@ class S3Storage:
         _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _error(self, action: str, key: str, e: Exception) -> FeatureStoreError:
+    def _error(self, action: str, key: str, e: Exception) -> ShardStoreError:
         from botocore.exceptions import ClientError
 
         if isinstance(e, ClientError):
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND_CODES:
                 return MissingKeyError(f"no object {key!r} in {self.uri}")
-            return FeatureStoreError(f"cannot {action} {key!r} in {self.uri}: {code}: {e}")
+            return ShardStoreError(f"cannot {action} {key!r} in {self.uri}: {code}: {e}")
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
         if isinstance(e, ReadTimeoutError | ConnectTimeoutError | BotoConnectionError):
-            return FeatureStoreError(f"cannot {action} {key!r} in {self.uri}: the S3 endpoint "
+            return ShardStoreError(f"cannot {action} {key!r} in {self.uri}: the S3 endpoint "
                                      f"{self.config.describe()} did not answer: {type(e).__name__}: {e}")
-        return FeatureStoreError(f"cannot {action} {key!r} in {self.uri}: {type(e).__name__}: {e}")
+        return ShardStoreError(f"cannot {action} {key!r} in {self.uri}: {type(e).__name__}: {e}")
 
     def read_bytes(self, key: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from linkedout.features import (
+from linkedout.shards import (
     FeatureReader,
     FeatureSpec,
-    FeatureStoreError,
     LocalStorage,
     MissingKeyError,
     S3Storage,
+    ShardStoreError,
     ShardWriter,
     dequantize_int8,
     format_info,
@@ -26,7 +26,7 @@ from linkedout.features import (
     quantize_int8,
     storage_summary,
 )
-from linkedout.features.shards import INDEX_KEY, SPEC_KEY, data_key, manifest_key, scale_key
+from linkedout.shards.writer import INDEX_KEY, SPEC_KEY, data_key, manifest_key, scale_key
 
 SHAPE = (2, 3, 8)  # (L, K, D), tiny
 
@@ -248,16 +248,16 @@ def test_shard_of_only_failed_videos(tmp_path: Path) -> None:
 
 
 def test_not_a_feature_store(tmp_path: Path) -> None:
-    with pytest.raises(FeatureStoreError, match=rf"{tmp_path}.*spec\.json"):
+    with pytest.raises(ShardStoreError, match=rf"{tmp_path}.*spec\.json"):
         FeatureReader(tmp_path)
 
 
 def test_spec_mismatch_refused(tmp_path: Path) -> None:
     ShardWriter(tmp_path, make_spec())
     ShardWriter(tmp_path, make_spec())  # same spec: fine
-    with pytest.raises(FeatureStoreError, match=r"tokens: 3 != 5"):
+    with pytest.raises(ShardStoreError, match=r"tokens: 3 != 5"):
         ShardWriter(tmp_path, make_spec(tokens=5))
-    with pytest.raises(FeatureStoreError, match="dtype"):
+    with pytest.raises(ShardStoreError, match="dtype"):
         ShardWriter(tmp_path, make_spec("int8"))
     assert FeatureSpec.from_dict(json.loads((tmp_path / SPEC_KEY).read_text())["spec"]) == make_spec()
 
@@ -295,13 +295,13 @@ def test_duplicate_ids(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"duplicate.*'b'"):
         writer.write_shard(0, ["a", "b"], x, {"b": "also failed"})
     writer.write_shard(0, ["a", "b"], x)
-    with pytest.raises(FeatureStoreError, match=r"\('b', 0\)"):
+    with pytest.raises(ShardStoreError, match=r"\('b', 0\)"):
         writer.write_shard(1, ["b", "c"], x)
     # another writer session (another process) does not know; finalize and the reader catch it
     ShardWriter(tmp_path, make_spec(), shard_size=3).write_shard(1, ["c"], x[:1], {"b": "oops"})
-    with pytest.raises(FeatureStoreError, match=r"'b'.*shard 0.*shard 1"):
+    with pytest.raises(ShardStoreError, match=r"'b'.*shard 0.*shard 1"):
         writer.finalize()
-    with pytest.raises(FeatureStoreError, match="'b'"):
+    with pytest.raises(ShardStoreError, match="'b'"):
         FeatureReader(tmp_path)
 
 
@@ -363,16 +363,16 @@ def test_damaged_shard_is_never_read_and_is_redone(tmp_path: Path, damage: str) 
     writer = ShardWriter(tmp_path, make_spec("int8"), shard_size=4)
     assert writer.is_complete(0) and not writer.is_complete(1)
     assert writer.is_complete(1, verify="size") == (damage == "flip")  # same size: only the hash sees it
-    with pytest.raises(FeatureStoreError, match=r"shard-00001"):
+    with pytest.raises(ShardStoreError, match=r"shard-00001"):
         FeatureReader(tmp_path).verify()
     reader = FeatureReader(tmp_path, verify_on_open=True)
     assert reader.get("v00").shape == SHAPE  # an intact shard still reads
-    with pytest.raises(FeatureStoreError, match=r"shard-00001"):
+    with pytest.raises(ShardStoreError, match=r"shard-00001"):
         reader.get("v05")
     if damage != "flip":
-        with pytest.raises(FeatureStoreError, match=r"shard-00001"):
+        with pytest.raises(ShardStoreError, match=r"shard-00001"):
             FeatureReader(tmp_path).get("v05")  # sizes are always checked
-        with pytest.raises(FeatureStoreError, match="damaged"):
+        with pytest.raises(ShardStoreError, match="damaged"):
             writer.finalize()
     calls: list[int] = []
     run_extraction(writer, feats, on_extract=calls.append)
@@ -445,7 +445,7 @@ def test_info_from_store_counts_actual_bytes(tmp_path: Path) -> None:
 def test_verify_finds_an_id_in_two_shards_a_stale_index_and_uncovered_catalogue_videos(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from linkedout.cli import main
-    from linkedout.features.verify import verify_store
+    from linkedout.shards.verify import verify_store
 
     run_extraction(ShardWriter(tmp_path, make_spec(), shard_size=3), video_features(IDS), failed={"z": "unreadable"})
     assert verify_store(tmp_path, catalog=[*IDS, "z"]).ok  # a failed video counts as covered

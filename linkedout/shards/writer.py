@@ -46,11 +46,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from linkedout.features.quant import quantize_int8
-from linkedout.features.storage import (
-    FeatureStoreError,
+from linkedout.shards.quant import quantize_int8
+from linkedout.shards.storage import (
     MissingKeyError,
     S3Options,
+    ShardStoreError,
     Storage,
     StoreMismatch,
     open_storage,
@@ -233,11 +233,11 @@ class FeatureSpec:
 
 
 def read_spec(storage: Storage) -> FeatureSpec:
-    """The store's ``spec.json``; :class:`FeatureStoreError` if there is none or it is malformed."""
+    """The store's ``spec.json``; :class:`ShardStoreError` if there is none or it is malformed."""
     try:
         raw = storage.read_bytes(SPEC_KEY)
     except MissingKeyError:
-        raise FeatureStoreError(f"{storage.uri} is not a feature store: no {SPEC_KEY}") from None
+        raise ShardStoreError(f"{storage.uri} is not a feature store: no {SPEC_KEY}") from None
     try:
         doc = json.loads(raw)
         if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
@@ -245,7 +245,7 @@ def read_spec(storage: Storage) -> FeatureSpec:
                              f"expected {FORMAT!r} version {FORMAT_VERSION}")
         return FeatureSpec.from_dict(doc["spec"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FeatureStoreError(f"malformed {SPEC_KEY} in {storage.uri}: {e}") from e
+        raise ShardStoreError(f"malformed {SPEC_KEY} in {storage.uri}: {e}") from e
 
 
 def _spec_bytes(spec: FeatureSpec) -> bytes:
@@ -296,7 +296,7 @@ class ShardManifest:
 
     @classmethod
     def from_bytes(cls, raw: bytes, key: str, uri: str) -> ShardManifest:
-        """Parse a manifest; :class:`FeatureStoreError` naming ``key`` if it is malformed."""
+        """Parse a manifest; :class:`ShardStoreError` naming ``key`` if it is malformed."""
         try:
             d = json.loads(raw)
             if d.get("format") != FORMAT or d.get("version") != FORMAT_VERSION:
@@ -317,7 +317,7 @@ class ShardManifest:
                                  "or the data file is missing")
             return manifest
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise FeatureStoreError(f"malformed shard manifest {key!r} in {uri}: {e}") from e
+            raise ShardStoreError(f"malformed shard manifest {key!r} in {uri}: {e}") from e
 
 
 def list_shards(storage: Storage) -> list[int]:
@@ -327,7 +327,7 @@ def list_shards(storage: Storage) -> list[int]:
 
 
 def read_manifest(storage: Storage, shard: int) -> ShardManifest:
-    """The manifest of a shard; :class:`MissingKeyError` if none, :class:`FeatureStoreError` if malformed."""
+    """The manifest of a shard; :class:`MissingKeyError` if none, :class:`ShardStoreError` if malformed."""
     return _parse_manifest(storage.read_bytes(manifest_key(shard)), shard, storage.uri)
 
 
@@ -335,7 +335,7 @@ def _parse_manifest(raw: bytes, shard: int, uri: str) -> ShardManifest:
     key = manifest_key(shard)
     manifest = ShardManifest.from_bytes(raw, key, uri)
     if manifest.shard != shard:
-        raise FeatureStoreError(f"manifest {key!r} in {uri} names shard {manifest.shard}")
+        raise ShardStoreError(f"manifest {key!r} in {uri} names shard {manifest.shard}")
     return manifest
 
 
@@ -382,11 +382,11 @@ def _check_files(storage: Storage, manifest: ShardManifest, verify: Verify) -> l
 
 def _check_manifest_spec(manifest: ShardManifest, spec: FeatureSpec, uri: str) -> None:
     if manifest.shape[1:] != spec.shape or manifest.dtype != spec.dtype:
-        raise FeatureStoreError(
+        raise ShardStoreError(
             f"shard {manifest.shard} in {uri} holds {manifest.dtype} {manifest.shape[1:]}, "
             f"but spec.json says {spec.dtype} {spec.shape}")
     if spec.dtype == "int8" and "scale" not in manifest.files:
-        raise FeatureStoreError(f"int8 shard {manifest.shard} in {uri} has no scale file")
+        raise ShardStoreError(f"int8 shard {manifest.shard} in {uri} has no scale file")
 
 
 # -------------------------------------------------------------------------------------------- index
@@ -402,7 +402,7 @@ class FeatureIndex:
 
     @classmethod
     def build(cls, manifests: Mapping[int, ShardManifest], uri: str) -> FeatureIndex:
-        """Merge shard manifests; :class:`FeatureStoreError` if an id appears in two places."""
+        """Merge shard manifests; :class:`ShardStoreError` if an id appears in two places."""
         locations: dict[str, tuple[int, int]] = {}
         failed: dict[str, str] = {}
         owner: dict[str, int] = {}
@@ -411,7 +411,7 @@ class FeatureIndex:
             for vid in (*m.ids, *m.failed):
                 if vid in owner:
                     where = "shard" if owner[vid] != shard else "the same shard"
-                    raise FeatureStoreError(
+                    raise ShardStoreError(
                         f"video id {vid!r} appears in shard {owner[vid]} and in {where} {shard} of {uri}")
                 owner[vid] = shard
             locations.update({vid: (shard, row) for row, vid in enumerate(m.ids)})
@@ -443,7 +443,7 @@ class FeatureIndex:
                 shards=tuple(int(s) for s in d["shards"]),
             )
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise FeatureStoreError(f"malformed {INDEX_KEY} in {uri}: {e}") from e
+            raise ShardStoreError(f"malformed {INDEX_KEY} in {uri}: {e}") from e
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -461,7 +461,7 @@ class ShardWriter:
     Args:
         storage: a :class:`Storage`, a directory or ``s3://bucket/prefix``.
         spec: the extraction config; written to ``spec.json`` if the store is new, else it must
-            equal the stored one (:class:`FeatureStoreError` listing the differing fields).
+            equal the stored one (:class:`ShardStoreError` listing the differing fields).
         shard_size: the most videos per shard, >= 1 (at the paper setting a float16 video is
             3.1 MB, so 64 videos make ~200 MB shards).
         endpoint_url: S3 endpoint when ``storage`` is an ``s3://`` uri.
@@ -528,7 +528,7 @@ class ShardWriter:
         for i in self.complete_shards():
             try:
                 manifest = read_manifest(self.storage, i)
-            except FeatureStoreError as e:
+            except ShardStoreError as e:
                 log.warning("shard %d will be replanned: %s", i, e)
                 continue
             held[i] = [*manifest.ids, *manifest.failed]
@@ -563,7 +563,7 @@ class ShardWriter:
         try:
             manifest = _parse_manifest(raw, shard_index, self.storage.uri)
             _check_manifest_spec(manifest, self.spec, self.storage.uri)
-        except FeatureStoreError as e:
+        except ShardStoreError as e:
             log.warning("shard %d will be redone: %s", shard_index, e)
             return False
         if expected_ids is not None and {*manifest.ids, *manifest.failed} != {str(x) for x in expected_ids}:
@@ -681,7 +681,7 @@ class ShardWriter:
         for name, entry in manifest.files.items():
             raw = self.storage.read_bytes(entry.key)
             if len(raw) != entry.bytes or hashlib.sha256(raw).hexdigest() != entry.sha256:
-                raise FeatureStoreError(f"cannot keep the other videos of shard {shard_index} in "
+                raise ShardStoreError(f"cannot keep the other videos of shard {shard_index} in "
                                         f"{self.storage.uri}: {entry.key} does not match its manifest")
             arrays[name] = np.load(io.BytesIO(raw), allow_pickle=False)[rows]
         return self._commit(shard_index, ids, arrays, failed, sources)
@@ -700,7 +700,7 @@ class ShardWriter:
             raise ValueError(f"shard {shard_index}: duplicate video ids (in ids or failed) {dupes[:10]}")
         elsewhere = sorted((vid, s) for vid in counts if (s := self._written.get(vid, shard_index)) != shard_index)
         if elsewhere:
-            raise FeatureStoreError(f"video ids already written to other shards of {self.storage.uri} "
+            raise ShardStoreError(f"video ids already written to other shards of {self.storage.uri} "
                                     f"(id, shard): {elsewhere[:10]}")
         if not isinstance(features, np.ndarray) or not np.issubdtype(features.dtype, np.floating):
             kind = features.dtype if isinstance(features, np.ndarray) else type(features).__name__
@@ -718,7 +718,7 @@ class ShardWriter:
 
         Every shard with a manifest must be whole (``verify``: ``"size"`` compares file sizes,
         ``"checksum"`` re-hashes, ``"none"`` trusts the manifests); a damaged shard or an id in two
-        shards raises :class:`FeatureStoreError`.
+        shards raises :class:`ShardStoreError`.
         """
         manifests = {}
         problems: list[str] = []
@@ -728,7 +728,7 @@ class ShardWriter:
             problems += _check_files(self.storage, manifest, verify)
             manifests[shard] = manifest
         if problems:
-            raise FeatureStoreError(f"damaged shards in {self.storage.uri} (re-run extraction to redo them): "
+            raise ShardStoreError(f"damaged shards in {self.storage.uri} (re-run extraction to redo them): "
                                     + "; ".join(problems))
         index = FeatureIndex.build(manifests, self.storage.uri)
         self.storage.write_bytes(INDEX_KEY, index.to_bytes())
@@ -738,10 +738,10 @@ class ShardWriter:
 
 
 def __getattr__(name: str) -> Any:
-    # FeatureReader lives in linkedout.features.reader (which imports this module); importing it
+    # FeatureReader lives in linkedout.shards.reader (which imports this module); importing it
     # from here still works.
     if name == "FeatureReader":
-        from linkedout.features.reader import FeatureReader
+        from linkedout.shards.reader import FeatureReader
 
         return FeatureReader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

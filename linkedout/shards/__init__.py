@@ -1,8 +1,10 @@
-"""Feature store: per-video backbone hidden states ``[L, K, D]`` in shards, locally or on S3.
+"""Feature shards: per-video backbone hidden states ``[L, K, D]`` in shards, locally or on S3.
+
+(Not the feature store: that is Feast, :mod:`linkedout.featurestore`.)
 
 - :mod:`.storage`: the ``Storage`` protocol (atomic writes), ``LocalStorage``, ``S3Storage`` and
   ``S3Config`` (bounded timeouts and retries), ``open_storage(uri)``.
-- :mod:`.shards`: ``FeatureSpec`` (the extraction config stored beside the features), the shard
+- :mod:`.writer`: ``FeatureSpec`` (the extraction config stored beside the features), the shard
   manifests and index, ``ShardWriter`` (crash-safe, resumable shard writes, ``drop_videos``,
   ``finalize`` -> ``index.json``).
 - :mod:`.reader`: ``FeatureReader`` (random access by video id, memory-mapped locally, cached from
@@ -14,10 +16,20 @@
 - :mod:`.items` (imports torch, so not re-exported here): item index -> features for training.
 """
 
-from linkedout.features.info import format_info, info_from_store, storage_summary
-from linkedout.features.quant import dequantize_int8, quantize_int8
-from linkedout.features.reader import FeatureReader
-from linkedout.features.shards import (
+from linkedout.shards.info import format_info, info_from_store, storage_summary
+from linkedout.shards.quant import dequantize_int8, quantize_int8
+from linkedout.shards.reader import FeatureReader
+from linkedout.shards.storage import (
+    LocalStorage,
+    MissingKeyError,
+    S3Config,
+    S3Storage,
+    ShardStoreError,
+    Storage,
+    StoreMismatch,
+    open_storage,
+)
+from linkedout.shards.writer import (
     FeatureIndex,
     FeatureSpec,
     ShardManifest,
@@ -25,27 +37,17 @@ from linkedout.features.shards import (
     list_shards,
     read_spec,
 )
-from linkedout.features.storage import (
-    FeatureStoreError,
-    LocalStorage,
-    MissingKeyError,
-    S3Config,
-    S3Storage,
-    Storage,
-    StoreMismatch,
-    open_storage,
-)
 
 __all__ = [
     "FeatureIndex",
     "FeatureReader",
     "FeatureSpec",
-    "FeatureStoreError",
     "LocalStorage",
     "MissingKeyError",
     "S3Config",
     "S3Storage",
     "ShardManifest",
+    "ShardStoreError",
     "ShardWriter",
     "Storage",
     "StoreMismatch",

@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from linkedout.features.quant import dequantize_int8
-from linkedout.features.shards import (
+from linkedout.shards.quant import dequantize_int8
+from linkedout.shards.storage import MissingKeyError, S3Options, ShardStoreError, Storage, open_storage
+from linkedout.shards.writer import (
     INDEX_KEY,
     SPEC_KEY,
     FeatureIndex,
@@ -34,7 +35,6 @@ from linkedout.features.shards import (
     read_manifest,
     read_spec,
 )
-from linkedout.features.storage import FeatureStoreError, MissingKeyError, S3Options, Storage, open_storage
 from linkedout.utils import atomic_write_bytes, get_logger
 
 log = get_logger(__name__)
@@ -48,13 +48,13 @@ _VERIFIED_FILES: set[tuple[str, int, int, str]] = set()
 
 
 def _verify_local_file(path: Path, entry: FileEntry, uri: str) -> None:
-    """Hash a local shard file once per process; :class:`FeatureStoreError` when it differs from its manifest."""
+    """Hash a local shard file once per process; :class:`ShardStoreError` when it differs from its manifest."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns, entry.sha256)
     if key in _VERIFIED_FILES:
         return
     if _sha256_file(path) != entry.sha256:
-        raise FeatureStoreError(f"checksum mismatch for {entry.key!r} in {uri} ({path}): the file changed "
+        raise ShardStoreError(f"checksum mismatch for {entry.key!r} in {uri} ({path}): the file changed "
                                 "on disk after it was written (corruption?); `linkedout features verify --repair` "
                                 "lists every damaged shard and marks it for `linkedout extract` to redo")
     _VERIFIED_FILES.add(key)
@@ -69,7 +69,7 @@ class _Shard:
     nbytes: int  # bytes held in process memory (0 when memory-mapped)
 
 
-class _StaleIndex(FeatureStoreError):
+class _StaleIndex(ShardStoreError):
     """index.json disagrees with a shard manifest (a shard was rewritten after finalize)."""
 
 
@@ -174,7 +174,7 @@ class FeatureReader:
         except MissingKeyError:
             log.info("no %s in %s; building the index from %d shard manifests",
                      INDEX_KEY, self.storage.uri, len(shards))
-        except FeatureStoreError as e:
+        except ShardStoreError as e:
             log.warning("%s; rebuilding the index from the shard manifests", e)
         return self._rebuild_index(shards)
 
@@ -248,10 +248,10 @@ class FeatureReader:
             try:
                 size = local.stat().st_size
             except FileNotFoundError:
-                raise FeatureStoreError(f"shard file {entry.key!r} listed in its manifest is missing "
+                raise ShardStoreError(f"shard file {entry.key!r} listed in its manifest is missing "
                                         f"from {self.storage.uri}") from None
             if size != entry.bytes:
-                raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} has {size} bytes, "
+                raise ShardStoreError(f"shard file {entry.key!r} in {self.storage.uri} has {size} bytes, "
                                         f"its manifest says {entry.bytes}: truncated or replaced")
             if self.verify_on_open and not checked:
                 _verify_local_file(local, entry, self.storage.uri)
@@ -264,21 +264,21 @@ class FeatureReader:
         try:
             array = np.load(source, mmap_mode=mmap, allow_pickle=False)
         except (ValueError, OSError) as e:
-            raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} is not a valid .npy "
+            raise ShardStoreError(f"shard file {entry.key!r} in {self.storage.uri} is not a valid .npy "
                                     f"file: {e}") from e
         if mmap is None:
             in_memory = array.nbytes
         if array.dtype != dtype or array.shape != shape:
-            raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} holds {array.dtype} "
+            raise ShardStoreError(f"shard file {entry.key!r} in {self.storage.uri} holds {array.dtype} "
                                     f"{array.shape}, expected {dtype} {shape}")
         return array, in_memory
 
     def _check_bytes(self, entry: FileEntry, raw: bytes, *, checksum: bool) -> None:
         if len(raw) != entry.bytes:
-            raise FeatureStoreError(f"shard file {entry.key!r} in {self.storage.uri} has {len(raw)} bytes, "
+            raise ShardStoreError(f"shard file {entry.key!r} in {self.storage.uri} has {len(raw)} bytes, "
                                     f"its manifest says {entry.bytes}: truncated or replaced")
         if checksum and hashlib.sha256(raw).hexdigest() != entry.sha256:
-            raise FeatureStoreError(f"checksum mismatch for {entry.key!r} in {self.storage.uri}")
+            raise ShardStoreError(f"checksum mismatch for {entry.key!r} in {self.storage.uri}")
 
     # ---- lookups
     def _missing(self, video_id: str) -> KeyError:
@@ -336,7 +336,7 @@ class FeatureReader:
     def verify(self) -> int:
         """Re-hash every shard file against its manifest; returns the number of files checked.
 
-        Raises :class:`FeatureStoreError` listing every missing, truncated or corrupted file.
+        Raises :class:`ShardStoreError` listing every missing, truncated or corrupted file.
         """
         problems: list[str] = []
         count = 0
@@ -345,7 +345,7 @@ class FeatureReader:
             problems += _check_files(self.storage, manifest, "checksum")
             count += len(manifest.files)
         if problems:
-            raise FeatureStoreError(f"feature store {self.storage.uri} failed verification: " + "; ".join(problems))
+            raise ShardStoreError(f"feature store {self.storage.uri} failed verification: " + "; ".join(problems))
         log.info("verified %d files of %d shards in %s", count, len(self._index.shards), self.storage.uri)
         return count
 

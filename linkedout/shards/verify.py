@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from linkedout.features.reader import FeatureReader
-from linkedout.features.shards import (
+from linkedout.fingerprint import canonical_digest
+from linkedout.shards.reader import FeatureReader
+from linkedout.shards.storage import MissingKeyError, S3Options, ShardStoreError, Storage, open_storage
+from linkedout.shards.writer import (
     INDEX_KEY,
     FeatureIndex,
     ShardManifest,
@@ -39,8 +41,6 @@ from linkedout.features.shards import (
     read_manifest,
     read_spec,
 )
-from linkedout.features.storage import FeatureStoreError, MissingKeyError, S3Options, Storage, open_storage
-from linkedout.fingerprint import canonical_digest
 from linkedout.utils import get_logger, progress
 
 log = get_logger(__name__)
@@ -138,7 +138,7 @@ def verify_store(storage: Storage | str, *, endpoint_url: S3Options = None, cata
     report = VerifyReport(uri=storage.uri)
     try:
         spec = read_spec(storage)
-    except FeatureStoreError as e:
+    except ShardStoreError as e:
         report.problems.append(str(e))
         return report
     keys = storage.list()
@@ -149,7 +149,7 @@ def verify_store(storage: Storage | str, *, endpoint_url: S3Options = None, cata
     for shard in progress(shards, total=len(shards), desc="verify", unit="shard"):
         try:
             manifest = read_manifest(storage, shard)
-        except FeatureStoreError as e:
+        except ShardStoreError as e:
             report.problems.append(str(e))
             report.damaged_shards.append(shard)
             continue
@@ -199,12 +199,12 @@ def _check_index(storage: Storage, manifests: dict[int, ShardManifest], report: 
         return
     try:
         index = FeatureIndex.from_bytes(raw, storage.uri)
-    except FeatureStoreError as e:
+    except ShardStoreError as e:
         report.problems.append(str(e))
         return
     try:
         built = FeatureIndex.build(manifests, storage.uri)
-    except FeatureStoreError:
+    except ShardStoreError:
         return  # duplicates are already reported
     if set(index.shards) != set(manifests):
         report.warnings.append(f"{INDEX_KEY} lists shards {sorted(set(index.shards) ^ set(manifests))[:10]} "
