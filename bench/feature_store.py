@@ -34,10 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import linkedout.shardstore as lf
+import linkedout.featurestore as lf
 import numpy as np
 import pandas as pd
-from linkedout.shardstore.local_redis import LocalRedis, redis_server_binary
+from linkedout.featurestore.local_redis import LocalRedis, redis_server_binary
 
 _HERE = Path(__file__).resolve().parent
 PAPER_MS = 5.964  # the paper's end-to-end latency per query on one H100

@@ -62,7 +62,7 @@ def build(workdir: Path, videos: int, users: int, seed: int = 0) -> dict[str, An
     """The model repository (encoder-less: only the ranker is on the request path) and the Feast store."""
     import pandas as pd
     import torch
-    from linkedout.shardstore import FeastSettings, apply, open_repo, render_repo, write_histories
+    from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo, write_histories
 
     from linkedout.export import Catalog, ExportConfig, ModelRepository, export_ranker
     from linkedout.model import build_model
@@ -177,7 +177,7 @@ def predictor_alone(url: str, videos: int, n: int, rng: np.random.Generator) -> 
 
 
 def feast_alone(feast_dir: Path, users: int, n: int, rng: np.random.Generator) -> list[float]:
-    from linkedout.shardstore import HistoryReader
+    from linkedout.featurestore import HistoryReader
 
     reader = HistoryReader(feast_dir)
     reader.get(["0"])

@@ -122,7 +122,7 @@ def default_repository_configs(name: str = "linkedout") -> dict[str, str]:
 def open_feast(feast_dir: Path, settings: Any = None) -> Any:
     """The Feast repository in ``feast_dir``, rendered first if there is none (``settings``: a
     ``FeastSettings``, default the local environment), with its definitions applied."""
-    from linkedout.shardstore import FeastSettings, apply, open_repo, render_repo
+    from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo
 
     if not (feast_dir / "feature_store.yaml").is_file():
         render_repo(feast_dir, settings if settings is not None else FeastSettings(environment="local"))
@@ -144,7 +144,7 @@ def publish_features(data: Path, repository: str | os.PathLike[str], feast_dir: 
     """
     from linkedout.data.microlens import load_microlens
     from linkedout.export import ModelRepository, ranker_name
-    from linkedout.shardstore import (
+    from linkedout.featurestore import (
         histories_from_interactions,
         publish_catalog,
         write_histories,
@@ -288,8 +288,8 @@ def add_videos(videos: list[Path], *, repository: str | os.PathLike[str], name: 
                            "catalogue": catalog.num_items}
     if feast_dir is not None and (Path(feast_dir) / "feature_store.yaml").is_file():
         from linkedout.export import ModelRepository, ranker_name
-        from linkedout.shardstore import open_repo, publish_model_version
-        from linkedout.shardstore.write import Videos
+        from linkedout.featurestore import open_repo, publish_model_version
+        from linkedout.featurestore.write import Videos
 
         vdir = ModelRepository(repository).version_dir(ranker_name(name), version)
         new = Videos.from_catalog(vdir, titles or {}).subset(ok)
@@ -412,17 +412,17 @@ def training_interactions(data: Path, feast_dir: Path, *, settings: Any = None, 
     dataset plus what users watched since. A store whose interactions came from another dataset
     (another name) is refused with :class:`linkedout.fingerprint.StageMismatch`; ``force`` deletes
     every interactions part first. Returns ``user, item, timestamp`` rows sorted as linkedout/data
-    sorts them (:func:`linkedout.shardstore.read_interactions`).
+    sorts them (:func:`linkedout.featurestore.read_interactions`).
     """
     from linkedout.data.microlens import load_microlens
     from linkedout.fingerprint import StageMismatch
     from linkedout.pipeline import dataset_digest
-    from linkedout.shardstore import (
+    from linkedout.featurestore import (
         read_interactions,
         write_interactions,
     )
-    from linkedout.shardstore.definitions import INTERACTIONS
-    from linkedout.shardstore.offline import list_parts
+    from linkedout.featurestore.definitions import INTERACTIONS
+    from linkedout.featurestore.offline import list_parts
     from linkedout.utils import atomic_write_text
 
     feast_dir = Path(feast_dir)

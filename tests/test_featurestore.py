@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import linkedout.shardstore as lf
+import linkedout.featurestore as lf
 import numpy as np
 import pandas as pd
 import pytest
-from linkedout.shardstore import definitions as d
-from linkedout.shardstore.online import read_rows
+from linkedout.featurestore import definitions as d
+from linkedout.featurestore.online import read_rows
 
 from linkedout.data.synth import SynthConfig, generate_tables
 
@@ -462,7 +462,7 @@ def test_feast_cli_apply_keeps_published_services(local: lf.FeatureRepo) -> None
 
 @pytest.mark.integration
 def test_reader_imports_neither_kserve_nor_tritonclient() -> None:
-    code = ("import sys, linkedout.shardstore, linkedout.shardstore.online; "
+    code = ("import sys, linkedout.featurestore, linkedout.featurestore.online; "
             "bad = [m for m in ('kserve', 'tritonclient') if m in sys.modules]; "
             "assert not bad, bad")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)

@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import linkedout.shardstore as lf
+import linkedout.featurestore as lf
 import numpy as np
 import pytest
-from linkedout.shardstore.local_redis import LocalRedis, free_port, redis_server_binary
+from linkedout.featurestore.local_redis import LocalRedis, free_port, redis_server_binary
 from test_featurestore import expected_histories, online_videos, toy_interactions, toy_videos
 
 pytestmark = [

@@ -1,7 +1,7 @@
 """The S3 parquet offline store (and an S3 registry), against a real S3 server (moto) on 127.0.0.1.
 
 Feast's file offline store reads ``s3://`` sources with Dask; without ``s3fs`` installed the
-pyarrow bridge of :mod:`linkedout.shardstore.s3compat` serves them. The last test runs the whole
+pyarrow bridge of :mod:`linkedout.featurestore.s3compat` serves them. The last test runs the whole
 production configuration: S3 offline store and registry, Redis online store.
 """
 
@@ -11,12 +11,12 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-import linkedout.shardstore as lf
+import linkedout.featurestore as lf
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import moto_s3, new_bucket
-from linkedout.shardstore.local_redis import LocalRedis, redis_server_binary
+from linkedout.featurestore.local_redis import LocalRedis, redis_server_binary
 from test_featurestore import expected_histories, online_videos, toy_interactions, toy_videos
 
 pytestmark = pytest.mark.integration

@@ -295,15 +295,15 @@ def test_feature_store_yaml_is_redis_online_and_s3_offline(name: str, rendered: 
     assert cfg.offline_store.type in ("file", "dask")
     assert cfg.registry.path.startswith("s3://")
     # one source: the ConfigMap is the Feast repository's own production template, rendered
-    from linkedout.shardstore.repo import FeastSettings, feature_store_yaml
+    from linkedout.featurestore.repo import FeastSettings, feature_store_yaml
 
     bucket = cfg.registry.path.removeprefix("s3://").split("/")[0]
     want = feature_store_yaml(FeastSettings(
         environment="production", offline_root=f"s3://{bucket}/offline", registry=f"s3://{bucket}/registry.pb",
         redis_address="linkedout-redis:6379", redis_password_env="REDIS_PASSWORD"), "/etc/linkedout/feast")
     assert yaml.safe_load(text) == yaml.safe_load(want), (
-        "the ConfigMap's feature_store.yaml is not linkedout.shardstore's production template: regenerate it "
-        "with linkedout.shardstore.repo.feature_store_yaml")
+        "the ConfigMap's feature_store.yaml is not linkedout.featurestore's production template: regenerate it "
+        "with linkedout.featurestore.repo.feature_store_yaml")
 
 
 def test_secret_templates_render_with_the_kserve_annotations(tmp_path: Path, schemas: Path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import Toy
-from linkedout.shardstore import HistoryReader
+from linkedout.featurestore import HistoryReader
 
 from linkedout import pipeline, publish
 from linkedout.data.microlens import load_microlens
@@ -153,8 +153,8 @@ def test_a_video_added_live_is_recommended_without_a_restart(served: Served, tmp
     assert twin in rec.items and target in rec.items  # the twin scores as the original (same content)
     assert abs(rec.items.index(twin) - rec.items.index(target)) == 1
     assert served.stack.server.pid == pid_before  # loaded by the running Triton, no restart
-    from linkedout.shardstore import open_repo
-    from linkedout.shardstore.online import read_rows
+    from linkedout.featurestore import open_repo
+    from linkedout.featurestore.online import read_rows
 
     rows = read_rows(open_repo(served.workdir / "feast"), "video_embedding", [twin], ["model_version"])
     assert rows[0][1] is not None  # the new video is in Feast's online store

@@ -17,7 +17,7 @@
 Importing this package imports Feast (several seconds the first time).
 """
 
-from linkedout.shardstore.definitions import (
+from linkedout.featurestore.definitions import (
     HISTORY_LENGTH,
     PROJECT,
     WATCHED,
@@ -25,11 +25,11 @@ from linkedout.shardstore.definitions import (
     build_definitions,
     service_name,
 )
-from linkedout.shardstore.errors import FeatureRepoError, OfflineStoreError, OnlineStoreUnavailable
-from linkedout.shardstore.offline import read_interactions, write_interactions
-from linkedout.shardstore.online import HistoryReader
-from linkedout.shardstore.push import push_watches, record_watch
-from linkedout.shardstore.repo import (
+from linkedout.featurestore.errors import FeatureRepoError, OfflineStoreError, OnlineStoreUnavailable
+from linkedout.featurestore.offline import read_interactions, write_interactions
+from linkedout.featurestore.online import HistoryReader
+from linkedout.featurestore.push import push_watches, record_watch
+from linkedout.featurestore.repo import (
     ENVIRONMENTS,
     FeastSettings,
     FeatureRepo,
@@ -37,7 +37,7 @@ from linkedout.shardstore.repo import (
     open_repo,
     render_repo,
 )
-from linkedout.shardstore.write import (
+from linkedout.featurestore.write import (
     Videos,
     VideoWrite,
     histories_from_interactions,

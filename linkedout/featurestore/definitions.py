@@ -15,7 +15,7 @@ directory per table under that root::
 ``user_history.event_timestamp`` and ``last_watch`` are the time of the user's last watch; the video
 tables' is the time they were published, so the last publication of a video wins, online and in
 point-in-time joins. ``interactions`` is a plain data source (no feature view): the training data
-is read from it (:func:`linkedout.shardstore.offline.read_interactions`).
+is read from it (:func:`linkedout.featurestore.offline.read_interactions`).
 
 One :class:`~feast.FeatureService` per published model version, ``NAME_vV``
 (:meth:`Definitions.feature_service`), groups the three feature views with the model's name and

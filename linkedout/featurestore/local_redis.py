@@ -50,7 +50,7 @@ class LocalRedis:
 
     @property
     def address(self) -> str:
-        """``host:port``, as :class:`~linkedout.shardstore.FeastSettings.redis_address` takes it."""
+        """``host:port``, as :class:`~linkedout.featurestore.FeastSettings.redis_address` takes it."""
         return f"{self.host}:{self.port}"
 
     @property

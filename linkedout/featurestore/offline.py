@@ -20,12 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from linkedout.shardstore.definitions import INTERACTIONS, TABLES, TIMESTAMP, USER_KEY, VIDEO_KEY
-from linkedout.shardstore.errors import FeatureRepoError, OfflineStoreError
+from linkedout.featurestore.definitions import INTERACTIONS, TABLES, TIMESTAMP, USER_KEY, VIDEO_KEY
+from linkedout.featurestore.errors import FeatureRepoError, OfflineStoreError
 from linkedout.utils import get_logger
 
 if TYPE_CHECKING:
-    from linkedout.shardstore.repo import FeatureRepo
+    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 
@@ -115,7 +115,7 @@ def write_interactions(repo: FeatureRepo, interactions: pd.DataFrame, *, part: s
     """Write a dataset's interactions (linkedout/data's ``user, item, timestamp``) to the offline store.
 
     ``part`` names the file: writing the same part again replaces it (a re-run, or the dataset after
-    a change); other parts (the live watch log of :func:`linkedout.shardstore.push.push_watches`)
+    a change); other parts (the live watch log of :func:`linkedout.featurestore.push.push_watches`)
     stay. Returns the file's URI.
     """
     return write_part(repo, INTERACTIONS, part, interactions_table(interactions))
@@ -144,7 +144,7 @@ def read_interactions(repo: FeatureRepo, *, start: datetime | None = None,
     """
     if not list_parts(repo, INTERACTIONS):
         raise FeatureRepoError(f"no interactions in the offline store at {repo.table_uri(INTERACTIONS)}: "
-                               f"write them first (linkedout.shardstore.write_interactions)")
+                               f"write them first (linkedout.featurestore.write_interactions)")
     store = repo.store
     source = repo.definitions.interactions_source
     try:

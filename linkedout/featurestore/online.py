@@ -10,7 +10,7 @@ of the time for one user (0.14 ms -> 0.02 ms on SQLite here; ``bench/feature_sto
 It imports neither kserve nor tritonclient, so the transformer process can hold it. Its calls are
 bounded: on Redis by the socket connect/read timeouts of the repository's connection string and a
 retry count without backoff (redis-py's own default is 10 retries with backoff up to 1 s: 3-8 s
-per outage), so an outage raises :class:`~linkedout.shardstore.errors.OnlineStoreUnavailable`
+per outage), so an outage raises :class:`~linkedout.featurestore.errors.OnlineStoreUnavailable`
 naming ``host:port`` within about ``timeout x (retries + 1)``; :meth:`HistoryReader.aget` adds an
 asyncio deadline on top for callers on an event loop.
 """
@@ -27,12 +27,12 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from linkedout.shardstore.definitions import USER_KEY, WATCHED
-from linkedout.shardstore.errors import FeatureRepoError, OnlineStoreUnavailable
+from linkedout.featurestore.definitions import USER_KEY, WATCHED
+from linkedout.featurestore.errors import FeatureRepoError, OnlineStoreUnavailable
 from linkedout.utils import get_logger
 
 if TYPE_CHECKING:
-    from linkedout.shardstore.repo import FeatureRepo
+    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 
@@ -91,7 +91,7 @@ def online_errors(repo: FeatureRepo, what: str) -> Iterator[None]:
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):
             raise FeatureRepoError(f"{what}: the online tables of {repo.path} do not exist; apply the repository "
-                                   f"first (linkedout.shardstore.apply or `feast -c {repo.path} apply`)") from e
+                                   f"first (linkedout.featurestore.apply or `feast -c {repo.path} apply`)") from e
         raise OnlineStoreUnavailable(f"{what}: the online store ({repo.online_address}) failed: {e}") from e
     except FeastError as e:
         raise FeatureRepoError(f"{what}: {type(e).__name__}: {e} (repository {repo.path}; is it applied?)") from e
@@ -167,7 +167,7 @@ class HistoryReader:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        from linkedout.shardstore.repo import FeatureRepo, open_repo
+        from linkedout.featurestore.repo import FeatureRepo, open_repo
 
         self.repo = repo if isinstance(repo, FeatureRepo) else open_repo(repo, registry_ttl_s=0)
         view, _, name = feature.partition(":")

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from linkedout.shardstore.definitions import (
+from linkedout.featurestore.definitions import (
     HISTORY_LENGTH,
     INTERACTIONS,
     TIMESTAMP,
@@ -37,13 +37,13 @@ from linkedout.shardstore.definitions import (
     USER_KEY,
     VIDEO_KEY,
 )
-from linkedout.shardstore.offline import INTERACTIONS_SCHEMA, content_part, video_ids, write_part
-from linkedout.shardstore.online import configure_redis_client, online_errors, read_rows, user_keys
-from linkedout.shardstore.write import histories_table, online_last_watch
+from linkedout.featurestore.offline import INTERACTIONS_SCHEMA, content_part, video_ids, write_part
+from linkedout.featurestore.online import configure_redis_client, online_errors, read_rows, user_keys
+from linkedout.featurestore.write import histories_table, online_last_watch
 from linkedout.utils import get_logger
 
 if TYPE_CHECKING:
-    from linkedout.shardstore.repo import FeatureRepo
+    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 _LOCK = threading.Lock()

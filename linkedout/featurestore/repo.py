@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from linkedout.shardstore.definitions import (
+from linkedout.featurestore.definitions import (
     PROJECT,
     TABLES,
     Definitions,
@@ -32,7 +32,7 @@ from linkedout.shardstore.definitions import (
     service_name,
     table_uri,
 )
-from linkedout.shardstore.errors import FeatureRepoError
+from linkedout.featurestore.errors import FeatureRepoError
 from linkedout.utils import atomic_write_text, get_logger
 
 if TYPE_CHECKING:
@@ -50,16 +50,16 @@ _TEMPLATES = Path(__file__).with_name("envs")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_0-9]+)\s*\}\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_SHIM = '''"""LinkedOut's Feast repository (rendered by linkedout.shardstore.render_repo: re-render, do not edit).
+_SHIM = '''"""LinkedOut's Feast repository (rendered by linkedout.featurestore.render_repo: re-render, do not edit).
 
 `feast -c {dir} apply` registers what this module holds: the definitions of
-linkedout.shardstore.definitions over the offline root in linkedout_feast.json, and one
+linkedout.featurestore.definitions over the offline root in linkedout_feast.json, and one
 FeatureService per model version listed in feature_services.json.
 """
 
 from pathlib import Path
 
-from linkedout.shardstore.repo import repo_objects
+from linkedout.featurestore.repo import repo_objects
 
 globals().update(repo_objects(Path(__file__).resolve().parent))
 '''
@@ -252,11 +252,11 @@ def read_settings(directory: str | os.PathLike[str]) -> FeastSettings:
     path = Path(directory).expanduser()
     if not path.is_dir():
         raise FeatureRepoError(f"no Feast repository at {path}: the directory does not exist "
-                               f"(render one with linkedout.shardstore.render_repo)")
+                               f"(render one with linkedout.featurestore.render_repo)")
     for name in ("feature_store.yaml", SETTINGS_FILE):
         if not (path / name).is_file():
             raise FeatureRepoError(f"no LinkedOut Feast repository at {path}: {name} is missing "
-                                   f"(render one with linkedout.shardstore.render_repo)")
+                                   f"(render one with linkedout.featurestore.render_repo)")
     try:
         raw = json.loads((path / SETTINGS_FILE).read_text())
         known = {f.name for f in fields(FeastSettings)}
@@ -296,7 +296,7 @@ def _ensure_s3_environment(settings: FeastSettings) -> None:
     :mod:`.s3compat`).
     """
     if settings.offline_root and settings.offline_root.startswith("s3://"):
-        from linkedout.shardstore.s3compat import ensure_s3_fsspec
+        from linkedout.featurestore.s3compat import ensure_s3_fsspec
 
         ensure_s3_fsspec()
     if settings.s3_endpoint and (settings.registry or "").startswith("s3://"):
@@ -377,7 +377,7 @@ def apply(repo: FeatureRepo, services: list[FeatureService] | None = None) -> No
         raise FeatureRepoError(f"feast apply failed for {repo.path}: {e}") from e
     except Exception as e:
         if _is_connection_error(e):
-            from linkedout.shardstore.errors import OnlineStoreUnavailable
+            from linkedout.featurestore.errors import OnlineStoreUnavailable
 
             raise OnlineStoreUnavailable(f"feast apply of {repo.path}: the online store ({repo.online_address}) "
                                          f"did not answer: {e}") from e

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from linkedout.shardstore.definitions import (
+from linkedout.featurestore.definitions import (
     HISTORY_LENGTH,
     TIMESTAMP,
     USER_HISTORY,
@@ -38,21 +38,21 @@ from linkedout.shardstore.definitions import (
     VIDEO_META,
     service_name,
 )
-from linkedout.shardstore.errors import FeatureRepoError
-from linkedout.shardstore.offline import (
+from linkedout.featurestore.errors import FeatureRepoError
+from linkedout.featurestore.offline import (
     list_parts,
     ms_to_timestamps,
     sort_like_dataset,
     video_ids,
     write_part,
 )
-from linkedout.shardstore.online import configure_redis_client, online_errors, read_rows
+from linkedout.featurestore.online import configure_redis_client, online_errors, read_rows
 from linkedout.utils import get_logger, progress
 
 if TYPE_CHECKING:
     from feast import FeatureService
 
-    from linkedout.shardstore.repo import FeatureRepo
+    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 
@@ -359,7 +359,7 @@ def write_histories(repo: FeatureRepo, histories: pd.DataFrame, *, online: Onlin
 
 def register_model_version(repo: FeatureRepo, model: str, version: int) -> FeatureService:
     """Register the FeatureService ``NAME_vV`` (and the definitions); idempotent."""
-    from linkedout.shardstore.repo import apply
+    from linkedout.featurestore.repo import apply
 
     fs = repo.definitions.feature_service(model, version)
     apply(repo, [fs])

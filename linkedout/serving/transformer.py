@@ -105,7 +105,7 @@ class LinkedOutTransformer(kserve.Model):
         histories: HistorySource | None = None
         inline = False
         if self.feast_repo:
-            from linkedout.shardstore.online import HistoryReader
+            from linkedout.featurestore.online import HistoryReader
 
             reader = HistoryReader(self.feast_repo)
             inline = reader.address.startswith("sqlite")  # a local file: read on the loop, no thread hop
