@@ -217,7 +217,7 @@ def test_rotation_metadata_is_honoured(tmp_path: Path, degrees: int, turns: int)
 
 def test_decoder_threads_reach_ffmpeg_and_give_the_same_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from linkedout.extraction import video as video_module
-    from linkedout.extraction.extractor import ExtractionConfig, _decode_jobs
+    from linkedout.extraction.extractor import ExtractionConfig, decode_jobs
     from linkedout.extraction.prefetch import os as prefetch_os
 
     path = write_video(tmp_path / "v.mp4", num=60, options={"g": "10"})
@@ -259,5 +259,5 @@ def test_decoder_threads_reach_ffmpeg_and_give_the_same_frames(tmp_path: Path, m
 
     for workers, threads, expected in ((2, 0, 4), (3, 0, 2), (0, 0, 8), (2, 5, 5)):
         cfg = ExtractionConfig(decode_workers=workers, decode_threads=threads)
-        jobs = _decode_jobs(Dataset(), ["a", "b"], cfg)  # type: ignore[arg-type]
+        jobs = decode_jobs(Dataset(), ["a", "b"], cfg)  # type: ignore[arg-type]
         assert [job.threads for job in jobs] == [expected, expected], (workers, threads)

@@ -511,7 +511,7 @@ def _id_ranks(uniques: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _sort_interactions(df: pd.DataFrame) -> pd.DataFrame:
+def sort_interactions(df: pd.DataFrame) -> pd.DataFrame:
     """Sort by user (numeric ids numerically) then timestamp; ties keep their current order."""
     codes, uniques = pd.factorize(df["user"], sort=False)
     rank = _id_ranks(np.asarray(uniques, dtype=object))
@@ -553,7 +553,7 @@ def _inspect(root: Path, video_check: _VideoCheck, prefix: str | None = None) ->
     _check_media(root, name, item_ids, video_check, report)
     if report.errors:
         return report, None
-    interactions = _sort_interactions(pairs)
+    interactions = sort_interactions(pairs)
     titles = titles.set_index("item").reindex(item_ids).fillna({"title": ""}).reset_index()
     return report, _Tables(interactions, titles, likes_views, item_ids, pairs_format)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from linkedout.data.microlens import DatasetError, _sort_interactions, sort_ids
+from linkedout.data.microlens import DatasetError, sort_ids, sort_interactions
 from linkedout.utils import atomic_write_bytes, atomic_write_text
 
 SPLIT_FORMAT_VERSION = 1
@@ -301,7 +301,7 @@ def _sorted(interactions: pd.DataFrame) -> pd.DataFrame:
     df["user"] = df["user"].astype(str)
     df["item"] = df["item"].astype(str)
     df["timestamp"] = df["timestamp"].astype(np.int64)
-    return _sort_interactions(df.reset_index(drop=True))
+    return sort_interactions(df.reset_index(drop=True))
 
 
 def _pack(seqs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

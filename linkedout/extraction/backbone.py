@@ -502,7 +502,8 @@ def architecture_config(cfg: BackboneConfig) -> LlavaOnevisionConfig:
     return LlavaOnevisionConfig(**spec)
 
 
-def _tiny_name(cfg: BackboneConfig) -> str:
+def tiny_name(cfg: BackboneConfig) -> str:
+    """The backbone name recorded for a ``tiny`` config: its seed and sizes (``tiny:seed=...,text=...``)."""
     return (f"tiny:seed={cfg.seed},image={cfg.tiny_image_size}/{cfg.tiny_patch_size},"
             f"vision={cfg.tiny_vision_hidden}x{cfg.tiny_vision_layers},text={cfg.tiny_text_hidden}x{cfg.tiny_text_layers}")
 
@@ -537,7 +538,7 @@ def _build_random(cfg: BackboneConfig) -> Backbone:
     tokenizer = _local_tokenizer(specials)
     preprocessing = VideoPreprocessing(size=int(_sub(config, "vision_config").image_size))
     return Backbone(_freeze(model), tokenizer, LLAVA_OV_CHAT_TEMPLATE, preprocessing, cfg,
-                    name=cfg.source if cfg.source.startswith("random:") else _tiny_name(cfg))
+                    name=cfg.source if cfg.source.startswith("random:") else tiny_name(cfg))
 
 
 def _read_json(source: str, filename: str, revision: str | None) -> dict[str, Any] | None:

@@ -71,7 +71,8 @@ def clear_store(storage: Storage) -> int:
     return len(keys)
 
 
-def _read_dataset_doc(storage: Storage) -> dict[str, Any] | None:
+def read_dataset_doc(storage: Storage) -> dict[str, Any] | None:
+    """The store's ``dataset.json`` (which dataset filled it), or None when it has none or it is unreadable."""
     try:
         doc = json.loads(storage.read_bytes(DATASET_KEY))
         return doc if isinstance(doc, dict) else None
@@ -123,7 +124,7 @@ def check_store_dataset(reader: Any, dataset: _Dataset, ids: Sequence[str]) -> N
     training, evaluation): the same tests, on the store's recorded dataset and video sources.
     """
     manifests = [reader.manifest(shard) for shard in reader.shards]
-    _check_one_dataset(reader.storage.uri, _read_dataset_doc(reader.storage), dataset_name(dataset),
+    _check_one_dataset(reader.storage.uri, read_dataset_doc(reader.storage), dataset_name(dataset),
                        getattr(dataset, "root", None), set(ids), manifests, dataset)
 
 
@@ -137,7 +138,7 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
     storage = writer.storage
     name = dataset_name(dataset)
     root = getattr(dataset, "root", None)
-    previous = _read_dataset_doc(storage)
+    previous = read_dataset_doc(storage)
     catalog = set(ids)
     retry: dict[int, list[str]] = defaultdict(list)
     changed: dict[int, list[str]] = defaultdict(list)

@@ -327,17 +327,18 @@ class ExtractionSummary:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def _decode_jobs(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig) -> list[DecodeJob]:
+def decode_jobs(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig) -> list[DecodeJob]:
+    """One :class:`DecodeJob` per video of ``ids``, in order, with ``cfg``'s frames, size, sampling and threads."""
     threads = threads_per_worker(cfg.decode_workers, cfg.decode_threads)
     return [DecodeJob(vid, str(dataset.video_path(vid)), cfg.num_frames, cfg.frame_size, cfg.frame_sampling, threads)
             for vid in ids]
 
 
-def _decode_ahead(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig,
-                  decoder: Callable[[DecodeJob], Decoded] | None) -> Generator[Decoded, None, None]:
+def decode_ahead(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig,
+                 decoder: Callable[[DecodeJob], Decoded] | None) -> Generator[Decoded, None, None]:
     """Decoded videos in ``ids`` order; with workers, up to ``2 * batch_size + workers`` ahead of the model."""
     window = 2 * cfg.batch_size + cfg.decode_workers
-    return decode_stream(_decode_jobs(dataset, ids, cfg), cfg.decode_workers, window, decoder or decode_job)
+    return decode_stream(decode_jobs(dataset, ids, cfg), cfg.decode_workers, window, decoder or decode_job)
 
 
 def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
@@ -357,7 +358,7 @@ def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
     )
 
 
-def _extract_shards(
+def extract_shards(
     extractor: LinkedOutExtractor,
     writer: ShardWriter,
     plan: list[list[str]],
@@ -475,10 +476,10 @@ def extract_dataset(
              len(ids), writer.storage.uri, len(planned), skipped, len(todo))
 
     todo_ids = [vid for i in todo for vid in plan[i]]
-    decoded = _decode_ahead(dataset, todo_ids, cfg, decoder)
+    decoded = decode_ahead(dataset, todo_ids, cfg, decoder)
     stream = progress(decoded, total=len(todo_ids), desc="extract", unit="video")
     try:
-        encoded = _extract_shards(extractor, writer, plan, todo, stream, on_shard_written)
+        encoded = extract_shards(extractor, writer, plan, todo, stream, on_shard_written)
     finally:  # stop the decoding processes now, also when interrupted
         cast(Generator[Any, None, None], stream).close()
         decoded.close()
