@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from linkedout.data.microlens import sort_ids
 from linkedout.extraction.backbone import Backbone, BackboneConfig, load_backbone
-from linkedout.extraction.catalog import open_store_for
 from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
 from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
+from linkedout.extraction.reconcile import open_store_for
 from linkedout.extraction.video import FRAME_SAMPLINGS
 from linkedout.shards.storage import S3Options, Storage, open_storage
 from linkedout.shards.writer import (
@@ -432,7 +432,7 @@ def extract_dataset(
 ) -> ExtractionSummary:
     """Extract the features of every video of ``dataset`` into a feature store; resumable.
 
-    First the store is reconciled with the dataset (:func:`linkedout.extraction.catalog.reconcile_store`):
+    First the store is reconciled with the dataset (:func:`linkedout.extraction.reconcile.reconcile_store`):
     a store of another extraction config or another dataset is refused (:class:`StoreMismatch`), or
     with ``replace`` (``--force``) emptied first; failed videos whose file changed (all failed
     videos with ``retry_failed``) and written videos whose file changed are dropped to be

@@ -35,7 +35,15 @@ from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["Reconciled", "clear_store", "dataset_name", "reconcile_store"]
+__all__ = [
+    "Reconciled",
+    "check_store_dataset",
+    "clear_store",
+    "dataset_name",
+    "open_store_for",
+    "read_dataset_doc",
+    "reconcile_store",
+]
 
 FORCE_HINT = ("use a new feature store (--out, or a new --workdir), or --force to delete this store's "
               "features and extract again")
