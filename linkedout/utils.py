@@ -1,21 +1,25 @@
-"""Small shared helpers: logging, seeding, progress bars, atomic file writes."""
+"""Small shared helpers: logging, seeding, progress bars, atomic file writes, hashing, timestamps, int checks."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
 
 LOG = logging.getLogger("linkedout")
+
+_HASH_CHUNK = 1 << 22  # 4 MiB
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -93,3 +97,22 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def utc_now() -> str:
+    """The current UTC time in ISO 8601 to the second (``2026-01-02T03:04:05+00:00``): the stamp of written files."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), a ``bool`` excluded."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)

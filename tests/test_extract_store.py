@@ -19,8 +19,8 @@ from linkedout.extraction import BackboneConfig, ExtractionConfig, extract_datas
 from linkedout.extraction.backbone import Backbone
 from linkedout.extraction.prefetch import DecodeJob, decode_stream
 from linkedout.shards import FeatureReader, ShardStoreError, StoreMismatch
+from linkedout.shards.manifest import list_shards, read_manifest
 from linkedout.shards.verify import verify_store
-from linkedout.shards.writer import list_shards, read_manifest
 
 CFG = ExtractionConfig(layers=(0, 4), num_frames=2, frame_size=56, tokens=8, text_tokens=2, batch_size=4,
                        shard_size=4, decode_workers=0)

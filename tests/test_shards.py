@@ -26,7 +26,7 @@ from linkedout.shards import (
     quantize_int8,
     storage_summary,
 )
-from linkedout.shards.writer import INDEX_KEY, SPEC_KEY, data_key, manifest_key, scale_key
+from linkedout.shards.layout import INDEX_KEY, SPEC_KEY, data_key, manifest_key, scale_key
 
 SHAPE = (2, 3, 8)  # (L, K, D), tiny
 

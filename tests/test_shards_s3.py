@@ -21,7 +21,7 @@ from linkedout.shards import (
     info_from_store,
     open_storage,
 )
-from linkedout.shards.writer import data_key
+from linkedout.shards.layout import data_key
 
 pytestmark = pytest.mark.integration
 

@@ -36,15 +36,11 @@ from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spa
 from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
 from linkedout.extraction.reconcile import open_store_for
 from linkedout.extraction.video import FRAME_SAMPLINGS
+from linkedout.shards.layout import FAILURES_KEY, SPEC_KEY
+from linkedout.shards.manifest import ShardManifest, read_manifest
+from linkedout.shards.spec import FeatureSpec
 from linkedout.shards.storage import S3Options, Storage, open_storage
-from linkedout.shards.writer import (
-    FAILURES_KEY,
-    SPEC_KEY,
-    FeatureSpec,
-    ShardManifest,
-    ShardWriter,
-    read_manifest,
-)
+from linkedout.shards.writer import ShardWriter
 from linkedout.utils import get_logger, progress
 
 __all__ = [

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from linkedout.fingerprint import same_video
+from linkedout.shards.layout import DATASET_KEY, SPEC_KEY
+from linkedout.shards.manifest import read_manifest
 from linkedout.shards.storage import MissingKeyError, ShardStoreError, Storage, StoreMismatch
-from linkedout.shards.writer import DATASET_KEY, ShardWriter, read_manifest
+from linkedout.shards.writer import ShardWriter
 from linkedout.utils import get_logger
 
 log = get_logger(__name__)
@@ -73,7 +75,7 @@ def dataset_name(dataset: Any) -> str | None:
 def clear_store(storage: Storage) -> int:
     """Delete every object of a store (``--force``); returns how many. The spec goes last."""
     keys = storage.list()
-    for key in sorted(keys, key=lambda k: k == "spec.json"):
+    for key in sorted(keys, key=lambda k: k == SPEC_KEY):
         storage.delete(key)
     log.warning("deleted the %d objects of feature store %s (--force)", len(keys), storage.uri)
     return len(keys)

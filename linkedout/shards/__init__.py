@@ -4,8 +4,11 @@
 
 - :mod:`.storage`: the ``Storage`` protocol (atomic writes), ``LocalStorage``, ``S3Storage`` and
   ``S3Config`` (bounded timeouts and retries), ``open_storage(uri)``.
-- :mod:`.writer`: ``FeatureSpec`` (the extraction config stored beside the features), the shard
-  manifests and index, ``ShardWriter`` (crash-safe, resumable shard writes, ``drop_videos``,
+- :mod:`.layout`: where each object of a store lives (``spec.json``, ``shards/``, ``index.json``, ...).
+- :mod:`.spec`: ``FeatureSpec`` (the extraction config stored beside the features), ``read_spec``.
+- :mod:`.manifest`: ``ShardManifest`` (what a shard holds), ``FeatureIndex`` (where each video is),
+  the checks of shard files against their manifest.
+- :mod:`.writer`: ``ShardWriter`` (crash-safe, resumable shard writes, ``drop_videos``,
   ``finalize`` -> ``index.json``).
 - :mod:`.reader`: ``FeatureReader`` (random access by video id, memory-mapped locally, cached from
   S3, every shard file's hash checked when first opened).
@@ -17,8 +20,10 @@
 """
 
 from linkedout.shards.info import format_info, info_from_store, storage_summary
+from linkedout.shards.manifest import FeatureIndex, ShardManifest, list_shards
 from linkedout.shards.quant import dequantize_int8, quantize_int8
 from linkedout.shards.reader import FeatureReader
+from linkedout.shards.spec import FeatureSpec, read_spec
 from linkedout.shards.storage import (
     LocalStorage,
     MissingKeyError,
@@ -29,14 +34,7 @@ from linkedout.shards.storage import (
     StoreMismatch,
     open_storage,
 )
-from linkedout.shards.writer import (
-    FeatureIndex,
-    FeatureSpec,
-    ShardManifest,
-    ShardWriter,
-    list_shards,
-    read_spec,
-)
+from linkedout.shards.writer import ShardWriter
 
 __all__ = [
     "FeatureIndex",

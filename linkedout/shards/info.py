@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from linkedout.shards.layout import INDEX_KEY
 from linkedout.shards.reader import FeatureReader
-from linkedout.shards.writer import INDEX_KEY, FeatureSpec
+from linkedout.shards.spec import FeatureSpec
 
 
 def storage_summary(spec: FeatureSpec, num_videos: int) -> dict[str, Any]:

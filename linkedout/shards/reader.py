@@ -1,7 +1,7 @@
 """Reading a feature store: ``FeatureReader`` (random access by video id, local or S3).
 
-The store's layout, the spec, the manifests and the index are defined in :mod:`.shards`; this
-module reads them. Local shards are memory-mapped, S3 shards downloaded into a bounded cache;
+The store's layout, the spec, the manifests and the index are defined in :mod:`.layout`,
+:mod:`.spec` and :mod:`.manifest`; this module reads them. Local shards are memory-mapped, S3 shards downloaded into a bounded cache;
 every shard file is checked against its manifest's sha256 the first time a process opens it.
 """
 
@@ -19,23 +19,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from linkedout.shards.quant import dequantize_int8
-from linkedout.shards.storage import MissingKeyError, S3Options, ShardStoreError, Storage, open_storage
-from linkedout.shards.writer import (
-    INDEX_KEY,
-    SPEC_KEY,
+from linkedout.shards.layout import INDEX_KEY, SPEC_KEY
+from linkedout.shards.manifest import (
     FeatureIndex,
     FileEntry,
     ShardManifest,
-    _check_files,
-    _check_manifest_spec,
-    _is_int,
-    _sha256_file,
+    check_files,
+    check_manifest_spec,
     list_shards,
     read_manifest,
-    read_spec,
 )
-from linkedout.utils import atomic_write_bytes, get_logger
+from linkedout.shards.quant import dequantize_int8
+from linkedout.shards.spec import read_spec
+from linkedout.shards.storage import MissingKeyError, S3Options, ShardStoreError, Storage, open_storage
+from linkedout.utils import atomic_write_bytes, file_sha256, get_logger, is_int
 
 log = get_logger(__name__)
 
@@ -53,7 +50,7 @@ def _verify_local_file(path: Path, entry: FileEntry, uri: str) -> None:
     key = (str(path), st.st_size, st.st_mtime_ns, entry.sha256)
     if key in _VERIFIED_FILES:
         return
-    if _sha256_file(path) != entry.sha256:
+    if file_sha256(path) != entry.sha256:
         raise ShardStoreError(f"checksum mismatch for {entry.key!r} in {uri} ({path}): the file changed "
                                 "on disk after it was written (corruption?); `linkedout features verify --repair` "
                                 "lists every damaged shard and marks it for `linkedout extract` to redo")
@@ -126,9 +123,9 @@ class FeatureReader:
         verify_on_open: bool | None = None,
         endpoint_url: S3Options = None,
     ) -> None:
-        if not _is_int(cache_size) or cache_size < 1:
+        if not is_int(cache_size) or cache_size < 1:
             raise ValueError(f"FeatureReader.cache_size must be an integer >= 1, got {cache_size!r}")
-        if not _is_int(cache_bytes) or cache_bytes < 1:
+        if not is_int(cache_bytes) or cache_bytes < 1:
             raise ValueError(f"FeatureReader.cache_bytes must be an integer >= 1, got {cache_bytes!r}")
         self.storage = open_storage(storage, endpoint_url)
         self._remote = self.storage.local_path(SPEC_KEY) is None
@@ -159,7 +156,7 @@ class FeatureReader:
         manifest = self._manifests.get(shard)
         if manifest is None:
             manifest = read_manifest(self.storage, shard)
-            _check_manifest_spec(manifest, self.spec, self.storage.uri)
+            check_manifest_spec(manifest, self.spec, self.storage.uri)
             self._manifests[shard] = manifest
         return manifest
 
@@ -342,7 +339,7 @@ class FeatureReader:
         count = 0
         for shard in self._index.shards:
             manifest = self.manifest(shard)
-            problems += _check_files(self.storage, manifest, "checksum")
+            problems += check_files(self.storage, manifest, "checksum")
             count += len(manifest.files)
         if problems:
             raise ShardStoreError(f"feature store {self.storage.uri} failed verification: " + "; ".join(problems))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,24 +29,16 @@ from typing import Any
 import numpy as np
 
 from linkedout.fingerprint import canonical_digest
+from linkedout.shards.layout import DATA_KEY_PATTERN, INDEX_KEY, manifest_key
+from linkedout.shards.manifest import FeatureIndex, ShardManifest, list_shards, read_manifest
 from linkedout.shards.reader import FeatureReader
+from linkedout.shards.spec import read_spec
 from linkedout.shards.storage import MissingKeyError, S3Options, ShardStoreError, Storage, open_storage
-from linkedout.shards.writer import (
-    INDEX_KEY,
-    FeatureIndex,
-    ShardManifest,
-    list_shards,
-    manifest_key,
-    read_manifest,
-    read_spec,
-)
 from linkedout.utils import get_logger, progress
 
 log = get_logger(__name__)
 
 __all__ = ["VerifyReport", "store_digest", "verify_store"]
-
-_DATA_KEY = re.compile(r"^shards/shard-(\d{5,})\.(data|scale)\.npy$")
 
 
 @dataclass
@@ -168,7 +159,7 @@ def verify_store(storage: Storage | str, *, endpoint_url: S3Options = None, cata
         report.videos += len(manifest.ids)
         report.failed += len(manifest.failed)
     _check_index(storage, manifests, report)
-    orphans = {int(m.group(1)) for k in keys if (m := _DATA_KEY.match(k))} - set(shards)
+    orphans = {int(m.group(1)) for k in keys if (m := DATA_KEY_PATTERN.match(k))} - set(shards)
     if orphans:
         report.warnings.append(f"data files of shards {sorted(orphans)[:10]} have no manifest (left by a "
                                "killed run; never read; the next extraction overwrites them)")

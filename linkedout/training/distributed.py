@@ -172,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.features is None:
                 raise ValueError(f"model kind {model_cfg.kind!r} reads backbone features: pass --features")
             from linkedout.shards.items import ItemFeatures
+            from linkedout.shards.reader import FeatureReader
             from linkedout.shards.storage import open_storage
-            from linkedout.shards.writer import FeatureReader
 
             item_features = ItemFeatures(FeatureReader(open_storage(args.features, args.s3_endpoint)),
                                          split.item_ids)
