@@ -114,10 +114,10 @@ def test_known_lift_is_inside_the_interval_and_ships(tmp_path: Path) -> None:
     assert c.difference.ci[0] <= true_diff <= c.difference.ci[1]
     assert c.difference.cs[0] <= true_diff <= c.difference.cs[1]
     assert c.difference.lift_ci[0] <= 0.16 <= c.difference.lift_ci[1]  # 0.058 / 0.05 - 1
-    assert a.variant("control").metric == pytest.approx(0.05, abs=0.004)
+    assert a.arm("control").metric == pytest.approx(0.05, abs=0.004)
     assert not a.srm.mismatch
     assert a.horizon_reached
-    assert a.decision.action == SHIP and a.decision.variant == "treatment", a.decision
+    assert a.decision.action == SHIP and a.decision.arm == "treatment", a.decision
     assert a.joined["unattributed_interactions"] == 0
     json.dumps(a.to_dict())  # JSON-safe
 
@@ -162,8 +162,8 @@ def test_guardrail_breach_stops(tmp_path: Path, breach: str) -> None:
     else:
         kw["error_rate"] = {"control": 0.0, "treatment": 0.03}
     a, _ = run(exp, tmp_path, **kw)
-    t = a.variant("treatment")
-    assert t.guardrail_breaches and not a.variant("control").guardrail_breaches
+    t = a.arm("treatment")
+    assert t.guardrail_breaches and not a.arm("control").guardrail_breaches
     assert a.decision.action == STOP and "guardrail breached by treatment" in a.decision.reasons[0]
     if breach == "errors":
         assert t.error_rate == pytest.approx(0.03, abs=0.008)
@@ -174,7 +174,7 @@ def test_attribution_by_time_window_matches_request_ids(tmp_path: Path) -> None:
     kw = {"users": 2000, "ctr": {"control": 0.05, "treatment": 0.06}, "duration_s": 86400, "seed": 9}
     with_id, _ = run(exp, tmp_path / "id", **kw)
     without, _ = run(exp, tmp_path / "time", with_request_id=False, **kw)
-    assert without.variant("treatment").clicks == with_id.variant("treatment").clicks
+    assert without.arm("treatment").clicks == with_id.arm("treatment").clicks
     assert without.comparison("treatment").difference.diff == pytest.approx(
         with_id.comparison("treatment").difference.diff)
 
@@ -189,7 +189,7 @@ def test_crossover_users_and_other_experiments_are_left_out(tmp_path: Path) -> N
     (tmp_path / "requests.jsonl").write_text("\n".join([*lines, json.dumps(moved), json.dumps(other)]) + "\n")
     a = analyze(exp, read_request_log(tmp_path / "requests.jsonl"), read_interaction_log(tmp_path / "interactions.jsonl"))
     assert a.joined["crossover_users"] == 1 and a.joined["other_experiment_rows"] == 1
-    assert sum(v.users for v in a.variants) == 499
+    assert sum(v.users for v in a.arms) == 499
     assert any("more than one variant" in w for w in a.warnings)
 
 
@@ -245,7 +245,7 @@ def test_three_variants_split_alpha(tmp_path: Path) -> None:
 def test_click_users_metric(tmp_path: Path) -> None:
     exp = experiment(primary_metric="click_users")
     a, _ = run(exp, tmp_path, users=3000, ctr={"control": 0.05, "treatment": 0.05}, duration_s=86400, seed=6)
-    v = a.variant("control")
+    v = a.arm("control")
     assert 0 < v.metric < 1 and v.users > 1000
 
 

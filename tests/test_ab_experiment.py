@@ -10,7 +10,7 @@ import yaml
 
 from linkedout.ab import load_experiment
 from linkedout.ab.experiment import experiment_from_dict, parse_duration
-from linkedout.ab.routing import assign_variant, bucket, bucket_bounds, routing_config, write_routing_config
+from linkedout.ab.routing import assign_arm, bucket, bucket_bounds, routing_config, write_routing_config
 from linkedout.cli import main
 
 GOOD = {
@@ -36,11 +36,11 @@ def write(tmp_path: Path, raw: object) -> Path:
 
 def test_a_good_file_loads(tmp_path: Path) -> None:
     exp = load_experiment(write(tmp_path, GOOD))
-    assert exp.name == "ranker-v2-vs-v1" and exp.control_variant.name == "control"
+    assert exp.name == "ranker-v2-vs-v1" and exp.control_arm.name == "control"
     assert [v.name for v in exp.treatments] == ["treatment"]
     assert exp.attribution_window_s == 1800 and exp.duration_s == 7 * 86400 and exp.max_duration_s == 28 * 86400
     assert exp.shares() == {"control": 0.5, "treatment": 0.5}
-    assert exp.variant("treatment").version == 3
+    assert exp.arm("treatment").version == 3
 
 
 @pytest.mark.parametrize(("edit", "field"), [
@@ -74,6 +74,19 @@ def test_bad_values_name_the_field(tmp_path: Path, edit: object, field: str) -> 
     edit(raw)  # type: ignore[operator]
     with pytest.raises(ValueError, match=field):
         load_experiment(write(tmp_path, raw))
+
+
+def test_arms_and_the_older_variants_key_read_the_same(tmp_path: Path) -> None:
+    raw = {k: v for k, v in GOOD.items() if k != "variants"}
+    exp = experiment_from_dict({**raw, "arms": GOOD["variants"]})
+    assert exp == experiment_from_dict(GOOD)
+    assert [a.name for a in exp.arms] == ["control", "treatment"] and exp.arm("treatment").model == "hybrid"
+    with pytest.raises(ValueError, match=r"experiment.arms\[1\].weight"):
+        experiment_from_dict({**raw, "arms": [GOOD["variants"][0], dict(GOOD["variants"][1], weight=0)]})  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="both arms and variants"):
+        experiment_from_dict({**GOOD, "arms": GOOD["variants"]})
+    with pytest.raises(ValueError, match=r"experiment\.arms is required"):
+        experiment_from_dict(raw)
 
 
 def test_bad_files_are_clear_errors(tmp_path: Path) -> None:
@@ -114,11 +127,11 @@ def test_bucketing_is_the_documented_sha256_rule_sticky_and_split_as_configured(
     exp = experiment_from_dict({**GOOD, "variants": [dict(GOOD["variants"][0], weight=20),  # type: ignore[call-overload]
                                                      dict(GOOD["variants"][1], weight=80)]})  # type: ignore[call-overload]
     users = [f"user-{i}" for i in range(20000)]
-    got = [assign_variant(u, exp.salt, exp.variants).name for u in users]
+    got = [assign_arm(u, exp.salt, exp.arms).name for u in users]
     share = got.count("treatment") / len(got)
     assert abs(share - 0.8) < 0.012  # ~4 standard errors
-    assert got == [assign_variant(u, exp.salt, exp.variants).name for u in users]  # sticky
-    other = [assign_variant(u, "another-salt", exp.variants).name for u in users]
+    assert got == [assign_arm(u, exp.salt, exp.arms).name for u in users]  # sticky
+    other = [assign_arm(u, "another-salt", exp.arms).name for u in users]
     assert sum(a != b for a, b in zip(got, other)) > 0.2 * len(users)  # a new salt reshuffles
 
 

@@ -26,7 +26,7 @@ import pytest
 from linkedout.ab.analysis import analyze
 from linkedout.ab.experiment import Experiment, experiment_from_dict
 from linkedout.ab.logs import read_interaction_log, read_request_log, write_jsonl
-from linkedout.ab.routing import assign_variant
+from linkedout.ab.routing import assign_arm
 from linkedout.ab.simulate import ClickModel, Served, SimulatedUsers, load_simulated_users, run_users
 
 EXP = experiment_from_dict({
@@ -58,7 +58,7 @@ class FakeTransformer:
         self.n = 0
 
     def __call__(self, user_id: str, k: int) -> Served:
-        v = assign_variant(user_id, self.exp.salt, self.exp.variants)
+        v = assign_arm(user_id, self.exp.salt, self.exp.arms)
         if v.model == "topical":
             fav = int(np.argmax(self.users.affinity[self.index[user_id]]))
             items = self.by_topic[fav][:k]
@@ -87,7 +87,7 @@ def test_simulated_users_find_the_known_difference(tmp_path: Path) -> None:
     c = a.comparison("treatment")
     assert c.difference.ci[0] <= diff <= c.difference.ci[1], (c.difference, diff)
     assert a.joined["unattributed_interactions"] == 0
-    assert sum(v.users for v in a.variants) > 500
+    assert sum(v.users for v in a.arms) > 500
 
 
 def test_failed_calls_are_counted_and_the_run_is_bounded(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def grpc_stand_in() -> Iterator[tuple[str, list[Any]]]:
             n_bytes = int.from_bytes(raw["user_id"][:4], "little")  # BYTES: 4-byte length, then the bytes
             uid = raw["user_id"][4:4 + n_bytes].decode()
             k = int(np.frombuffer(raw["k"], dtype="<i8")[0])
-            variant = assign_variant(uid, EXP.salt, EXP.variants)
+            variant = assign_arm(uid, EXP.salt, EXP.arms)
             resp = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
             items = resp.outputs.add(name="items", datatype="INT64", shape=[1, k])
             items.contents.int64_contents.extend([*range(100, 100 + k - 1), -1])  # one pad
@@ -173,7 +173,7 @@ def test_grpc_recommender_speaks_the_documented_interface(grpc_stand_in: tuple[s
     assert inputs["k"].datatype == "INT64" and list(inputs["k"].shape) == [1]
     assert {o.name for o in req.outputs} == {"items", "variant", "model_version"}
     assert served.items == (100, 101, 102, 103)  # -1 padding dropped
-    assert served.variant == assign_variant("u7", EXP.salt, EXP.variants).name
+    assert served.arm == assign_arm("u7", EXP.salt, EXP.arms).name
     assert served.model_version.endswith("_ranker:3")
     assert abs(served.ts - time.time() * 1000) < 60_000
 

@@ -1,19 +1,16 @@
-"""``linkedout ab analyze``: join the logs, estimate per variant, compare, check, decide.
+"""``linkedout ab analyze``: join the logs, estimate per arm, compare, check, decide.
 
-1. **Join** (:func:`join_logs`). Request records of the experiment give each user a variant (the
-   first one seen: users seen under two variants break stickiness, are counted as crossovers and
-   left out) and their impressions (served video ids). Each interaction is attributed to the
-   request it came from (``request_id``, else the user's latest request before it that showed the
-   video, within the attribution window); one click per (request, video).
-2. **Estimate** the primary metric per variant as a ratio of per-user sums (the user is the unit of
+1. **Join** (:func:`linkedout.ab.join.join_logs`): each user's arm and impressions, and the clicks
+   attributed to the requests they came from.
+2. **Estimate** the primary metric per arm as a ratio of per-user sums (the user is the unit of
    randomisation, so the variance is over users, not impressions): ``ctr`` = clicks / impressions,
    ``click_users`` = share of users who clicked, ``clicks_per_user``.
 3. **Compare** every treatment with the control: the difference with its fixed-horizon interval and
    its always-valid interval (normal-mixture mSPRT, ``τ = mde × control``), the relative lift;
    ``alpha`` is split over the treatments (Bonferroni).
-4. **Check** the sample-ratio (chi-square of users per variant against the configured weights),
-   the guardrails (p99 latency and error rate of each variant), and the horizon (``min_sample_size``
-   users per variant and ``duration`` elapsed; ``max_duration``).
+4. **Check** the sample-ratio (chi-square of users per arm against the configured weights),
+   the guardrails (p99 latency and error rate of each arm), and the horizon (``min_sample_size``
+   users per arm and ``duration`` elapsed; ``max_duration``).
 5. **Decide** (:func:`decide`): *stop* on a sample-ratio mismatch (the assignment or the logging is
    broken, nothing can be trusted), on a guardrail breach of a treatment, or when a treatment is
    worse with always-valid significance (harm may stop an experiment early); *ship* the best
@@ -21,18 +18,21 @@
    with no winner at ``max_duration``; otherwise *keep running*. Because the decision reads the
    always-valid interval, looking at the experiment every hour does not inflate false positives;
    the fixed-horizon interval is reported beside it and is the one to quote at the planned horizon.
+
+``analysis.json`` (:meth:`Analysis.to_dict`) and the printed report name an arm a ``variant``, as the
+request log does.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from linkedout.ab.experiment import Experiment
+from linkedout.ab.join import JoinedLogs, join_logs, per_user_metric
 from linkedout.ab.logs import InteractionLog, RequestLog
 from linkedout.ab.stats import (
     Difference,
@@ -50,174 +50,10 @@ log = get_logger(__name__)
 SHIP, KEEP_RUNNING, STOP = "ship", "keep running", "stop"
 
 
-@dataclass
-class JoinedLogs:
-    """The experiment's exposures and attributed clicks, as arrays indexed by user.
-
-    ``user_variant`` (U,) index into ``variants``; ``first_ts`` (U,) first exposure (ms);
-    ``req_user`` / ``req_ts`` / ``req_impressions`` (R,) served requests; ``click_user`` /
-    ``click_ts`` (C,) attributed clicks.
-    """
-
-    variants: list[str]
-    user_ids: list[str]
-    user_variant: np.ndarray
-    first_ts: np.ndarray
-    req_user: np.ndarray
-    req_ts: np.ndarray
-    req_impressions: np.ndarray
-    click_user: np.ndarray
-    click_ts: np.ndarray
-    crossover_users: int = 0
-    other_experiment_rows: int = 0
-    unknown_variant_rows: int = 0
-    interactions: int = 0
-    unattributed: int = 0  # interactions of exposed users that match no served recommendation
-    outside_users: int = 0  # interactions of users not in the experiment
-    # guardrail inputs, per variant: latencies of served requests, counts of all and failed rows
-    latencies: dict[str, np.ndarray] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-
-
-def join_logs(exp: Experiment, requests: RequestLog, interactions: InteractionLog,
-              start_ms: int | None = None, end_ms: int | None = None) -> JoinedLogs:
-    """Join the request and interaction logs of ``exp`` (module docstring, step 1)."""
-    variants = [v.name for v in exp.variants]
-    vindex = {v: i for i, v in enumerate(variants)}
-    window_ms = exp.attribution_window_s * 1000.0
-    user_index: dict[str, int] = {}
-    user_variant: list[int] = []
-    first_ts: list[int] = []
-    crossed: set[int] = set()
-    per_user: dict[int, list[tuple[int, int]]] = {}  # user -> [(ts, request row)]
-    by_request: dict[tuple[str, str], int] = {}
-    other = unknown = 0
-    lat: dict[str, list[float]] = {v: [] for v in variants}
-    rows = dict.fromkeys(variants, 0)
-    errors = dict.fromkeys(variants, 0)
-    served_rows: list[int] = []
-    for r in range(len(requests)):
-        ts = requests.ts[r]
-        if (start_ms is not None and ts < start_ms) or (end_ms is not None and ts > end_ms):
-            continue
-        if requests.experiment[r] != exp.name:
-            other += 1
-            continue
-        v = requests.variant[r]
-        if v not in vindex:
-            unknown += 1
-            continue
-        rows[v] += 1
-        if requests.error[r] is not None:
-            errors[v] += 1
-            continue
-        lat[v].append(requests.latency_ms[r])
-        uid = requests.user_id[r]
-        u = user_index.get(uid)
-        if u is None:
-            u = user_index[uid] = len(user_variant)
-            user_variant.append(vindex[v])
-            first_ts.append(ts)
-        else:
-            if user_variant[u] != vindex[v]:
-                crossed.add(u)
-            first_ts[u] = min(first_ts[u], ts)
-        served_rows.append(r)
-        per_user.setdefault(u, []).append((ts, r))
-        by_request[(requests.request_id[r], uid)] = r
-    for lst in per_user.values():
-        lst.sort()
-    row_user = {r: user_index[requests.user_id[r]] for r in served_rows}
-    item_sets: dict[int, frozenset[int]] = {}
-
-    def items_of(r: int) -> frozenset[int]:
-        s = item_sets.get(r)
-        if s is None:
-            s = item_sets[r] = frozenset(requests.items[r])
-        return s
-
-    clicked: set[tuple[int, int]] = set()
-    click_user: list[int] = []
-    click_ts: list[int] = []
-    unattributed = outside = n_inter = 0
-    for i in range(len(interactions)):
-        ts = interactions.ts[i]
-        if (start_ms is not None and ts < start_ms) or (end_ms is not None and ts > end_ms + window_ms):
-            continue
-        n_inter += 1
-        uid = interactions.user_id[i]
-        u = user_index.get(uid)
-        if u is None or u in crossed:
-            outside += 1
-            continue
-        video = interactions.video_id[i]
-        hit: int | None = None
-        rid = interactions.request_id[i]
-        if rid is not None and (rid, uid) in by_request:
-            r = by_request[(rid, uid)]
-            if video in items_of(r) and 0 <= ts - requests.ts[r] <= window_ms:
-                hit = r
-        else:
-            reqs = per_user[u]
-            j = bisect.bisect_right(reqs, (ts, math.inf)) - 1
-            while j >= 0 and ts - reqs[j][0] <= window_ms:
-                if video in items_of(reqs[j][1]):
-                    hit = reqs[j][1]
-                    break
-                j -= 1
-        if hit is None:
-            unattributed += 1
-            continue
-        if (hit, video) in clicked:
-            continue
-        clicked.add((hit, video))
-        click_user.append(u)
-        click_ts.append(ts)
-    keep = np.array([u not in crossed for u in range(len(user_variant))], dtype=bool)
-    req_user = np.array([row_user[r] for r in served_rows], dtype=np.int64)
-    req_keep = keep[req_user] if len(req_user) else np.zeros(0, dtype=bool)
-    return JoinedLogs(
-        variants=variants,
-        user_ids=list(user_index),
-        user_variant=np.asarray(user_variant, dtype=np.int64),
-        first_ts=np.asarray(first_ts, dtype=np.int64),
-        req_user=req_user[req_keep],
-        req_ts=np.array([requests.ts[r] for r in served_rows], dtype=np.int64)[req_keep],
-        req_impressions=np.array([len(requests.items[r]) for r in served_rows], dtype=np.int64)[req_keep],
-        click_user=np.asarray(click_user, dtype=np.int64),
-        click_ts=np.asarray(click_ts, dtype=np.int64),
-        crossover_users=len(crossed), other_experiment_rows=other, unknown_variant_rows=unknown,
-        interactions=n_inter, unattributed=unattributed, outside_users=outside,
-        latencies={v: np.asarray(x, dtype=np.float64) for v, x in lat.items()}, rows=rows, errors=errors,
-    )
-
-
-def per_user_metric(j: JoinedLogs, metric: str, until_ms: float = math.inf) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per variant, the per-user (numerator, denominator) arrays of ``metric`` up to ``until_ms``."""
-    n = len(j.user_variant)
-    has_requests = np.bincount(j.req_user, minlength=n) > 0  # crossover users have none left
-    imps = np.bincount(j.req_user[j.req_ts <= until_ms], weights=j.req_impressions[j.req_ts <= until_ms],
-                       minlength=n)
-    clicks = np.bincount(j.click_user[j.click_ts <= until_ms], minlength=n).astype(np.float64)
-    exposed = has_requests & (j.first_ts <= until_ms)
-    out = {}
-    for vi, v in enumerate(j.variants):
-        m = exposed & (j.user_variant == vi)
-        if metric == "ctr":
-            y, x = clicks[m], imps[m]
-        elif metric == "click_users":
-            y, x = (clicks[m] > 0).astype(np.float64), np.ones(int(m.sum()))
-        elif metric == "clicks_per_user":
-            y, x = clicks[m], np.ones(int(m.sum()))
-        else:
-            raise ValueError(f"unknown primary metric {metric!r}")
-        out[v] = (y, x)
-    return out
-
-
 @dataclass(frozen=True)
-class VariantResult:
+class ArmResult:
+    """One arm's users, primary metric with its interval, and guardrail figures."""
+
     name: str
     model: str
     version: int | None
@@ -237,6 +73,8 @@ class VariantResult:
 
 @dataclass(frozen=True)
 class ComparisonResult:
+    """A treatment against the control."""
+
     treatment: str
     control: str
     alpha: float  # per comparison (Bonferroni)
@@ -245,6 +83,8 @@ class ComparisonResult:
 
 @dataclass(frozen=True)
 class TimelinePoint:
+    """The users per arm and each treatment's difference, on the data up to ``ts``."""
+
     ts: int
     users: dict[str, int]
     diffs: dict[str, tuple[float, float, float, float, float]]  # treatment -> (diff, ci lo, ci hi, cs lo, cs hi)
@@ -252,22 +92,30 @@ class TimelinePoint:
 
 @dataclass(frozen=True)
 class Decision:
+    """What to do with the experiment, and why."""
+
     action: str  # ship | keep running | stop
-    variant: str | None  # the variant to ship, or None
+    arm: str | None  # the arm to ship, or None
     reasons: tuple[str, ...]
+
+
+#: The keys of ``analysis.json`` that differ from the field names: it names an arm a ``variant``.
+_JSON_KEYS = {"arms": "variants", "planned_users_per_arm": "planned_users_per_variant", "arm": "variant"}
 
 
 @dataclass
 class Analysis:
+    """Everything ``ab analyze`` reports (module docstring)."""
+
     experiment: str
     primary_metric: str
     start_ts: int | None
     end_ts: int | None
     elapsed_s: float
-    variants: list[VariantResult]
+    arms: list[ArmResult]
     comparisons: list[ComparisonResult]
     srm: SRMResult
-    planned_users_per_variant: int
+    planned_users_per_arm: int
     horizon_reached: bool
     decision: Decision
     timeline: list[TimelinePoint]
@@ -275,16 +123,18 @@ class Analysis:
     joined: dict[str, int]
     error_source: str
 
-    def variant(self, name: str) -> VariantResult:
-        return next(v for v in self.variants if v.name == name)
+    def arm(self, name: str) -> ArmResult:
+        return next(v for v in self.arms if v.name == name)
 
     def comparison(self, treatment: str) -> ComparisonResult:
         return next(c for c in self.comparisons if c.treatment == treatment)
 
     def to_dict(self) -> dict[str, Any]:
+        """The content of ``analysis.json``: JSON-safe (NaN and infinities are null)."""
         d = asdict(self)
         d["srm"]["mismatch"] = self.srm.mismatch
-        return _finite(d)
+        d["decision"] = {_JSON_KEYS.get(k, k): v for k, v in d["decision"].items()}
+        return _finite({_JSON_KEYS.get(k, k): v for k, v in d.items()})
 
 
 def _finite(x: Any) -> Any:
@@ -299,10 +149,11 @@ def _finite(x: Any) -> Any:
 
 
 def parse_error_metrics(text: str) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-variant (requests, errors) from a Prometheus scrape of the transformer's ``/metrics``.
+    """Per-arm (requests, errors) from a Prometheus scrape of the transformer's ``/metrics``.
 
     ``linkedout_requests_total{variant}`` counts every request and
-    ``linkedout_request_errors_total{variant,reason}`` the failed ones (summed over reasons).
+    ``linkedout_request_errors_total{variant,reason}`` the failed ones (summed over reasons); the
+    ``variant`` label is the arm.
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -330,7 +181,7 @@ def analyze(exp: Experiment, requests: RequestLog, interactions: InteractionLog,
     end = int(all_ts.max()) if len(all_ts) else None
     elapsed = (end - start) / 1000.0 if start is not None and end is not None else 0.0
     shares = exp.shares()
-    control = exp.control_variant.name
+    control = exp.control_arm.name
     treatments = [v.name for v in exp.treatments]
     alpha_each = exp.alpha / len(treatments)
 
@@ -340,16 +191,16 @@ def analyze(exp: Experiment, requests: RequestLog, interactions: InteractionLog,
     est = estimates(math.inf)
     diffs = {t: compare(est[t], est[control], alpha_each, _tau(exp, est[control])) for t in treatments}
 
-    imps_by_variant = np.bincount(j.user_variant[j.req_user], weights=j.req_impressions,
-                                  minlength=len(exp.variants)) if len(j.req_user) else np.zeros(len(exp.variants))
-    clicks_by_variant = np.bincount(j.user_variant[j.click_user], minlength=len(exp.variants)) \
-        if len(j.click_user) else np.zeros(len(exp.variants))
+    imps_by_arm = np.bincount(j.user_arm[j.req_user], weights=j.req_impressions,
+                              minlength=len(exp.arms)) if len(j.req_user) else np.zeros(len(exp.arms))
+    clicks_by_arm = np.bincount(j.user_arm[j.click_user], minlength=len(exp.arms)) \
+        if len(j.click_user) else np.zeros(len(exp.arms))
 
     # guardrails
     req_m, err_m = parse_error_metrics(metrics_text) if metrics_text else ({}, {})
     error_source = "metrics" if metrics_text else "request log"
-    variant_results = []
-    for v in exp.variants:
+    arm_results = []
+    for v in exp.arms:
         lat = j.latencies[v.name]
         p50 = float(np.percentile(lat, 50)) if len(lat) else math.nan
         p99 = float(np.percentile(lat, 99)) if len(lat) else math.nan
@@ -364,14 +215,14 @@ def analyze(exp: Experiment, requests: RequestLog, interactions: InteractionLog,
         if rate > exp.guardrails.error_rate:
             breaches.append(f"error rate {rate:.4f} > {exp.guardrails.error_rate:g}")
         e = est[v.name]
-        vi = exp.variants.index(v)
-        variant_results.append(VariantResult(
+        vi = exp.arms.index(v)
+        arm_results.append(ArmResult(
             name=v.name, model=v.model, version=v.version, expected_share=shares[v.name], users=e.n,
-            impressions=int(imps_by_variant[vi]), clicks=int(clicks_by_variant[vi]),
+            impressions=int(imps_by_arm[vi]), clicks=int(clicks_by_arm[vi]),
             metric=e.value, ci=e.interval(exp.alpha), requests=int(n_req), errors=int(n_err), error_rate=rate,
             latency_p50_ms=p50, latency_p99_ms=p99, guardrail_breaches=tuple(breaches)))
 
-    srm = sample_ratio_test({v.name: est[v.name].n for v in exp.variants}, shares, exp.srm_threshold)
+    srm = sample_ratio_test({v.name: est[v.name].n for v in exp.arms}, shares, exp.srm_threshold)
     y_c, x_c = per_user_metric(j, exp.primary_metric)[control]
     planned = 0
     if len(y_c) >= 2 and est[control].value > 0:
@@ -380,21 +231,21 @@ def analyze(exp: Experiment, requests: RequestLog, interactions: InteractionLog,
                                        alpha_each, exp.power)
     horizon = min(e.n for e in est.values()) >= exp.min_sample_size and elapsed >= exp.duration_s
     if j.crossover_users:
-        share = j.crossover_users / max(1, len(j.user_variant))
+        share = j.crossover_users / max(1, len(j.user_arm))
         warnings.append(f"{j.crossover_users} users ({share:.2%}) were served by more than one variant and are "
                         "left out: assignment is not sticky (salt or routing changed mid-experiment?)")
-    if j.unknown_variant_rows:
-        warnings.append(f"{j.unknown_variant_rows} request records name a variant the experiment does not have")
-    if len(j.user_variant) == 0:
+    if j.unknown_arm_rows:
+        warnings.append(f"{j.unknown_arm_rows} request records name a variant the experiment does not have")
+    if len(j.user_arm) == 0:
         warnings.append(f"no request record of experiment {exp.name!r} in the window")
     comparisons = [ComparisonResult(t, control, alpha_each, diffs[t]) for t in treatments]
-    decision = decide(exp, variant_results, comparisons, srm, horizon, elapsed)
+    decision = decide(exp, arm_results, comparisons, srm, horizon, elapsed)
     timeline = _timeline(exp, j, control, treatments, alpha_each, start, end, checkpoints, estimates)
     return Analysis(
         experiment=exp.name, primary_metric=exp.primary_metric, start_ts=start, end_ts=end, elapsed_s=elapsed,
-        variants=variant_results, comparisons=comparisons, srm=srm, planned_users_per_variant=planned,
+        arms=arm_results, comparisons=comparisons, srm=srm, planned_users_per_arm=planned,
         horizon_reached=horizon, decision=decision, timeline=timeline, warnings=warnings,
-        joined={"users": len(j.user_variant), "requests": len(j.req_ts), "clicks": len(j.click_ts),
+        joined={"users": len(j.user_arm), "requests": len(j.req_ts), "clicks": len(j.click_ts),
                 "interactions": j.interactions, "unattributed_interactions": j.unattributed,
                 "interactions_outside_experiment": j.outside_users, "crossover_users": j.crossover_users,
                 "other_experiment_rows": j.other_experiment_rows},
@@ -423,7 +274,7 @@ def _timeline(exp: Experiment, j: JoinedLogs, control: str, treatments: list[str
     return points
 
 
-def decide(exp: Experiment, variants: list[VariantResult], comparisons: list[ComparisonResult],
+def decide(exp: Experiment, arms: list[ArmResult], comparisons: list[ComparisonResult],
            srm: SRMResult, horizon_reached: bool, elapsed_s: float) -> Decision:
     """Ship / keep running / stop (module docstring, step 5), with the reasons."""
     reasons: list[str] = []
@@ -433,8 +284,8 @@ def decide(exp: Experiment, variants: list[VariantResult], comparisons: list[Com
         return Decision(STOP, None, (f"sample-ratio mismatch: users {obs} against a configured {exp_} split "
                                      f"(chi-square p = {srm.p_value:.2g} < {srm.threshold:g}); the assignment "
                                      "or the logging is broken and no result can be trusted",))
-    control = exp.control_variant.name
-    for v in variants:
+    control = exp.control_arm.name
+    for v in arms:
         if v.guardrail_breaches and v.name != control:
             return Decision(STOP, None, tuple(f"guardrail breached by {v.name}: {b}" for b in v.guardrail_breaches))
         if v.guardrail_breaches:
@@ -447,7 +298,7 @@ def decide(exp: Experiment, variants: list[VariantResult], comparisons: list[Com
             f"always-valid {1 - c.alpha:.0%} interval [{c.difference.cs[0]:+.4g}, {c.difference.cs[1]:+.4g}]"
             for c in harmful))
     winners = sorted((c for c in comparisons if c.difference.cs[0] > 0), key=lambda c: -c.difference.diff)
-    min_users = min((v.users for v in variants), default=0)
+    min_users = min((v.users for v in arms), default=0)
     if winners and horizon_reached:
         w = winners[0]
         return Decision(SHIP, w.treatment, (
@@ -483,8 +334,8 @@ def format_report(a: Analysis) -> str:
              f"{a.elapsed_s / 3600:.2f} h of data", ""]
     lines.append(f"{'variant':<14}{'users':>8}{'share':>8}{'expected':>9}{a.primary_metric:>11}"
                  f"{'95% CI':>22}{'p50 ms':>9}{'p99 ms':>9}{'errors':>9}")
-    total = sum(v.users for v in a.variants) or 1
-    for v in a.variants:
+    total = sum(v.users for v in a.arms) or 1
+    for v in a.arms:
         lines.append(f"{v.name:<14}{v.users:>8}{v.users / total:>8.1%}{v.expected_share:>9.1%}{v.metric:>11.5f}"
                      f"{f'[{v.ci[0]:.5f}, {v.ci[1]:.5f}]':>22}{v.latency_p50_ms:>9.2f}{v.latency_p99_ms:>9.2f}"
                      f"{v.error_rate:>9.2%}")
@@ -498,14 +349,14 @@ def format_report(a: Analysis) -> str:
                      f"p = {d.always_valid_p:.3g}  (mSPRT, tau = {d.tau:.3g})")
     lines.append(f"sample ratio: chi-square {a.srm.chi2:.2f} (df {a.srm.df}), p = {a.srm.p_value:.3g}"
                  + ("  MISMATCH" if a.srm.mismatch else "  ok"))
-    if a.planned_users_per_variant:
+    if a.planned_users_per_arm:
         lines.append(f"planned sample size for a {a.primary_metric} lift of the experiment's mde: "
-                     f"{a.planned_users_per_variant} users per variant")
+                     f"{a.planned_users_per_arm} users per variant")
     lines.append(f"errors from the {a.error_source}")
     for w in a.warnings:
         lines.append(f"warning: {w}")
     lines.append("")
-    lines.append(f"decision: {a.decision.action.upper()}" + (f" {a.decision.variant}" if a.decision.variant else ""))
+    lines.append(f"decision: {a.decision.action.upper()}" + (f" {a.decision.arm}" if a.decision.arm else ""))
     for r in a.decision.reasons:
         lines.append(f"  - {r}")
     return "\n".join(lines)

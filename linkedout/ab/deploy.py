@@ -189,6 +189,24 @@ def render_inference_service(d: ServingDeployment | None = None, **overrides: An
         d = ServingDeployment(**overrides)
     elif overrides:
         raise TypeError("pass either a ServingDeployment or keyword overrides, not both")
+    labels = {"app.kubernetes.io/part-of": "linkedout"}
+    if d.environment:
+        labels["app.kubernetes.io/environment"] = d.environment
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": d.name,
+            "namespace": d.namespace,
+            "labels": labels,
+            "annotations": {"serving.kserve.io/deploymentMode": "Serverless"},
+        },
+        "spec": {"predictor": _predictor_spec(d), "transformer": _transformer_spec(d)},
+    }
+
+
+def _predictor_spec(d: ServingDeployment) -> dict[str, Any]:
+    """The Triton predictor: ONNX repository, GPUs on the H100 pool, the canary share."""
     gpu = {"nvidia.com/gpu": str(d.gpus)} if d.gpus else {}
     predictor_annotations = _scrape(TRITON_METRICS_PORT)
     if d.release:
@@ -223,7 +241,12 @@ def render_inference_service(d: ServingDeployment | None = None, **overrides: An
         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
-    transformer = {
+    return predictor
+
+
+def _transformer_spec(d: ServingDeployment) -> dict[str, Any]:
+    """The transformer: our image, its flags, the Feast and routing config mounts."""
+    return {
         "minReplicas": d.transformer_replicas[0],
         "maxReplicas": d.transformer_replicas[1],
         "scaleMetric": "concurrency",
@@ -255,20 +278,6 @@ def render_inference_service(d: ServingDeployment | None = None, **overrides: An
             {"name": "routing", "configMap": {"name": "linkedout-routing"}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
-    }
-    labels = {"app.kubernetes.io/part-of": "linkedout"}
-    if d.environment:
-        labels["app.kubernetes.io/environment"] = d.environment
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "InferenceService",
-        "metadata": {
-            "name": d.name,
-            "namespace": d.namespace,
-            "labels": labels,
-            "annotations": {"serving.kserve.io/deploymentMode": "Serverless"},
-        },
-        "spec": {"predictor": predictor, "transformer": transformer},
     }
 
 

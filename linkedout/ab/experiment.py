@@ -4,29 +4,36 @@ An experiment is a YAML file (``docs/deploy.md``, "Running an experiment")::
 
     name: ranker-v2-vs-v1            # logged with every request (the routing config's `experiment`)
     salt: "2026-12-ranker"           # bucket = sha256(f"{salt}:{user_id}") mod 10000, sticky per user
-    storage_uri: s3://linkedout-models/model_repository   # the repository that holds every variant
-    variants:                        # the first is the control unless `control:` names another
+    storage_uri: s3://linkedout-models/model_repository   # the repository that holds every arm's model
+    arms:                            # the first is the control unless `control:` names another
       - {name: control,   model: linkedout, version: null, weight: 50}   # null = newest ready version
       - {name: treatment, model: hybrid,    version: 3,    weight: 50}
     primary_metric: ctr              # ctr | click_users | clicks_per_user (per user: the unit of randomisation)
     attribution_window: 30m          # an interaction counts for a request up to this long after it
     guardrails: {p99_latency_ms: 12, error_rate: 0.01}
-    min_sample_size: 5000            # users per variant before any decision to ship
+    min_sample_size: 5000            # users per arm before any decision to ship
     duration: 7d                     # minimum running time (whole weeks absorb weekday effects)
     max_duration: 28d                # optional: stop there when nothing was detected
     alpha: 0.05                      # error rate of the always-valid test (split over the treatments)
     power: 0.8                       # for the planned sample size reported beside the result
     mde: 0.05                        # minimum relative lift worth detecting: tunes the sequential test
 
+An *arm* is one side of the comparison: a model of the repository and a version, with its share
+of the traffic. (A model *variant* is something else: the kind of model the main job trains.)
+The transformer logs the arm's name as ``variant`` in the request
+log and in its answer, and the routing config lists the arms under ``variants:``; those wire names
+stay. An experiment file may name its arms ``variants:`` too (the key of older files): both keys
+read the same, and errors name the key the file used.
+
 Every field is validated when the file is loaded; a bad value raises ``ValueError`` naming the field
-(``experiment.variants[1].weight must be ...``).
+(``experiment.arms[1].weight must be ...``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +66,14 @@ def parse_duration(value: Any, field_name: str) -> float:
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One arm: a model NAME of the model repository (``NAME_ranker``) and a version (None = newest ready)."""
+class Arm:
+    """One arm of an experiment: a model NAME of the model repository (``NAME_ranker``) and a version
+    (None = newest ready), with its traffic weight."""
 
     name: str
     model: str
     version: int | None = None
-    weight: int = 50  # share of the 10,000 buckets, relative to the other variants' weights
+    weight: int = 50  # share of the 10,000 buckets, relative to the other arms' weights
 
     def validate(self, where: str) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -81,10 +89,10 @@ class Variant:
 
 @dataclass(frozen=True)
 class Guardrails:
-    """Limits no variant may cross; a treatment that crosses one is stopped."""
+    """Limits no arm may cross; a treatment that crosses one is stopped."""
 
     p99_latency_ms: float = 12.0  # end-to-end latency of the request, from the request log
-    error_rate: float = 0.01  # failed requests / all requests of the variant
+    error_rate: float = 0.01  # failed requests / all requests of the arm
 
     def validate(self, where: str) -> None:
         for name in ("p99_latency_ms", "error_rate"):
@@ -101,9 +109,9 @@ class Experiment:
 
     name: str
     salt: str
-    variants: tuple[Variant, ...]
+    arms: tuple[Arm, ...]
     storage_uri: str | None = None
-    control: str | None = None  # None: the first variant
+    control: str | None = None  # None: the first arm
     primary_metric: str = "ctr"
     attribution_window_s: float = 1800.0
     guardrails: Guardrails = field(default_factory=Guardrails)
@@ -122,21 +130,7 @@ class Experiment:
                              f"got {self.name!r}")
         if not isinstance(self.salt, str) or not self.salt.strip():
             raise ValueError(f"{w}.salt must be a non-empty string (a new salt reshuffles users), got {self.salt!r}")
-        if not isinstance(self.variants, tuple) or len(self.variants) < 2:
-            raise ValueError(f"{w}.variants must list at least two variants, got {len(self.variants or ())}")
-        for i, v in enumerate(self.variants):
-            if not isinstance(v, Variant):
-                raise ValueError(f"{w}.variants[{i}] must be a mapping with name, model, version, weight")
-            v.validate(f"{w}.variants[{i}]")
-        names = [v.name for v in self.variants]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"{w}.variants names must be unique, repeated: {', '.join(dup)}")
-        arms = [(v.model, v.version) for v in self.variants]
-        if len(set(arms)) < len(arms):
-            raise ValueError(f"{w}.variants must differ in model or version: two serve the same model version")
-        if self.control is not None and self.control not in names:
-            raise ValueError(f"{w}.control must name one of the variants ({', '.join(names)}), got {self.control!r}")
+        _validate_arms(self.arms, self.control, f"{w}.arms")
         if self.storage_uri is not None and (not isinstance(self.storage_uri, str)
                                              or not re.match(r"^(s3|gs|pvc|https?)://\S+$", self.storage_uri)):
             raise ValueError(f"{w}.storage_uri must be a model-repository URI such as s3://bucket/prefix, "
@@ -149,7 +143,7 @@ class Experiment:
         self.guardrails.validate(f"{w}.guardrails")
         if isinstance(self.min_sample_size, bool) or not isinstance(self.min_sample_size, int) \
                 or self.min_sample_size < 1:
-            raise ValueError(f"{w}.min_sample_size must be a positive integer (users per variant), "
+            raise ValueError(f"{w}.min_sample_size must be a positive integer (users per arm), "
                              f"got {self.min_sample_size!r}")
         if self.max_duration_s is not None and self.max_duration_s < self.duration_s:
             raise ValueError(f"{w}.max_duration must be >= duration ({self.duration_s:g} s), "
@@ -161,35 +155,55 @@ class Experiment:
                 raise ValueError(f"{w}.{name} must be in ({lo:g}, {hi:g}), got {v!r}")
 
     @property
-    def control_variant(self) -> Variant:
-        name = self.control or self.variants[0].name
-        return next(v for v in self.variants if v.name == name)
+    def control_arm(self) -> Arm:
+        name = self.control or self.arms[0].name
+        return next(a for a in self.arms if a.name == name)
 
     @property
-    def treatments(self) -> tuple[Variant, ...]:
-        c = self.control_variant.name
-        return tuple(v for v in self.variants if v.name != c)
+    def treatments(self) -> tuple[Arm, ...]:
+        c = self.control_arm.name
+        return tuple(a for a in self.arms if a.name != c)
 
     def shares(self) -> dict[str, float]:
-        """The configured traffic share of each variant (weights normalised to sum to 1)."""
-        total = sum(v.weight for v in self.variants)
-        return {v.name: v.weight / total for v in self.variants}
+        """The configured traffic share of each arm (weights normalised to sum to 1)."""
+        total = sum(a.weight for a in self.arms)
+        return {a.name: a.weight / total for a in self.arms}
 
-    def variant(self, name: str) -> Variant:
-        for v in self.variants:
-            if v.name == name:
-                return v
-        raise KeyError(f"experiment {self.name!r} has no variant {name!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["variants"] = [asdict(v) for v in self.variants]
-        return d
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"experiment {self.name!r} has no arm {name!r}")
 
 
-_FIELDS = {"name", "salt", "variants", "storage_uri", "control", "primary_metric", "attribution_window",
+def _validate_arms(arms: Any, control: str | None, where: str) -> None:
+    """At least two valid arms, unique names, distinct model versions, ``control`` one of them.
+
+    ``where`` names the list in errors (``experiment.arms``, or ``experiment.variants`` for a file
+    that uses that key).
+    """
+    if not isinstance(arms, tuple) or len(arms) < 2:
+        raise ValueError(f"{where} must list at least two arms, got {len(arms or ())}")
+    for i, a in enumerate(arms):
+        if not isinstance(a, Arm):
+            raise ValueError(f"{where}[{i}] must be a mapping with name, model, version, weight")
+        a.validate(f"{where}[{i}]")
+    names = [a.name for a in arms]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{where} names must be unique, repeated: {', '.join(dup)}")
+    served = [(a.model, a.version) for a in arms]
+    if len(set(served)) < len(served):
+        raise ValueError(f"{where} must differ in model or version: two serve the same model version")
+    if control is not None and control not in names:
+        raise ValueError(f"experiment.control must name one of the arms ({', '.join(names)}), got {control!r}")
+
+
+#: The keys that list the arms: ``arms`` and, in older files, ``variants`` (read the same).
+_ARMS_KEYS = ("arms", "variants")
+_FIELDS = {"name", "salt", *_ARMS_KEYS, "storage_uri", "control", "primary_metric", "attribution_window",
            "guardrails", "min_sample_size", "duration", "max_duration", "alpha", "power", "mde", "srm_threshold"}
-_VARIANT_FIELDS = {"name", "model", "version", "weight"}
+_ARM_FIELDS = {"name", "model", "version", "weight"}
 _GUARDRAIL_FIELDS = {"p99_latency_ms", "error_rate"}
 
 
@@ -201,25 +215,10 @@ def experiment_from_dict(raw: Any) -> Experiment:
     if unknown:
         raise ValueError(f"experiment has unknown field(s): {', '.join(map(str, unknown))} "
                          f"(known: {', '.join(sorted(_FIELDS))})")
-    for required in ("name", "salt", "variants"):
+    for required in ("name", "salt"):
         if required not in raw:
             raise ValueError(f"experiment.{required} is required")
-    raw_variants = raw["variants"]
-    if not isinstance(raw_variants, list):
-        raise ValueError("experiment.variants must be a list of variants")
-    variants = []
-    for i, rv in enumerate(raw_variants):
-        where = f"experiment.variants[{i}]"
-        if not isinstance(rv, dict):
-            raise ValueError(f"{where} must be a mapping with name, model, version, weight")
-        bad = sorted(set(rv) - _VARIANT_FIELDS)
-        if bad:
-            raise ValueError(f"{where} has unknown field(s): {', '.join(map(str, bad))}")
-        for required in ("name", "model"):
-            if required not in rv:
-                raise ValueError(f"{where}.{required} is required")
-        variants.append(Variant(name=rv["name"], model=rv["model"], version=rv.get("version"),
-                                weight=rv.get("weight", 50)))
+    arms = _arms_from_dict(raw)
     g = raw.get("guardrails") or {}
     if not isinstance(g, dict):
         raise ValueError("experiment.guardrails must be a mapping with p99_latency_ms and error_rate")
@@ -237,7 +236,34 @@ def experiment_from_dict(raw: Any) -> Experiment:
         kwargs["duration_s"] = parse_duration(raw["duration"], "experiment.duration")
     if raw.get("max_duration") is not None:
         kwargs["max_duration_s"] = parse_duration(raw["max_duration"], "experiment.max_duration")
-    return Experiment(variants=tuple(variants), guardrails=Guardrails(**g), **kwargs)
+    return Experiment(arms=arms, guardrails=Guardrails(**g), **kwargs)
+
+
+def _arms_from_dict(raw: dict[Any, Any]) -> tuple[Arm, ...]:
+    """The arms of the parsed file, under ``arms:`` or ``variants:``, validated with errors naming that key."""
+    keys = [k for k in _ARMS_KEYS if k in raw]
+    if not keys:
+        raise ValueError("experiment.arms is required")
+    if len(keys) > 1:
+        raise ValueError("experiment has both arms and variants: they are the same list, give one")
+    key = f"experiment.{keys[0]}"
+    raw_arms = raw[keys[0]]
+    if not isinstance(raw_arms, list):
+        raise ValueError(f"{key} must be a list of arms")
+    arms = []
+    for i, ra in enumerate(raw_arms):
+        where = f"{key}[{i}]"
+        if not isinstance(ra, dict):
+            raise ValueError(f"{where} must be a mapping with name, model, version, weight")
+        bad = sorted(set(ra) - _ARM_FIELDS)
+        if bad:
+            raise ValueError(f"{where} has unknown field(s): {', '.join(map(str, bad))}")
+        for required in ("name", "model"):
+            if required not in ra:
+                raise ValueError(f"{where}.{required} is required")
+        arms.append(Arm(name=ra["name"], model=ra["model"], version=ra.get("version"), weight=ra.get("weight", 50)))
+    _validate_arms(tuple(arms), raw.get("control"), key)
+    return tuple(arms)
 
 
 def load_experiment(path: str | Path) -> Experiment:

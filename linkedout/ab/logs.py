@@ -2,9 +2,9 @@
 
 **Request log** (written by the transformer, docs/serving.md §3): one JSON object per line and per
 user served, with ``request_id``, ``ts`` (ms since the epoch), ``user_id``, ``experiment``,
-``variant``, ``model``, ``model_version``, ``items``, ``scores``, ``cold_start``, ``latency_ms``; an
-``error`` field (a string, absent or null when served) marks a failed request when the transformer
-logs failures. A batched request writes one line per user under one ``request_id``.
+``variant`` (the experiment arm), ``model``, ``model_version``, ``items``, ``scores``,
+``cold_start``, ``latency_ms``; an ``error`` field (a string, absent or null when served) marks a
+failed request when the transformer logs failures. A batched request writes one line per user under one ``request_id``.
 
 **Interaction log** (written by the application, or by ``linkedout ab simulate``): one JSON object
 per line and per interaction of a user with a video::
@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from linkedout.utils import get_logger
 
 log = get_logger(__name__)
@@ -52,7 +50,7 @@ class RequestLog:
     ts: list[int] = field(default_factory=list)
     user_id: list[str] = field(default_factory=list)
     experiment: list[str] = field(default_factory=list)
-    variant: list[str] = field(default_factory=list)
+    variant: list[str] = field(default_factory=list)  # the experiment arm that served the row
     model_version: list[str] = field(default_factory=list)
     items: list[tuple[int, ...]] = field(default_factory=list)
     cold_start: list[bool] = field(default_factory=list)
@@ -62,9 +60,6 @@ class RequestLog:
 
     def __len__(self) -> int:
         return len(self.ts)
-
-    def ts_array(self) -> np.ndarray:
-        return np.asarray(self.ts, dtype=np.int64)
 
 
 @dataclass

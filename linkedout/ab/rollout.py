@@ -122,17 +122,6 @@ def rollback_patch(resource_version: str | None, component: str = "predictor") -
     return patch
 
 
-def set_canary_patch(percent: int, resource_version: str | None, component: str = "predictor") -> dict[str, Any]:
-    """Merge patch that moves the canary to ``percent`` (e.g. 10 -> 50 on the way to a promote)."""
-    _check_component(component)
-    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
-        raise ValueError(f"canary percent must be an integer in [0, 100], got {percent!r}")
-    patch: dict[str, Any] = {"spec": {component: {"canaryTrafficPercent": percent}}}
-    if resource_version:
-        patch["metadata"] = {"resourceVersion": resource_version}
-    return patch
-
-
 #: Seconds a call to the Kubernetes API may take (connect and read) before it is an error.
 API_TIMEOUT_S = 15.0
 
@@ -193,12 +182,6 @@ def rollback(api: Any, name: str, namespace: str, component: str = "predictor") 
     """Send all traffic back to the previous revision (canaryTrafficPercent 0)."""
     current = status(api, name, namespace)
     return _patch(api, name, namespace, rollback_patch(current.resource_version, component), "rollback")
-
-
-def set_canary(api: Any, name: str, namespace: str, percent: int, component: str = "predictor") -> RolloutStatus:
-    current = status(api, name, namespace)
-    return _patch(api, name, namespace, set_canary_patch(percent, current.resource_version, component),
-                  f"canary {percent}%")
 
 
 def format_status(s: RolloutStatus) -> str:

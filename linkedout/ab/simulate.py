@@ -7,10 +7,10 @@ interactions are written to an interaction log (``linkedout.ab.logs``). The tran
 request log itself. The click model scores each served video by how well its synthetic topic
 (``{prefix}_synth_topics.csv`` of a ``linkedout data synth`` dataset) matches the user's watched
 topics, so two models that rank differently get different click-through rates; the simulator also
-records the exact expected clicks of every answer, so the true difference between the variants is
+records the exact expected clicks of every answer, so the true difference between the arms is
 known and ``ab analyze``'s interval can be checked against it (:class:`SimulationTruth`).
 
-**Offline** (:func:`synthetic_logs`): both logs generated with given per-variant click
+**Offline** (:func:`synthetic_logs`): both logs generated with given per-arm click
 probabilities, latencies and error rates, and the routing rule of ``linkedout.ab.routing`` (or a
 deliberately skewed split), for tests and for trying ``ab analyze`` without a stack.
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from linkedout.ab.experiment import Experiment
 from linkedout.ab.logs import write_jsonl
-from linkedout.ab.routing import assign_variant
+from linkedout.ab.routing import assign_arm
 from linkedout.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
@@ -48,7 +48,7 @@ class Served:
     request_id: str
     ts: int  # ms since the epoch
     items: tuple[int, ...]  # video ids, best first (padding removed)
-    variant: str
+    arm: str  # the experiment arm that answered (the transformer's ``variant`` output)
     model_version: str = ""
 
 
@@ -121,7 +121,7 @@ def load_simulated_users(data_dir: str | Path, max_users: int | None = None, see
 
 @dataclass
 class SimulationTruth:
-    """What the simulator knows exactly: per variant, impressions and expected clicks of what was served."""
+    """What the simulator knows exactly: per arm, impressions and expected clicks of what was served."""
 
     impressions: dict[str, int] = field(default_factory=dict)
     expected_clicks: dict[str, float] = field(default_factory=dict)
@@ -189,10 +189,10 @@ def run_users(recommend: Recommender, users: SimulatedUsers, interaction_log: st
                        for r, (v, c) in enumerate(zip(served.items, clicked)) if c]
             with lock:
                 truth.requests += 1
-                v = served.variant
-                truth.impressions[v] = truth.impressions.get(v, 0) + len(served.items)
-                truth.expected_clicks[v] = truth.expected_clicks.get(v, 0.0) + float(p.sum())
-                truth.clicks[v] = truth.clicks.get(v, 0) + int(clicked.sum())
+                a = served.arm
+                truth.impressions[a] = truth.impressions.get(a, 0) + len(served.items)
+                truth.expected_clicks[a] = truth.expected_clicks.get(a, 0.0) + float(p.sum())
+                truth.clicks[a] = truth.clicks.get(a, 0) + int(clicked.sum())
                 if records:
                     write_jsonl(interaction_log, records)
 
@@ -233,15 +233,15 @@ def grpc_recommender(url: str, model_name: str = "linkedout", timeout_s: float =
         ts = int(time.time() * 1000)
         res = client().infer(model_name, [uid, kin], outputs=outputs, request_id=rid, client_timeout=timeout_s)
         items = _output(res, "items")  # (1, k) INT64, -1 pads
-        variant = _output(res, "variant")  # (1,) BYTES
+        arm = _output(res, "variant")  # (1,) BYTES: the arm that answered
         version = _output(res, "model_version")
-        if items is None or variant is None:
+        if items is None or arm is None:
             raise RuntimeError("transformer answer without items or variant (docs/serving.md §3)")
 
         def text(x: Any) -> str:
             return x.decode() if isinstance(x, bytes) else str(x)
 
-        return Served(rid, ts, tuple(int(i) for i in items[0] if i >= 0), text(variant[0]),
+        return Served(rid, ts, tuple(int(i) for i in items[0] if i >= 0), text(arm[0]),
                       text(version[0]) if version is not None else "")
 
     return recommend
@@ -282,15 +282,15 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
     """Write ``requests.jsonl`` and ``interactions.jsonl`` of a simulated experiment into ``out_dir``.
 
     Users are assigned by the experiment's routing rule, or drawn with ``shares`` (to simulate a
-    broken split). A user's click probability is the variant's ``ctr`` times a per-user factor
+    broken split). A user's click probability is the arm's ``ctr`` times a per-user factor
     (lognormal, mean 1, spread ``heterogeneity``: users differ, as real ones do); requests arrive
     uniformly over ``duration_s`` (default: the experiment's ``duration``); latencies are
     lognormal around ``latency_ms``; a share ``error_rate`` of requests fail. Returns the truth:
-    the expected CTR of each variant and the differences to the control.
+    the expected CTR of each arm and the differences to the control.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [v.name for v in exp.variants]
+    names = [a.name for a in exp.arms]
     ctr = ctr or dict.fromkeys(names, 0.05)
     latency_ms = latency_ms or dict.fromkeys(names, 4.0)
     error_rate = error_rate or dict.fromkeys(names, 0.0)
@@ -304,7 +304,7 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
     for u in range(users):
         uid = f"u{u}"
         if shares is None:
-            v = assign_variant(uid, exp.salt, exp.variants).name
+            v = assign_arm(uid, exp.salt, exp.arms).name
         else:
             v = str(rng.choice(list(shares), p=np.array(list(shares.values())) / sum(shares.values())))
         factor = rng.lognormal(-sigma * sigma / 2, sigma) if sigma > 0 else 1.0
@@ -319,7 +319,7 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
             failed = rng.random() < error_rate[v]
             lat = float(rng.lognormal(math.log(latency_ms[v]), 0.35))
             rec: dict[str, Any] = {"request_id": rid, "ts": int(ts), "user_id": uid, "experiment": exp.name,
-                                   "variant": v, "model": exp.variant(v).model, "model_version": "",
+                                   "variant": v, "model": exp.arm(v).model, "model_version": "",
                                    "items": [] if failed else items, "scores": [], "cold_start": False,
                                    "latency_ms": round(lat, 3)}
             if failed:
@@ -338,7 +338,7 @@ def synthetic_logs(exp: Experiment, out_dir: str | Path, *, users: int = 4000,
     interactions.sort(key=lambda r: r["ts"])
     write_jsonl(out_dir / "requests.jsonl", requests, append=False)
     write_jsonl(out_dir / "interactions.jsonl", interactions, append=False)
-    control = exp.control_variant.name
+    control = exp.control_arm.name
     realised = {v: expected[v] / imps[v] for v in names if imps[v]}
     truth = {"ctr": dict(ctr), "realised_expected_ctr": realised,
              "difference": {v: ctr[v] - ctr[control] for v in names if v != control}}

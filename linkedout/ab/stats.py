@@ -1,6 +1,6 @@
 """The statistics behind ``ab analyze``, in NumPy and the standard library (no SciPy).
 
-- Ratio metrics per variant, Σy / Σx over users (the unit of randomisation), with the delta-method
+- Ratio metrics per arm, Σy / Σx over users (the unit of randomisation), with the delta-method
   variance ``Var(R) = Var(y_u - R x_u) / (n x̄²)`` (:func:`ratio_estimate`).
 - The fixed-horizon interval of a difference: ``Δ ± z_{1-α/2} SE`` — valid once, at a sample size
   fixed in advance; looked at repeatedly it over-covers false positives.
@@ -128,7 +128,7 @@ def compare(treatment: RatioEstimate, control: RatioEstimate, alpha: float, tau:
 
 def required_sample_size(per_user_variance: float, mean_denominator: float, effect: float,
                          alpha: float, power: float) -> int:
-    """Users per variant for a two-sided fixed-horizon test to detect ``effect`` (absolute) with ``power``.
+    """Users per arm for a two-sided fixed-horizon test to detect ``effect`` (absolute) with ``power``.
 
     ``per_user_variance`` is Var(y_u - R x_u) of the control, ``mean_denominator`` its x̄.
     """
@@ -201,7 +201,7 @@ class SRMResult:
 
 
 def sample_ratio_test(observed: dict[str, int], expected_share: dict[str, float], threshold: float) -> SRMResult:
-    """Chi-square goodness of fit of the users per variant against the configured split."""
+    """Chi-square goodness of fit of the users per arm against the configured split."""
     total = sum(observed.values())
     chi2 = 0.0
     for name, share in expected_share.items():

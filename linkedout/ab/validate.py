@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from linkedout.ab.deploy import image_is_pinned
+from linkedout.ab.manifests import repo_root
 
 KUBERNETES_VERSION = "1.37"
 
@@ -259,7 +260,5 @@ def validate_objects(objects: list[dict[str, Any]], schemas_dir: str | Path | No
 
 def default_schemas_dir(root: str | Path | None = None) -> Path | None:
     """``<repo>/../shared/k8s-schemas`` when it exists (where CI lays the CRD schemas), else None."""
-    from linkedout.ab.manifests import repo_root
-
     d = Path(root) if root is not None else repo_root().parent / "shared" / "k8s-schemas"
     return d if d.is_dir() else None

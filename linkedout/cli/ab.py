@@ -116,7 +116,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / "manifests.yaml", dump_all(objects))
     print(f"wrote {args.out / 'routing.yaml'} (experiment {exp.name}: "
           + ", ".join(f"{v.name}={v.model}:{v.version or 'newest'} {share:.0%}"
-                      for v, share in zip(exp.variants, exp.shares().values())) + ")")
+                      for v, share in zip(exp.arms, exp.shares().values())) + ")")
     print(f"wrote {args.out / 'manifests.yaml'}: kubectl apply -f {args.out / 'manifests.yaml'}")
     return 0
 
@@ -201,7 +201,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for part in args.ctr.split(","):
             name, _, value = part.partition("=")
             ctr[name.strip()] = float(value)
-        missing = [v.name for v in exp.variants if v.name not in ctr]
+        missing = [a.name for a in exp.arms if a.name not in ctr]
         if missing:
             raise ValueError(f"--ctr has no value for variant(s) {', '.join(missing)}")
         offline_truth = simulate.synthetic_logs(exp, args.out, users=args.offline_users, ctr=ctr, seed=args.seed,
@@ -221,7 +221,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                args.out / "interactions.jsonl", k=args.k, duration_s=args.duration,
                                max_requests=args.max_requests, concurrency=args.concurrency,
                                with_request_id=not args.no_request_id, seed=args.seed)
-    d = truth.to_dict(exp.control_variant.name)
+    d = truth.to_dict(exp.control_arm.name)
     d["difference"] = d.get("ctr_difference", {})
     atomic_write_text(args.out / "truth.json", json.dumps(d, indent=2))
     print(json.dumps(d, indent=2))
