@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from linkedout.data import DatasetError, leave_one_out, load_microlens, preprocess, validate_microlens
-from linkedout.data.synth import SynthConfig, encode_videos, generate, generate_tables, read_synth_topics
+from linkedout.data.synth import SynthConfig, generate, generate_tables, read_synth_topics
+from linkedout.data.synth_video import encode_videos
 
 PREFIX = "MicroLens-synth"
 
