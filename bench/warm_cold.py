@@ -214,7 +214,7 @@ def calibrate(args: argparse.Namespace) -> None:
     deviation (over seeds) of those of the factor with the best overall NDCG@10.
     """
     from linkedout.evaluation import evaluate
-    from linkedout.evaluation.evaluate import item_table
+    from linkedout.evaluation.encode import item_table
     from linkedout.training.checkpoint import load_model_from_checkpoint
 
     data, features = args.workdir / "data", str(args.workdir / "features")

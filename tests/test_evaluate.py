@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from linkedout.data.split import EvalSet
-from linkedout.evaluation.evaluate import EvalConfig, evaluate, item_table, sample_negatives
+from linkedout.evaluation.encode import item_table
+from linkedout.evaluation.evaluate import EvalConfig, evaluate, sample_negatives
 from linkedout.model.base import ItemEncoding, Recommender
 from linkedout.model.config import FusionConfig, ModelConfig, SequenceConfig
 from linkedout.model.recommender import build_model

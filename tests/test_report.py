@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from linkedout.data.split import EvalSet
-from linkedout.evaluation.evaluate import evaluate, item_table
+from linkedout.evaluation.encode import item_table
+from linkedout.evaluation.evaluate import evaluate
 from linkedout.interpret.contributions import contributions_from_arrays, layer_contributions
 from linkedout.interpret.report import load_run, read_metrics_jsonl, write_eval_json, write_report
 from linkedout.model.base import ItemEncoding, Recommender

@@ -1,16 +1,16 @@
 """Offline evaluation: full-catalogue and sampled ranking metrics, overall and warm/cold.
 
 ``evaluate(model, eval_set, item_features)`` is what the trainer (validation every epoch) and the
-CLI (test set) call; ``item_table`` encodes the catalogue once and can be shared between calls.
+CLI (test set) call; ``item_table`` (``encode``) encodes the catalogue once and can be shared
+between calls; ``metrics`` holds the rank and ranking-metric functions.
 """
 
+from linkedout.evaluation.encode import ItemTable, item_table
 from linkedout.evaluation.evaluate import (
     EvalConfig,
     EvalResult,
-    ItemTable,
     ProtocolResult,
     evaluate,
-    item_table,
     run_evaluation,
     sample_negatives,
 )

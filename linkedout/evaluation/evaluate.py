@@ -20,18 +20,18 @@ Two protocols, reported side by side and never mixed:
 Both protocols report HR@K, NDCG@K (K in ``ks``) and MRR overall and split by whether the target is
 a warm or a cold video (``eval_set.cold``: never seen in training), with the user count of each.
 
-Cost. Item embeddings are computed once (:func:`item_table`, chunked, ``torch.no_grad``), then users
-are processed in batches; one batch holds a ``(B, N+1)`` score matrix (the masked items are handled by
-gathering their few scores, not by a ``(B, N+1)`` mask), and ``B`` is capped so that ``B * (N+1) <= max_score_elements``, which bounds the memory
-whatever the catalogue size. Sampled negatives are drawn up front (``U * n`` int64).
+Cost. Item embeddings are computed once (:func:`linkedout.evaluation.encode.item_table`, chunked,
+``torch.no_grad``), then users are processed in batches; one batch holds a ``(B, N+1)`` score matrix
+(the masked items are handled by gathering their few scores, not by a ``(B, N+1)`` mask), and ``B``
+is capped so that ``B * (N+1) <= max_score_elements``, which bounds the memory whatever the
+catalogue size. Sampled negatives are drawn up front (``U * n`` int64).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from linkedout.evaluation.encode import ItemFeatureFn, ItemTable, eval_mode, item_table
 from linkedout.evaluation.metrics import (
     TIE_POLICIES,
     TiePolicy,
@@ -51,9 +52,6 @@ from linkedout.utils import get_logger, progress
 
 log = get_logger(__name__)
 
-ItemFeatureFn = Callable[[Tensor], Tensor]
-"""``item_idx (M,) int64 -> features (M, L, K, D)`` (e.g. :class:`linkedout.shards.items.ItemFeatures`)."""
-
 Exclusions = Mapping[str, Any] | Sequence[Any]
 """Per-user extra items to mask: a mapping ``user_id -> item indices`` or a sequence aligned with
 ``eval_set.user_ids``. Entries may be arrays, lists or ``None``; index 0 is ignored."""
@@ -64,11 +62,8 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "EvalSetLike",
-    "ItemTable",
     "ProtocolResult",
-    "encode_items_batched",
     "evaluate",
-    "item_table",
     "run_evaluation",
     "sample_negatives",
 ]
@@ -118,27 +113,6 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.sampled_negatives must be >= 0, got {self.sampled_negatives}")
         if self.ties not in TIE_POLICIES:
             raise ValueError(f"EvalConfig.ties must be one of {TIE_POLICIES}, got {self.ties!r}")
-
-
-@dataclass
-class ItemTable:
-    """The item tower's output for the whole catalogue (row ``i`` = item index ``i``; row 0 = padding).
-
-    Attributes:
-        emb: (N+1, d) item embeddings on the model's device; row 0 is zeros.
-        gate: (N+1, L) float32 gate weights pi_l on the CPU (row 0 zeros), or None (no gate).
-        layer_norms: (N+1, L) float32 norms ``||h^(l)||`` of the per-layer expert outputs on the CPU
-            (row 0 zeros), or None.
-    """
-
-    emb: Tensor
-    gate: Tensor | None = None
-    layer_norms: Tensor | None = None
-
-    @property
-    def num_items(self) -> int:
-        """N, the catalogue size without padding."""
-        return int(self.emb.shape[0]) - 1
 
 
 @dataclass
@@ -204,91 +178,6 @@ class EvalResult:
 
 def _finite_or_none(metrics: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (float(v) if math.isfinite(v) else None) for k, v in metrics.items()}
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode under ``no_grad`` and restore its training flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def encode_items_batched(
-    model: Recommender,
-    item_idx: Tensor,
-    item_features: ItemFeatureFn | None,
-    batch_size: int,
-    desc: str = "encode items",
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Run the item tower on ``item_idx`` (M,) in chunks of ``batch_size`` under ``no_grad`` in eval mode.
-
-    Returns ``emb`` (M, d) on the model's device, and on the CPU ``gate`` (M, L) and the expert-output
-    norms ``||h^(l)||`` (M, L), each None when the model does not report them.
-    """
-    if model.needs_features and item_features is None:
-        raise ValueError(f"{type(model).__name__} needs backbone features: pass item_features")
-    device = _model_device(model)
-    embs: list[Tensor] = []
-    gates: list[Tensor] = []
-    norms: list[Tensor] = []
-    starts = range(0, item_idx.numel(), batch_size)
-    with _eval_mode(model):
-        for start in progress(starts, total=len(starts), desc=desc, unit="batch"):
-            idx = item_idx[start : start + batch_size]  # (m,)
-            feats = item_features(idx).to(device) if model.needs_features and item_features else None
-            enc = model.encode_items(idx.to(device), feats)
-            if enc.emb.dim() != 2 or enc.emb.shape[0] != idx.numel():
-                raise ValueError(
-                    f"{type(model).__name__}.encode_items returned emb of shape {tuple(enc.emb.shape)}, "
-                    f"expected ({idx.numel()}, d)"
-                )
-            embs.append(enc.emb.float())  # (m, d)
-            if enc.gate is not None:
-                gates.append(enc.gate.float().cpu())  # (m, L)
-            if enc.layer_outputs is not None:
-                norms.append(enc.layer_outputs.float().norm(dim=-1).cpu())  # (m, L)
-    n_batches = len(embs)
-    emb = torch.cat(embs) if embs else torch.zeros(0, 0, device=device)
-    gate = torch.cat(gates) if gates and len(gates) == n_batches else None
-    norm = torch.cat(norms) if norms and len(norms) == n_batches else None
-    return emb, gate, norm
-
-
-def item_table(model: Recommender, item_features: ItemFeatureFn | None = None, batch_size: int = 1024) -> ItemTable:
-    """Encode the whole catalogue once, in chunks of ``batch_size`` items, under ``torch.no_grad``.
-
-    Returns an :class:`ItemTable` with ``emb`` (N+1, d) (row 0 zeros), and ``gate`` / ``layer_norms``
-    (N+1, L) when the model's item tower reports them. The model's train/eval flag is restored.
-    """
-    if batch_size < 1:
-        raise ValueError(f"item_table batch_size must be >= 1, got {batch_size}")
-    n = int(model.num_items)
-    if n < 1:
-        raise ValueError(f"{type(model).__name__}.num_items must be >= 1, got {n}")
-    idx = torch.arange(1, n + 1, dtype=torch.long)  # (N,)
-    emb, gate, norms = encode_items_batched(model, idx, item_features, batch_size, desc="encode items")
-
-    def pad(t: Tensor) -> Tensor:
-        return torch.cat([torch.zeros(1, *t.shape[1:], dtype=t.dtype, device=t.device), t])  # (N+1, ...)
-
-    return ItemTable(
-        emb=pad(emb),
-        gate=None if gate is None else pad(gate),
-        layer_norms=None if norms is None else pad(norms),
-    )
 
 
 def sample_negatives(num_items: int, forbidden: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
@@ -395,6 +284,73 @@ def _protocol(ranks: np.ndarray, cold: np.ndarray, ks: Sequence[int], **extra: A
     )
 
 
+def _draw_negatives(n: int, histories: np.ndarray, targets: np.ndarray, extra: list[np.ndarray] | None,
+                    cfg: EvalConfig) -> np.ndarray:
+    """(U, sampled_negatives) negatives of the sampled protocol, drawn per block of users from ``cfg.seed``."""
+    u = targets.size
+    blocks = []
+    for bi, start in enumerate(range(0, u, _SAMPLE_BLOCK)):
+        stop = min(u, start + _SAMPLE_BLOCK)
+        parts = [histories[start:stop], targets[start:stop, None]]
+        if extra is not None:
+            parts.append(_pad_rows(extra[start:stop]))
+        rng = np.random.default_rng([cfg.seed, bi])
+        blocks.append(sample_negatives(n, np.concatenate(parts, axis=1), cfg.sampled_negatives, rng))
+    return np.concatenate(blocks) if blocks else np.zeros((0, cfg.sampled_negatives), dtype=np.int64)
+
+
+def _rank_targets(model: Recommender, eval_set: EvalSetLike, table: ItemTable, cfg: EvalConfig,
+                  histories: np.ndarray, targets: np.ndarray, extra: list[np.ndarray] | None,
+                  negatives: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each user's target rank in the full protocol and, with ``negatives``, in the sampled one."""
+    n, u = table.num_items, targets.size
+    device = table.emb.device
+    ranks_full = np.zeros(u, dtype=np.int64)
+    ranks_sampled = np.zeros(u, dtype=np.int64) if negatives is not None else None
+    step = max(1, min(cfg.batch_size, cfg.max_score_elements // (n + 1)))
+    starts = range(0, u, step)
+    with eval_mode(model):
+        for start in progress(starts, total=len(starts), desc="evaluate", unit="batch"):
+            stop = min(u, start + step)
+            b = stop - start
+            hist = torch.from_numpy(histories[start:stop]).to(device)  # (B, T)
+            tgt = torch.from_numpy(targets[start:stop]).to(device)  # (B,)
+            scores = _batch_scores(model, eval_set, table, hist, start)  # (B, N+1)
+
+            # Removed from the competition: padding (column 0) and, with mask_history, the history
+            # window and the extra exclusions. The target is never removed (target_ranks_masked).
+            masked = [torch.zeros(b, 1, dtype=torch.long, device=device)]
+            if cfg.mask_history:
+                masked.append(hist)
+                if extra is not None:
+                    masked.append(torch.from_numpy(_pad_rows(extra[start:stop])).to(device))  # (B, E)
+            cols = torch.cat(masked, dim=1)  # (B, 1 + T + E)
+            ranks_full[start:stop] = target_ranks_masked(scores, tgt, cols, ties=cfg.ties).cpu().numpy()
+
+            if negatives is not None and ranks_sampled is not None:
+                neg = torch.from_numpy(negatives[start:stop]).to(device)  # (B, n_neg)
+                cand = torch.cat([tgt.unsqueeze(1), neg], dim=1)  # (B, 1 + n_neg)
+                cand_scores = scores.gather(1, cand)  # (B, 1 + n_neg)
+                zero = torch.zeros(b, dtype=torch.long, device=device)
+                ranks_sampled[start:stop] = target_ranks(cand_scores, zero, cand > 0, ties=cfg.ties).cpu().numpy()
+    return ranks_full, ranks_sampled
+
+
+def _batch_scores(model: Recommender, eval_set: EvalSetLike, table: ItemTable, hist: Tensor, start: int) -> Tensor:
+    """(B, N+1) float scores of the users whose histories are ``hist`` (B, T), checked for shape and NaN."""
+    b, n = hist.shape[0], table.num_items
+    hmask = hist > 0  # (B, T)
+    hemb = table.emb[hist] * hmask.unsqueeze(-1).to(table.emb.dtype)  # (B, T, d)
+    user = model.last_state(hemb, hmask)  # (B, d)
+    scores = model.score(user, table.emb).float()  # (B, N+1)
+    if scores.shape != (b, n + 1):
+        raise ValueError(f"{type(model).__name__}.score returned {tuple(scores.shape)}, expected {(b, n + 1)}")
+    if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores[:, 1:]).any():  # cheap check first
+        bad = int(torch.isnan(scores[:, 1:]).any(dim=1).nonzero()[0, 0]) + start
+        raise ValueError(f"{type(model).__name__} produced NaN scores (first user {eval_set.user_ids[bad]!r})")
+    return scores
+
+
 def evaluate(
     model: Recommender,
     eval_set: EvalSetLike,
@@ -461,57 +417,8 @@ def run_evaluation(
     histories, targets, cold = _check_eval_set(eval_set, n)
     extra = _exclusion_lists(eval_set, exclude, n)
     u = targets.size
-    device = table.emb.device
-
-    negatives: np.ndarray | None = None
-    if cfg.sampled_negatives > 0:
-        blocks = []
-        for bi, start in enumerate(range(0, u, _SAMPLE_BLOCK)):
-            stop = min(u, start + _SAMPLE_BLOCK)
-            parts = [histories[start:stop], targets[start:stop, None]]
-            if extra is not None:
-                parts.append(_pad_rows(extra[start:stop]))
-            rng = np.random.default_rng([cfg.seed, bi])
-            blocks.append(sample_negatives(n, np.concatenate(parts, axis=1), cfg.sampled_negatives, rng))
-        negatives = np.concatenate(blocks) if blocks else np.zeros((0, cfg.sampled_negatives), dtype=np.int64)
-
-    ranks_full = np.zeros(u, dtype=np.int64)
-    ranks_sampled = np.zeros(u, dtype=np.int64) if negatives is not None else None
-    step = max(1, min(cfg.batch_size, cfg.max_score_elements // (n + 1)))
-    starts = range(0, u, step)
-    with _eval_mode(model):
-        for start in progress(starts, total=len(starts), desc="evaluate", unit="batch"):
-            stop = min(u, start + step)
-            b = stop - start
-            hist = torch.from_numpy(histories[start:stop]).to(device)  # (B, T)
-            tgt = torch.from_numpy(targets[start:stop]).to(device)  # (B,)
-            hmask = hist > 0  # (B, T)
-            hemb = table.emb[hist] * hmask.unsqueeze(-1).to(table.emb.dtype)  # (B, T, d)
-            user = model.last_state(hemb, hmask)  # (B, d)
-            scores = model.score(user, table.emb).float()  # (B, N+1)
-            if scores.shape != (b, n + 1):
-                raise ValueError(f"{type(model).__name__}.score returned {tuple(scores.shape)}, expected {(b, n + 1)}")
-            if torch.isnan(scores.sum(dim=1)).any() and torch.isnan(scores[:, 1:]).any():  # cheap check first
-                bad = int(torch.isnan(scores[:, 1:]).any(dim=1).nonzero()[0, 0]) + start
-                raise ValueError(f"{type(model).__name__} produced NaN scores (first user {eval_set.user_ids[bad]!r})")
-
-            # Removed from the competition: padding (column 0) and, with mask_history, the history
-            # window and the extra exclusions. The target is never removed (target_ranks_masked).
-            masked = [torch.zeros(b, 1, dtype=torch.long, device=device)]
-            if cfg.mask_history:
-                masked.append(hist)
-                if extra is not None:
-                    masked.append(torch.from_numpy(_pad_rows(extra[start:stop])).to(device))  # (B, E)
-            cols = torch.cat(masked, dim=1)  # (B, 1 + T + E)
-            ranks_full[start:stop] = target_ranks_masked(scores, tgt, cols, ties=cfg.ties).cpu().numpy()
-
-            if negatives is not None and ranks_sampled is not None:
-                neg = torch.from_numpy(negatives[start:stop]).to(device)  # (B, n_neg)
-                cand = torch.cat([tgt.unsqueeze(1), neg], dim=1)  # (B, 1 + n_neg)
-                cand_scores = scores.gather(1, cand)  # (B, 1 + n_neg)
-                zero = torch.zeros(b, dtype=torch.long, device=device)
-                ranks_sampled[start:stop] = target_ranks(cand_scores, zero, cand > 0, ties=cfg.ties).cpu().numpy()
-
+    negatives = _draw_negatives(n, histories, targets, extra, cfg) if cfg.sampled_negatives > 0 else None
+    ranks_full, ranks_sampled = _rank_targets(model, eval_set, table, cfg, histories, targets, extra, negatives)
     full = _protocol(ranks_full, cold, cfg.ks)
     sampled = None
     if ranks_sampled is not None:

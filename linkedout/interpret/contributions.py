@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from linkedout.evaluation.evaluate import ItemFeatureFn, ItemTable, encode_items_batched, item_table
+from linkedout.evaluation.encode import ItemFeatureFn, ItemTable, encode_items_batched, item_table
 from linkedout.model.base import Recommender
 
 __all__ = ["Contributions", "contributions_from_arrays", "default_layer_names", "layer_contributions"]
@@ -137,7 +137,7 @@ def layer_contributions(
 ) -> Contributions:
     """Gate weights and layer contributions of videos ``item_idx`` (all of ``1..N`` when None).
 
-    Uses ``table`` (an :func:`~linkedout.evaluation.evaluate.item_table`) when given, else runs the
+    Uses ``table`` (an :func:`~linkedout.evaluation.encode.item_table`) when given, else runs the
     item tower on the requested items (all of them through ``item_table``).
 
     Raises:
