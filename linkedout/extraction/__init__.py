@@ -1,14 +1,20 @@
 """Offline feature extraction: videos -> frames -> frozen video LLM prefill -> ``(L, K, D)`` features.
 
 - :mod:`.video`: ``decode_frames`` (PyAV, uniform sampling) and ``VideoDecodeError``.
-- :mod:`.backbone`: ``BackboneConfig``, ``load_backbone`` -> ``Backbone`` (LLaVA-OneVision: tiny,
-  random real architecture, local checkpoint or hub id), ``save_tiny_checkpoint``.
+- :mod:`.backbone_config`: ``BackboneConfig`` (which LLaVA-OneVision: tiny, random real
+  architecture, local checkpoint or hub id) and ``architecture_config``.
+- :mod:`.backbone`: ``load_backbone`` -> ``Backbone`` (the frozen model and its input pipeline),
+  ``save_tiny_checkpoint``.
 - :mod:`.compress`: order-preserving segment-mean token compression to ``K`` tokens.
 - :mod:`.extractor`: ``ExtractionConfig``, ``LinkedOutExtractor`` (one prefill, early exit) and
   ``extract_dataset`` (sharded, resumable, failures recorded by id).
+- :mod:`.reconcile`: a shard store kept in step with its dataset's videos before an extraction.
+- :mod:`.prefetch`: video decoding ahead of the model, in worker processes.
 
-Submodules are imported on first use of their names, so ``linkedout.extraction.video`` (PyAV only)
-does not pull in torch and transformers.
+Submodules are imported on first use of their names, so ``linkedout.extraction.video`` and
+``.prefetch`` (PyAV only; the decode worker processes import them) do not pull in torch and
+transformers. Hence the names below are imported for type checkers only and resolved by
+``__getattr__``.
 """
 
 from __future__ import annotations
@@ -18,14 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from linkedout.extraction.backbone import (
-        RANDOM_ARCHITECTURES,
         Backbone,
-        BackboneConfig,
         VideoPreprocessing,
-        architecture_config,
         load_backbone,
         save_tiny_checkpoint,
     )
+    from linkedout.extraction.backbone_config import RANDOM_ARCHITECTURES, BackboneConfig, architecture_config
     from linkedout.extraction.compress import find_spans, pooling_weights, segment_pool
     from linkedout.extraction.extractor import (
         DEFAULT_PROMPTS,
@@ -60,8 +64,8 @@ __all__ = [
 ]
 
 _HOME = {
-    **dict.fromkeys(["RANDOM_ARCHITECTURES", "Backbone", "BackboneConfig", "VideoPreprocessing",
-                     "architecture_config", "load_backbone", "save_tiny_checkpoint"], "backbone"),
+    **dict.fromkeys(["Backbone", "VideoPreprocessing", "load_backbone", "save_tiny_checkpoint"], "backbone"),
+    **dict.fromkeys(["RANDOM_ARCHITECTURES", "BackboneConfig", "architecture_config"], "backbone_config"),
     **dict.fromkeys(["find_spans", "pooling_weights", "segment_pool"], "compress"),
     **dict.fromkeys(["DEFAULT_PROMPTS", "ExtractionConfig", "ExtractionSummary", "LinkedOutExtractor",
                      "extract_dataset", "feature_spec"], "extractor"),
