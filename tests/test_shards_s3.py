@@ -248,23 +248,22 @@ def test_extract_reaches_the_store_before_it_loads_the_backbone(silent_endpoint:
     """A 7B backbone takes minutes to load: an S3 endpoint that never answers must not wait for it."""
     from linkedout.data.microlens import load_microlens
     from linkedout.data.synth import SynthConfig, generate
-    from linkedout.extraction import BackboneConfig, extractor
+    from linkedout.extraction import BackboneConfig, driver
     from linkedout.shards import S3Config
 
     data = generate(tmp_path / "data", SynthConfig.preset("toy", num_videos=30, num_users=4), write_videos=False)
     _credentials(monkeypatch)
     loads: list[object] = []
-    monkeypatch.setattr(extractor, "load_backbone", loads.append)
+    monkeypatch.setattr(driver, "load_backbone", loads.append)
     with pytest.raises(ShardStoreError, match=rf"{silent_endpoint}.*did not answer"):
-        extractor.extract_dataset(load_microlens(data, check_videos=False), "s3://bucket/f", None,
-                                  BackboneConfig(device="cpu"),
-                                  endpoint_url=S3Config(silent_endpoint, read_timeout=0.5, retries=0))
+        driver.extract_dataset(load_microlens(data, check_videos=False), "s3://bucket/f", None,
+                               BackboneConfig(device="cpu"),
+                               endpoint_url=S3Config(silent_endpoint, read_timeout=0.5, retries=0))
     assert loads == []  # failed before the backbone was loaded
     # and `linkedout extract` reaches it before importing the extraction code at all
-    from linkedout import pipeline
     from linkedout.cli import main
 
-    monkeypatch.setattr(pipeline, "extract", loads.append)
+    monkeypatch.setattr("linkedout.job.extraction.extract", loads.append)
     assert main(["extract", "--data", str(data), "--out", "s3://bucket/f", "--s3-endpoint", silent_endpoint,
                  "--s3-read-timeout", "0.5", "--s3-retries", "0"]) == 2
     assert loads == []

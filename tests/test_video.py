@@ -217,7 +217,8 @@ def test_rotation_metadata_is_honoured(tmp_path: Path, degrees: int, turns: int)
 
 def test_decoder_threads_reach_ffmpeg_and_give_the_same_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from linkedout.extraction import video as video_module
-    from linkedout.extraction.extractor import ExtractionConfig, decode_jobs
+    from linkedout.extraction.driver import decode_jobs
+    from linkedout.extraction.extractor import ExtractionConfig
     from linkedout.extraction.prefetch import os as prefetch_os
 
     path = write_video(tmp_path / "v.mp4", num=60, options={"g": "10"})

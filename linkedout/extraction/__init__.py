@@ -6,8 +6,9 @@
 - :mod:`.backbone`: ``load_backbone`` -> ``Backbone`` (the frozen model and its input pipeline),
   ``save_tiny_checkpoint``.
 - :mod:`.compress`: order-preserving segment-mean token compression to ``K`` tokens.
-- :mod:`.extractor`: ``ExtractionConfig``, ``LinkedOutExtractor`` (one prefill, early exit) and
-  ``extract_dataset`` (sharded, resumable, failures recorded by id).
+- :mod:`.extractor`: ``ExtractionConfig``, ``LinkedOutExtractor`` (one prefill, early exit).
+- :mod:`.driver`: ``extract_dataset`` (a dataset into a shard store: sharded, resumable, failures
+  recorded by id).
 - :mod:`.reconcile`: a shard store kept in step with its dataset's videos before an extraction.
 - :mod:`.prefetch`: video decoding ahead of the model, in worker processes.
 
@@ -31,12 +32,11 @@ if TYPE_CHECKING:
     )
     from linkedout.extraction.backbone_config import RANDOM_ARCHITECTURES, BackboneConfig, architecture_config
     from linkedout.extraction.compress import find_spans, pooling_weights, segment_pool
+    from linkedout.extraction.driver import ExtractionSummary, extract_dataset
     from linkedout.extraction.extractor import (
         DEFAULT_PROMPTS,
         ExtractionConfig,
-        ExtractionSummary,
         LinkedOutExtractor,
-        extract_dataset,
         feature_spec,
     )
     from linkedout.extraction.video import VideoDecodeError, decode_frames, sample_indices
@@ -67,8 +67,8 @@ _HOME = {
     **dict.fromkeys(["Backbone", "VideoPreprocessing", "load_backbone", "save_tiny_checkpoint"], "backbone"),
     **dict.fromkeys(["RANDOM_ARCHITECTURES", "BackboneConfig", "architecture_config"], "backbone_config"),
     **dict.fromkeys(["find_spans", "pooling_weights", "segment_pool"], "compress"),
-    **dict.fromkeys(["DEFAULT_PROMPTS", "ExtractionConfig", "ExtractionSummary", "LinkedOutExtractor",
-                     "extract_dataset", "feature_spec"], "extractor"),
+    **dict.fromkeys(["DEFAULT_PROMPTS", "ExtractionConfig", "LinkedOutExtractor", "feature_spec"], "extractor"),
+    **dict.fromkeys(["ExtractionSummary", "extract_dataset"], "driver"),
     **dict.fromkeys(["VideoDecodeError", "decode_frames", "sample_indices"], "video"),
 }
 

@@ -12,48 +12,32 @@ deeper decoder layers, the final norm and the LM head are never computed (the LM
 called: the extractor runs the inner ``LlavaOnevisionModel``). The captured tensors are the very
 ones HF's ``output_hidden_states`` records, so features with and without early exit are equal
 (tested). For the paper's layers on a 28-layer Qwen2-7B, 8 of 28 decoder layers are skipped.
+
+Running this over a whole dataset into a shard store is :mod:`linkedout.extraction.driver`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from linkedout.data.microlens import sort_ids
-from linkedout.extraction.backbone import Backbone, BackboneConfig, load_backbone
+from linkedout.extraction.backbone import Backbone
 from linkedout.extraction.compress import COMPRESSION_METHOD, compress, find_spans, pooling_weights
-from linkedout.extraction.prefetch import Decoded, DecodeJob, decode_job, decode_stream, threads_per_worker
-from linkedout.extraction.reconcile import open_store_for
 from linkedout.extraction.video import FRAME_SAMPLINGS
-from linkedout.shards.layout import FAILURES_KEY, SPEC_KEY
-from linkedout.shards.manifest import ShardManifest, read_manifest
 from linkedout.shards.spec import FeatureSpec
-from linkedout.shards.storage import S3Options, Storage, open_storage
-from linkedout.shards.writer import ShardWriter
-from linkedout.utils import get_logger, progress
 
 __all__ = [
     "DEFAULT_PROMPTS",
     "ExtractionConfig",
-    "ExtractionSummary",
     "LinkedOutExtractor",
-    "VideoDataset",
-    "extract_dataset",
     "feature_spec",
 ]
 
-log = get_logger(__name__)
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "Which objects appear in this video?",
@@ -151,7 +135,7 @@ class LinkedOutExtractor:
 
     The capture hooks live on the backbone's modules for the duration of one forward pass, so one
     backbone serves one forward at a time (run extractors of a shared backbone from one thread;
-    :func:`extract_dataset` parallelises decoding, not the model).
+    :func:`linkedout.extraction.driver.extract_dataset` parallelises decoding, not the model).
     """
 
     def __init__(self, backbone: Backbone, cfg: ExtractionConfig) -> None:
@@ -270,73 +254,6 @@ class LinkedOutExtractor:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
-# ------------------------------------------------------------------------------------------ dataset
-
-
-class VideoDataset(Protocol):
-    """What :func:`extract_dataset` needs of a dataset (``MicroLensDataset`` has it)."""
-
-    @property
-    def item_ids(self) -> Sequence[str]: ...
-
-    def video_path(self, item: str) -> Path: ...
-
-
-@dataclass
-class ExtractionSummary:
-    """What one :func:`extract_dataset` run did.
-
-    ``failed`` holds every video of the dataset's catalogue without features in the store and why
-    (this run's and earlier runs'; also written to the store's ``failures.json``); ``retried`` the
-    failed videos this run tried again, ``changed`` the videos re-extracted because their file
-    changed; ``complete`` is False when the run stopped after ``max_shards`` shards.
-    """
-
-    uri: str
-    spec: dict[str, Any]
-    videos: int  # videos in the dataset
-    shards: int  # shards planned
-    shards_written: int  # shards computed by this run
-    shards_skipped: int  # shards already complete (resume)
-    encoded: int  # videos encoded by this run
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0  # decoding, encoding and writing (backbone loading excluded)
-    load_seconds: float = 0.0  # loading the backbone
-    complete: bool = True
-    retried: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-
-    @property
-    def failed_share(self) -> float:
-        """Share of the catalogue's videos without features."""
-        return len(self.failed) / self.videos if self.videos else 0.0
-
-    @property
-    def videos_per_second(self) -> float:
-        """Throughput of this run over the videos it processed (encoded or failed)."""
-        return self.encoded / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "videos_per_second": self.videos_per_second}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-
-def decode_jobs(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig) -> list[DecodeJob]:
-    """One :class:`DecodeJob` per video of ``ids``, in order, with ``cfg``'s frames, size, sampling and threads."""
-    threads = threads_per_worker(cfg.decode_workers, cfg.decode_threads)
-    return [DecodeJob(vid, str(dataset.video_path(vid)), cfg.num_frames, cfg.frame_size, cfg.frame_sampling, threads)
-            for vid in ids]
-
-
-def decode_ahead(dataset: VideoDataset, ids: Sequence[str], cfg: ExtractionConfig,
-                 decoder: Callable[[DecodeJob], Decoded] | None) -> Generator[Decoded, None, None]:
-    """Decoded videos in ``ids`` order; with workers, up to ``2 * batch_size + workers`` ahead of the model."""
-    window = 2 * cfg.batch_size + cfg.decode_workers
-    return decode_stream(decode_jobs(dataset, ids, cfg), cfg.decode_workers, window, decoder or decode_job)
-
-
 def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
     """The :class:`FeatureSpec` recorded beside features extracted with ``backbone`` and ``cfg``."""
     return FeatureSpec(
@@ -354,149 +271,15 @@ def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
     )
 
 
-def extract_shards(
-    extractor: LinkedOutExtractor,
-    writer: ShardWriter,
-    plan: list[list[str]],
-    todo: list[int],
-    stream: Iterator[Decoded],
-    on_shard_written: Callable[[int, ShardManifest], None] | None,
-) -> int:
-    """Encode and write the shards ``todo`` from the decoded ``stream``; returns the videos encoded."""
-    cfg = extractor.cfg
-    encoded = 0
-    for shard in todo:
-        rows: list[np.ndarray] = []  # (b, L, K, D) per batch
-        ok_ids: list[str] = []
-        failed: dict[str, str] = {}
-        sources: dict[str, dict[str, Any]] = {}
-        batch_ids: list[str] = []
-        batch: list[np.ndarray] = []
-        for position in range(len(plan[shard])):
-            item = next(stream)
-            assert item.video_id == plan[shard][position], "the decode stream follows the plan"
-            sources[item.video_id] = item.source
-            if item.frames is None:
-                log.warning("video %s skipped: %s", item.video_id, item.error)
-                failed[item.video_id] = str(item.error)
-            else:
-                batch_ids.append(item.video_id)
-                batch.append(item.frames)
-            if batch and (len(batch) == cfg.batch_size or position == len(plan[shard]) - 1):
-                rows.append(extractor.encode(np.stack(batch)))  # (b, L, K, D)
-                ok_ids += batch_ids
-                batch_ids, batch = [], []
-        features = np.concatenate(rows) if rows else np.zeros((0, *writer.spec.shape), np.float32)  # (n, L, K, D)
-        manifest = writer.write_shard(shard, ok_ids, features, failed, sources)
-        encoded += len(ok_ids)
-        if on_shard_written is not None:
-            on_shard_written(shard, manifest)
-    return encoded
+# The dataset driver moved to linkedout.extraction.driver (which imports this module). Until the
+# main job's modules import these names from there, they resolve here too; delete this afterwards.
+_MOVED_TO_DRIVER = frozenset({"ExtractionSummary", "decode_ahead", "decode_jobs", "extract_dataset",
+                              "extract_shards", "failures_document"})
 
 
-def _reason_class(reason: str) -> str:
-    """``"InvalidDataError: [Errno ...] ... '/x.mp4'"`` -> ``"InvalidDataError"``: reasons grouped for the summary."""
-    head = reason.split(":", 1)[0].strip()
-    return head if head and len(head) <= 60 else reason[:60]
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_DRIVER:
+        from linkedout.extraction import driver  # a cycle: driver imports this module
 
-
-def failures_document(summary: ExtractionSummary) -> dict[str, Any]:
-    """The ``failures.json`` written beside the features: counts, share, reasons by id and by kind."""
-    return {
-        "format": "linkedout-extraction-failures", "version": 1,
-        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "store": summary.uri, "videos": summary.videos, "failed": len(summary.failed),
-        "failed_share": summary.failed_share, "complete": summary.complete,
-        "by_reason": dict(Counter(_reason_class(r) for r in summary.failed.values()).most_common()),
-        "reasons": dict(sorted(summary.failed.items())),
-        "retried": summary.retried, "changed": summary.changed,
-    }
-
-
-def extract_dataset(
-    dataset: VideoDataset,
-    storage: Storage | str | os.PathLike[str],
-    cfg: ExtractionConfig | None = None,
-    backbone: Backbone | BackboneConfig | None = None,
-    *,
-    max_shards: int | None = None,
-    on_shard_written: Callable[[int, ShardManifest], None] | None = None,
-    endpoint_url: S3Options = None,
-    retry_failed: bool = False,
-    replace: bool = False,
-    decoder: Callable[[DecodeJob], Decoded] | None = None,
-) -> ExtractionSummary:
-    """Extract the features of every video of ``dataset`` into a feature store; resumable.
-
-    First the store is reconciled with the dataset (:func:`linkedout.extraction.reconcile.reconcile_store`):
-    a store of another extraction config or another dataset is refused (:class:`StoreMismatch`), or
-    with ``replace`` (``--force``) emptied first; failed videos whose file changed (all failed
-    videos with ``retry_failed``) and written videos whose file changed are dropped to be
-    extracted again. Shards are then planned incrementally
-    (:meth:`ShardWriter.plan_incremental`): shards already in the store keep their videos and are
-    skipped when complete; the videos found in none (sorted by id, ``sort_ids``) are cut into new
-    shards of ``cfg.shard_size``. So a re-run resumes where it stopped, and a grown catalogue
-    extracts only its new videos. Videos are decoded ahead of the model in ``cfg.decode_workers``
-    processes, encoded in batches of ``cfg.batch_size`` and written with :class:`ShardWriter`. A
-    video that cannot be decoded is logged and recorded by id with the reason in its shard's
-    ``failed`` map; it gets no row. ``max_shards`` stops after computing that many shards (the store
-    stays resumable); ``on_shard_written(shard, manifest)`` is called after each shard is written.
-    When every shard is complete the store's ``index.json`` is written; ``failures.json`` (the
-    failure summary: :func:`failures_document`) after every run.
-
-    ``backbone`` is a loaded :class:`Backbone` or a :class:`BackboneConfig` to load (default tiny).
-    ``decoder`` replaces :func:`linkedout.extraction.prefetch.decode_job` (a module-level function, as
-    it is sent to the decoding processes): e.g. a GPU decoder, or frames decoded beforehand.
-    """
-    cfg = cfg or ExtractionConfig()
-    if max_shards is not None and max_shards < 0:
-        raise ValueError(f"max_shards must be >= 0, got {max_shards}")
-    started = time.perf_counter()
-    store = open_storage(storage, endpoint_url)
-    # Reach the store before loading the backbone (minutes for a 7B checkpoint): an S3 endpoint that
-    # is down or never answers fails within the S3 client's bounds (30 s by default), naming it.
-    store.exists(SPEC_KEY)
-    bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone or BackboneConfig())
-    loaded = time.perf_counter()
-    extractor = LinkedOutExtractor(bb, cfg)
-    spec = feature_spec(bb, cfg)
-    ids = sort_ids(str(x) for x in dataset.item_ids)
-    writer, reconciled = open_store_for(store, spec, cfg.shard_size, dataset, ids, retry_failed=retry_failed,
-                                        replace=replace)
-    plan = writer.plan_incremental(ids)  # shards already written keep their videos; new videos go to new shards
-    planned = [i for i, chunk in enumerate(plan) if chunk]
-    pending = [i for i in planned if not writer.is_complete(i, plan[i], verify="size")]
-    skipped = len(planned) - len(pending)
-    todo = pending[:max_shards] if max_shards is not None else pending
-    log.info("extracting %d videos into %s: %d shards, %d already complete, %d to compute",
-             len(ids), writer.storage.uri, len(planned), skipped, len(todo))
-
-    todo_ids = [vid for i in todo for vid in plan[i]]
-    decoded = decode_ahead(dataset, todo_ids, cfg, decoder)
-    stream = progress(decoded, total=len(todo_ids), desc="extract", unit="video")
-    try:
-        encoded = extract_shards(extractor, writer, plan, todo, stream, on_shard_written)
-    finally:  # stop the decoding processes now, also when interrupted
-        cast(Generator[Any, None, None], stream).close()
-        decoded.close()
-
-    complete = len(todo) == len(pending)
-    catalog = set(ids)
-    if complete:
-        index = writer.finalize()
-        all_failed = {k: v for k, v in index.failed.items() if k in catalog}
-    else:
-        all_failed = {}
-        for i in writer.complete_shards():
-            all_failed.update({k: v for k, v in read_manifest(writer.storage, i).failed.items() if k in catalog})
-    summary = ExtractionSummary(
-        uri=writer.storage.uri, spec=spec.to_dict(), videos=len(ids), shards=len(planned),
-        shards_written=len(todo), shards_skipped=skipped, encoded=encoded, failed=all_failed,
-        seconds=time.perf_counter() - loaded, load_seconds=loaded - started, complete=complete,
-        retried=reconciled.retried, changed=reconciled.changed,
-    )
-    writer.storage.write_bytes(FAILURES_KEY, json.dumps(failures_document(summary), indent=2).encode())
-    log.info("extraction %s: %d videos encoded in %.1f s (%.2f videos/s), %d of %d failed (%.2f %%)",
-             "complete" if complete else "stopped early", encoded, summary.seconds,
-             summary.videos_per_second, len(all_failed), len(ids), 100 * summary.failed_share)
-    return summary
+        return getattr(driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,6 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,12 +32,13 @@ from linkedout.shards.layout import DATASET_KEY, SPEC_KEY
 from linkedout.shards.manifest import read_manifest
 from linkedout.shards.storage import MissingKeyError, ShardStoreError, Storage, StoreMismatch
 from linkedout.shards.writer import ShardWriter
-from linkedout.utils import get_logger
+from linkedout.utils import get_logger, utc_now
 
 log = get_logger(__name__)
 
 __all__ = [
     "Reconciled",
+    "VideoDataset",
     "check_store_dataset",
     "clear_store",
     "dataset_name",
@@ -51,7 +51,9 @@ FORCE_HINT = ("use a new feature store (--out, or a new --workdir), or --force t
               "features and extract again")
 
 
-class _Dataset(Protocol):
+class VideoDataset(Protocol):
+    """What the extraction needs of a dataset: its video ids and their files (``MicroLensDataset`` has it)."""
+
     @property
     def item_ids(self) -> Sequence[str]: ...
 
@@ -94,14 +96,14 @@ def read_dataset_doc(storage: Storage) -> dict[str, Any] | None:
 
 def _write_dataset_doc(storage: Storage, name: str | None, root: str | None, videos: int,
                        previous: dict[str, Any] | None) -> None:
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = utc_now()
     doc = {"format": "linkedout-feature-dataset", "version": 1, "name": name, "root": root, "videos": videos,
            "created": (previous or {}).get("created", now), "updated": now}
     storage.write_bytes(DATASET_KEY, json.dumps(doc, indent=2).encode())
 
 
 def _check_one_dataset(uri: str, previous: dict[str, Any] | None, name: str | None, root: Any, catalog: set[str],
-                       manifests: Sequence[Any], dataset: _Dataset) -> None:
+                       manifests: Sequence[Any], dataset: VideoDataset) -> None:
     """Raise :class:`StoreMismatch` when the store at ``uri`` holds another dataset's features than ``dataset``."""
     if previous and name and previous.get("name") and previous["name"] != name:
         raise StoreMismatch(
@@ -127,7 +129,7 @@ def _check_one_dataset(uri: str, previous: dict[str, Any] | None, name: str | No
             f"catalogue: {FORCE_HINT}")
 
 
-def check_store_dataset(reader: Any, dataset: _Dataset, ids: Sequence[str]) -> None:
+def check_store_dataset(reader: Any, dataset: VideoDataset, ids: Sequence[str]) -> None:
     """Refuse (:class:`StoreMismatch`) a complete feature store (a ``FeatureReader``) of another dataset.
 
     The read-only half of :func:`reconcile_store`, for the stages that read features (the split,
@@ -138,7 +140,7 @@ def check_store_dataset(reader: Any, dataset: _Dataset, ids: Sequence[str]) -> N
                        getattr(dataset, "root", None), set(ids), manifests, dataset)
 
 
-def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], *,
+def reconcile_store(writer: ShardWriter, dataset: VideoDataset, ids: Sequence[str], *,
                     retry_failed: bool = False) -> Reconciled:
     """Drop from ``writer``'s store what must be extracted again for ``dataset`` (see the module docstring).
 
@@ -184,7 +186,7 @@ def reconcile_store(writer: ShardWriter, dataset: _Dataset, ids: Sequence[str], 
     return result
 
 
-def open_store_for(storage: Storage, spec: Any, shard_size: int, dataset: _Dataset, ids: Sequence[str], *,
+def open_store_for(storage: Storage, spec: Any, shard_size: int, dataset: VideoDataset, ids: Sequence[str], *,
                    retry_failed: bool = False, replace: bool = False) -> tuple[ShardWriter, Reconciled]:
     """A :class:`ShardWriter` on ``storage`` for ``dataset``'s catalogue ``ids``, reconciled (:func:`reconcile_store`).
 
