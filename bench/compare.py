@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from linkedout import pipeline
+from linkedout.job.evaluation import evaluate_run
+from linkedout.job.split import build_split
+from linkedout.job.training import item_features_for, train_variant
+from linkedout.job.variants import parse_variant
 from linkedout.utils import configure_logging
 
 METRICS = ("HR@10", "NDCG@10")
@@ -38,18 +41,18 @@ def main() -> None:
     configure_logging("WARNING")
 
     data, features = args.workdir / "data", str(args.workdir / "features")
-    split = pipeline.build_split(data, features, cache_dir=args.workdir / "split")
-    item_features = pipeline.item_features_for(split, features)
+    split = build_split(data, features, cache_dir=args.workdir / "split")
+    item_features = item_features_for(split, features)
     variants = [v.strip() for v in args.variants.split(",")]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     t0 = time.perf_counter()
     for seed in args.seeds:
         for v in variants:
-            run_dir = args.workdir / "compare" / f"seed{seed}" / pipeline.parse_variant(v).name
+            run_dir = args.workdir / "compare" / f"seed{seed}" / parse_variant(v).name
             if not (run_dir / "eval.json").is_file():
-                pipeline.train_variant(data, features, run_dir, v, seed=seed, epochs=args.epochs, split=split,
+                train_variant(data, features, run_dir, v, seed=seed, epochs=args.epochs, split=split,
                                        item_features=item_features)
-                pipeline.evaluate_run(data, features, run_dir, split=split, item_features=item_features)
+                evaluate_run(data, features, run_dir, split=split, item_features=item_features)
             ev = json.loads((run_dir / "eval.json").read_text())
             runs[v].append({"seed": seed, **{p: {m: ev["full"][p][m] for m in METRICS} for p in PARTS},
                             "n_users": ev["full"]["n_users"]})
@@ -76,7 +79,7 @@ def main() -> None:
             for m in METRICS:
                 ms = cells_by_key[f"{p}/{m}"]
                 cells.append(f"{ms['mean']:.3f}" if ms["std"] == 0 else f"{ms['mean']:.3f} ± {ms['std']:.3f}")
-        print(f"| {pipeline.parse_variant(v).display} | " + " | ".join(cells) + " |")
+        print(f"| {parse_variant(v).display} | " + " | ".join(cells) + " |")
     out = {"workdir": str(args.workdir), "seeds": args.seeds, "num_items": split.num_items,
            "users": len(split.test.targets), "cold_test_users": int(split.test.cold.sum()),
            "seconds": time.perf_counter() - t0, "summary": summary, "runs": runs}

@@ -23,7 +23,7 @@ videos drawn uniformly from a liked topic (kept with probability ``stickiness`` 
 the next; no popularity), so content is all there is to learn. The interactions are split
 leave-one-out like the real data.
 
-Variants (the main job's expert design, ``pipeline.model_config_for``): the MoE (``linkedout``), the
+Variants (the main job's expert design, ``model_config_for``): the MoE (``linkedout``), the
 uniform average (``uniform``) and every single-layer ablation (``layer:N``), trained with the main
 job's schedule and scored on the test split (full catalogue, history masked). For the MoE it also
 reports the share of each video's gate mass on its informative layer (mean of ``pi[v, l*_v]``),
@@ -53,8 +53,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from linkedout import pipeline
 from linkedout.data.split import SplitData, leave_one_out
+from linkedout.job.variants import main_train_config, model_config_for, parse_variant
 from linkedout.utils import configure_logging, set_seed
 
 METRICS = ("HR@10", "NDCG@10")
@@ -139,7 +139,7 @@ class Planted:
 
     @property
     def spec(self) -> Any:
-        """What ``pipeline.model_config_for`` reads from a feature store's spec."""
+        """What ``model_config_for`` reads from a feature store's spec."""
         f = self.features
         return SimpleNamespace(layers=tuple(range(f.shape[1])), tokens=int(f.shape[2]), hidden=int(f.shape[3]))
 
@@ -189,8 +189,8 @@ def run_variant(planted: Planted, variant: str, seed: int, run_dir: Path, *, epo
 
     split = planted.split
     t0 = time.perf_counter()
-    mcfg = pipeline.model_config_for(pipeline.parse_variant(variant), planted.spec, d_model=d_model)
-    tcfg = pipeline.demo_train_config(seed=seed, epochs=epochs, batch_size=batch_size)
+    mcfg = model_config_for(parse_variant(variant), planted.spec, d_model=d_model)
+    tcfg = main_train_config(seed=seed, epochs=epochs, batch_size=batch_size)
     set_seed(seed)
     model = build_model(mcfg, split.num_items, split.item_counts)
     def validate(m: Any, eval_set: Any, _features: Any, cfg: Any, _split: Any) -> dict[str, float]:

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--eval-batch-size", type=int, default=1024)
     p.add_argument("--eval-repeats", type=int, default=3, help="timed evaluations (the median is reported)")
-    # The experts of the main job's embedded default (linkedout.pipeline.model_config_for).
+    # The experts of the main job's embedded default (linkedout.job.variants.model_config_for).
     p.add_argument("--expert-queries", type=int, default=4, help="learned queries per expert")
     p.add_argument("--expert-hidden", type=int, default=128, help="per-expert residual MLP width (0: none)")
     p.add_argument("--skip-eval", action="store_true")

@@ -40,8 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from linkedout import pipeline
 from linkedout.data.split import EvalSet, SplitData
+from linkedout.job.dataset import has_dataset
+from linkedout.job.evaluation import evaluate_run
+from linkedout.job.extraction import extract
+from linkedout.job.split import build_split
+from linkedout.job.training import item_features_for, train_variant
+from linkedout.job.variants import main_train_config, model_config_for, parse_variant
 from linkedout.utils import configure_logging, set_seed
 
 METRICS = ("HR@10", "NDCG@10")
@@ -111,7 +116,7 @@ def model_config(variant: str, spec: Any, ids: dict[str, Any]) -> Any:
 
     The key ``"fusion"`` of ``ids``, when there, replaces ``FusionConfig`` fields instead.
     """
-    cfg = pipeline.model_config_for(pipeline.parse_variant(variant), spec)
+    cfg = model_config_for(parse_variant(variant), spec)
     ids = dict(ids)
     fusion = ids.pop("fusion", {})
     return dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, **ids),
@@ -135,7 +140,7 @@ def train_and_validate(split: SplitData, item_features: Any, variant: str, ids: 
         return dict(json.loads(result_file.read_text()))
     spec = item_features.reader.spec
     mcfg = model_config(variant, spec, ids)
-    tcfg = pipeline.demo_train_config(seed=seed, epochs=epochs)
+    tcfg = main_train_config(seed=seed, epochs=epochs)
 
     def validate(model: Any, eval_set: Any, feats: Any, cfg: Any, _split: Any) -> dict[str, float]:
         res = evaluate(model, eval_set, feats if model.needs_features else None, exclude=exclude,
@@ -166,8 +171,8 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def select(args: argparse.Namespace) -> None:
     data, features = args.workdir / "data", str(args.workdir / "features")
-    base = pipeline.build_split(data, features, cache_dir=args.workdir / "split")
-    item_features = pipeline.item_features_for(base, features)
+    base = build_split(data, features, cache_dir=args.workdir / "split")
+    item_features = item_features_for(base, features)
     split, held = holdout_split(base, args.holdout, args.holdout_seed)
     exclude = list(base.train_sequences)
     print(f"pseudo-cold split: {len(held)} of {int((base.item_counts > 0).sum())} warm videos held out; "
@@ -218,8 +223,8 @@ def calibrate(args: argparse.Namespace) -> None:
     from linkedout.training.checkpoint import load_model_from_checkpoint
 
     data, features = args.workdir / "data", str(args.workdir / "features")
-    base = pipeline.build_split(data, features, cache_dir=args.workdir / "split")
-    item_features = pipeline.item_features_for(base, features)
+    base = build_split(data, features, cache_dir=args.workdir / "split")
+    item_features = item_features_for(base, features)
     split, held = holdout_split(base, args.holdout, args.holdout_seed)
     never = np.flatnonzero(base.item_counts == 0)
     never = never[never > 0]
@@ -283,16 +288,16 @@ def scale(args: argparse.Namespace) -> None:
     work = args.workdir
     data, features = work / "data", work / "features"
     t = time.perf_counter()
-    if not pipeline.has_dataset(data):
+    if not has_dataset(data):
         cfg = synth.SynthConfig.preset("microlens-100k", num_videos=args.videos, num_users=args.users)
         synth.generate(data, cfg)
     times["dataset_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    summary = pipeline.extract(data, features, (ExtractionConfig(shard_size=256), BackboneConfig()))
+    summary = extract(data, features, (ExtractionConfig(shard_size=256), BackboneConfig()))
     times["extract_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    split = pipeline.build_split(data, str(features), cache_dir=work / "split")
-    item_features = pipeline.item_features_for(split, str(features))
+    split = build_split(data, str(features), cache_dir=work / "split")
+    item_features = item_features_for(split, str(features))
     times["split_s"] = time.perf_counter() - t
     from linkedout.data.microlens import load_microlens
 
@@ -313,13 +318,13 @@ def scale(args: argparse.Namespace) -> None:
     variants = [v.strip() for v in args.variants.split(",")]
     rows: dict[str, dict[str, Any]] = {}
     for v in variants:
-        run_dir = work / "runs" / pipeline.parse_variant(v).name
+        run_dir = work / "runs" / parse_variant(v).name
         t = time.perf_counter()
         timing = run_dir / "bench_seconds.json"  # the first (real) run's time, kept for a re-run
         if not (run_dir / "eval.json").is_file():
-            pipeline.train_variant(data, str(features), run_dir, v, seed=args.seed, epochs=args.epochs, split=split,
+            train_variant(data, str(features), run_dir, v, seed=args.seed, epochs=args.epochs, split=split,
                                    item_features=item_features)
-            pipeline.evaluate_run(data, str(features), run_dir, split=split, item_features=item_features)
+            evaluate_run(data, str(features), run_dir, split=split, item_features=item_features)
             timing.write_text(json.dumps({"seconds": time.perf_counter() - t}))
         ev = json.loads((run_dir / "eval.json").read_text())
         res = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}

@@ -16,9 +16,9 @@ Data digests are cheap by design (a MicroLens-100K re-run must not re-read 100 k
   and last 256 KiB — the stat fields decide quickly that nothing changed, the sampled hash decides
   whether a file whose stat changed (copied, touched, replaced) holds other content.
 
-The stage functions stay plain functions with explicit inputs and outputs
-(:mod:`linkedout.pipeline`), so that the Kubeflow components call the same functions and reuse
-this module to decide what to skip.
+The main job's stage functions (:mod:`linkedout.job`) and the extraction's resume logic use it; it
+sits at the bottom of the library (beside :mod:`linkedout.utils`) because the feature shards and the
+trainer record fingerprints too.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from kfp import dsl
 
 from components.images import Images, images
 from pipelines import fragments
-from pipelines.fragments import DEFAULT_LAYERS
+from pipelines.fragments import BACKBONE, EXTRACTION
 from pipelines.tasks import GPU_TOLERATIONS, H100_NODE_SELECTOR
 
 
@@ -29,21 +29,8 @@ def build(img: Images) -> Any:
         dataset: str = "",
         preset: str = "small",
         features: str = "",
-        backbone: str = "tiny",
-        backbone_dtype: str = "auto",
-        backbone_seed: int = 0,
-        backbone_options: dict = {},  # noqa: B006 (KFP parameter defaults)
-        layers: list = DEFAULT_LAYERS,
-        prompts: list = [],  # noqa: B006
-        frames: int = 8,
-        frame_size: int = 224,
-        tokens: int = 64,
-        text_tokens: int = 8,
-        dtype: str = "float16",
-        frame_sampling: str = "exact",
-        extract_batch_size: int = 4,
-        shard_size: int = 64,
-        decode_workers: int = 2,
+        extraction: dict = EXTRACTION,
+        backbone: dict = BACKBONE,
         extract_workers: int = 8,
         extract_gpus: int = 1,
         accelerator: str = "nvidia.com/gpu",

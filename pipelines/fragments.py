@@ -8,15 +8,25 @@ from kfp import dsl
 
 import components as c
 from components.images import Images
-from linkedout.pipeline import DEFAULT_VARIANTS as _VARIANTS
+from linkedout.job.params import (
+    DEPLOY,
+    SERVED_VARIANT,
+    backbone_defaults,
+    extraction_defaults,
+    training_defaults,
+)
+from linkedout.job.variants import DEFAULT_VARIANTS
 from pipelines.tasks import GPU_EXTRACT, GPU_TRAIN, LIGHT, MEDIUM, on_cpu, on_gpus
 
-#: Parameter defaults shared by the pipelines (what a cluster run uses unless told otherwise).
-DEFAULT_LAYERS = [0, 4, 8, 12, 16, 20]
-#: The variants trained by default: the main job's (:data:`linkedout.pipeline.DEFAULT_VARIANTS`, one source).
-DEFAULT_VARIANTS = list(_VARIANTS)
-#: The model deployed by default: the first of them (``warmcold``).
-SERVED_VARIANT = DEFAULT_VARIANTS[0]
+#: The pipelines' parameter defaults, from the library's config dataclasses (:mod:`linkedout.job.params`):
+#: ``extraction`` / ``backbone`` / ``training`` are every field of ``ExtractionConfig`` / ``BackboneConfig`` /
+#: the main job's ``TrainConfig``; the deploy parameters' defaults are ``DeployConfig``'s.
+EXTRACTION = extraction_defaults()
+BACKBONE = backbone_defaults()
+TRAINING = training_defaults()
+VARIANTS = list(DEFAULT_VARIANTS)
+
+__all__ = ["BACKBONE", "DEPLOY", "EXTRACTION", "SERVED_VARIANT", "TRAINING", "VARIANTS"]
 
 
 def validate(img: Images, p: dict[str, Any]) -> Any:
@@ -26,14 +36,9 @@ def validate(img: Images, p: dict[str, Any]) -> Any:
 
 def extraction(img: Images, p: dict[str, Any], data: Any) -> Any:
     """plan shards -> ParallelFor(groups): extract shards on the GPU pool (retried) -> collect the index."""
-    plan = c.plan_shards(
-        workdir=p["workdir"], data=data, features=p["features"], layers=p["layers"], prompts=p["prompts"],
-        frames=p["frames"], frame_size=p["frame_size"], tokens=p["tokens"], text_tokens=p["text_tokens"],
-        dtype=p["dtype"], frame_sampling=p["frame_sampling"], batch_size=p["extract_batch_size"],
-        shard_size=p["shard_size"], decode_workers=p["decode_workers"], backbone=p["backbone"],
-        backbone_dtype=p["backbone_dtype"], backbone_seed=p["backbone_seed"], backbone_options=p["backbone_options"],
-        groups=p["extract_workers"], gpus=p["extract_gpus"], retry_failed=p["retry_failed"], force=p["force"],
-        s3_endpoint=p["s3_endpoint"])
+    plan = c.plan_shards(workdir=p["workdir"], data=data, features=p["features"], extraction=p["extraction"],
+                         backbone=p["backbone"], groups=p["extract_workers"], gpus=p["extract_gpus"],
+                         retry_failed=p["retry_failed"], force=p["force"], s3_endpoint=p["s3_endpoint"])
     on_cpu(plan, img, p["work_pvc"], LIGHT, name="plan shards")
     with dsl.ParallelFor(plan.output, name="shard-groups") as group:
         shard = c.extract_shards(plan=group.plan, group=group.group, gpus=p["extract_gpus"],
@@ -47,6 +52,14 @@ def extraction(img: Images, p: dict[str, Any], data: Any) -> Any:
     return on_cpu(index, img, p["work_pvc"], LIGHT, name="collect the index")
 
 
+def plan_training(img: Images, p: dict[str, Any], *, data: Any, features: Any, split: Any, variants: Any,
+                  model_variant: Any) -> Any:
+    task = c.plan_training(workdir=p["workdir"], data=data, features=features, split=split, variants=variants,
+                           model_variant=model_variant, training=p["training"], force=p["force"],
+                           s3_endpoint=p["s3_endpoint"])
+    return on_cpu(task, img, p["work_pvc"], LIGHT, name="plan training")
+
+
 def training_data(img: Images, p: dict[str, Any], data: Any, features: Any) -> Any:
     task = c.training_data(workdir=p["workdir"], data=data, features=features, feast_repo=p["feast_repo"],
                            force=p["force"], s3_endpoint=p["s3_endpoint"])
@@ -56,8 +69,8 @@ def training_data(img: Images, p: dict[str, Any], data: Any, features: Any) -> A
 def train_and_evaluate(img: Images, p: dict[str, Any], *, data: Any, features: Any, split: Any,
                        variant: Any) -> tuple[Any, Any]:
     """train (GPU, torchrun over the node's GPUs, retried) -> evaluate (Output[Metrics])."""
-    model = c.train(workdir=p["workdir"], data=data, features=features, split=split, variant=variant, seed=p["seed"],
-                    epochs=p["epochs"], gpus=p["train_gpus"], accelerator=p["accelerator"], force=p["force"],
+    model = c.train(workdir=p["workdir"], data=data, features=features, split=split, variant=variant,
+                    training=p["training"], gpus=p["train_gpus"], accelerator=p["accelerator"], force=p["force"],
                     s3_endpoint=p["s3_endpoint"])
     on_gpus(model, img, p["work_pvc"], accelerator=p["accelerator"], count=p["train_gpus"],
             node_selector=p["gpu_node_selector"], tolerations=p["gpu_tolerations"], resources=GPU_TRAIN,

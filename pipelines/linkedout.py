@@ -15,11 +15,10 @@ from typing import Any
 
 from kfp import dsl
 
-import components as c
 from components.images import Images, images
 from pipelines import fragments
-from pipelines.fragments import DEFAULT_LAYERS, DEFAULT_VARIANTS, SERVED_VARIANT
-from pipelines.tasks import GPU_TOLERATIONS, H100_NODE_SELECTOR, LIGHT, on_cpu
+from pipelines.fragments import BACKBONE, DEPLOY, EXTRACTION, SERVED_VARIANT, TRAINING, VARIANTS
+from pipelines.tasks import GPU_TOLERATIONS, H100_NODE_SELECTOR
 
 
 def build(img: Images) -> Any:
@@ -35,43 +34,29 @@ def build(img: Images) -> Any:
         dataset: str = "",
         preset: str = "small",
         features: str = "",
-        backbone: str = "tiny",
-        backbone_dtype: str = "auto",
-        backbone_seed: int = 0,
-        backbone_options: dict = {},  # noqa: B006 (KFP parameter defaults)
-        layers: list = DEFAULT_LAYERS,
-        prompts: list = [],  # noqa: B006
-        frames: int = 8,
-        frame_size: int = 224,
-        tokens: int = 64,
-        text_tokens: int = 8,
-        dtype: str = "float16",
-        frame_sampling: str = "exact",
-        extract_batch_size: int = 4,
-        shard_size: int = 64,
-        decode_workers: int = 2,
+        extraction: dict = EXTRACTION,
+        backbone: dict = BACKBONE,
         extract_workers: int = 8,
         extract_gpus: int = 1,
         max_failed_share: float = 0.01,
         retry_failed: bool = False,
-        variants: list = DEFAULT_VARIANTS,
+        variants: list = VARIANTS,
         model_variant: str = SERVED_VARIANT,
-        model_name: str = "linkedout",
-        epochs: int = 100,
-        seed: int = 42,
+        model_name: str = DEPLOY.model_name,
+        training: dict = TRAINING,
         train_gpus: int = 8,
         accelerator: str = "nvidia.com/gpu",
         gpu_node_selector: dict = H100_NODE_SELECTOR,
         gpu_tolerations: list = GPU_TOLERATIONS,
-        metric: str = "NDCG@10",
-        deploy_to: str = "kserve",
-        canary_percent: int = 10,
-        model_repository_uri: str = "s3://linkedout-models/model_repository",
-        namespace: str = "linkedout",
-        inference_service: str = "linkedout",
-        kube_api: str = "",
-        feast_repo: str = "",
-        query_k: int = 10,
+        metric: str = DEPLOY.metric,
+        deploy_to: str = DEPLOY.deploy_to,
+        canary_percent: int = DEPLOY.canary_percent,
+        model_repository_uri: str = DEPLOY.model_repository_uri,
+        namespace: str = DEPLOY.namespace,
+        inference_service: str = DEPLOY.inference_service,
+        kube_api: str = DEPLOY.kube_api,
+        feast_repo: str = DEPLOY.feast_repo,
+        query_k: int = DEPLOY.query_k,
         s3_endpoint: str = "",
         force: bool = False,
     ) -> str:
@@ -79,10 +64,8 @@ def build(img: Images) -> Any:
         data = fragments.validate(img, p).outputs["data"]
         features_uri = fragments.extraction(img, p, data).outputs["Output"]
         split = fragments.training_data(img, p, data, features_uri).outputs["Output"]
-        planned = on_cpu(c.plan_training(workdir=workdir, data=data, features=features_uri, split=split,
-                                         variants=variants, model_variant=model_variant, seed=seed, epochs=epochs,
-                                         force=force, s3_endpoint=s3_endpoint), img, work_pvc, LIGHT,
-                         name="plan training")
+        planned = fragments.plan_training(img, p, data=data, features=features_uri, split=split, variants=variants,
+                                          model_variant=model_variant)
         # The loop's tasks take their locations from the loop item, not from the upstream tasks: kfp.local
         # 2.17 replaces every task output given to a ParallelFor with the loop item.
         with dsl.ParallelFor(planned.output, name="variants") as run:

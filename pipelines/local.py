@@ -13,7 +13,7 @@ What the runner adds to ``kfp.local``:
 - every task's whole output goes to ``W/kfp/logs/<run>/<task>.log``; the console shows the
   steps' own lines, prefixed with the task, and kfp's task start/finish lines, without the
   executor's input dumps;
-- a failed task stops the run with that step's own error (:class:`linkedout.steps.StepFailed`:
+- a failed task stops the run with that step's own error (:class:`linkedout.job.step.StepFailed`:
   the step, the exception and its message, the task's log), not only kfp's "task failed";
   everything the earlier steps wrote stays and the next run reuses it;
 - kfp's caching stays off: what is reused is decided by the stage functions' fingerprints.
@@ -26,7 +26,9 @@ to two minutes in process start-up.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -35,7 +37,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,16 @@ from typing import Any
 from kfp import local
 from kfp.local import subprocess_task_handler
 
+from linkedout.extraction.backbone_config import BackboneConfig
+from linkedout.extraction.extractor import ExtractionConfig
+from linkedout.job.params import DEPLOY, MAIN_JOB_SHARD_SIZE, as_parameter, training_defaults
+from linkedout.job.step import ERRORS_ENV, StepFailed, read_errors
+from linkedout.job.variants import DEFAULT_VARIANTS, parse_variant
+from linkedout.utils import format_duration
+from linkedout.workdir import Workdir
+from pipelines import PIPELINES
 from pipelines.compile import build
+from pipelines.submit import package_of, parameters_of, parse_arguments
 
 KEEP_RUNS = 3
 
@@ -54,10 +65,8 @@ def run(name: str, arguments: Mapping[str, Any], workdir: str | os.PathLike[str]
 
     ``workdir`` holds kfp's records and the task logs (``W/kfp/``); the steps write where their
     arguments say (the pipelines' ``workdir`` parameter, normally the same directory). A failed
-    task raises :class:`linkedout.steps.StepFailed`.
+    task raises :class:`linkedout.job.step.StepFailed`.
     """
-    from linkedout.steps import ERRORS_ENV, StepFailed, read_errors
-
     pipeline = build(name, image)
     root = Path(workdir).resolve() / "kfp"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -232,22 +241,128 @@ def _prune(directory: Path, keep: int) -> None:
             old.unlink(missing_ok=True)
 
 
+# ------------------------------------------------------------------------------------ the main job
+
+#: What ``linkedout run --stop-after`` accepts: ``extract`` runs the ``extract`` pipeline alone; ``report`` the
+#: ``linkedout`` pipeline with ``deploy_to="none"`` (no export, Feast or serving).
+STOP_AFTER = ("extract", "report")
+
+
+def local_arguments(workdir: Path, *, preset: str = "small", data: Path | None = None, epochs: int | None = None,
+                    variants: Sequence[str] | None = None, seed: int = 42, extraction: ExtractionConfig | None = None,
+                    backbone: BackboneConfig | None = None, force: bool = False, retry_failed: bool = False,
+                    max_failed_share: float = 0.01, deploy_to: str = "local", extract_workers: int = 2,
+                    model_repository_uri: str = "", s3_endpoint: str = "") -> dict[str, Any]:
+    """The ``linkedout`` pipeline's arguments for a run on this machine (validated before anything runs).
+
+    ``extraction`` / ``backbone``: an ``ExtractionConfig`` / ``BackboneConfig`` (default: the paper's
+    layers and prompts, 8 frames at 224 px, K = 64, float16, shards of 64 videos, on the tiny seeded
+    backbone), passed whole as the pipeline's ``extraction`` / ``backbone`` parameters. GPU counts
+    are this machine's; the first variant is the model that is served.
+    """
+    names = tuple(variants) if variants else DEFAULT_VARIANTS
+    for name in names:
+        parse_variant(name)  # a bad name fails before any work
+    if not 0 <= max_failed_share <= 1:
+        raise ValueError(f"max_failed_share must be in [0, 1], got {max_failed_share}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    ecfg = extraction or ExtractionConfig(shard_size=MAIN_JOB_SHARD_SIZE)
+    bcfg = backbone or BackboneConfig()
+    bcfg.check()  # a missing GPU or checkpoint directory, before any work
+    import torch  # here: `linkedout --help` and the pipelines' compilation do not need it
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    training = {**training_defaults(), "seed": seed, **({"epochs": epochs} if epochs else {})}
+    return {
+        "workdir": str(Path(workdir).resolve()), "dataset": "" if data is None else str(Path(data).resolve()),
+        "preset": preset, "features": "", "extraction": as_parameter(dataclasses.asdict(ecfg)),
+        "backbone": as_parameter(dataclasses.asdict(bcfg)), "extract_workers": extract_workers,
+        "extract_gpus": min(gpus, 1), "max_failed_share": max_failed_share, "retry_failed": retry_failed,
+        "variants": list(names), "model_variant": names[0], "model_name": DEPLOY.model_name, "training": training,
+        "train_gpus": gpus, "deploy_to": deploy_to, "model_repository_uri": model_repository_uri,
+        "s3_endpoint": s3_endpoint, "force": force,
+    }
+
+
+def run_main_job(workdir: Path, *, preset: str = "small", data: Path | None = None, epochs: int | None = None,
+                 variants: Sequence[str] | None = None, seed: int = 42, stop_after: str | None = None,
+                 extraction: ExtractionConfig | None = None, backbone: BackboneConfig | None = None,
+                 force: bool = False, retry_failed: bool = False, max_failed_share: float = 0.01,
+                 extract_workers: int = 2) -> Path:
+    """The main job on the embedded default (``linkedout run``): the ``linkedout`` pipeline through kfp.local,
+    deployed to the local stack (Triton, the KServe transformer, Feast on loopback) and asked one gRPC
+    query. Returns the report's path (the feature store's with ``stop_after="extract"``).
+
+    What a re-run reuses is decided inside the stages (:mod:`linkedout.job`); ``force`` redoes, instead of
+    refusing, the stages whose recorded inputs differ; ``retry_failed`` tries every failed video again;
+    more failed videos than ``max_failed_share`` stop the job after extraction. A failed step raises
+    :class:`linkedout.job.step.StepFailed` with that step's own error.
+    """
+    if stop_after not in (None, *STOP_AFTER):
+        raise ValueError(f"stop_after must be one of {STOP_AFTER} (or None), got {stop_after!r}")
+    t0 = time.time()
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = local_arguments(workdir, preset=preset, data=data, epochs=epochs, variants=variants, seed=seed,
+                           extraction=extraction, backbone=backbone, force=force, retry_failed=retry_failed,
+                           max_failed_share=max_failed_share, extract_workers=extract_workers,
+                           deploy_to="none" if stop_after == "report" else "local")
+    name = "extract" if stop_after == "extract" else "linkedout"
+    if name == "extract":
+        accepted = parameters_of(package_of("extract"))
+        args = {k: v for k, v in args.items() if k in accepted}
+    print(f"== the {name!r} pipeline through kfp.local, one subprocess per task (their logs: "
+          f"{Workdir(workdir).kfp / 'logs'}/)", flush=True)
+    outputs = run(name, args, workdir)
+    took = format_duration(time.time() - t0)
+    if name == "extract":
+        features = Path(str(outputs.get("Output", Workdir(workdir).features)))
+        print(f"== features: {features}  ({took} in all)", flush=True)
+        return features
+    report = Path(str(outputs.get("Output", Workdir(workdir).report)))
+    print(f"== report: {report}", flush=True)
+    _print_outcome(Workdir(workdir), t0)
+    print(f"== done in {took}", flush=True)
+    return report
+
+
+def _print_outcome(work: Workdir, since: float) -> None:
+    """The deploy decision and the query's answer of this run (files the steps wrote after ``since``)."""
+    decision = _fresh_json(work.decision, since)
+    answer = _fresh_json(work.answer, since)
+    if decision is not None and not decision.get("deploy"):
+        print(f"== not deployed: {decision['reason']}\n   the serving model answers as before: "
+              f"linkedout serve --workdir {work.root}", flush=True)
+    if answer is not None:
+        first = answer["answers"][0]
+        print(f"== answer to the query: user {answer['user']}, top {len(first['items'])} of {first['model_version']}: "
+              f"{first['items']}", flush=True)
+        print(f"   serve it again: linkedout serve --workdir {work.root}\n"
+              f"   then ask it:    linkedout recommend --workdir {work.root} --user {answer['user']} --k 10 --explain",
+              flush=True)
+
+
+def _fresh_json(path: Path, since: float) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and float(doc.get("time", 0)) >= since else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.local NAME --workdir W key=value ...``: run any pipeline locally."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m pipelines.local", description=main.__doc__)
-    from pipelines import PIPELINES
-
     p.add_argument("name", choices=PIPELINES)
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("args", nargs="*", metavar="KEY=VALUE",
                    help="pipeline arguments, typed by the compiled pipeline's parameters (as `linkedout pipeline submit`)")
     a = p.parse_intermixed_args(argv)  # KEY=VALUE items may follow --workdir
-    from pipelines.submit import parse_arguments
-
     try:
-        arguments = parse_arguments(Path(__file__).with_name(f"{a.name}.yaml"),
+        arguments = parse_arguments(package_of(a.name),
                                     [f"workdir={a.workdir.resolve()}", *a.args])
     except (OSError, ValueError) as e:
         p.error(str(e))

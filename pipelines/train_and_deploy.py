@@ -13,11 +13,10 @@ from typing import Any
 
 from kfp import dsl
 
-import components as c
 from components.images import Images, images
 from pipelines import fragments
-from pipelines.fragments import SERVED_VARIANT
-from pipelines.tasks import GPU_TOLERATIONS, H100_NODE_SELECTOR, LIGHT, on_cpu
+from pipelines.fragments import DEPLOY, SERVED_VARIANT, TRAINING
+from pipelines.tasks import GPU_TOLERATIONS, H100_NODE_SELECTOR
 
 
 def build(img: Images) -> Any:
@@ -32,22 +31,21 @@ def build(img: Images) -> Any:
         workdir: str = "/work/linkedout",
         work_pvc: str = "linkedout-work",
         variant: str = SERVED_VARIANT,
-        model_name: str = "linkedout",
-        epochs: int = 100,
-        seed: int = 42,
+        model_name: str = DEPLOY.model_name,
+        training: dict = TRAINING,
         train_gpus: int = 8,
         accelerator: str = "nvidia.com/gpu",
         gpu_node_selector: dict = H100_NODE_SELECTOR,
         gpu_tolerations: list = GPU_TOLERATIONS,
-        metric: str = "NDCG@10",
-        deploy_to: str = "kserve",
-        canary_percent: int = 10,
-        model_repository_uri: str = "s3://linkedout-models/model_repository",
-        namespace: str = "linkedout",
-        inference_service: str = "linkedout",
-        kube_api: str = "",
-        feast_repo: str = "",
-        query_k: int = 10,
+        metric: str = DEPLOY.metric,
+        deploy_to: str = DEPLOY.deploy_to,
+        canary_percent: int = DEPLOY.canary_percent,
+        model_repository_uri: str = DEPLOY.model_repository_uri,
+        namespace: str = DEPLOY.namespace,
+        inference_service: str = DEPLOY.inference_service,
+        kube_api: str = DEPLOY.kube_api,
+        feast_repo: str = DEPLOY.feast_repo,
+        query_k: int = DEPLOY.query_k,
         s3_endpoint: str = "",
         force: bool = False,
     ) -> None:
@@ -55,10 +53,8 @@ def build(img: Images) -> Any:
         data = fragments.validate(img, p).outputs["data"]
         features_uri = features  # an extracted feature store (a directory or s3://), e.g. the extract pipeline's
         split = fragments.training_data(img, p, data, features_uri).outputs["Output"]
-        planned = on_cpu(c.plan_training(workdir=workdir, data=data, features=features_uri, split=split,
-                                         variants=[variant], model_variant=variant, seed=seed, epochs=epochs,
-                                         force=force, s3_endpoint=s3_endpoint), img, work_pvc, LIGHT,
-                         name="plan training")
+        planned = fragments.plan_training(img, p, data=data, features=features_uri, split=split, variants=[variant],
+                                          model_variant=variant)
         model, ev = fragments.train_and_evaluate(img, p, data=data, features=features_uri, split=split, variant=variant)
         model.after(planned)
         rep = fragments.report(img, p, data=data, features=features_uri, split=split,

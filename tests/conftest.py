@@ -10,6 +10,12 @@ from typing import Any
 
 import pytest
 
+from linkedout.job.dataset import ensure_dataset
+from linkedout.job.extraction import extract
+from linkedout.job.split import build_split
+from linkedout.job.training import item_features_for, item_side_info
+from linkedout.job.variants import model_config_for, parse_variant
+
 
 @dataclass
 class Toy:
@@ -23,36 +29,34 @@ class Toy:
 
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Toy:
-    from linkedout import pipeline
     from linkedout.extraction.extractor import ExtractionConfig
 
     root = tmp_path_factory.mktemp("toy")
-    data = pipeline.ensure_dataset(root / "data", "toy")
+    data = ensure_dataset(root / "data", "toy")
     features = root / "features"
-    pipeline.extract(data, features, (ExtractionConfig(num_frames=2, batch_size=8, shard_size=16), None))
-    split = pipeline.build_split(data, str(features))
-    return Toy(data, features, split, pipeline.item_features_for(split, str(features)))
+    extract(data, features, (ExtractionConfig(num_frames=2, batch_size=8, shard_size=16), None))
+    split = build_split(data, str(features))
+    return Toy(data, features, split, item_features_for(split, str(features)))
 
 
 def build_variant(variant: str, toy: Toy, *, seed: int = 7, d_model: int = 32) -> Any:
     """A model of ``variant`` over the toy catalogue with seeded, non-trivial random weights."""
     import torch
 
-    from linkedout import pipeline
     from linkedout.model import build_model
     from linkedout.model.recommender import LinkedOutRecommender
     from linkedout.utils import set_seed
 
-    v = pipeline.parse_variant(variant)
+    v = parse_variant(variant)
     from linkedout.model.config import FEATURE_KINDS
 
     spec = toy.item_features.reader.spec if v.kind in FEATURE_KINDS else None
-    cfg = pipeline.model_config_for(v, spec, d_model=d_model)
+    cfg = model_config_for(v, spec, d_model=d_model)
     set_seed(seed)
     model = build_model(cfg, toy.split.num_items, toy.split.item_counts)
     if v.side_info:
         assert isinstance(model, LinkedOutRecommender)
-        model.set_item_side_info(*pipeline.item_side_info(toy.data, toy.split.item_ids, cfg))
+        model.set_item_side_info(*item_side_info(toy.data, toy.split.item_ids, cfg))
     with torch.no_grad():  # make untrained parameters non-trivial (LayerNorm gains, biases)
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

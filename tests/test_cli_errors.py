@@ -141,12 +141,11 @@ def test_extract_fails_above_the_allowed_failed_share(data: Path, tmp_path: Path
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                          data: Path, tmp_path: Path) -> None:
-    from linkedout import pipeline
 
     def interrupted(*_a: object, **_k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "extract", interrupted)
+    monkeypatch.setattr("linkedout.job.extraction.extract", interrupted)
     assert main(["extract", "--data", str(data), "--out", str(tmp_path / "f")]) == 130
     err = capsys.readouterr().err
     assert err.strip() == ("linkedout extract: interrupted; everything written so far is kept: run the same "
@@ -178,14 +177,13 @@ def test_run_exits_1_when_the_extraction_step_finds_too_many_failed_videos(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """`linkedout run` exits as `extract` does (1) when the collect-index step stops on the failed share;
     any other failed step is an error of its own (2)."""
-    from linkedout import mainjob
-    from linkedout.steps import StepFailed
+    from linkedout.job.step import StepFailed
 
     def too_many(*_a: object, **_k: object) -> None:
         raise StepFailed("collect-index", "TooManyFailures", "3 of 8 videos failed (37.5 %) > --max-failed-share 1 %",
                          str(tmp_path / "collect-index.log"))
 
-    monkeypatch.setattr(mainjob, "run_all", too_many)
+    monkeypatch.setattr("pipelines.local.run_main_job", too_many)
     assert main(["run", "--workdir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "collect-index failed: TooManyFailures" in err and "--max-failed-share" in err
@@ -193,6 +191,6 @@ def test_run_exits_1_when_the_extraction_step_finds_too_many_failed_videos(
     def other(*_a: object, **_k: object) -> None:
         raise StepFailed("train", "StageMismatch", "train.seed: 42 -> 43")
 
-    monkeypatch.setattr(mainjob, "run_all", other)
+    monkeypatch.setattr("pipelines.local.run_main_job", other)
     assert main(["run", "--workdir", str(tmp_path)]) == 2
     assert "train.seed: 42 -> 43" in capsys.readouterr().err

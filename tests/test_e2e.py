@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from linkedout.extraction.extractor import ExtractionConfig
-from linkedout.mainjob import run_all
+from pipelines.local import run_main_job as run_all
 
 pytestmark = pytest.mark.integration
 

@@ -30,9 +30,8 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_catalog_add(args: argparse.Namespace) -> int:
-    from linkedout import publish
-    from linkedout.serving.local_server import refresh_served_model
-    from linkedout.serving.stack import StackError, read_stack
+    from linkedout.job.catalog import add_videos
+    from linkedout.serving.local import StackError, read_stack, refresh_served_model
 
     ids = None
     if args.ids:
@@ -41,7 +40,7 @@ def cmd_catalog_add(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--ids: expected comma-separated integers, got {args.ids!r}") from None
     w = args.workdir
-    out = publish.add_videos(args.videos, repository=w / "model_repository", name=args.model,
+    out = add_videos(args.videos, repository=w / "model_repository", name=args.model,
                              features=args.features or str(w / "features"), added_store=w / "features-added",
                              ids=ids, feast_dir=w / "feast", check=not args.no_check)
     try:

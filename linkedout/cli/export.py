@@ -37,10 +37,10 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from linkedout import publish
+    from linkedout.job.publish import default_repository_configs, export_run
 
     if args.configs_only:
-        for rel, text in publish.default_repository_configs(args.name or "linkedout").items():
+        for rel, text in default_repository_configs(args.name or "linkedout").items():
             path = args.repo / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
@@ -59,7 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     triton = TritonConfig(max_batch_size=args.max_batch_size, instance_kind=f"KIND_{args.instance_kind.upper()}")
     cfg = ExportConfig(name=args.name or str(run_cfg.get("variant") or args.run_dir.name), max_k=args.max_k,
                        triton=triton, replace=args.replace, cold_scale=args.cold_scale)
-    result = publish.export_run(data, features, args.run_dir, args.repo, config=cfg, s3_endpoint=args.s3_endpoint)
+    result = export_run(data, features, args.run_dir, args.repo, config=cfg, s3_endpoint=args.s3_endpoint)
     print(json.dumps(result.to_dict(), indent=2))
     if args.upload:
         keys = ModelRepository(args.repo).upload(args.upload, endpoint_url=args.s3_endpoint)

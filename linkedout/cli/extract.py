@@ -71,12 +71,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
         # Reach the store first, before torch and the backbone are even imported (seconds on a
         # loaded machine): an endpoint that never answers fails within the S3 bounds, naming it.
         open_storage(args.out, s3).exists("spec.json")
-    from linkedout import pipeline
     from linkedout.extraction.extractor import failures_document
+    from linkedout.job.extraction import TooManyFailures, check_failures, extract
     from linkedout.shards.verify import format_failures
 
-    summary = pipeline.extract(args.data, args.out, extraction_configs(args), s3_endpoint=s3,
-                               retry_failed=args.retry_failed, force=args.force)
+    summary = extract(args.data, args.out, extraction_configs(args), s3_endpoint=s3,
+                      retry_failed=args.retry_failed, force=args.force)
     if args.json:
         print(summary.to_json())
     else:
@@ -91,8 +91,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print("  " + format_failures(doc).replace("\n", "\n  "))
         print(f"  failure summary: {summary.uri}/failures.json")
     try:
-        pipeline.check_failures(summary, args.max_failed_share)
-    except pipeline.TooManyFailures as e:
+        check_failures(summary, args.max_failed_share)
+    except TooManyFailures as e:
         print(f"linkedout extract: {e}", flush=True)
         return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from linkedout.cli.common import Subparsers
@@ -18,7 +19,26 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_model_summary(args: argparse.Namespace) -> int:
-    from linkedout import pipeline
-
-    print(pipeline.model_summary(args.config, args.hidden))
+    print(model_summary(args.config, args.hidden))
     return 0
+
+
+def model_summary(config: Path | None, hidden: int) -> str:
+    import numpy as np
+    import torch
+
+    from linkedout.model import ModelConfig, build_model
+    from linkedout.model.summary import format_summary, paper_comparison, parameter_summary
+
+    if config is None:
+        return paper_comparison() if hidden in (3584, 4096) else _summary_at(hidden)
+    cfg = ModelConfig.from_dict(json.loads(Path(config).read_text()))
+    with torch.device("meta"):
+        model = build_model(cfg, 1000, np.ones(1001, dtype=np.int64))
+    return format_summary(parameter_summary(model), title=f"trainable parameters ({config}, 1,000 items)")
+
+
+def _summary_at(hidden: int) -> str:
+    from linkedout.model.summary import format_summary, paper_parameter_summary
+
+    return format_summary(paper_parameter_summary(hidden), title=f"paper config at D={hidden}")

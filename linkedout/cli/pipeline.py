@@ -54,9 +54,8 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from linkedout.mainjob import pipelines_module
+    import pipelines.compile as compile_
 
-    compile_ = pipelines_module("compile")
     names = list(PIPELINES) if args.name == "all" else [args.name]
     if args.out is not None and len(names) > 1:
         raise ValueError("--out names one file: compile one pipeline at a time")
@@ -66,9 +65,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from linkedout.mainjob import pipelines_module
+    import pipelines.submit as submit
 
-    submit = pipelines_module("submit")
     package = submit.package_of(args.pipeline)
     arguments = submit.parse_arguments(package, args.params)
     out = submit.submit(args.host, str(package), arguments, experiment=args.experiment, run_name=args.run_name,
@@ -79,11 +77,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
-    from linkedout.mainjob import pipelines_module
+    from pipelines.local import run
+    from pipelines.submit import package_of, parse_arguments
 
-    package = pipelines_module("submit").package_of(args.name)
-    arguments = pipelines_module("submit").parse_arguments(package, [f"workdir={args.workdir.resolve()}",
-                                                                     *args.params])
-    outputs = pipelines_module("local").run(args.name, arguments, args.workdir)
+    package = package_of(args.name)
+    arguments = parse_arguments(package, [f"workdir={args.workdir.resolve()}", *args.params])
+    outputs = run(args.name, arguments, args.workdir)
     print(json.dumps({k: str(v) for k, v in outputs.items()}, indent=2))
     return 0

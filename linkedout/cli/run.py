@@ -41,17 +41,16 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from linkedout import mainjob
+    from linkedout.job.step import StepFailed
+    from pipelines.local import run_main_job
 
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
     if args.extract_workers < 1:
         raise ValueError(f"--extract-workers must be >= 1, got {args.extract_workers}")
-    from linkedout.steps import StepFailed
-
     try:
-        mainjob.run_all(args.workdir, preset=args.preset, data=args.data, epochs=args.epochs, variants=variants,
-                        seed=args.seed, stop_after=args.stop_after, force=args.force, retry_failed=args.retry_failed,
-                        max_failed_share=args.max_failed_share, extract_workers=args.extract_workers)
+        run_main_job(args.workdir, preset=args.preset, data=args.data, epochs=args.epochs, variants=variants,
+                     seed=args.seed, stop_after=args.stop_after, force=args.force, retry_failed=args.retry_failed,
+                     max_failed_share=args.max_failed_share, extract_workers=args.extract_workers)
     except StepFailed as e:
         if e.error_type != "TooManyFailures":
             raise

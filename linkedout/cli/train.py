@@ -58,9 +58,9 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from linkedout import pipeline
+    from linkedout.job.training import train_variant
 
-    result = pipeline.train_variant(
+    result = train_variant(
         args.data, args.features, args.run_dir, args.variant, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, loss=args.loss, device=args.device, s3_endpoint=s3_options(args),
         force=args.force,
@@ -80,10 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from linkedout import pipeline
+    from linkedout.job.evaluation import evaluate_run
 
-    result = pipeline.evaluate_run(args.data, args.features, args.run_dir, which=args.split,
-                                   s3_endpoint=s3_options(args))
+    result = evaluate_run(args.data, args.features, args.run_dir, which=args.split, s3_endpoint=s3_options(args))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -96,8 +95,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from linkedout import pipeline
+    from linkedout.job.report import write_html_report
 
-    out = pipeline.report(args.runs, args.out, data=args.data, features=args.features, s3_endpoint=s3_options(args))
+    out = write_html_report(args.runs, args.out, data=args.data, features=args.features, s3_endpoint=s3_options(args))
     print(f"wrote {out}")
     return 0

@@ -115,7 +115,7 @@ def test_the_extract_fan_out_and_the_deploy_conditions() -> None:
 
 
 def test_the_defaults_are_the_main_jobs() -> None:
-    from linkedout.pipeline import DEFAULT_VARIANTS
+    from linkedout.job.variants import DEFAULT_VARIANTS
 
     spec, _ = _load(ROOT / "pipelines" / "linkedout.yaml")
     params = spec["root"]["inputDefinitions"]["parameters"]
@@ -123,6 +123,35 @@ def test_the_defaults_are_the_main_jobs() -> None:
     assert params["model_variant"]["defaultValue"] == DEFAULT_VARIANTS[0] == "warmcold"
     spec, _ = _load(ROOT / "pipelines" / "train_and_deploy.yaml")
     assert spec["root"]["inputDefinitions"]["parameters"]["variant"]["defaultValue"] == DEFAULT_VARIANTS[0]
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_every_parameter_is_declared_once_in_a_library_config(name: str) -> None:
+    """The configs travel whole: ``extraction`` / ``backbone`` / ``training`` default to every field of
+    ``ExtractionConfig`` / ``BackboneConfig`` / the main job's ``TrainConfig``, and the deploy parameters
+    default to ``DeployConfig``'s; no pipeline names a config field on its own."""
+    import dataclasses
+
+    from linkedout.extraction.backbone import BackboneConfig
+    from linkedout.extraction.extractor import ExtractionConfig
+    from linkedout.job.params import DeployConfig, config_from_dict
+    from linkedout.job.variants import main_train_config
+    from linkedout.training import TrainConfig
+
+    spec, _ = _load(ROOT / "pipelines" / f"{name}.yaml")
+    params = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    configs = {"extraction": ExtractionConfig, "backbone": BackboneConfig, "training": TrainConfig}
+    expected = {"extraction": ExtractionConfig(shard_size=64),  # the main job's shards (ExtractionConfig: 256)
+                "backbone": BackboneConfig(), "training": main_train_config()}
+    for key, cls in configs.items():
+        if key in params:
+            assert set(params[key]) == {f.name for f in dataclasses.fields(cls) if f.default is not None}
+            assert config_from_dict(cls, params[key], key) == expected[key]
+    for field in dataclasses.fields(DeployConfig):
+        if field.name in params:
+            assert params[field.name] == field.default, field.name
+    every_field = {f.name for cls in configs.values() for f in dataclasses.fields(cls)}
+    assert not every_field & set(params) - {"seed"}, "a config field is a pipeline parameter of its own"
 
 
 def test_the_images_come_from_one_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +250,8 @@ def test_linkedout_pipeline_submit_sends_the_compiled_pipeline_and_typed_argumen
     from linkedout.cli import main
 
     rc = main(["pipeline", "submit", "--host", kfp_api.url, "--run-name", "nightly", "--token", "t0ken",
-               "dataset=/work/microlens-100k", "epochs=20", "canary_percent=5", "layers=[0,8,20]",
+               "dataset=/work/microlens-100k", 'training={"epochs": 20}', "canary_percent=5",
+               'extraction={"layers": [0, 8, 20]}',
                "retry_failed=true", "max_failed_share=0.02"])
     assert rc == 0
     exp = kfp_api.sent("POST", "/apis/v2beta1/experiments")
@@ -241,7 +271,8 @@ def test_linkedout_pipeline_submit_sends_the_compiled_pipeline_and_typed_argumen
     assert len(steps) > 10 and all(c == {} for _, c in steps)  # {}: enableCache false
     assert "platform_spec" in run["pipeline_spec"]  # the kfp-kubernetes settings (GPU pool, volume, secrets)
     assert run["runtime_config"]["parameters"] == {
-        "dataset": "/work/microlens-100k", "epochs": 20, "canary_percent": 5, "layers": [0, 8, 20],
+        "dataset": "/work/microlens-100k", "training": {"epochs": 20}, "canary_percent": 5,
+        "extraction": {"layers": [0, 8, 20]},
         "retry_failed": True, "max_failed_share": 0.02}
     every = [r for r in kfp_api.requests if r["path"].startswith("/apis/v2beta1/")]
     assert all(r["headers"].get("authorization") == "Bearer t0ken" for r in every)
@@ -253,10 +284,10 @@ def test_submit_refuses_bad_arguments_before_sending_anything(kfp_api: _StandIn,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from linkedout.cli import main
 
-    for args, message in [(["epochs=many"], "parameter epochs: 'many' is not a number integer"),
-                          (["epoch=20"], "has no parameter 'epoch'"),
-                          (["layers={}"], "parameter layers: expected a JSON list"),
-                          (["--pipeline", "train_and_deploy", "epochs=1"], "needs dataset=..., features=...")]:
+    for args, message in [(["canary_percent=many"], "parameter canary_percent: 'many' is not a number integer"),
+                          (["epochs=20"], "has no parameter 'epochs'"),
+                          (["extraction=[0, 4]"], "parameter extraction: expected a JSON object"),
+                          (["--pipeline", "train_and_deploy", "canary_percent=1"], "needs dataset=..., features=...")]:
         assert main(["pipeline", "submit", "--host", kfp_api.url, *args]) == 2
         assert message in capsys.readouterr().err
     assert kfp_api.requests == []
@@ -274,28 +305,35 @@ def test_kfp_cli_run_submit_sends_the_yaml_and_its_arguments(kfp_api: _StandIn, 
     env = {**os.environ, "HOME": str(tmp_path)}
     done = subprocess.run([str(kfp), "--endpoint", kfp_api.url, "run", "submit",
                            "-e", "linkedout", "-r", "first-cluster-run", "-f", str(ROOT / "pipelines" / "linkedout.yaml"),
-                           "epochs=20", "canary_percent=5", "dataset=/work/microlens-100k"],
+                           'training={"epochs": 20}', "canary_percent=5", "dataset=/work/microlens-100k"],
                           capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert kfp_api.sent("POST", "/apis/v2beta1/experiments")[0]["body"]["display_name"] == "linkedout"
     run = _the_run(kfp_api)
     assert run["display_name"] == "first-cluster-run"
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "linkedout"
-    assert run["runtime_config"]["parameters"] == {"epochs": 20, "canary_percent": 5,
+    assert run["runtime_config"]["parameters"] == {"training": {"epochs": 20}, "canary_percent": 5,
                                                    "dataset": "/work/microlens-100k"}
     assert kfp_api.sent("GET", "/apis/v2beta1/runs/run-1")  # the CLI reads the run back to show it
     assert "run-1" in done.stdout
 
 
-def test_the_main_job_refuses_extraction_settings_its_pipeline_does_not_carry(tmp_path: Path) -> None:
+def test_the_main_job_carries_every_extraction_and_backbone_field(tmp_path: Path) -> None:
+    """``linkedout run``'s configs reach the pipeline whole (they were cut to the fields the pipeline named);
+    the stage rebuilds the same dataclasses from them."""
+    from linkedout.extraction.backbone import BackboneConfig
     from linkedout.extraction.extractor import ExtractionConfig
-    from linkedout.mainjob import local_arguments
+    from linkedout.job.params import config_from_dict
+    from pipelines.local import local_arguments
 
-    args = local_arguments(tmp_path, extraction=ExtractionConfig(shard_size=32, frame_sampling="keyframe"))
-    assert args["shard_size"] == 32 and args["frame_sampling"] == "keyframe"
-    for field, value in (("early_exit", False), ("decode_threads", 3)):
-        with pytest.raises(ValueError, match=field):
-            local_arguments(tmp_path, extraction=ExtractionConfig(**{field: value}))
+    ecfg = ExtractionConfig(shard_size=32, frame_sampling="keyframe", early_exit=False, decode_threads=3)
+    bcfg = BackboneConfig(seed=5, tiny_text_layers=8)
+    args = local_arguments(tmp_path, extraction=ecfg, backbone=bcfg, epochs=3, seed=7)
+    assert config_from_dict(ExtractionConfig, args["extraction"], "extraction") == ecfg
+    assert config_from_dict(BackboneConfig, args["backbone"], "backbone") == bcfg
+    assert args["training"]["epochs"] == 3 and args["training"]["seed"] == 7
+    with pytest.raises(ValueError, match=r"extraction: unknown field\(s\) \['frames'\]"):
+        config_from_dict(ExtractionConfig, {"frames": 4}, "extraction")
 
 
 def test_pipelines_local_command_types_its_arguments_like_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -306,12 +344,13 @@ def test_pipelines_local_command_types_its_arguments_like_submit(tmp_path: Path,
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(local, "run", lambda name, arguments, workdir: seen.update(name=name, arguments=arguments))
-    assert local.main(["extract", "--workdir", str(tmp_path), "shard_size=32", "layers=[0,4]", "retry_failed=true"]) == 0
+    assert local.main(["extract", "--workdir", str(tmp_path), 'extraction={"shard_size": 32, "layers": [0, 4]}',
+                       "retry_failed=true"]) == 0
     assert seen["name"] == "extract"
-    assert seen["arguments"]["shard_size"] == 32 and seen["arguments"]["layers"] == [0, 4]
+    assert seen["arguments"]["extraction"] == {"shard_size": 32, "layers": [0, 4]}
     assert seen["arguments"]["retry_failed"] is True and seen["arguments"]["workdir"] == str(tmp_path.resolve())
     for bad, message in ((["extract", "--workdir", str(tmp_path), "bogus=1"], "no parameter 'bogus'"),
-                         (["extract", "--workdir", str(tmp_path), "shard_size=x"], "shard_size"),
+                         (["extract", "--workdir", str(tmp_path), "extract_workers=x"], "extract_workers"),
                          (["nosuch", "--workdir", str(tmp_path)], "invalid choice")):
         with pytest.raises(SystemExit) as exc:
             local.main(bad)

@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from linkedout import pipeline
 from linkedout.data.synth import SynthConfig, generate
 from linkedout.extraction.extractor import ExtractionConfig
 from linkedout.fingerprint import StageMismatch, read_fingerprint
-from linkedout.mainjob import run_all
+from linkedout.job.dataset import dataset_digest, ensure_dataset
+from linkedout.job.extraction import extract
+from linkedout.job.split import build_split
+from linkedout.job.step import StepFailed
+from linkedout.job.training import train_variant
 from linkedout.shards import FeatureReader
-from linkedout.steps import StepFailed
+from pipelines.local import run_main_job as run_all
 
 FAST = ExtractionConfig(layers=(0, 4), num_frames=2, tokens=8, text_tokens=2, batch_size=8, shard_size=8,
                         decode_workers=0)
@@ -100,7 +103,7 @@ def test_another_dataset_is_refused_and_its_videos_are_not_appended(dataset: Pat
     assert "--force" in str(info.value)
     assert sorted(FeatureReader(workdir / "features").ids) == ids
     run_all(workdir, data=other, epochs=1, variants=VARIANTS, extraction=FAST, force=True, stop_after="report")  # every stage redone
-    assert read_fingerprint(workdir / "split").inputs["dataset"] == pipeline.dataset_digest(other)
+    assert read_fingerprint(workdir / "split").inputs["dataset"] == dataset_digest(other)
 
 
 def test_training_on_a_feature_store_of_another_dataset_is_refused(dataset: Path, tmp_path: Path) -> None:
@@ -109,14 +112,14 @@ def test_training_on_a_feature_store_of_another_dataset_is_refused(dataset: Path
     from linkedout.shards.storage import StoreMismatch
 
     features = str(tmp_path / "features")
-    pipeline.extract(dataset, features, (FAST, BackboneConfig()))
+    extract(dataset, features, (FAST, BackboneConfig()))
     other = _synth(tmp_path / "d2", seed=9)  # the same layout, prefix and ids; other videos and users
     with pytest.raises(StoreMismatch, match="another dataset"):
-        pipeline.build_split(other, features)
+        build_split(other, features)
     with pytest.raises(StoreMismatch, match="another dataset"):
-        pipeline.train_variant(other, features, tmp_path / "run", "linkedout", epochs=1)
+        train_variant(other, features, tmp_path / "run", "linkedout", epochs=1)
     assert not (tmp_path / "run").exists()  # refused before anything was written
-    assert pipeline.build_split(dataset, features).num_items > 0  # its own dataset still trains on it
+    assert build_split(dataset, features).num_items > 0  # its own dataset still trains on it
 
 
 def test_the_generated_dataset_of_another_preset_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,22 +130,22 @@ def test_the_generated_dataset_of_another_preset_is_refused(tmp_path: Path, monk
     monkeypatch.setitem(synth.PRESETS, "tiny", tiny)
     monkeypatch.setitem(synth.PRESETS, "tiny2", {**tiny, "num_videos": 7})
     root = tmp_path / "data"
-    pipeline.ensure_dataset(root, "tiny")
+    ensure_dataset(root, "tiny")
     with pytest.raises(StageMismatch, match=r"num_videos: 6 -> 7.*--force"):
-        pipeline.ensure_dataset(root, "tiny2")
-    assert pipeline.ensure_dataset(root, "tiny2", force=True) == root
+        ensure_dataset(root, "tiny2")
+    assert ensure_dataset(root, "tiny2", force=True) == root
     assert json.loads((root / "MicroLens-synth_synth_config.json").read_text())["num_videos"] == 7
     assert len(list((root / "MicroLens-synth_videos").glob("*.mp4"))) == 7  # the old files went
-    assert pipeline.ensure_dataset(root, "tiny2", seed=0) == root  # the same config: reused
+    assert ensure_dataset(root, "tiny2", seed=0) == root  # the same config: reused
 
 
 def test_the_split_is_rebuilt_when_the_tables_change(dataset: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
-    first = pipeline.build_split(data, None, cache_dir=tmp_path / "split")
+    first = build_split(data, None, cache_dir=tmp_path / "split")
     pairs = data / "MicroLens-synth_pairs.csv"
     lines = pairs.read_text().splitlines()
     pairs.write_text("\n".join(lines[:-3]) + "\n")  # a user loses their last interactions
-    second = pipeline.build_split(data, None, cache_dir=tmp_path / "split")
+    second = build_split(data, None, cache_dir=tmp_path / "split")
     assert second.digest() != first.digest()
-    assert pipeline.build_split(data, None, cache_dir=tmp_path / "split").digest() == second.digest()
+    assert build_split(data, None, cache_dir=tmp_path / "split").digest() == second.digest()

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from linkedout.steps import StepFailed
+from linkedout.job.step import StepFailed
 from pipelines import local
 
-#: A cheap extraction (2 layers, 2 frames, 8 tokens) in shards of 8 videos, two extraction tasks.
-EXTRACT = {"layers": [0, 4], "frames": 2, "tokens": 8, "text_tokens": 2, "shard_size": 8, "decode_workers": 0,
-           "extract_batch_size": 8, "extract_workers": 2, "extract_gpus": 0, "preset": ""}
+#: A cheap extraction (2 layers, 2 frames, 8 tokens) in shards of 8 videos (the fields not given keep
+#: ExtractionConfig's defaults), two extraction tasks.
+FAST = {"layers": [0, 4], "num_frames": 2, "tokens": 8, "text_tokens": 2, "shard_size": 8, "decode_workers": 0,
+        "batch_size": 8}
+EXTRACT = {"extraction": FAST, "extract_workers": 2, "extract_gpus": 0, "preset": ""}
 
 
 def _mtimes(paths: Any) -> dict[Path, int]:
@@ -57,7 +59,7 @@ def test_extract_rerun_skips_complete_shards_and_another_config_is_refused(
     plan = json.loads((work / "pipeline" / "shard-plan.json").read_text())
     assert plan["pending"] == []
     with pytest.raises(StepFailed) as info:
-        local.run("extract", {"workdir": str(work), "dataset": str(toy.data), **EXTRACT, "tokens": 4}, work,
+        local.run("extract", {"workdir": str(work), "dataset": str(toy.data), **EXTRACT, "extraction": {**FAST, "tokens": 4}}, work,
                   echo=False)
     e = info.value
     assert e.step == "plan-shards" and e.error_type == "StoreMismatch" and "--force" in e.message
@@ -65,11 +67,20 @@ def test_extract_rerun_skips_complete_shards_and_another_config_is_refused(
     assert _mtimes(shards) == shards  # the store of the other config is untouched
 
 
+def test_an_unknown_extraction_field_is_refused_naming_it(extracted: tuple[Path, dict[str, Any]], toy: Any) -> None:
+    work, _ = extracted
+    with pytest.raises(StepFailed) as info:
+        local.run("extract", {"workdir": str(work), "dataset": str(toy.data), **EXTRACT,
+                              "extraction": {**FAST, "frames": 4}}, work, echo=False)
+    assert info.value.step == "plan-shards" and "extraction: unknown field(s) ['frames']" in info.value.message
+
+
 @pytest.fixture(scope="module")
 def trained(toy: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """train_and_deploy on the toy features: first with a bad variant (fails at plan-training), then right."""
     work = tmp_path_factory.mktemp("train")
-    args = {"workdir": str(work), "dataset": str(toy.data), "features": str(toy.features), "epochs": 1, "train_gpus": 0,
+    args = {"workdir": str(work), "dataset": str(toy.data), "features": str(toy.features), "training": {"epochs": 1},
+            "train_gpus": 0,
             "deploy_to": "none"}
     with pytest.raises(StepFailed) as info:
         local.run("train_and_deploy", {**args, "variant": "no_such_model"}, work, echo=False)
@@ -117,11 +128,11 @@ def test_rerun_reuses_training_and_a_changed_seed_is_refused_then_redone_with_fo
     assert _mtimes(kept) == kept  # the same inputs: nothing trained, evaluated or written again
     before = (run / "eval.json").read_text()
     with pytest.raises(StepFailed) as info:
-        local.run("train_and_deploy", {**args, "seed": 43}, work, echo=False)
+        local.run("train_and_deploy", {**args, "training": {"epochs": 1, "seed": 43}}, work, echo=False)
     assert info.value.step == "plan-training" and info.value.error_type == "StageMismatch"
     assert "train.seed: 42 -> 43" in info.value.message and "--force" in info.value.message
     assert (run / "eval.json").read_text() == before  # the old results stay, and are not reported as new
-    local.run("train_and_deploy", {**args, "seed": 43, "force": True}, work, echo=False)
+    local.run("train_and_deploy", {**args, "training": {"epochs": 1, "seed": 43}, "force": True}, work, echo=False)
     assert json.loads((run / "eval.json").read_text())["seed"] == 43
     summary = json.loads((work / "summary.json").read_text())
     assert summary[0]["overall"] == json.loads((run / "eval.json").read_text())["full"]["overall"]

@@ -1,4 +1,4 @@
-"""Validate the dataset (or generate the synthetic one)."""
+"""The dataset: validated (or the synthetic one generated) — :func:`linkedout.job.dataset.validate_dataset`."""
 
 from typing import NamedTuple
 
@@ -14,9 +14,9 @@ def validate_dataset(workdir: str, dataset: str, preset: str, force: bool,
     """The dataset at ``dataset`` (empty: the synthetic ``preset`` at ``WORKDIR/data``), checked; its figures."""
     from collections import namedtuple
 
-    from linkedout import steps
+    from linkedout.job.dataset import validate_dataset
 
-    out = steps.validate_dataset(workdir=workdir, dataset=dataset, preset=preset, force=force)
+    out = validate_dataset(workdir=workdir, dataset=dataset, preset=preset, force=force)
     for key in ("users", "videos", "interactions"):
         stats.log_metric(key, out[key])
     stats.metadata["location"] = out["data"]

@@ -1,25 +1,29 @@
 """The extraction stage as a fan-out: plan the shards, extract groups of them in parallel, collect the index.
 
-:func:`linkedout.pipeline.extract` runs the extraction in one process. On a cluster the shards are
+:func:`extract` runs the extraction in one process (``linkedout extract``). On a cluster the shards are
 extracted by several GPU pods at once (the ``extract`` pipeline's ``ParallelFor``), so the same
 work is split in three plain functions with explicit inputs and outputs:
 
-1. :func:`plan_shards` (CPU, cheap; one task): the store is opened with the spec the extraction will
+1. :func:`plan_extraction` (CPU, cheap; one task): the store is opened with the spec the extraction will
    write (:func:`planned_spec`: computed from the configs, no weights loaded), a store of another
    extraction config or dataset is refused (``force``: emptied), the store is reconciled with the
    dataset (changed and failed videos dropped to be extracted again: the store's own resume
-   logic, :func:`linkedout.extraction.catalog.reconcile_store`), the shards are planned
+   logic, :func:`linkedout.extraction.reconcile.reconcile_store`), the shards are planned
    incrementally and dealt into ``groups``; the :class:`ShardPlan` is written to a JSON file that
    every later task reads (shard assignments can be large; pipeline parameters stay small).
 2. :func:`extract_group` (GPU; one task per group, retried on failure): the group's shards that
    are not complete yet are extracted (a re-run, or a retry after a crash, skips complete shards;
    a group with nothing left loads no backbone). Only this task writes its shards, so the groups
    never write the same object.
-3. :func:`collect_index` (CPU; the fan-in): every planned shard must be complete; ``index.json``
+3. :func:`finish_extraction` (CPU; the fan-in): every planned shard must be complete; ``index.json``
    and ``failures.json`` are written, and more failed videos than allowed stop the job.
 
 The spec of the loaded backbone is compared with the planned one before anything is written, so
 the plan and the extraction can never disagree silently.
+
+The main job's three steps (:func:`plan_shards`, :func:`extract_shards`, :func:`collect_index`) are
+these functions with the pipelines' plain parameters: the ``extraction`` and ``backbone`` dicts
+(:mod:`linkedout.job.params`), locations as strings.
 """
 
 from __future__ import annotations
@@ -28,16 +32,39 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import LlavaOnevisionConfig
+
+from linkedout.data.microlens import load_microlens, sort_ids
+from linkedout.extraction.backbone import load_backbone
+from linkedout.extraction.backbone_config import BackboneConfig, architecture_config, tiny_name
+from linkedout.extraction.extractor import (
+    ExtractionConfig,
+    ExtractionSummary,
+    LinkedOutExtractor,
+    decode_ahead,
+    extract_dataset,
+    failures_document,
+    feature_spec,
+)
+from linkedout.extraction.extractor import extract_shards as extract_shard_batches
+from linkedout.extraction.reconcile import open_store_for
+from linkedout.job.params import config_from_dict
+from linkedout.job.step import step
+from linkedout.shards import FeatureReader, FeatureSpec
+from linkedout.shards.info import format_info, info_from_store
+from linkedout.shards.layout import FAILURES_KEY
+from linkedout.shards.storage import ShardStoreError, open_storage
+from linkedout.shards.writer import ShardWriter
 from linkedout.utils import atomic_write_text, format_duration, get_logger
+from linkedout.workdir import Workdir
 
 log = get_logger(__name__)
-
-__all__ = ["ShardPlan", "collect_index", "extract_group", "plan_shards", "planned_spec"]
 
 PLAN_FORMAT = "linkedout-shard-plan"
 PLAN_VERSION = 1
@@ -94,9 +121,6 @@ class ShardPlan:
 
     def configs(self) -> tuple[Any, Any]:
         """``(ExtractionConfig, BackboneConfig)`` of the plan."""
-        from linkedout.extraction.backbone import BackboneConfig
-        from linkedout.extraction.extractor import ExtractionConfig
-
         return ExtractionConfig(**self.extraction), BackboneConfig(**self.backbone)
 
     def shard_list(self) -> list[list[str]]:
@@ -128,17 +152,11 @@ def planned_spec(extraction: Any, backbone: Any) -> Any:
     ``config.json`` (a directory or a hub id); a kept layer the backbone does not have is a
     ``ValueError`` here, before any task starts.
     """
-    from linkedout.extraction.backbone import _tiny_name, architecture_config
-    from linkedout.extraction.extractor import ExtractionConfig  # noqa: F401  (the type of ``extraction``)
-    from linkedout.shards import FeatureSpec
-
     src = backbone.source
     if src == "tiny" or src.startswith("random:"):
         config = architecture_config(backbone)
-        name = _tiny_name(backbone) if src == "tiny" else src
+        name = tiny_name(backbone) if src == "tiny" else src
     else:
-        from transformers import LlavaOnevisionConfig
-
         try:
             config = LlavaOnevisionConfig.from_pretrained(src, revision=backbone.revision)  # config.json only
         except OSError as e:
@@ -182,7 +200,7 @@ def deal(shards: Sequence[int], pending: Sequence[int], groups: int) -> list[lis
     return [sorted(g) for g in out if g]
 
 
-def plan_shards(data: Path, features: str, extraction: Any, backbone: Any, plan_path: str | os.PathLike[str], *,
+def plan_extraction(data: Path, features: str, extraction: ExtractionConfig, backbone: BackboneConfig, plan_path: str | os.PathLike[str], *,
                 groups: int = 1, gpus: int = 0, retry_failed: bool = False, force: bool = False,
                 s3_endpoint: Any = None) -> ShardPlan:
     """Plan the extraction of the dataset at ``data`` into the store ``features``; write the plan to ``plan_path``.
@@ -190,14 +208,8 @@ def plan_shards(data: Path, features: str, extraction: Any, backbone: Any, plan_
     ``gpus``: the GPUs each extraction task gets (``auto`` device and dtype are resolved for them);
     ``groups``: the most extraction tasks. See the module docstring for what is checked and when.
     """
-    import dataclasses as dc
-
-    from linkedout.data.microlens import load_microlens, sort_ids
-    from linkedout.extraction.catalog import open_store_for
-    from linkedout.shards.storage import open_storage
-
     backbone = resolve_device(backbone, gpus)
-    dc.replace(backbone, device="cpu").check()  # the checkpoint directory exists (the GPU is the task's)
+    dataclasses.replace(backbone, device="cpu").check()  # the checkpoint directory exists (the GPU is the task's)
     spec = planned_spec(extraction, backbone)
     dataset = load_microlens(data, check_videos=False)
     ids = sort_ids(str(x) for x in dataset.item_ids)
@@ -226,18 +238,6 @@ def extract_group(plan_path: str | os.PathLike[str], group: int, *, s3_endpoint:
 
     ``decoder``: see :func:`linkedout.extraction.extractor.extract_dataset`.
     """
-    from linkedout.data.microlens import load_microlens
-    from linkedout.extraction.backbone import load_backbone
-    from linkedout.extraction.extractor import (
-        LinkedOutExtractor,
-        _decode_ahead,
-        _extract_shards,
-        feature_spec,
-    )
-    from linkedout.shards import FeatureSpec
-    from linkedout.shards.storage import ShardStoreError, open_storage
-    from linkedout.shards.writer import ShardWriter
-
     plan = ShardPlan.load(plan_path)
     if not 0 <= group < len(plan.groups):
         raise ValueError(f"group {group} is not in the plan {plan_path} ({len(plan.groups)} groups)")
@@ -274,9 +274,9 @@ def extract_group(plan_path: str | os.PathLike[str], group: int, *, s3_endpoint:
         log.info("group %d: shard %d written (%d of %d; %d videos, %d failed); %.2f videos/s, ETA %s", group, shard,
                  len(done), len(todo), len(manifest.ids), len(manifest.failed), rate, format_duration(eta))
 
-    stream = _decode_ahead(dataset, ids, ecfg, decoder)
+    stream = decode_ahead(dataset, ids, ecfg, decoder)
     try:
-        out["encoded"] = _extract_shards(extractor, writer, plan.shard_list(), todo, iter(stream), written)
+        out["encoded"] = extract_shard_batches(extractor, writer, plan.shard_list(), todo, iter(stream), written)
     finally:
         stream.close()
     out["written"] = done
@@ -287,21 +287,15 @@ def extract_group(plan_path: str | os.PathLike[str], group: int, *, s3_endpoint:
 # ------------------------------------------------------------------------------------------- collect
 
 
-def collect_index(plan_path: str | os.PathLike[str], results: Sequence[dict[str, Any]] = (), *,
-                  max_failed_share: float = 1.0, s3_endpoint: Any = None) -> Any:
+def finish_extraction(plan_path: str | os.PathLike[str], results: Sequence[dict[str, Any]] = (), *,
+                      max_failed_share: float = 1.0, s3_endpoint: Any = None) -> ExtractionSummary:
     """The fan-in: check that every planned shard is complete, write ``index.json`` and ``failures.json``.
 
     ``results`` are the groups' :func:`extract_group` outputs (for the summary's counts). Returns the
     ``ExtractionSummary``; more failed videos than ``max_failed_share`` raise
-    :class:`linkedout.pipeline.TooManyFailures` after ``failures.json`` is written (the shards stay:
+    :class:`TooManyFailures` after ``failures.json`` is written (the shards stay:
     a re-run with a higher share, or with fixed files, resumes).
     """
-    from linkedout.extraction.extractor import ExtractionSummary, failures_document
-    from linkedout.pipeline import check_failures
-    from linkedout.shards import FeatureSpec
-    from linkedout.shards.storage import ShardStoreError, open_storage
-    from linkedout.shards.writer import FAILURES_KEY, ShardWriter
-
     plan = ShardPlan.load(plan_path)
     spec = FeatureSpec.from_dict(plan.spec)
     writer = ShardWriter(open_storage(plan.store, s3_endpoint), spec, int(plan.extraction["shard_size"]))
@@ -324,3 +318,94 @@ def collect_index(plan_path: str | os.PathLike[str], results: Sequence[dict[str,
              len(plan.shards), summary.shards_written, len(summary.failed), 100 * summary.failed_share)
     check_failures(summary, max_failed_share)
     return summary
+
+
+# ------------------------------------------------------------------------------- one process
+
+
+def extract(data: Path, out: str | Any, configs: tuple[Any, Any] | None = None, *,
+            s3_endpoint: Any = None, retry_failed: bool = False, force: bool = False) -> Any:
+    """Extract the features of every video of the dataset at ``data`` into the store ``out``.
+
+    ``configs``: ``(ExtractionConfig, BackboneConfig)``; ``s3_endpoint``: an endpoint URL or an
+    ``S3Config``; ``retry_failed``: try every failed video again; ``force``: a store of another
+    extraction config or dataset is emptied first instead of refused. See ``extract_dataset``.
+    """
+    ecfg, bcfg = configs if configs is not None else (None, None)
+    (bcfg or BackboneConfig()).check()  # a missing GPU or checkpoint directory, before any work
+    # Missing or corrupt videos are not a reason to stop: the extractor records each by id with the
+    # reason, and the split drops their interactions.
+    dataset = load_microlens(data, check_videos=False)
+    return extract_dataset(dataset, out if not isinstance(out, Path) else str(out), ecfg, bcfg,
+                           endpoint_url=s3_endpoint, retry_failed=retry_failed, replace=force)
+
+
+class TooManyFailures(ValueError):
+    """More videos failed to extract than the allowed share."""
+
+
+def check_failures(summary: Any, max_failed_share: float) -> None:
+    """:class:`TooManyFailures` when the extraction's failed share exceeds ``max_failed_share``."""
+    if summary.failed_share > max_failed_share:
+        raise TooManyFailures(
+            f"{len(summary.failed):,} of {summary.videos:,} videos could not be extracted "
+            f"({100 * summary.failed_share:.2f} % > the allowed {100 * max_failed_share:g} %, --max-failed-share); "
+            f"the reasons are in {summary.uri}/failures.json. Fix or remove the files and run again (changed files "
+            "are retried), or raise --max-failed-share")
+
+
+# ----------------------------------------------------------------------------------- the steps
+
+
+@step("plan-shards")
+def plan_shards(workdir: str, data: str, features: str = "", *, extraction: Mapping[str, Any] | None = None,
+                backbone: Mapping[str, Any] | None = None, groups: int = 1, gpus: int = 0, retry_failed: bool = False,
+                force: bool = False, s3_endpoint: str = "") -> dict[str, Any]:
+    """Plan the extraction into ``features`` (default ``W/features``) with the ``extraction`` / ``backbone``
+    configs (dicts of ``ExtractionConfig`` / ``BackboneConfig`` fields; missing ones take their defaults):
+    returns the plan's path and one item per group of shards (``{"plan", "group", "features"}``: what an
+    extraction task needs)."""
+    ecfg = config_from_dict(ExtractionConfig, extraction, "extraction")
+    bcfg = config_from_dict(BackboneConfig, backbone, "backbone")
+    work = Workdir.of(workdir)
+    store = features or str(work.features)
+    plan = plan_extraction(Path(data), store, ecfg, bcfg, work.shard_plan, groups=max(1, int(groups)), gpus=int(gpus),
+                           retry_failed=retry_failed, force=force, s3_endpoint=s3_endpoint or None)
+    items = [{"plan": str(work.shard_plan), "group": g, "features": store} for g in range(len(plan.groups))]
+    return {"plan": str(work.shard_plan), "features": store, "items": items, "shards": len(plan.shards),
+            "pending": len(plan.pending), "videos": plan.videos}
+
+
+@step("extract-shards", "group")
+def extract_shards(plan: str, group: int, gpus: int = 0, s3_endpoint: str = "") -> dict[str, Any]:
+    """Extract the incomplete shards of one group of the plan (``gpus``: what the task was given, for the log)."""
+    if gpus:
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if seen < gpus:
+            log.warning("the task asked for %d GPU(s) and sees %d", gpus, seen)
+    out = extract_group(plan, int(group), s3_endpoint=s3_endpoint or None)
+    return {**out, "plan": plan}
+
+
+@step("collect-index")
+def collect_index(results: Sequence[dict[str, Any]], max_failed_share: float = 0.01, s3_endpoint: str = "",
+                  plan: str = "") -> dict[str, Any]:
+    """The fan-in of the extraction: ``index.json``, ``failures.json``, the failure check; returns the figures.
+
+    ``results``: the extraction tasks' outputs (they name the plan, unless ``plan`` is given)."""
+    plans = {str(r["plan"]) for r in results if r.get("plan")} | ({plan} if plan else set())
+    if len(plans) != 1:
+        raise ValueError(f"collect-index: expected the results of one shard plan, got {sorted(plans) or 'none'}")
+    plan = plans.pop()
+    summary = finish_extraction(plan, list(results), max_failed_share=float(max_failed_share),
+                                     s3_endpoint=s3_endpoint or None)
+    if summary.failed:
+        print(f"== {len(summary.failed)} videos could not be decoded and have no features "
+              f"(all listed in {summary.uri}/failures.json):")
+        for vid, why in sorted(summary.failed.items())[:20]:
+            print(f"   {vid}: {why}")
+    print("== features\n" + format_info(info_from_store(FeatureReader(summary.uri, endpoint_url=s3_endpoint or None))),
+          flush=True)
+    return {"features": summary.uri, "videos": summary.videos, "failed": len(summary.failed),
+            "failed_share": summary.failed_share, "shards": summary.shards, "shards_written": summary.shards_written,
+            "encoded": summary.encoded}

@@ -1,0 +1,174 @@
+"""The live catalogue: new video files added to a served model's catalogue with no retraining and no restart
+(``linkedout catalog add``).
+
+Not a stage of the main job: an operation on what the main job published. The new videos are
+read by the frozen backbone with the feature shards' own extraction config, encoded by the
+published ONNX item encoder (content only: no ID row), appended as a new ranker version of the
+model repository, and written to Feast under that version.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linkedout.data.microlens import load_microlens
+from linkedout.export import ModelRepository, ranker_name, update_catalog
+from linkedout.export.catalog import parse_video_ids
+from linkedout.extraction.backbone import load_backbone
+from linkedout.extraction.backbone_config import BackboneConfig
+from linkedout.extraction.driver import extract_dataset
+from linkedout.extraction.extractor import ExtractionConfig, LinkedOutExtractor
+from linkedout.extraction.reconcile import read_dataset_doc
+from linkedout.extraction.video import decode_frames
+from linkedout.featurestore import open_repo, publish_model_version
+from linkedout.featurestore.write import Videos
+from linkedout.shards import FeatureReader
+from linkedout.utils import get_logger
+
+log = get_logger(__name__)
+
+
+class _VideoFiles:
+    """A ``VideoDataset`` over loose video files (what ``extract_dataset`` reads)."""
+
+    prefix = "catalog-additions"
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+        self.root = None
+
+    @property
+    def item_ids(self) -> list[str]:
+        return sorted(self.files, key=lambda v: int(v))
+
+    def video_path(self, item: str) -> Path:
+        return self.files[item]
+
+
+def extraction_of_store(features: str, *, backbone: Any = None, s3_endpoint: str | None = None) -> tuple[Any, Any]:
+    """``(ExtractionConfig, BackboneConfig)`` that reproduce a feature store's features, from its spec.
+
+    ``backbone`` (a ``BackboneConfig``) overrides the backbone (a path, a hub id, another device);
+    by default the store's recorded backbone and precision are used (the tiny backbone with its
+    default seed). ``add_videos`` checks the result on a video already in the store.
+    """
+    spec = FeatureReader(features, endpoint_url=s3_endpoint).spec
+    ecfg = ExtractionConfig(layers=tuple(spec.layers), prompts=tuple(spec.prompts), num_frames=spec.num_frames,
+                            frame_size=spec.frame_size, tokens=spec.tokens, dtype=spec.dtype,
+                            frame_sampling=spec.frame_sampling, shard_size=64, decode_workers=0)
+    if backbone is None:
+        dtype = spec.backbone_dtype if spec.backbone_dtype in ("float32", "bfloat16", "float16") else "auto"
+        backbone = BackboneConfig(dtype=dtype, **backbone_source_of(spec.backbone))
+    return ecfg, backbone
+
+
+def backbone_source_of(name: str) -> dict[str, Any]:
+    """``BackboneConfig`` fields from a store's recorded backbone name.
+
+    A checkpoint is recorded by its path or hub id (``@revision`` appended); the tiny seeded backbone
+    as ``tiny:seed=S,image=I/P,vision=HxL,text=HxL``.
+    """
+    if not name.startswith("tiny:"):
+        source, _, revision = name.partition("@")
+        return {"source": source, **({"revision": revision} if revision else {})}
+    fields = dict(part.split("=", 1) for part in name.removeprefix("tiny:").split(",") if "=" in part)
+    try:
+        image, patch = fields["image"].split("/")
+        vh, vl = fields["vision"].split("x")
+        th, tl = fields["text"].split("x")
+        return {"source": "tiny", "seed": int(fields["seed"]), "tiny_image_size": int(image),
+                "tiny_patch_size": int(patch), "tiny_vision_hidden": int(vh), "tiny_vision_layers": int(vl),
+                "tiny_text_hidden": int(th), "tiny_text_layers": int(tl)}
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"cannot read the tiny backbone's settings from {name!r}: {e}") from None
+
+
+def add_videos(videos: list[Path], *, repository: str | os.PathLike[str], name: str, features: str,
+               added_store: str | os.PathLike[str], ids: list[int] | None = None, feast_dir: Path | None = None,
+               titles: dict[int, str] | None = None, backbone: Any = None, check: bool = True,
+               s3_endpoint: str | None = None) -> dict[str, Any]:
+    """Add video files to the served catalogue of ``name``: no retraining, no restart.
+
+    1. the videos are read by the frozen backbone with the feature store's own extraction config
+       (``extraction_of_store``) into ``added_store`` (a feature store of their own: ``features``
+       keeps one dataset's catalogue); with ``check``, one video of ``features`` is extracted again
+       and must match its stored features, so that new and old videos live in one feature space;
+    2. ``update_catalog`` encodes them with the published ONNX item encoder (no ID row: content only)
+       and publishes a new ranker version with them appended;
+    3. with ``feast_dir``, their metadata and embeddings go to Feast under the new version.
+
+    ``ids`` default to the files' names (``1234.mp4`` is video 1234). Videos that cannot be decoded
+    are reported and left out; none decodable is an error. Returns a summary (new version, added,
+    failed). A running local stack picks the version up by itself (``LocalStack`` follows the
+    repository); ``refresh`` below makes it immediate.
+    """
+    if not videos:
+        raise ValueError("no videos to add")
+    paths = [Path(v) for v in videos]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"video file(s) not found: {missing[:5]}")
+    if ids is None:
+        try:
+            id_arr = parse_video_ids([p.stem for p in paths])
+        except ValueError as e:
+            raise ValueError(f"{e}; name the files by video id (1234.mp4) or give --ids") from None
+    else:
+        if len(ids) != len(paths):
+            raise ValueError(f"{len(ids)} ids for {len(paths)} videos")
+        id_arr = parse_video_ids(ids)
+    if len(set(id_arr.tolist())) != len(id_arr):
+        raise ValueError("the videos to add hold duplicate ids")
+    ecfg, bcfg = extraction_of_store(features, backbone=backbone, s3_endpoint=s3_endpoint)
+    model = load_backbone(bcfg)
+    if check:
+        _check_reproduces(features, ecfg, model, s3_endpoint)
+    files = {str(int(i)): p for i, p in zip(id_arr, paths)}
+    summary = extract_dataset(_VideoFiles(files), str(added_store), ecfg, model)
+    ok = [int(v) for v in files if v not in summary.failed]
+    if not ok:
+        raise ValueError(f"none of the videos could be decoded: {dict(list(summary.failed.items())[:5])}")
+    feats = FeatureReader(str(added_store)).get_many([str(v) for v in ok])  # (M, L, K, D)
+    now = int(time.time() * 1000)
+    version, catalog = update_catalog(repository, name, add_ids=ok, add_features=feats,
+                                      add_published=np.full(len(ok), now, dtype=np.int64))
+    out: dict[str, Any] = {"model": name, "version": version, "added": ok, "failed": dict(summary.failed),
+                           "catalogue": catalog.num_items}
+    if feast_dir is not None and (Path(feast_dir) / "feature_store.yaml").is_file():
+        vdir = ModelRepository(repository).version_dir(ranker_name(name), version)
+        new = Videos.from_catalog(vdir, titles or {}).subset(ok)
+        publish_model_version(open_repo(Path(feast_dir)), name, version, new)
+        out["feast"] = str(feast_dir)
+    log.info("catalogue of %s: version %d with %d new videos (%d failed)", name, version, len(ok), len(summary.failed))
+    return out
+
+
+def _check_reproduces(features: str, ecfg: Any, backbone: Any, s3_endpoint: str | None) -> None:
+    """Extract one stored video again and compare: the new videos must share the store's feature space."""
+    reader = FeatureReader(features, endpoint_url=s3_endpoint)
+    doc = read_dataset_doc(reader.storage) or {}
+    root = doc.get("root")
+    if not root or not Path(root).is_dir():
+        log.warning("cannot check that the new videos share %s's features (its dataset %s is not here); "
+                    "trusting the spec", features, root)
+        return
+    dataset = load_microlens(Path(root), check_videos=False)
+    for vid in list(reader.ids)[:5]:
+        path = dataset.video_path(vid)
+        if not path.is_file():
+            continue
+        frames = decode_frames(path, ecfg.num_frames, ecfg.frame_size, sampling=ecfg.frame_sampling)
+        got = LinkedOutExtractor(backbone, ecfg).encode(frames[None])[0]  # (L, K, D)
+        want = reader.get(vid)
+        scale = float(np.abs(want).max()) or 1.0
+        err = float(np.abs(got - want).max()) / scale
+        if err > 2e-2:
+            raise ValueError(f"the backbone does not reproduce {features}'s features (video {vid}: max relative "
+                             f"difference {err:.3g}): give the backbone the store was extracted with (--backbone)")
+        return
+    log.warning("no video of %s found under %s to check against; trusting the spec", features, root)
