@@ -196,7 +196,7 @@ def ranker_sizes(repo_dir: Path, sizes: list[int], n: int, runs: int) -> dict[st
     import onnxruntime as ort
 
     from linkedout.export import Catalog
-    from linkedout.export.exporter import swap_catalog_table
+    from linkedout.export.update import swap_catalog_table
 
     base = repo_dir / "linkedout_ranker" / "1"
     out: dict[str, Any] = {}

@@ -34,7 +34,7 @@ from linkedout.export import (
     ranker_name,
     update_catalog,
 )
-from linkedout.export.exporter import topk_mismatch
+from linkedout.export.checks import topk_mismatch
 from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
 from linkedout.shards import FeatureReader
 

@@ -1,11 +1,13 @@
 """Export: ONNX graphs of the item encoder and the ranker, the Triton model repository, the catalogue.
 
 - ``graphs``: ``EncoderGraph`` and ``RankerGraph`` over any ``Recommender``, ``export_onnx``;
-- ``catalog``: ``Catalog``, the videos a ranker version serves (ids <-> rows, embeddings, gates);
+- ``catalog``: ``Catalog``, the live catalogue of a served model: the videos a ranker version
+  serves (ids <-> rows, embeddings, gates) and its version's metadata;
 - ``repository``: ``ModelRepository`` (versions, publish, retire, roll back, upload) and
   ``config_pbtxt`` for Triton's ONNX Runtime backend;
-- ``exporter``: ``export_model`` (checkpoint -> encoder + ranker versions, checked against PyTorch)
-  and ``update_catalog`` (add or remove videos: a new ranker version, no retraining).
+- ``exporter``: ``export_model`` (checkpoint -> encoder + ranker versions, checked against PyTorch);
+- ``checks``: the checks of an export, onnxruntime against PyTorch or NumPy;
+- ``update``: ``update_catalog`` (add or remove videos: a new ranker version, no retraining).
 
 The contracts are in docs/serving.md §1. ``catalog`` needs numpy only (the KServe transformer reads
 it); the rest needs torch, onnx and onnxruntime, and no server package.
@@ -21,8 +23,8 @@ from linkedout.export.catalog import Catalog, CatalogError
 # heavy parts (torch, onnx) load on first use, so that the transformer can read catalogues alone
 _LAZY = {
     "ExportConfig": "exporter", "ExportResult": "exporter", "encoder_name": "exporter", "export_model": "exporter",
-    "ranker_name": "exporter", "update_catalog": "exporter", "export_ranker": "exporter",
-    "swap_catalog_table": "exporter",
+    "ranker_name": "exporter", "export_ranker": "exporter",
+    "update_catalog": "update", "swap_catalog_table": "update",
     "ModelRepository": "repository", "RepositoryError": "repository", "TritonConfig": "repository",
     "config_pbtxt": "repository",
 }

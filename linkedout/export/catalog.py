@@ -1,4 +1,9 @@
-"""The catalogue a ranker version serves: which video is which row, and what is known of each.
+"""The catalogue: the live list of videos a served model recommends from, one version per ranker version.
+
+This is what "catalogue" means in LinkedOut: which video is which row of a ranker version, and what
+is known of each. Each published ``NAME_ranker`` version carries its own catalogue; adding or
+removing videos publishes a new ranker version with a new catalogue (``linkedout.export.update``),
+and the transformer serves the catalogue of the version it routes to.
 
 A ``Catalog`` holds, in row order (row ``r`` of the ranker is ``ids[r-1]``; row 0 is padding):
 ``ids`` int64 (N,), ``embeddings`` float32 (N, d), ``gate`` and ``contributions`` float32 (N, L)
@@ -52,7 +57,7 @@ def parse_video_ids(ids: Iterable[object]) -> np.ndarray:
 
 @dataclass
 class Catalog:
-    """One catalogue version; see the module docstring for the arrays."""
+    """One catalogue version: the videos of one ranker version (module docstring for the arrays)."""
 
     ids: np.ndarray
     embeddings: np.ndarray

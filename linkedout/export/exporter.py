@@ -1,4 +1,4 @@
-"""Export a trained recommender into a versioned Triton model repository, and change its catalogue live.
+"""Export a trained recommender into a versioned Triton model repository.
 
 ``export_model`` (any model under the ``Recommender`` contract):
 
@@ -6,29 +6,24 @@
    random features and on the catalogue's own features (max abs diff <= ``tolerance``);
 2. encodes the whole catalogue once (PyTorch, batched) into the embedding table, gate weights and
    layer contributions;
-3. exports the ranker (``RankerGraph``, the table inside; ``export_ranker``) and checks onnxruntime against PyTorch on
-   random histories: identical top-K rows, scores within ``tolerance``;
+3. exports the ranker (``RankerGraph``, the table inside; ``export_ranker``) and checks onnxruntime
+   against PyTorch on random histories: identical top-K rows, scores within ``tolerance``;
 4. publishes a new version of ``NAME_encoder`` and of ``NAME_ranker`` (with the catalogue files).
 
-``update_catalog`` adds and removes videos with no retraining and no PyTorch: the new videos are
-encoded by the published ONNX encoder (``id_rows`` 0: content only, no ID row), the parent ranker's
-ONNX graph gets the new embedding table (its ``table`` and ``never`` initializers are replaced), the
-result is checked against a NumPy recomputation of the ranking from its own ``user`` output, and a new
-ranker version is published. The parent version keeps serving until the new one is loaded.
+The checks are in ``linkedout.export.checks``; changing the catalogue of a published model with no
+retraining is ``linkedout.export.update``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +31,41 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from linkedout.export.catalog import Catalog, CatalogError, parse_video_ids
+from linkedout.evaluation.encode import ItemFeatureFn
+from linkedout.export.catalog import Catalog, parse_video_ids
+from linkedout.export.checks import (
+    check_table_initializers,
+    max_abs_diff,
+    onnx_session,
+    random_histories,
+    require,
+    topk_mismatch,
+)
 from linkedout.export.graphs import (
     EncoderGraph,
     GraphSpec,
     RankerGraph,
     encoder_spec,
     export_onnx,
-    graph_spec_of,
     max_history,
-    never_row,
-    padded_table,
     ranker_spec,
 )
-from linkedout.export.repository import ModelRepository, RepositoryError, TritonConfig, config_pbtxt
+from linkedout.export.repository import ModelRepository, TritonConfig, config_pbtxt
 from linkedout.model.base import Recommender
-from linkedout.utils import atomic_write_text, get_logger, progress
+from linkedout.utils import atomic_write_text, get_logger, progress, utc_now
 
 log = get_logger(__name__)
 
-__all__ = ["ExportConfig", "ExportResult", "encoder_name", "export_model", "export_ranker", "ranker_name",
-           "swap_catalog_table", "update_catalog"]
-
-ItemFeatureFn = Callable[[Tensor], Tensor]
+__all__ = ["ExportConfig", "ExportResult", "encoder_name", "export_model", "export_ranker", "ranker_name"]
 
 
 def encoder_name(name: str) -> str:
+    """The repository name of model NAME's item encoder: ``NAME_encoder``."""
     return f"{name}_encoder"
 
 
 def ranker_name(name: str) -> str:
+    """The repository name of model NAME's ranker (with its catalogue): ``NAME_ranker``."""
     return f"{name}_ranker"
 
 
@@ -125,46 +125,17 @@ class ExportResult:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def _session(path: str | os.PathLike[str]) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: no constant-folding chatter
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _max_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    return max((float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) if x.size else 0.0)
-               for x, y in zip(a, b))
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise RepositoryError(f"export check failed: {what}")
+# ---------------------------------------------------------------------------------------------- export
 
 
 def _encoder_inputs(spec: GraphSpec, id_rows: np.ndarray, features: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The onnxruntime feeds of an encoder with ``spec``: ``id_rows``, and ``features`` when it reads them."""
     feeds = {"id_rows": id_rows.astype(np.int64)}
     if any(t.name == "features" for t in spec.inputs):
         if features is None:
             raise ValueError("this encoder reads backbone features: give them")
         feeds["features"] = features.astype(np.float32)
     return feeds
-
-
-def _random_histories(n_items: int, t: int, users: int, rng: np.random.Generator) -> np.ndarray:
-    """(users, T) int64: left-padded histories of random length 1..T over rows 1..N (repeats allowed)."""
-    hist = np.zeros((users, t), dtype=np.int64)
-    for u in range(users):
-        length = int(rng.integers(1, t + 1))
-        hist[u, t - length:] = rng.integers(1, n_items + 1, size=length)
-    return hist
-
-
-# ---------------------------------------------------------------------------------------------- export
 
 
 def export_model(
@@ -195,7 +166,6 @@ def export_model(
     ids = parse_video_ids(item_ids[1:])
     if model.needs_features and item_features is None:
         raise ValueError(f"{type(model).__name__} reads backbone features: give item_features")
-    rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     checks: dict[str, float] = {}
@@ -215,47 +185,18 @@ def export_model(
             ex_args = (ex_rows, probe_feats[: len(ex_rows)])
         export_onnx(enc_graph, ex_args, enc_spec, enc_file)
         seconds["export_encoder"] = time.perf_counter() - t0
-        sess = _session(enc_file)
-        probes: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-        m = min(cfg.check_samples, n)
-        rand_rows = rng.integers(0, n + 1, size=m).astype(np.int64)  # 0 = not in training
-        rand_feats = (rng.standard_normal((m, *feat_shape)).astype(np.float32) if feat_shape else None)
-        probes.append(("random", rand_rows, rand_feats))
-        probes.append(("catalogue", probe_rows.numpy(), None if probe_feats is None else probe_feats.numpy()))
-        for what, rows_np, feats_np in probes:
-            got = sess.run(None, _encoder_inputs(enc_spec, rows_np, feats_np))
-            with torch.no_grad():
-                want = enc_graph(torch.from_numpy(rows_np), None if feats_np is None else torch.from_numpy(feats_np))
-            diff = _max_diff(got, [w.numpy() for w in want])
-            checks[f"encoder_{what}_max_abs_diff"] = diff
-            _check(diff <= cfg.tolerance, f"encoder on {what} inputs differs from PyTorch by {diff:.3g} > {cfg.tolerance}")
+        _check_encoder(enc_file, enc_graph, enc_spec, probe_rows, probe_feats, feat_shape, n, cfg, checks)
 
         # 2. the catalogue, encoded once
         t1 = time.perf_counter()
-        emb, gate, contrib = _encode_catalogue(enc_graph, n, item_features, cfg.batch_size)
+        catalog = _catalogue(enc_graph, ids, item_features, popularity, published, layers, cfg.batch_size)
         seconds["encode_catalogue"] = time.perf_counter() - t1
-        counts = np.zeros(n + 1, dtype=np.int64) if popularity is None else np.asarray(popularity, dtype=np.int64)
-        if counts.shape != (n + 1,):
-            raise ValueError(f"popularity must be [N+1={n + 1}], got {counts.shape}")
-        pub = np.zeros(n, dtype=np.int64) if published is None else np.asarray(published, dtype=np.int64)
-        names = list(layers) if layers is not None else [f"layer{i}" for i in range(gate.shape[1])]
-        catalog = Catalog(ids=ids, embeddings=emb, gate=gate, contributions=contrib, popularity=counts[1:],
-                          published=pub, layers=names if gate.shape[1] else [])
 
         # 3. publish the encoder, then the ranker over the catalogue (checked against PyTorch)
         src = dict(source or {})
         src.setdefault("model_class", type(model).__name__)
         src.setdefault("model_config", getattr(getattr(model, "config", None), "to_dict", dict)())
-        enc_cfg = config_pbtxt(encoder_name(cfg.name), enc_spec, cfg.triton)
-        id_rows = {str(int(v)): r for r, v in enumerate(ids.tolist(), start=1)}
-
-        def write_encoder(d: Path, version: int) -> None:
-            os.replace(enc_file, d / "model.onnx")
-            atomic_write_text(d / "id_rows.json", json.dumps(id_rows))
-            atomic_write_text(d / "export.json", json.dumps(
-                {"spec": enc_spec.to_dict(), "source": src, "checks": checks}, indent=2, default=str))
-
-        ev = repo.publish(encoder_name(cfg.name), enc_cfg, enc_spec, write_encoder, replace=cfg.replace)
+        ev = _publish_encoder(repo, enc_file, enc_spec, ids, src, checks, cfg)
         t2 = time.perf_counter()
         rv = export_ranker(model, catalog, repo, cfg, encoder_version=ev, source=src, checks=checks)
         seconds["export_ranker"] = time.perf_counter() - t2
@@ -263,6 +204,57 @@ def export_model(
     log.info("exported %s: encoder v%d, ranker v%d, %d videos, checks %s", cfg.name, ev, rv, n,
              {k: round(v, 8) for k, v in checks.items()})
     return ExportResult(cfg.name, str(repo.root), ev, rv, n, checks, seconds)
+
+
+def _check_encoder(enc_file: Path, enc_graph: EncoderGraph, enc_spec: GraphSpec, probe_rows: Tensor,
+                   probe_feats: Tensor | None, feat_shape: tuple[int, ...] | None, n: int, cfg: ExportConfig,
+                   checks: dict[str, float]) -> None:
+    """onnxruntime against PyTorch on random rows and features, then on the catalogue's own (into ``checks``)."""
+    rng = np.random.default_rng(0)
+    sess = onnx_session(enc_file)
+    probes: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    m = min(cfg.check_samples, n)
+    rand_rows = rng.integers(0, n + 1, size=m).astype(np.int64)  # 0 = not in training
+    rand_feats = (rng.standard_normal((m, *feat_shape)).astype(np.float32) if feat_shape else None)
+    probes.append(("random", rand_rows, rand_feats))
+    probes.append(("catalogue", probe_rows.numpy(), None if probe_feats is None else probe_feats.numpy()))
+    for what, rows_np, feats_np in probes:
+        got = sess.run(None, _encoder_inputs(enc_spec, rows_np, feats_np))
+        with torch.no_grad():
+            want = enc_graph(torch.from_numpy(rows_np), None if feats_np is None else torch.from_numpy(feats_np))
+        diff = max_abs_diff(got, [w.numpy() for w in want])
+        checks[f"encoder_{what}_max_abs_diff"] = diff
+        require(diff <= cfg.tolerance, f"encoder on {what} inputs differs from PyTorch by {diff:.3g} > {cfg.tolerance}")
+
+
+def _catalogue(enc_graph: EncoderGraph, ids: np.ndarray, item_features: ItemFeatureFn | None,
+               popularity: np.ndarray | None, published: np.ndarray | None, layers: Sequence[str] | None,
+               batch_size: int) -> Catalog:
+    """The catalogue of the model's items ``ids`` (rows 1..N), encoded once by ``enc_graph``."""
+    n = len(ids)
+    emb, gate, contrib = _encode_catalogue(enc_graph, n, item_features, batch_size)
+    counts = np.zeros(n + 1, dtype=np.int64) if popularity is None else np.asarray(popularity, dtype=np.int64)
+    if counts.shape != (n + 1,):
+        raise ValueError(f"popularity must be [N+1={n + 1}], got {counts.shape}")
+    pub = np.zeros(n, dtype=np.int64) if published is None else np.asarray(published, dtype=np.int64)
+    names = list(layers) if layers is not None else [f"layer{i}" for i in range(gate.shape[1])]
+    return Catalog(ids=ids, embeddings=emb, gate=gate, contributions=contrib, popularity=counts[1:],
+                   published=pub, layers=names if gate.shape[1] else [])
+
+
+def _publish_encoder(repo: ModelRepository, enc_file: Path, enc_spec: GraphSpec, ids: np.ndarray,
+                     src: dict[str, Any], checks: dict[str, float], cfg: ExportConfig) -> int:
+    """Publish ``enc_file`` as a new ``NAME_encoder`` version with its ID rows and export record; its number."""
+    enc_cfg = config_pbtxt(encoder_name(cfg.name), enc_spec, cfg.triton)
+    id_rows = {str(int(v)): r for r, v in enumerate(ids.tolist(), start=1)}
+
+    def write_encoder(d: Path, version: int) -> None:
+        os.replace(enc_file, d / "model.onnx")
+        atomic_write_text(d / "id_rows.json", json.dumps(id_rows))
+        atomic_write_text(d / "export.json", json.dumps(
+            {"spec": enc_spec.to_dict(), "source": src, "checks": checks}, indent=2, default=str))
+
+    return repo.publish(encoder_name(cfg.name), enc_cfg, enc_spec, write_encoder, replace=cfg.replace)
 
 
 def with_cold_scale(model: Recommender, cold_scale: float | None) -> Recommender:
@@ -304,25 +296,25 @@ def export_ranker(model: Recommender, catalog: Catalog, repository: ModelReposit
         rk_file = Path(tmp) / "ranker.onnx"
         # not optimised by onnxscript (onnxruntime optimises at load anyway): the table stays the
         # initializer called ``table``, which ``update_catalog`` replaces
-        export_onnx(rk_graph, (torch.from_numpy(_random_histories(n, t_hist, 4, rng)),), rk_spec, rk_file,
+        export_onnx(rk_graph, (torch.from_numpy(random_histories(n, t_hist, 4, rng)),), rk_spec, rk_file,
                     optimize=False)
-        _check_table_initializers(rk_file, n + 1, catalog.dim)
-        hist = _random_histories(n, t_hist, cfg.check_samples, rng)
-        got_rows, got_scores, got_user = _session(rk_file).run(None, {"history": hist})
+        check_table_initializers(rk_file, n + 1, catalog.dim)
+        hist = random_histories(n, t_hist, cfg.check_samples, rng)
+        got_rows, got_scores, got_user = onnx_session(rk_file).run(None, {"history": hist})
         with torch.no_grad():
             w_rows, w_scores, w_user = (x.numpy() for x in rk_graph(torch.from_numpy(hist)))
             w_full = rk_graph.full_scores(torch.from_numpy(hist)).numpy()  # (B, N+1), masked
         finite = np.isfinite(w_scores)
-        checks["ranker_scores_max_abs_diff"] = _max_diff([np.where(finite, got_scores, 0)],
-                                                         [np.where(finite, w_scores, 0)])
-        checks["ranker_user_max_abs_diff"] = _max_diff([got_user], [w_user])
+        checks["ranker_scores_max_abs_diff"] = max_abs_diff([np.where(finite, got_scores, 0)],
+                                                           [np.where(finite, w_scores, 0)])
+        checks["ranker_user_max_abs_diff"] = max_abs_diff([got_user], [w_user])
         checks["ranker_topk_agreement"] = float(np.mean(got_rows[finite] == w_rows[finite]))
-        _check(checks["ranker_scores_max_abs_diff"] <= cfg.tolerance,
-               f"ranker scores differ from PyTorch by {checks['ranker_scores_max_abs_diff']:.3g}")
+        require(checks["ranker_scores_max_abs_diff"] <= cfg.tolerance,
+                f"ranker scores differ from PyTorch by {checks['ranker_scores_max_abs_diff']:.3g}")
         # ties (equal scores, e.g. popularity) may be broken in another order: what must hold is that
         # every row returned has the score PyTorch gives it, and those are PyTorch's best K scores
         mismatch = topk_mismatch(got_rows, got_scores, w_full, cfg.tolerance)
-        _check(mismatch is None, f"ranker top-{kmax} is not PyTorch's: {mismatch}")
+        require(mismatch is None, f"ranker top-{kmax} is not PyTorch's: {mismatch}")
         rk_cfg = config_pbtxt(ranker_name(cfg.name), rk_spec, cfg.triton)
         parent = repo.latest(ranker_name(cfg.name))
         src = dict(source or {})
@@ -330,7 +322,7 @@ def export_ranker(model: Recommender, catalog: Catalog, repository: ModelReposit
         def write_ranker(d: Path, version: int) -> None:
             os.replace(rk_file, d / "model.onnx")
             catalog.save(d, model=cfg.name, version=version, encoder_version=encoder_version, max_k=kmax,
-                         max_history=t_hist, created=_now(), parent_version=parent, added=[], removed=[],
+                         max_history=t_hist, created=utc_now(), parent_version=parent, added=[], removed=[],
                          source=src, checks=checks)
 
         return repo.publish(ranker_name(cfg.name), rk_cfg, rk_spec, write_ranker, replace=cfg.replace)
@@ -354,195 +346,3 @@ def _encode_catalogue(graph: EncoderGraph, n: int, item_features: ItemFeatureFn 
     if gates:
         return emb, np.concatenate(gates), np.concatenate(contribs)
     return emb, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.float32)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------------------- live catalogue
-
-
-def update_catalog(
-    repository: ModelRepository | str | os.PathLike[str],
-    name: str,
-    *,
-    add_ids: Sequence[object] = (),
-    add_features: np.ndarray | None = None,
-    add_published: np.ndarray | None = None,
-    remove_ids: Sequence[object] = (),
-    tolerance: float = 1e-4,
-    check_samples: int = 64,
-) -> tuple[int, Catalog]:
-    """Publish a new catalogue version of ``NAME_ranker``: the latest one, plus and minus videos.
-
-    ``add_features`` (M, L, K, D) are the new videos' backbone features (for models that read them);
-    the published encoder of the latest ranker version encodes them with ``id_rows`` 0 unless a video
-    has a row in that encoder's training ID table. Returns ``(new version, new catalogue)``.
-    Raises ``CatalogError`` (unknown or duplicate ids, wrong shapes) or ``RepositoryError`` (no
-    version to start from, a check failed) and publishes nothing then.
-    """
-    import onnx
-
-    repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
-    rname = ranker_name(name)
-    parent_dir = repo.version_dir(rname)
-    parent_v = int(parent_dir.name)
-    parent = Catalog.load(parent_dir)
-    add = parse_video_ids(add_ids)
-    if not len(add) and not len(remove_ids):
-        raise CatalogError("nothing to change: give videos to add or to remove")
-    additions: dict[str, np.ndarray] | None = None
-    ev = parent.meta.get("encoder_version")
-    if len(add):
-        enc_dir = repo.version_dir(encoder_name(name), ev)
-        sess = _session(enc_dir / "model.onnx")
-        in_names = [i.name for i in sess.get_inputs()]
-        known = json.loads((enc_dir / "id_rows.json").read_text()) if (enc_dir / "id_rows.json").is_file() else {}
-        rows = np.asarray([int(known.get(str(int(v)), 0)) for v in add], dtype=np.int64)
-        feeds: dict[str, np.ndarray] = {"id_rows": rows}
-        if "features" in in_names:
-            if add_features is None:
-                raise CatalogError(f"{name}'s encoder reads backbone features: give the new videos' features")
-            feats = np.asarray(add_features, dtype=np.float32)
-            want = sess.get_inputs()[in_names.index("features")].shape[1:]
-            if feats.ndim != 4 or feats.shape[0] != len(add) or list(feats.shape[1:]) != [int(s) for s in want]:
-                raise CatalogError(f"features of the new videos must be ({len(add)}, {', '.join(map(str, want))}), "
-                                   f"got {feats.shape}")
-            feeds["features"] = feats
-        out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-        additions = {"ids": add, "embeddings": out["embedding"]}
-        if "gate" in out:
-            additions["gate"], additions["contributions"] = out["gate"], out["contributions"]
-        if add_published is not None:
-            additions["published"] = np.asarray(add_published, dtype=np.int64)
-    catalog = parent.with_changes(add=additions, remove=parse_video_ids(remove_ids))
-    kmax = int(parent.meta.get("max_k", 0))
-    if catalog.num_items < kmax:
-        raise CatalogError(f"the catalogue would have {catalog.num_items} videos, fewer than the ranker's top-{kmax}: "
-                           "export the model again with a smaller max_k")
-
-    proto = swap_catalog_table(onnx.load(str(parent_dir / "model.onnx")), catalog, where=f"{parent_dir}/model.onnx")
-    spec = graph_spec_of(proto)
-    cfg_text = repo.config_text(rname)
-
-    with tempfile.TemporaryDirectory(prefix="linkedout-catalog-") as tmp:
-        rk_file = Path(tmp) / "model.onnx"
-        onnx.save(proto, str(rk_file))
-        _check_ranker(rk_file, parent_dir / "model.onnx", parent, catalog, kmax, tolerance, check_samples)
-
-        def write(d: Path, version: int) -> None:
-            os.replace(rk_file, d / "model.onnx")
-            catalog.save(d, model=name, version=version, encoder_version=ev, max_k=kmax,
-                         max_history=parent.meta.get("max_history"), created=_now(), parent_version=parent_v,
-                         source=parent.meta.get("source", {}), checks=parent.meta.get("checks", {}),
-                         parent_sha256=_sha256(parent_dir / "model.onnx"))
-
-        version = repo.publish(rname, cfg_text, spec, write)
-    log.info("published %s catalogue version %d: %d videos (+%d, -%d)", name, version, catalog.num_items,
-             len(catalog.meta.get("added", [])), len(catalog.meta.get("removed", [])))
-    return version, catalog
-
-
-def swap_catalog_table(proto: Any, catalog: Catalog, *, where: str = "ranker") -> Any:
-    """The ranker graph ``proto`` (``onnx.ModelProto``, changed in place) over ``catalog``'s table.
-
-    Replaces the initializers ``table`` (N+1, d) and ``never`` (N+1,) and drops the inferred shapes
-    that named the old size; ``RepositoryError`` when the graph is not a linkedout ranker or the
-    embedding width differs.
-    """
-    from onnx import numpy_helper
-
-    new_inits = {"table": padded_table(torch.from_numpy(catalog.table())).numpy(),
-                 "never": never_row(catalog.num_items).numpy()}
-    found = set()
-    for init in proto.graph.initializer:
-        if init.name in new_inits:
-            old = numpy_helper.to_array(init)
-            arr = new_inits[init.name]
-            if old.ndim != arr.ndim or old.shape[1:] != arr.shape[1:]:
-                raise RepositoryError(f"{where}: initializer {init.name} is {old.shape}, the new catalogue needs "
-                                      f"{arr.shape}")
-            init.CopyFrom(numpy_helper.from_array(arr, init.name))
-            found.add(init.name)
-    if found != set(new_inits):
-        raise RepositoryError(f"{where} has no initializer(s) {sorted(set(new_inits) - found)}: "
-                              "not a ranker exported by linkedout")
-    del proto.graph.value_info[:]  # shapes inferred from the old table size no longer hold
-    return proto
-
-
-def _check_ranker(new_file: Path, parent_file: Path, parent: Catalog, catalog: Catalog, kmax: int,
-                  tolerance: float, samples: int) -> None:
-    """The new ranker ranks its own table: check it against NumPy, and its user states against the parent's."""
-    rng = np.random.default_rng(0)
-    t = int(parent.meta.get("max_history") or 10)
-    kept = np.flatnonzero(np.isin(parent.ids, catalog.ids))  # parent rows - 1 that survive
-    if kept.size == 0:
-        return
-    hist_parent = np.zeros((samples, t), dtype=np.int64)
-    for u in range(samples):
-        length = int(rng.integers(1, t + 1))
-        hist_parent[u, t - length:] = rng.choice(kept, size=length) + 1
-    hist_new = np.where(hist_parent > 0, catalog.rows_of(parent.ids_of(hist_parent).reshape(-1)).reshape(hist_parent.shape), 0)
-    rows, scores, user = _session(new_file).run(None, {"history": hist_new})
-    _, _, user_parent = _session(parent_file).run(None, {"history": hist_parent})
-    diff = float(np.abs(user - user_parent).max())
-    _check(diff <= tolerance, f"user states of the new catalogue version differ from the parent's by {diff:.3g}")
-    full = user.astype(np.float64) @ catalog.table().astype(np.float64).T  # (B, N+1)
-    full[:, 0] = -np.inf
-    np.put_along_axis(full, hist_new, -np.inf, axis=1)
-    want = np.take_along_axis(full, rows, axis=1)  # (B, KMAX) what the table says of the rows returned
-    finite = np.isfinite(want)
-    _check(bool(finite.all()) or kmax > catalog.num_items - t, "the new ranker returned masked rows")
-    sdiff = float(np.abs(want[finite] - scores[finite]).max()) if finite.any() else 0.0
-    _check(sdiff <= tolerance * 10, f"new ranker scores disagree with its table by {sdiff:.3g}")
-    best = -np.sort(-full, axis=1)[:, :kmax]  # (B, KMAX) the best scores the table allows
-    got = -np.sort(-scores.astype(np.float64), axis=1)
-    ok = np.isfinite(best)
-    _check(bool(np.all(np.abs(best[ok] - got[ok]) <= tolerance * 10)), "the new ranker's top-K is not the best K of its table")
-
-
-def topk_mismatch(rows: np.ndarray, scores: np.ndarray, full: np.ndarray, tol: float) -> str | None:
-    """Why ``rows``/``scores`` (B, K) are not a top-K of ``full`` (B, N+1) scores, or None when they are.
-
-    Ties may be broken in any order: each returned row must carry its score in ``full`` and the
-    returned scores must be ``full``'s best K, both within ``tol``.
-    """
-    k = rows.shape[1]
-    own = np.take_along_axis(full, rows, axis=1)  # (B, K)
-    both = np.isfinite(own) & np.isfinite(scores)
-    if not np.array_equal(np.isfinite(own), np.isfinite(scores)):
-        return "masked rows disagree"
-    if both.any() and float(np.abs(own[both] - scores[both]).max()) > tol:
-        return f"returned scores differ from the rows' own scores by {float(np.abs(own[both] - scores[both]).max()):.3g}"
-    best = -np.sort(-full, axis=1)[:, :k]  # (B, K)
-    ok = np.isfinite(best)
-    got = -np.sort(-scores.astype(np.float64), axis=1)
-    if not np.array_equal(ok, np.isfinite(got)) or (ok.any() and float(np.abs(best[ok] - got[ok]).max()) > tol):
-        return "the returned scores are not the best K"
-    for b in range(rows.shape[0]):
-        if len(set(rows[b][np.isfinite(scores[b])].tolist())) != int(np.isfinite(scores[b]).sum()):
-            return f"user {b} gets a row twice"
-    return None
-
-
-def _check_table_initializers(path: Path, rows: int, dim: int) -> None:
-    """The ranker's catalogue lives in exactly the initializers ``table`` (N+1, d) and ``never`` (N+1,)."""
-    import onnx
-
-    inits = {i.name: list(i.dims) for i in onnx.load(str(path), load_external_data=False).graph.initializer}
-    _check(inits.get("table") == [rows, dim] and inits.get("never") == [rows],
-           f"ranker graph keeps its catalogue outside the initializers 'table' and 'never': {inits.get('table')}, "
-           f"{inits.get('never')}")
-    others = [n for n, dims in inits.items() if n not in ("table", "never") and rows in dims]
-    _check(not others, f"ranker graph has other catalogue-sized constants {others}; a catalogue update could not "
-                       "replace them")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
