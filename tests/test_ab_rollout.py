@@ -157,7 +157,7 @@ def test_a_stale_patch_is_refused_not_applied(api_server: tuple[StandIn, str]) -
     api = deploy.custom_objects_api(host=url)
     with pytest.raises(rollout.RolloutError, match="409 Conflict"):
         api_patch = rollout.rollback_patch("1")  # a resourceVersion read long ago
-        rollout._patch(api, "linkedout", "linkedout", api_patch, "rollback")
+        rollout.apply_patch(api, "linkedout", "linkedout", api_patch, "rollback")
     assert state.objects["linkedout"]["spec"]["predictor"]["canaryTrafficPercent"] == 10
 
 

@@ -145,10 +145,16 @@ def get_inference_service(api: Any, name: str, namespace: str) -> dict[str, Any]
 
 
 def status(api: Any, name: str, namespace: str) -> RolloutStatus:
+    """The canary state of the live InferenceService (:func:`parse_status` of a GET)."""
     return parse_status(get_inference_service(api, name, namespace))
 
 
-def _patch(api: Any, name: str, namespace: str, patch: dict[str, Any], what: str) -> RolloutStatus:
+def apply_patch(api: Any, name: str, namespace: str, patch: dict[str, Any], what: str) -> RolloutStatus:
+    """Merge-patch the InferenceService with ``patch`` and return its new status.
+
+    ``what`` names the operation in messages. A patch carrying a stale ``resourceVersion`` is
+    refused by the API server (409) and raises ``RolloutError``, as does an unreachable API.
+    """
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -175,13 +181,13 @@ def promote(api: Any, name: str, namespace: str, component: str = "predictor") -
         log.info("InferenceService %s/%s: no canary in progress on the %s; nothing to promote",
                  namespace, name, component)
         return current
-    return _patch(api, name, namespace, promote_patch(current.resource_version, component), "promote")
+    return apply_patch(api, name, namespace, promote_patch(current.resource_version, component), "promote")
 
 
 def rollback(api: Any, name: str, namespace: str, component: str = "predictor") -> RolloutStatus:
     """Send all traffic back to the previous revision (canaryTrafficPercent 0)."""
     current = status(api, name, namespace)
-    return _patch(api, name, namespace, rollback_patch(current.resource_version, component), "rollback")
+    return apply_patch(api, name, namespace, rollback_patch(current.resource_version, component), "rollback")
 
 
 def format_status(s: RolloutStatus) -> str:

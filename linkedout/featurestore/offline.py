@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from linkedout.data.microlens import sort_ids
 from linkedout.featurestore.definitions import INTERACTIONS, TABLES, TIMESTAMP, USER_KEY, VIDEO_KEY
 from linkedout.featurestore.errors import FeatureRepoError, OfflineStoreError
 from linkedout.utils import get_logger
@@ -124,8 +125,6 @@ def write_interactions(repo: FeatureRepo, interactions: pd.DataFrame, *, part: s
 def sort_like_dataset(df: pd.DataFrame) -> pd.DataFrame:
     """Sort ``user, item, timestamp`` rows as linkedout/data does: users in ``sort_ids`` order (numeric ids
     numerically), then time; ties keep their order."""
-    from linkedout.data.microlens import sort_ids
-
     codes, uniques = pd.factorize(df["user"], sort=False)
     order_of = {u: r for r, u in enumerate(sort_ids([str(u) for u in uniques]))}
     rank = np.array([order_of[str(u)] for u in uniques], dtype=np.int64)

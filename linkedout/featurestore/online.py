@@ -25,14 +25,12 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from linkedout.featurestore.definitions import USER_KEY, WATCHED
 from linkedout.featurestore.errors import FeatureRepoError, OnlineStoreUnavailable
+from linkedout.featurestore.repo import FeatureRepo, open_repo
 from linkedout.utils import get_logger
-
-if TYPE_CHECKING:
-    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 
@@ -166,8 +164,6 @@ class HistoryReader:
                  max_workers: int = 4) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
-
-        from linkedout.featurestore.repo import FeatureRepo, open_repo
 
         self.repo = repo if isinstance(repo, FeatureRepo) else open_repo(repo, registry_ttl_s=0)
         view, _, name = feature.partition(":")

@@ -32,13 +32,13 @@ from linkedout.featurestore.definitions import (
     service_name,
     table_uri,
 )
-from linkedout.featurestore.errors import FeatureRepoError
+from linkedout.featurestore.errors import FeatureRepoError, OnlineStoreUnavailable
+from linkedout.featurestore.s3compat import ensure_s3_fsspec
+from linkedout.shards.storage import Storage, open_storage
 from linkedout.utils import atomic_write_text, get_logger
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
-
-    from linkedout.shards.storage import Storage
 
 LOG = get_logger(__name__)
 
@@ -181,8 +181,6 @@ class FeatureRepo:
 
     def offline_storage(self) -> Storage:
         """The offline root as a :class:`linkedout.shards.Storage` (local directory or S3)."""
-        from linkedout.shards.storage import open_storage
-
         assert self.settings.offline_root is not None
         return open_storage(self.settings.offline_root, endpoint_url=self.settings.s3_endpoint)
 
@@ -296,8 +294,6 @@ def _ensure_s3_environment(settings: FeastSettings) -> None:
     :mod:`.s3compat`).
     """
     if settings.offline_root and settings.offline_root.startswith("s3://"):
-        from linkedout.featurestore.s3compat import ensure_s3_fsspec
-
         ensure_s3_fsspec()
     if settings.s3_endpoint and (settings.registry or "").startswith("s3://"):
         current = os.environ.get("FEAST_S3_ENDPOINT_URL")
@@ -377,8 +373,6 @@ def apply(repo: FeatureRepo, services: list[FeatureService] | None = None) -> No
         raise FeatureRepoError(f"feast apply failed for {repo.path}: {e}") from e
     except Exception as e:
         if _is_connection_error(e):
-            from linkedout.featurestore.errors import OnlineStoreUnavailable
-
             raise OnlineStoreUnavailable(f"feast apply of {repo.path}: the online store ({repo.online_address}) "
                                          f"did not answer: {e}") from e
         raise

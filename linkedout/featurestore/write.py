@@ -47,12 +47,11 @@ from linkedout.featurestore.offline import (
     write_part,
 )
 from linkedout.featurestore.online import configure_redis_client, online_errors, read_rows
+from linkedout.featurestore.repo import FeatureRepo, apply
 from linkedout.utils import get_logger, progress
 
 if TYPE_CHECKING:
     from feast import FeatureService
-
-    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 
@@ -359,8 +358,6 @@ def write_histories(repo: FeatureRepo, histories: pd.DataFrame, *, online: Onlin
 
 def register_model_version(repo: FeatureRepo, model: str, version: int) -> FeatureService:
     """Register the FeatureService ``NAME_vV`` (and the definitions); idempotent."""
-    from linkedout.featurestore.repo import apply
-
     fs = repo.definitions.feature_service(model, version)
     apply(repo, [fs])
     LOG.info("registered the feature service %s", fs.name)
