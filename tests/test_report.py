@@ -17,7 +17,8 @@ from linkedout.data.split import EvalSet
 from linkedout.evaluation.encode import item_table
 from linkedout.evaluation.evaluate import evaluate
 from linkedout.interpret.contributions import contributions_from_arrays, layer_contributions
-from linkedout.interpret.report import load_run, read_metrics_jsonl, write_eval_json, write_report
+from linkedout.interpret.report import write_report
+from linkedout.interpret.runs import load_run, read_metrics_jsonl, write_eval_json
 from linkedout.model.base import ItemEncoding, Recommender
 
 L, K, D, DIM, N = 4, 3, 5, 6, 25

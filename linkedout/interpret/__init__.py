@@ -1,4 +1,10 @@
-"""Interpretability and reporting: per-video layer gate weights and contributions, the HTML report."""
+"""Interpretability and reporting: per-video layer gate weights and contributions, the HTML report.
+
+- ``contributions``: which backbone layers a video's embedding is made of (gate weights and actual
+  contributions);
+- ``runs``: the run files a report reads (``metrics.jsonl``, ``eval.json``, ``config.json``);
+- ``report``: the self-contained HTML page, with its ``figures`` and ``setup_tables``.
+"""
 
 from linkedout.interpret.contributions import (
     Contributions,
@@ -6,7 +12,8 @@ from linkedout.interpret.contributions import (
     default_layer_names,
     layer_contributions,
 )
-from linkedout.interpret.report import (
+from linkedout.interpret.report import write_report
+from linkedout.interpret.runs import (
     EVAL_SCHEMA,
     RunRecord,
     count_parameters,
@@ -14,7 +21,6 @@ from linkedout.interpret.report import (
     load_run,
     read_metrics_jsonl,
     write_eval_json,
-    write_report,
 )
 
 __all__ = [

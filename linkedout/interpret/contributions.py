@@ -82,7 +82,7 @@ class Contributions:
 
 
 def default_layer_names(num_layers: int, item_features: object | None = None) -> list[str]:
-    """``["L0", "L4", ...]`` from the feature store's spec when ``item_features`` exposes one
+    """``["L0", "L4", ...]`` from the feature shards' spec when ``item_features`` exposes one
     (``item_features.reader.spec.layers``), else ``["layer0", "layer1", ...]``."""
     spec = getattr(getattr(item_features, "reader", None), "spec", None)
     layers = getattr(spec, "layers", None)

@@ -1,6 +1,6 @@
 """The report's "Dataset and configuration" section: readable tables, not a key dump.
 
-Three tables, each built from what the run directories and the feature store record:
+Three tables, each built from what the run directories and the feature shards record:
 
 - **Data**: the dataset's size, density, sequence lengths and popularity, then what MicroLens
   preprocessing and the leave-one-out split leave (users, items, targets, cold-start share);
@@ -83,7 +83,7 @@ def data_table(stats: Mapping[str, Any]) -> str:
 
 
 def extraction_table(spec: Mapping[str, Any]) -> str:
-    """The feature store's ``spec.json`` (plus ``videos`` / ``failed`` / ``store``) as one table."""
+    """The feature shards' ``spec.json`` (plus ``videos`` / ``failed`` / ``store``) as one table."""
     layers = spec.get("layers") or []
     rows: list[tuple[str, Any]] = [
         ("backbone", spec.get("backbone")),
@@ -99,7 +99,7 @@ def extraction_table(spec: Mapping[str, Any]) -> str:
         ("prompts", " | ".join(spec.get("prompts") or []) or None),
         ("videos with features", spec.get("videos")),
         ("videos that failed", spec.get("failed")),
-        ("feature store", spec.get("store")),
+        ("feature shards", spec.get("store")),
     ]
     return _two_column(rows)
 
