@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from linkedout.data.microlens import DatasetError, write_pairs_csv, write_titles_csv
 from linkedout.data.synth_video import PALETTES, TopicStyle, VideoJob, encode_videos, topic_styles
+from linkedout.data.tables import DatasetError, write_pairs_csv, write_titles_csv
 from linkedout.utils import atomic_write_bytes, atomic_write_text, get_logger
 
 log = get_logger(__name__)
