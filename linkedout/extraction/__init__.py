@@ -23,23 +23,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from linkedout.extraction.backbone import (
+if TYPE_CHECKING:  # the names for type checkers; at run time __getattr__ imports their module on first use
+    from linkedout.extraction.backbone import (  # lazy: torch and transformers
         Backbone,
         VideoPreprocessing,
         load_backbone,
         save_tiny_checkpoint,
     )
-    from linkedout.extraction.backbone_config import RANDOM_ARCHITECTURES, BackboneConfig, architecture_config
-    from linkedout.extraction.compress import find_spans, pooling_weights, segment_pool
-    from linkedout.extraction.driver import ExtractionSummary, extract_dataset
-    from linkedout.extraction.extractor import (
+    from linkedout.extraction.backbone_config import (  # lazy: torch and transformers
+        RANDOM_ARCHITECTURES,
+        BackboneConfig,
+        architecture_config,
+    )
+    from linkedout.extraction.compress import find_spans, pooling_weights, segment_pool  # lazy: torch
+    from linkedout.extraction.driver import ExtractionSummary, extract_dataset  # lazy: torch and transformers
+    from linkedout.extraction.extractor import (  # lazy: torch and transformers
         DEFAULT_PROMPTS,
         ExtractionConfig,
         LinkedOutExtractor,
         feature_spec,
     )
-    from linkedout.extraction.video import VideoDecodeError, decode_frames, sample_indices
+    from linkedout.extraction.video import VideoDecodeError, decode_frames, sample_indices  # lazy: PyAV
 
 __all__ = [
     "DEFAULT_PROMPTS",
