@@ -8,6 +8,7 @@ training, the main job's default model. All recommenders follow ``base.Recommend
 
 from linkedout.model.base import ItemEncoding, Recommender, gather_history, unique_items
 from linkedout.model.baselines import Popularity, SASRecID
+from linkedout.model.build import build_model
 from linkedout.model.config import (
     FusionConfig,
     IDConfig,
@@ -17,7 +18,7 @@ from linkedout.model.config import (
     TextConfig,
 )
 from linkedout.model.fusion import CrossLayerFusion, FusionOutput
-from linkedout.model.recommender import LinkedOutRecommender, build_model
+from linkedout.model.recommender import LinkedOutRecommender
 from linkedout.model.towers import hash_title_tokens
 from linkedout.model.warmcold import WarmColdRecommender
 

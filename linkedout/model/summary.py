@@ -9,9 +9,11 @@ prints the comparison.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from linkedout.model.build import build_model
 from linkedout.model.config import COUNT_KINDS, PAPER_HIDDEN, ModelConfig, ModelKind
 from linkedout.model.towers import parameter_part
 
@@ -72,13 +74,9 @@ def format_summary(summary: dict[str, int], title: str = "trainable parameters")
 def paper_parameter_summary(in_dim: int = PAPER_HIDDEN, kind: ModelKind = "linkedout",
                             num_items: int = MICROLENS_100K_ITEMS) -> dict[str, int]:
     """``parameter_summary`` of ``ModelConfig.paper(in_dim, kind)``, built on the meta device (no memory)."""
-    from linkedout.model.recommender import build_model
-
     cfg = ModelConfig.paper(in_dim=in_dim, kind=kind)
     counts = None
     if kind in COUNT_KINDS:
-        import numpy as np
-
         counts = np.zeros(num_items + 1, dtype=np.int64)
     with torch.device("meta"):
         model = build_model(cfg, num_items, item_counts=counts)
