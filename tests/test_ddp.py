@@ -28,7 +28,7 @@ import torch
 from linkedout.data.split import SplitData, leave_one_out
 from linkedout.model import ModelConfig, SequenceConfig, build_model
 from linkedout.training import TrainConfig, Trainer, load_checkpoint
-from linkedout.training.distributed import DistContext, init_distributed
+from linkedout.training.ddp import DistContext, init_distributed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,8 @@ from linkedout.training import (
     load_checkpoint,
     load_model_from_checkpoint,
 )
-from linkedout.training.trainer import LossModule, StepWithWarmup
+from linkedout.training.objective import LossModule
+from linkedout.training.optim import StepWithWarmup
 
 L, K, D = 3, 4, 8  # tiny backbone features
 

@@ -13,7 +13,7 @@ from linkedout.training.checkpoint import (
     save_checkpoint,
 )
 from linkedout.training.config import LOSSES, TrainConfig
-from linkedout.training.distributed import DistContext, init_distributed
+from linkedout.training.ddp import DistContext, init_distributed
 from linkedout.training.losses import (
     bpr_loss,
     full_softmax_loss,

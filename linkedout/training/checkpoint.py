@@ -33,7 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from linkedout.fingerprint import diff_inputs
 from linkedout.model.base import Recommender
+from linkedout.model.build import build_model
+from linkedout.model.config import ModelConfig
 from linkedout.utils import atomic_write_bytes, get_logger
 
 log = get_logger(__name__)
@@ -151,8 +154,6 @@ def load_model_from_checkpoint(
     ``num_items`` / ``item_counts`` default to the ones saved in the checkpoint; when given, the
     catalogue size must match the saved one.
     """
-    from linkedout.model import ModelConfig, build_model
-
     ckpt = load_checkpoint(path, map_location)
     if ckpt.get("model_config") is None:
         raise CheckpointError(f"checkpoint {path} has no model_config; it cannot rebuild its model")
@@ -167,3 +168,24 @@ def load_model_from_checkpoint(
         return build_model(ModelConfig.from_dict(ckpt["model_config"]), n, counts, state_dict=ckpt["model_state"])
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not rebuild its model: {e}") from e
+
+
+def check_same_model(ckpt: dict[str, Any], model: nn.Module, num_items: int, path: Path, run_dir: Path) -> None:
+    """:class:`CheckpointError` naming what differs when the checkpoint ``ckpt`` (read from ``path`` in
+    ``run_dir``) holds another model than ``model`` (class, catalogue size, ``ModelConfig``)."""
+    module = unwrap(model)
+    config = getattr(module, "config", None)
+    mine = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
+    saved = ckpt.get("model_config")
+    problems = []
+    if ckpt.get("model_class") != type(module).__name__:
+        problems.append(f"model {ckpt.get('model_class')} -> {type(module).__name__}")
+    if int(ckpt.get("num_items") or 0) not in (0, num_items):
+        problems.append(f"num_items {ckpt.get('num_items')} -> {num_items}")
+    if mine is not None and isinstance(saved, dict) and saved != mine:
+        problems += diff_inputs(saved, mine)
+    if problems:
+        raise CheckpointError(
+            f"{path} holds a checkpoint of another model than the one asked for "
+            f"({'; '.join(problems[:6])}): it cannot be resumed. Use another run directory, or delete "
+            f"{run_dir} to train from scratch")

@@ -39,12 +39,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from linkedout.model.base import Recommender, gather_history
-from linkedout.training.batches import Batch, BatchBuilder, ShardedOrder, iterate_batches, steps_per_epoch
+from linkedout.data.split import training_examples
+from linkedout.evaluation import evaluate
+from linkedout.model.base import Recommender
+from linkedout.training.batches import (
+    Batch,
+    BatchBuilder,
+    FeatureFn,
+    ShardedOrder,
+    iterate_batches,
+    steps_per_epoch,
+)
 from linkedout.training.checkpoint import (
-    CheckpointError,
+    check_same_model,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -52,13 +61,22 @@ from linkedout.training.checkpoint import (
     unwrap,
 )
 from linkedout.training.config import TrainConfig
-from linkedout.training.distributed import DistContext, all_reduce_mean, barrier, broadcast_flag, wrap_model
-from linkedout.training.losses import bpr_loss, full_softmax_loss, inbatch_logq_loss, log_popularity
+from linkedout.training.ddp import (
+    DistContext,
+    all_reduce_mean,
+    barrier,
+    broadcast_flag,
+    training_device,
+    wrap_model,
+)
+from linkedout.training.losses import log_popularity
+from linkedout.training.objective import LossModule
+from linkedout.training.optim import amp_dtype, build_optimizer, build_scheduler
+from linkedout.training.runlog import append_metrics, finite, json_default, open_tensorboard, truncate_metrics
 from linkedout.utils import atomic_write_text, format_duration, get_logger, progress, set_seed
 
 log = get_logger(__name__)
 
-FeatureFn = Callable[[Tensor], Tensor]
 #: ``(model, eval_set, item_features, cfg, split) -> {metric: value}`` (the validation hook).
 EvaluateFn = Callable[[Recommender, Any, FeatureFn | None, TrainConfig, Any], Mapping[str, float]]
 
@@ -101,71 +119,23 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class StepWithWarmup:
-    """LambdaLR factor: linear warm-up over ``warmup`` steps, then ``gamma ** (epoch // step_epochs)``.
-
-    A callable object (not a lambda) so that ``LambdaLR.state_dict`` saves its settings.
-    """
-
-    def __init__(self, warmup: int, steps_per_epoch: int, step_epochs: int, gamma: float):
-        self.warmup = warmup
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self.step_epochs = step_epochs
-        self.gamma = gamma
-
-    def __call__(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / self.warmup) if self.warmup > 0 and step < self.warmup else 1.0
-        epoch = step // self.steps_per_epoch
-        return warm * self.gamma ** (epoch // self.step_epochs)
-
-
-class LossModule(nn.Module):
-    """The loss of one batch as a module, so that ``DistributedDataParallel`` can wrap it.
-
-    ``forward(batch) -> (total, main)``: ``main`` is the ranking loss, ``total`` adds the model's
-    auxiliary loss (both scalars).
-    """
-
-    def __init__(self, model: Recommender, loss: str, log_q: Tensor, temperature: float):
-        super().__init__()
-        self.model = model
-        self.loss = loss
-        self.temperature = temperature
-        self.log_q = log_q  # (N+1,) not a buffer: it is data, not model state
-
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        model = self.model
-        features = batch.features if model.needs_features else None
-        enc = model.encode_items(batch.items, features)
-        emb = enc.emb  # (U, d)
-        table = torch.cat([emb.new_zeros(1, emb.shape[1]), emb]) if batch.has_pad else emb  # (U[+1], d)
-        hist, mask = gather_history(table, batch.inputs_inv, batch.inputs)  # (B, T, d), (B, T)
-        states = model.user_states(hist, mask)  # (B, T, d)
-        valid = batch.targets > 0  # (B, T)
-        user = states[valid]  # (P, d)
-        targets = batch.targets[valid]  # (P,)
-        if self.loss == "inbatch_logq":
-            main = inbatch_logq_loss(user, targets, batch.items, emb, self.log_q,
-                                     temperature=self.temperature, score=model.score)
-        elif self.loss == "bpr":
-            assert batch.negatives is not None
-            main = bpr_loss(user, targets, batch.negatives[valid], batch.items, emb, score=model.score)
-        else:
-            main = full_softmax_loss(user, targets, batch.items, emb, temperature=self.temperature,
-                                     score=model.score)
-        total = main if enc.aux_loss is None else main + enc.aux_loss.float()
-        return total, main.detach()
-
-
 def default_evaluate(model: Recommender, eval_set: Any, item_features: FeatureFn | None, cfg: TrainConfig,
                      split: Any) -> dict[str, float]:
     """Validation: full-catalogue metrics (HR/NDCG@{5,10,20}, MRR) with the user's earlier items masked."""
-    from linkedout.evaluation import evaluate
-
     exclude = getattr(split, "train_sequences", None)
     result = evaluate(model, eval_set, item_features if model.needs_features else None,
                       batch_size=cfg.eval_batch_size, exclude=exclude, sampled_negatives=0, seed=cfg.seed)
     return result.summary()
+
+
+@dataclass
+class _LogWindow:
+    """The optimiser steps since the last logged one: their summed loss, count, sequences and start time."""
+
+    loss: Tensor  # () on the training device
+    steps: int = 0
+    seqs: int = 0
+    t0: float = field(default_factory=time.perf_counter)
 
 
 class Trainer:
@@ -216,15 +186,13 @@ class Trainer:
         if isinstance(model_history, int) and cfg.max_history > model_history:
             raise ValueError(f"TrainConfig.max_history ({cfg.max_history}) exceeds the model's "
                              f"sequence.max_history ({model_history})")
-        self.device = self._resolve_device(cfg.device)
-        self.amp_dtype = self._resolve_amp(cfg.mixed_precision)
+        self.device = training_device(cfg.device, self.dist)
+        self.amp_dtype = amp_dtype(cfg.mixed_precision, self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.last_path = self.ckpt_dir / "last.pt"
         self.best_path = self.ckpt_dir / "best.pt"
 
         if examples is None:
-            from linkedout.data.split import training_examples
-
             examples = training_examples(split, cfg.max_history)
         inputs = torch.as_tensor(np.asarray(examples[0]), dtype=torch.long)
         targets = torch.as_tensor(np.asarray(examples[1]), dtype=torch.long)
@@ -244,58 +212,11 @@ class Trainer:
         log_q = log_popularity(self.item_counts).to(self.device)
         self.loss_module = wrap_model(LossModule(model, cfg.loss, log_q, cfg.temperature), self.dist,
                                       self.device)
-        self.optimizer = self._build_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, StepWithWarmup(cfg.warmup_steps, self.steps_per_epoch, cfg.scheduler_step_epochs,
-                                           cfg.scheduler_gamma))
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     # ------------------------------------------------------------------------------------- setup
-
-    def _resolve_device(self, name: str) -> torch.device:
-        if name == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda", self.dist.local_rank if self.dist.is_distributed else 0)
-            return torch.device("cpu")
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"TrainConfig.device is {name!r} but CUDA is not available")
-        dev = torch.device(name)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", self.dist.local_rank if self.dist.is_distributed else 0)
-        return dev
-
-    def _resolve_amp(self, mode: str) -> torch.dtype | None:
-        if self.device.type != "cuda":
-            if mode in ("fp16", "bf16"):
-                log.warning("mixed precision %s requested on %s: training in float32", mode, self.device)
-            return None
-        return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[mode]
-
-    def _build_optimizer(self) -> torch.optim.AdamW:
-        """AdamW with one (decay, no-decay) pair of parameter groups per ``model.param_groups()`` group."""
-        cfg = self.cfg
-        groups: list[dict[str, Any]] = []
-        seen: dict[int, str] = {}
-        for name, params in self.model.param_groups().items():
-            params = [p for p in params if p.requires_grad]
-            if not params:
-                continue
-            lr = cfg.lr_for(name)
-            for p in params:
-                if id(p) in seen:
-                    raise ValueError(f"a parameter is in both param_groups {seen[id(p)]!r} and {name!r}")
-                seen[id(p)] = name
-            decay = [p for p in params if p.ndim >= 2 or not cfg.no_decay_bias_norm]
-            no_decay = [p for p in params if p.ndim < 2 and cfg.no_decay_bias_norm]
-            if decay:
-                groups.append({"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "name": name})
-            if no_decay:
-                groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}/no_decay"})
-        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in seen]
-        if missing:
-            raise ValueError(f"{type(self.model).__name__}.param_groups() leaves trainable parameters out: "
-                             f"{missing[:5]}")
-        return torch.optim.AdamW(groups, betas=cfg.betas, eps=cfg.eps)
 
     # ---------------------------------------------------------------------------------- the loop
 
@@ -315,73 +236,87 @@ class Trainer:
         resumed = self._maybe_resume()
         if not resumed:
             set_seed(cfg.seed + self.dist.rank)
-        if main:
-            self._truncate_metrics()  # rows a killed run logged after its last checkpoint are logged again
-        writer = self._tensorboard() if main else None
-        total_steps = self.steps_per_epoch * cfg.epochs
+        if main:  # rows a killed run logged after its last checkpoint are logged again
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step, self.state.epoch)
+        writer = open_tensorboard(self.run_dir / "tb", self.state.step or None) if main else None
         stop = self.state.stopped_early
-        window_loss = torch.zeros((), device=self.device)
-        window_steps, window_seqs, window_t0 = 0, 0, time.perf_counter()
+        window = _LogWindow(torch.zeros((), device=self.device))
         try:
             while self.state.epoch < cfg.epochs and not stop:
-                epoch = self.state.epoch
-                self.loss_module.train()
-                start = self.state.batch_in_epoch
-                batches = iterate_batches(self.builder, self.order, epoch, start=start, stop=self.steps_per_epoch,
-                                          step_offset=epoch * self.steps_per_epoch, num_workers=cfg.num_workers)
-                if main:
-                    eta = f", run ETA {format_duration(self._run_eta)}" if self._run_eta is not None else ""
-                    batches = progress(batches, total=self.steps_per_epoch - start,
-                                       desc=f"epoch {epoch + 1}/{cfg.epochs}{eta}", unit="batch")
-                epoch_t0 = time.perf_counter() - self.state.epoch_seconds
-                epoch_loss = torch.tensor(self.state.epoch_loss_sum, device=self.device)
-                for batch in batches:
-                    loss = self.train_step(batch)
-                    self.state.step += 1
-                    self.state.batch_in_epoch += 1
-                    seqs = batch.num_sequences * self.dist.world_size
-                    window_loss += loss
-                    epoch_loss += loss
-                    window_steps += 1
-                    window_seqs += seqs
-                    self.state.epoch_seqs += seqs
-                    if self.state.step % cfg.log_every == 0:
-                        elapsed = max(time.perf_counter() - window_t0, 1e-9)
-                        mean_loss = float(all_reduce_mean(window_loss / window_steps, self.dist))
-                        if not math.isfinite(mean_loss):
-                            raise FloatingPointError(f"training loss is {mean_loss} at step {self.state.step}")
-                        if main:
-                            self._log_step(writer, mean_loss, window_seqs / elapsed,
-                                           (total_steps - self.state.step) * elapsed / window_steps)
-                        window_loss.zero_()
-                        window_steps, window_seqs, window_t0 = 0, 0, time.perf_counter()
-                    if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
-                        rank_rng = self._gather_rng()  # collective: every rank takes part
-                        if main:
-                            self.state.epoch_loss_sum = float(epoch_loss)
-                            self.state.epoch_seconds = time.perf_counter() - epoch_t0
-                            self._save(self.last_path, rank_rng)
-                    if self.on_step is not None:
-                        self.on_step(self, self.state.step)
-                epoch_s = max(time.perf_counter() - epoch_t0, 1e-9)
-                train_stats = {
-                    "loss": float(all_reduce_mean(epoch_loss / max(1, self.state.batch_in_epoch), self.dist)),
-                    "seq_per_s": self.state.epoch_seqs / epoch_s,
-                    "epoch_s": epoch_s,
-                }
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
-                self.state.epoch_loss_sum, self.state.epoch_seqs, self.state.epoch_seconds = 0.0, 0, 0.0
-                validate = self.state.epoch % cfg.eval_every == 0 or self.state.epoch == cfg.epochs
-                stop = self._end_epoch(writer, train_stats, validate)
-                rank_rng = self._gather_rng()
-                if main:
-                    self._save(self.last_path, rank_rng)
-                barrier(self.dist)
+                stop = self._run_epoch(writer, window)
         finally:
             if writer is not None:
                 writer.close()
         return self._result(trained=True)
+
+    def _run_epoch(self, writer: Any, window: _LogWindow) -> bool:
+        """Train the epoch in progress from the batch it stopped at, end it (validation when due) and save
+        ``last.pt``; returns whether to stop, on every rank."""
+        cfg = self.cfg
+        main = self.dist.is_main
+        epoch = self.state.epoch
+        self.loss_module.train()
+        start = self.state.batch_in_epoch
+        batches = iterate_batches(self.builder, self.order, epoch, start=start, stop=self.steps_per_epoch,
+                                  step_offset=epoch * self.steps_per_epoch, num_workers=cfg.num_workers)
+        if main:
+            eta = f", run ETA {format_duration(self._run_eta)}" if self._run_eta is not None else ""
+            batches = progress(batches, total=self.steps_per_epoch - start,
+                               desc=f"epoch {epoch + 1}/{cfg.epochs}{eta}", unit="batch")
+        epoch_t0 = time.perf_counter() - self.state.epoch_seconds
+        epoch_loss = torch.tensor(self.state.epoch_loss_sum, device=self.device)
+        for batch in batches:
+            loss = self.train_step(batch)
+            self.state.step += 1
+            self.state.batch_in_epoch += 1
+            seqs = batch.num_sequences * self.dist.world_size
+            window.loss += loss
+            epoch_loss += loss
+            window.steps += 1
+            window.seqs += seqs
+            self.state.epoch_seqs += seqs
+            if self.state.step % cfg.log_every == 0:
+                self._log_window(writer, window)
+            if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                rank_rng = self._gather_rng()  # collective: every rank takes part
+                if main:
+                    self.state.epoch_loss_sum = float(epoch_loss)
+                    self.state.epoch_seconds = time.perf_counter() - epoch_t0
+                    self._save(self.last_path, rank_rng)
+            if self.on_step is not None:
+                self.on_step(self, self.state.step)
+        epoch_s = max(time.perf_counter() - epoch_t0, 1e-9)
+        train_stats = {
+            "loss": float(all_reduce_mean(epoch_loss / max(1, self.state.batch_in_epoch), self.dist)),
+            "seq_per_s": self.state.epoch_seqs / epoch_s,
+            "epoch_s": epoch_s,
+        }
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        self.state.epoch_loss_sum, self.state.epoch_seqs, self.state.epoch_seconds = 0.0, 0, 0.0
+        validate = self.state.epoch % cfg.eval_every == 0 or self.state.epoch == cfg.epochs
+        stop = self._end_epoch(writer, train_stats, validate)
+        rank_rng = self._gather_rng()
+        if main:
+            self._save(self.last_path, rank_rng)
+        barrier(self.dist)
+        return stop
+
+    def _log_window(self, writer: Any, window: _LogWindow) -> None:
+        """Log the mean loss (over the ranks) and the pace of the steps since the last logged one; start a new window.
+
+        ``FloatingPointError`` when the loss is not finite.
+        """
+        elapsed = max(time.perf_counter() - window.t0, 1e-9)
+        mean_loss = float(all_reduce_mean(window.loss / window.steps, self.dist))
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training loss is {mean_loss} at step {self.state.step}")
+        if self.dist.is_main:
+            total_steps = self.steps_per_epoch * self.cfg.epochs
+            self._log_step(writer, mean_loss, window.seqs / elapsed,
+                           (total_steps - self.state.step) * elapsed / window.steps)
+        window.loss.zero_()
+        window.steps, window.seqs, window.t0 = 0, 0, time.perf_counter()
 
     def train_step(self, batch: Batch) -> Tensor:
         """One optimiser step on ``batch`` (this process's shard); returns the detached loss ().
@@ -453,7 +388,7 @@ class Trainer:
                                       "best": self.state.best_metric, "eval_s": eval_s, "time": time.time()}
             if metrics is not None:
                 self.state.history.append(record)
-            self._append_metrics(record)
+            append_metrics(self.run_dir / "metrics.jsonl", record)
             if writer is not None:
                 for k, v in {**{f"train/epoch_{k}": v for k, v in train.items()},
                              **{f"valid/{k}": v for k, v in (metrics or {}).items()}}.items():
@@ -470,48 +405,12 @@ class Trainer:
         lrs = self._lrs()
         record = {"kind": "step", "epoch": self.state.epoch, "step": self.state.step, "loss": loss, "lr": lrs,
                   "seq_per_s": seq_per_s, "eta_s": eta_s, "time": time.time()}
-        self._append_metrics(record)
+        append_metrics(self.run_dir / "metrics.jsonl", record)
         if writer is not None:
             writer.add_scalar("train/loss", loss, self.state.step)
             writer.add_scalar("train/seq_per_s", seq_per_s, self.state.step)
             for name, lr in lrs.items():
                 writer.add_scalar(f"lr/{name}", lr, self.state.step)
-
-    def _truncate_metrics(self) -> None:
-        """Keep the ``metrics.jsonl`` rows up to the resumed state; drop those logged after it.
-
-        A run killed after logging an epoch (or a step) but before its checkpoint logs it again when
-        it resumes; without this the file would hold that row twice. A fresh run starts an empty file.
-        """
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        s = self.state
-        kept, dropped = [], 0
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                dropped += 1  # a torn last line of a killed run
-                continue
-            keep = isinstance(rec, dict) and int(rec.get("step", 0)) <= s.step and (
-                rec.get("kind") != "epoch" or int(rec.get("epoch", 0)) <= s.epoch)
-            if keep:
-                kept.append(line)
-            else:
-                dropped += 1
-        if dropped:
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-            log.info("%s: dropped %d rows logged after the checkpoint that is resumed (step %d)", path, dropped, s.step)
-
-    def _append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(_finite(record), allow_nan=False, default=_json_default) + "\n")
-
-    def _tensorboard(self) -> Any:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.state.step or None)
 
     # ------------------------------------------------------------------------- checkpoint/resume
 
@@ -534,7 +433,7 @@ class Trainer:
         if not self.last_path.is_file():
             return False
         ckpt = load_checkpoint(self.last_path, map_location=self.device)
-        self._check_same_model(ckpt)
+        check_same_model(ckpt, self.model, self.num_items, self.last_path, self.run_dir)
         saved_cfg = ckpt.get("train_config") or {}
         changed = sorted(k for k, v in self.cfg.to_dict().items()
                          if k not in ("epochs", "early_stopping_patience", "log_every") and saved_cfg.get(k, v) != v)
@@ -562,27 +461,6 @@ class Trainer:
                  self.state.batch_in_epoch, self.state.step)
         return True
 
-    def _check_same_model(self, ckpt: dict[str, Any]) -> None:
-        """:class:`CheckpointError` naming what differs when ``last.pt`` holds another model than this one."""
-        from linkedout.fingerprint import diff_inputs
-
-        module = unwrap(self.model)
-        config = getattr(module, "config", None)
-        mine = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
-        saved = ckpt.get("model_config")
-        problems = []
-        if ckpt.get("model_class") != type(module).__name__:
-            problems.append(f"model {ckpt.get('model_class')} -> {type(module).__name__}")
-        if int(ckpt.get("num_items") or 0) not in (0, self.num_items):
-            problems.append(f"num_items {ckpt.get('num_items')} -> {self.num_items}")
-        if mine is not None and isinstance(saved, dict) and saved != mine:
-            problems += diff_inputs(saved, mine)
-        if problems:
-            raise CheckpointError(
-                f"{self.last_path} holds a checkpoint of another model than the one asked for "
-                f"({'; '.join(problems[:6])}): it cannot be resumed. Use another run directory, or delete "
-                f"{self.run_dir} to train from scratch")
-
     # ------------------------------------------------------------------------------------ results
 
     def _fit_untrained(self) -> TrainResult:
@@ -607,7 +485,7 @@ class Trainer:
         )
         if self.dist.is_main:
             atomic_write_text(self.run_dir / "result.json",
-                              json.dumps(_finite(result.to_dict()), indent=2, default=_json_default))
+                              json.dumps(finite(result.to_dict()), indent=2, default=json_default))
         return result
 
 
@@ -617,20 +495,3 @@ def _lookup(metrics: Mapping[str, float], name: str) -> float:
         if k.lower() == name.lower():
             return float(v)
     raise KeyError(f"validation returned no {name!r} (TrainConfig.best_metric); got {sorted(metrics)}")
-
-
-def _finite(o: Any) -> Any:
-    """``o`` with every non-finite float replaced by None (JSON has no NaN)."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
