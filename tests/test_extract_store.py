@@ -1,4 +1,4 @@
-"""A feature store kept in step with its dataset: retries of changed files, one dataset per store,
+"""A shard store kept in step with its dataset: retries of changed files, one dataset per store,
 decode workers, bit flips caught, the failure summary."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Feature store on a local directory: storage, int8 quantisation, shards, index, resume, info."""
+"""The shard store on a local directory: storage, int8 quantisation, shards, index, resume, info."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature store on S3, against a real S3 server (moto) on 127.0.0.1."""
+"""The shard store on S3, against a real S3 server (moto) on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Which videos of a dataset a feature store still needs: one dataset's catalogue, kept in step.
+"""Which videos of a dataset a shard store still needs: one dataset's catalogue, kept in step.
 
-A feature store holds the features of **one** dataset's catalogue under **one** extraction config
+A shard store holds the features of **one** dataset's catalogue under **one** extraction config
 (the spec, checked by ``ShardWriter``). Before an extraction plans its shards,
 :func:`reconcile_store` compares the store with the dataset:
 
@@ -47,7 +47,7 @@ __all__ = [
     "reconcile_store",
 ]
 
-FORCE_HINT = ("use a new feature store (--out, or a new --workdir), or --force to delete this store's "
+FORCE_HINT = ("use a new shard store (--out, or a new --workdir), or --force to delete this store's "
               "features and extract again")
 
 
@@ -79,7 +79,7 @@ def clear_store(storage: Storage) -> int:
     keys = storage.list()
     for key in sorted(keys, key=lambda k: k == SPEC_KEY):
         storage.delete(key)
-    log.warning("deleted the %d objects of feature store %s (--force)", len(keys), storage.uri)
+    log.warning("deleted the %d objects of shard store %s (--force)", len(keys), storage.uri)
     return len(keys)
 
 
@@ -108,7 +108,7 @@ def _check_one_dataset(uri: str, previous: dict[str, Any] | None, name: str | No
     if previous and name and previous.get("name") and previous["name"] != name:
         raise StoreMismatch(
             f"{uri} holds features of dataset {previous['name']!r} (from {previous.get('root')}), "
-            f"not of {name!r} (at {root}); a feature store holds one dataset's catalogue: {FORCE_HINT}")
+            f"not of {name!r} (at {root}); a shard store holds one dataset's catalogue: {FORCE_HINT}")
     stored: set[str] = set()
     written_here = 0
     changed: list[str] = []
@@ -125,12 +125,12 @@ def _check_one_dataset(uri: str, previous: dict[str, Any] | None, name: str | No
         raise StoreMismatch(
             f"{uri} holds features of another dataset than the one at {root}: {len(stored) - in_catalog:,} of "
             f"its {len(stored):,} videos are not in the catalogue, and {len(changed):,} of the {written_here:,} in both "
-            f"hold other content now{f' (first: {first})' if first else ''}; a feature store holds one dataset's "
+            f"hold other content now{f' (first: {first})' if first else ''}; a shard store holds one dataset's "
             f"catalogue: {FORCE_HINT}")
 
 
 def check_store_dataset(reader: Any, dataset: VideoDataset, ids: Sequence[str]) -> None:
-    """Refuse (:class:`StoreMismatch`) a complete feature store (a ``FeatureReader``) of another dataset.
+    """Refuse (:class:`StoreMismatch`) a complete shard store (a ``FeatureReader``) of another dataset.
 
     The read-only half of :func:`reconcile_store`, for the stages that read features (the split,
     training, evaluation): the same tests, on the store's recorded dataset and video sources.

@@ -1,6 +1,6 @@
 """Item-index → backbone features, for the trainer and the evaluator.
 
-The model numbers items ``1..N`` (``SplitData.item_ids``); the feature store keys videos by their
+The model numbers items ``1..N`` (``SplitData.item_ids``); the shard store keys videos by their
 dataset id. ``ItemFeatures`` bridges the two and caches: the catalogue's features are loaded into
 memory once when they fit in ``max_cache_bytes`` (the default embedded dataset does), otherwise
 an LRU of single items is kept, so repeated batches do not hit the store again.

@@ -1,4 +1,4 @@
-"""Reading a feature store: ``FeatureReader`` (random access by video id, local or S3).
+"""Reading a shard store: ``FeatureReader`` (random access by video id, local or S3).
 
 The store's layout, the spec, the manifests and the index are defined in :mod:`.layout`,
 :mod:`.spec` and :mod:`.manifest`; this module reads them. Local shards are memory-mapped, S3 shards downloaded into a bounded cache;
@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from linkedout.fingerprint import file_sha256
 from linkedout.shards.layout import INDEX_KEY, SPEC_KEY
 from linkedout.shards.manifest import (
     FeatureIndex,
@@ -32,7 +33,7 @@ from linkedout.shards.manifest import (
 from linkedout.shards.quant import dequantize_int8
 from linkedout.shards.spec import read_spec
 from linkedout.shards.storage import MissingKeyError, S3Options, ShardStoreError, Storage, open_storage
-from linkedout.utils import atomic_write_bytes, file_sha256, get_logger, is_int
+from linkedout.utils import atomic_write_bytes, get_logger, is_int
 
 log = get_logger(__name__)
 
@@ -92,7 +93,7 @@ class _Cache:
 
 
 class FeatureReader:
-    """Random access to a feature store by video id.
+    """Random access to a shard store by video id.
 
     Local stores are memory-mapped per shard (a lookup reads only its rows), each shard file's
     sha256 checked against its manifest when the process first opens it (once per file and
@@ -283,7 +284,7 @@ class FeatureReader:
         if reason is not None:
             return KeyError(f"video id {video_id!r} has no features in {self.storage.uri}: "
                             f"its extraction failed ({reason})")
-        return KeyError(f"video id {video_id!r} is not in feature store {self.storage.uri}")
+        return KeyError(f"video id {video_id!r} is not in shard store {self.storage.uri}")
 
     def get(self, video_id: str) -> np.ndarray:
         """Features of one video, float32 ``[L, K, D]``; ``KeyError`` naming an unknown id."""
@@ -342,11 +343,6 @@ class FeatureReader:
             problems += check_files(self.storage, manifest, "checksum")
             count += len(manifest.files)
         if problems:
-            raise ShardStoreError(f"feature store {self.storage.uri} failed verification: " + "; ".join(problems))
+            raise ShardStoreError(f"shard store {self.storage.uri} failed verification: " + "; ".join(problems))
         log.info("verified %d files of %d shards in %s", count, len(self._index.shards), self.storage.uri)
         return count
-
-    def clear_cache(self) -> None:
-        """Close every open shard (drops memory maps and downloaded arrays)."""
-        with self._lock:
-            self._cache.entries.clear()

@@ -23,7 +23,7 @@ DTYPES = ("float16", "int8")
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What a feature store holds: how the features were extracted and how they are stored.
+    """What a shard store holds: how the features were extracted and how they are stored.
 
     Attributes:
         backbone: the video LLM the features come from (hub id, local path or ``"tiny"``).
@@ -162,7 +162,7 @@ def read_spec(storage: Storage) -> FeatureSpec:
     try:
         raw = storage.read_bytes(SPEC_KEY)
     except MissingKeyError:
-        raise ShardStoreError(f"{storage.uri} is not a feature store: no {SPEC_KEY}") from None
+        raise ShardStoreError(f"{storage.uri} is not a shard store: no {SPEC_KEY}") from None
     try:
         doc = json.loads(raw)
         if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:

@@ -1,4 +1,4 @@
-"""Byte storage behind the feature store: a local directory or an S3 (-compatible) bucket.
+"""Byte storage behind the shard store: a local directory or an S3 (-compatible) bucket.
 
 Both back ends speak the same small :class:`Storage` protocol of ``/``-separated relative keys
 (``"spec.json"``, ``"shards/shard-00000.data.npy"``). Every write is atomic: a reader sees either
@@ -29,7 +29,7 @@ _TEMP_NAME = re.compile(r"^\..+\.tmp$")
 
 
 class ShardStoreError(RuntimeError):
-    """A feature store is missing, inconsistent or unreachable; the message names the key / uri."""
+    """A shard store is missing, inconsistent or unreachable; the message names the key / uri."""
 
 
 class MissingKeyError(ShardStoreError):
@@ -52,7 +52,7 @@ def _check_key(key: str) -> str:
 
 @runtime_checkable
 class Storage(Protocol):
-    """Where feature-store objects live. Keys are relative ``/``-separated paths."""
+    """Where shard-store objects live. Keys are relative ``/``-separated paths."""
 
     @property
     def uri(self) -> str:

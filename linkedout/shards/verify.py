@@ -1,4 +1,4 @@
-"""Checking a whole feature store (``linkedout features verify``) and its content digest.
+"""Checking a whole shard store (``linkedout features verify``) and its content digest.
 
 :func:`verify_store` reads everything a reader relies on and reports every problem at once:
 
@@ -61,7 +61,7 @@ class VerifyReport:
         return not self.problems
 
     def format(self) -> str:
-        lines = [f"feature store {self.uri}",
+        lines = [f"shard store {self.uri}",
                  f"  {self.shards:,} shards, {self.files:,} files ({self.bytes / 1e6:,.1f} MB) hashed, "
                  f"{self.videos:,} videos with features, {self.failed:,} failed"]
         lines += [f"  PROBLEM: {p}" for p in self.problems]
@@ -124,7 +124,7 @@ def _check_shard(storage: Storage, manifest: ShardManifest, spec_shape: tuple[in
 
 def verify_store(storage: Storage | str, *, endpoint_url: S3Options = None, catalog: Sequence[str] | None = None,
                  repair: bool = False) -> VerifyReport:
-    """Check every checksum and every id of a feature store (see the module docstring)."""
+    """Check every checksum and every id of a shard store (see the module docstring)."""
     storage = open_storage(storage, endpoint_url)
     report = VerifyReport(uri=storage.uri)
     try:

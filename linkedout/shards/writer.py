@@ -72,7 +72,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 class ShardWriter:
-    """Writes shards of one feature store (see the module docstring for the layout and a driver loop).
+    """Writes shards of one shard store (see the module docstring for the layout and a driver loop).
 
     Args:
         storage: a :class:`Storage`, a directory or ``s3://bucket/prefix``.
@@ -104,11 +104,11 @@ class ShardWriter:
             if stored != spec:
                 raise StoreMismatch(
                     f"{self.storage.uri} holds features of another extraction config (store != asked: "
-                    f"{'; '.join(stored.diff(spec))}); a store holds one config: use a new feature store "
+                    f"{'; '.join(stored.diff(spec))}); a store holds one config: use a new shard store "
                     "(--out, or a new --workdir), or --force to delete its features and extract again")
         else:
             self.storage.write_bytes(SPEC_KEY, spec_bytes(spec))
-            log.info("new feature store %s: %s %s per video", self.storage.uri, spec.dtype, spec.shape)
+            log.info("new shard store %s: %s %s per video", self.storage.uri, spec.dtype, spec.shape)
 
     def __repr__(self) -> str:
         return f"ShardWriter({self.storage.uri!r}, shard_size={self.shard_size})"
