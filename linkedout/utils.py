@@ -1,7 +1,8 @@
-"""Small shared helpers: logging, seeding, progress bars, atomic file writes, timestamps, int checks."""
+"""Small shared helpers: logging, seeding, progress bars, atomic file writes, hashing, timestamps, int checks."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -17,6 +18,8 @@ import numpy as np
 T = TypeVar("T")
 
 LOG = logging.getLogger("linkedout")
+
+_HASH_CHUNK = 1 << 22  # 4 MiB
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -94,6 +97,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def utc_now() -> str:
