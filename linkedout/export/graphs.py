@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from linkedout.model.base import Recommender
+from linkedout.utils import atomic_write_bytes
 
 __all__ = [
     "EncoderGraph",
@@ -203,8 +204,6 @@ def export_onnx(graph: nn.Module, args: tuple[Tensor, ...], spec: GraphSpec, pat
     ``spec``. The file is written whole or not at all (a temporary file renamed into place).
     """
     import onnx
-
-    from linkedout.utils import atomic_write_bytes
 
     in_names, out_names = spec.names()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)

@@ -13,7 +13,6 @@ import hashlib
 import io
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,10 +22,8 @@ import pyarrow.parquet as pq
 from linkedout.data.microlens import sort_ids
 from linkedout.featurestore.definitions import INTERACTIONS, TABLES, TIMESTAMP, USER_KEY, VIDEO_KEY
 from linkedout.featurestore.errors import FeatureRepoError, OfflineStoreError
+from linkedout.featurestore.repo import FeatureRepo
 from linkedout.utils import get_logger
-
-if TYPE_CHECKING:
-    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,11 +39,9 @@ from linkedout.featurestore.definitions import (
 )
 from linkedout.featurestore.offline import INTERACTIONS_SCHEMA, content_part, video_ids, write_part
 from linkedout.featurestore.online import configure_redis_client, online_errors, read_rows, user_keys
+from linkedout.featurestore.repo import FeatureRepo
 from linkedout.featurestore.write import histories_table, online_last_watch
 from linkedout.utils import get_logger
-
-if TYPE_CHECKING:
-    from linkedout.featurestore.repo import FeatureRepo
 
 LOG = get_logger(__name__)
 _LOCK = threading.Lock()
