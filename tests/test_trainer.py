@@ -357,9 +357,9 @@ def test_resume_after_kill_is_exact(split: SplitData, tmp_path: Path, loss: str)
 
 
 def test_dataclass_state_is_plain_data() -> None:
-    from linkedout.training.trainer import _State
+    from linkedout.training.trainer import TrainState
 
-    assert json.loads(json.dumps(dataclasses.asdict(_State())))["step"] == 0
+    assert json.loads(json.dumps(dataclasses.asdict(TrainState())))["step"] == 0
 
 
 def _rows(run_dir: Path) -> list[tuple[str, int, int]]:

@@ -102,7 +102,7 @@ class TrainResult:
 
 
 @dataclass
-class _State:
+class TrainState:
     """Trainer progress, saved in every checkpoint."""
 
     epoch: int = 0  # epochs fully done (= 0-based index of the epoch in progress)
@@ -198,7 +198,7 @@ class Trainer:
         targets = torch.as_tensor(np.asarray(examples[1]), dtype=torch.long)
         self.item_counts = torch.as_tensor(np.asarray(split.item_counts), dtype=torch.long)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.state = _State()
+        self.state = TrainState()
         self._run_eta: float | None = None  # seconds left for the whole run, after the latest epoch
         self.model.to(self.device)
         if not self.trainable:
@@ -445,7 +445,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = _State(**ckpt["state"])
+        self.state = TrainState(**ckpt["state"])
         if self.state.stopped_early:
             log.info("checkpoint %s had stopped early at epoch %d; not training further",
                      self.last_path, self.state.epoch)
