@@ -6,7 +6,7 @@ from one production-style model repository by
 
 - the local Triton (``tritonserver`` 2.51 of nvidia-pytriton, the generated Python-backend model
   running the ONNX file with onnxruntime), queried with ``tritonclient.grpc``;
-- the KServe fallback predictor (``python -m linkedout.serving.predictor``), same client;
+- the KServe fallback predictor (``python -m linkedout.serving.local.predictor``), same client;
 - onnxruntime in this process (the floor: no RPC, no server).
 
 One client, sequential requests: ``--requests`` timed requests per run after ``--warmup``, the three
@@ -36,10 +36,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from linkedout.serving import toy
-from linkedout.serving.local_server import LocalPredictor
-from linkedout.serving.triton import LocalTriton
-from linkedout.serving.triton_repo import LocalRepository
+from linkedout.serving.local.model_server import LocalPredictor
+from linkedout.serving.local.triton import LocalTriton
+from linkedout.serving.local.triton_repo import LocalRepository
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import serving_toy as toy  # the toy models live with the tests
 
 MODEL = "bench_ranker"
 

@@ -62,11 +62,11 @@ def build(workdir: Path, videos: int, users: int, seed: int = 0) -> dict[str, An
     """The model repository (encoder-less: only the ranker is on the request path) and the Feast store."""
     import pandas as pd
     import torch
-    from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo, write_histories
 
     from linkedout.export import Catalog, ExportConfig, ModelRepository, export_ranker
+    from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo, write_histories
+    from linkedout.job.publish import default_model_config
     from linkedout.model import build_model
-    from linkedout.publish import default_model_config
 
     repo_dir = workdir / "model_repository"
     feast_dir = workdir / "feast"
@@ -262,7 +262,7 @@ def main() -> int:
     args = p.parse_args()
     os.environ.setdefault("LINKEDOUT_PROGRESS", "0")
 
-    from linkedout.serving.stack import LocalStack, StackSettings
+    from linkedout.serving.local import LocalStack, StackSettings
     from linkedout.utils import configure_logging
 
     configure_logging("WARNING")

@@ -1,6 +1,6 @@
 """The KServe fallback predictor, serving the production repository, queried with ``tritonclient``.
 
-The predictor runs as a subprocess (``python -m linkedout.serving.predictor``): this process imports
+The predictor runs as a subprocess (``python -m linkedout.serving.local.predictor``): this process imports
 ``tritonclient.grpc`` and must never import kserve (kserve#3099).
 """
 
@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import serving_toy as toy
+from process_checks import group_pids, wait_until
 
-from linkedout.serving import process, toy
-from linkedout.serving.local_server import LocalPredictor, refresh_served_model, start_model_server
-from linkedout.serving.triton import ModelLoadError
-from linkedout.serving.triton_env import PlatformUnsupported, TritonEnvironment, TritonInstall
+from linkedout.serving.local import process
+from linkedout.serving.local.control import ModelLoadError
+from linkedout.serving.local.model_server import LocalPredictor, refresh_served_model, start_model_server
+from linkedout.serving.local.triton_env import PlatformUnsupported, TritonEnvironment, TritonInstall
 
 ROOT = Path(__file__).resolve().parents[1]
 RANKER = "toy_ranker"
@@ -62,12 +64,16 @@ def infer(url: str, history: np.ndarray, version: str = "") -> tuple[np.ndarray,
 
 
 def test_import_hygiene() -> None:
-    """The launcher side never imports kserve; the predictor never imports tritonclient.grpc."""
-    launcher = ("import sys, linkedout.serving.local_server, linkedout.serving.triton, linkedout.serving.triton_repo;"
+    """The launcher side never imports kserve; the predictor never imports tritonclient.grpc; the
+    transformer (production) imports neither tritonclient nor the local stand-ins."""
+    launcher = ("import sys, linkedout.serving.local, linkedout.serving.local.triton_repo;"
                 "assert 'kserve' not in sys.modules, 'kserve imported'")
-    predictor = ("import sys, linkedout.serving.predictor;"
+    predictor = ("import sys, linkedout.serving.local.predictor;"
                  "assert 'tritonclient.grpc' not in sys.modules, 'tritonclient.grpc imported'")
-    for code in (launcher, predictor):
+    transformer = ("import sys, linkedout.serving.transformer;"
+                   "bad = [m for m in sys.modules if m.startswith(('tritonclient', 'linkedout.serving.local'))];"
+                   "assert not bad, bad")
+    for code in (launcher, predictor, transformer):
         out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
@@ -166,7 +172,7 @@ def test_versions_live_refused_and_rolled_back(predictor: tuple[Path, LocalPredi
     pid = server.pid
     # A new version is picked up by the repository watch, with no call at all ...
     publish_ranker(repo, 2, seed=2)
-    assert process.wait_until(lambda: server.ready_versions(RANKER) == [1, 2], timeout=30)
+    assert wait_until(lambda: server.ready_versions(RANKER) == [1, 2], timeout=30)
     history = histories(2)
     rows, version = infer(server.grpc_url, history)
     assert version == "2"
@@ -201,7 +207,7 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
     started = time.monotonic()
     assert server.stop() == 0  # a clean exit on SIGTERM, not the SIGKILL fallback
     assert time.monotonic() - started < server.stop_timeout
-    assert not process.pid_alive(pid) and process.group_pids(pid) == []
+    assert not process.pid_alive(pid) and group_pids(pid) == []
 
 
 class NoTriton(TritonEnvironment):

@@ -1,7 +1,7 @@
 """The transformer's logic without its servers: request checks, A/B routing, the request log, the engine.
 
-The engine runs the exported ONNX rankers through onnxruntime (the same files Triton serves), so
-its answers are checked against the PyTorch models. The servers themselves (Triton, the KServe
+The engine runs the exported ONNX rankers in-process with the local Triton model's onnxruntime
+runner (the same files Triton serves), so its answers are checked against the PyTorch models. The servers themselves (Triton, the KServe
 transformer, Feast) are exercised in tests/test_serving_stack.py.
 """
 
@@ -21,9 +21,11 @@ from conftest import ServingRepo
 
 from linkedout.export import Catalog
 from linkedout.export.graphs import RankerGraph
-from linkedout.serving.catalogs import ServedCatalogs
+from linkedout.export.model_config import CONFIG_NAME, config_to_dict, read_config
+from linkedout.serving.catalog import ServedCatalogs
 from linkedout.serving.engine import RecommendationEngine, ServingUnavailable
-from linkedout.serving.ort_ranker import OrtRanker
+from linkedout.serving.local.stack import StackSettings
+from linkedout.serving.local.triton_model import OnnxRunner
 from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse_request
 from linkedout.serving.request_log import RequestLog, read_request_log
 from linkedout.serving.routing import BUCKETS, Router, RoutingConfig, RoutingError, bucket_of
@@ -131,6 +133,22 @@ def test_request_log_writes_jsonl_off_the_request_path(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ the engine
 
 
+class OnnxRanker:
+    """The engine's ranker in-process: each ``NAME_ranker`` version run by ``OnnxRunner`` (no server hop)."""
+
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self.runners: dict[tuple[str, int], OnnxRunner] = {}
+
+    async def __call__(self, model: str, version: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if (model, version) not in self.runners:
+            model_dir = self.repository / f"{model}_ranker"
+            config = config_to_dict(read_config(model_dir / CONFIG_NAME))
+            self.runners[model, version] = OnnxRunner(str(model_dir / str(version) / "model.onnx"), config, threads=1)
+        out = self.runners[model, version].run({"history": history})
+        return out["rows"], out["scores"]
+
+
 class StoreHistories:
     """A history source over a dict: stands in for the Feast reader (tested against Feast elsewhere)."""
 
@@ -148,7 +166,7 @@ class StoreHistories:
 def make_engine(repo: ServingRepo, *, histories: StoreHistories | None = None, routing: Path | None = None,
                 log: RequestLog | None = None, feast_timeout: float = 0.5) -> RecommendationEngine:
     engine = RecommendationEngine(router=Router(routing, "linkedout"), catalogs=ServedCatalogs(str(repo.root)),
-                                  ranker=OrtRanker(repo.root), histories=histories, request_log=log,
+                                  ranker=OnnxRanker(repo.root), histories=histories, request_log=log,
                                   feast_timeout=feast_timeout, max_k=20)
     engine.serving = {"linkedout": 1, "sasrec_id": 1}
     return engine
@@ -258,6 +276,20 @@ def test_no_ready_version_is_unavailable_not_a_crash(serving_repo: ServingRepo) 
     engine.close()
 
 
+def test_served_versions_follow_what_the_predictor_reports_ready(serving_repo: ServingRepo) -> None:
+    engine = make_engine(serving_repo)
+    engine.serving = {}
+    ready = {("linkedout", 1)}
+
+    async def is_ready(model: str, version: int) -> bool:
+        return (model, version) in ready
+
+    assert asyncio.run(engine.update_served_versions(is_ready)) == {"linkedout": 1}
+    ready.clear()  # unloaded, and no older version to fall back to
+    assert asyncio.run(engine.update_served_versions(is_ready)) == {}
+    engine.close()
+
+
 def test_catalogue_versions_are_listed_and_loaded(serving_repo: ServingRepo) -> None:
     cats = ServedCatalogs(str(serving_repo.root))
     assert cats.versions("linkedout") == [1] and cats.versions("nope") == []
@@ -294,8 +326,6 @@ def test_the_transformer_reads_catalogues_from_an_s3_model_repository(serving_re
 def test_stack_settings_resolve_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`linkedout serve --workdir runs/demo`: Triton and the transformer run in other directories, so
     the work directory and the routing config they are given must be absolute."""
-    from linkedout.serving.stack import StackSettings
-
     monkeypatch.chdir(tmp_path)
     s = StackSettings(workdir=Path("runs/demo"), routing=Path("routing.yaml"))
     assert s.workdir == tmp_path / "runs" / "demo" and s.workdir.is_absolute()

@@ -24,15 +24,18 @@ import numpy as np
 import pytest
 import torch
 from conftest import Toy
-from linkedout.featurestore import HistoryReader
+from process_checks import wait_until
 
-from linkedout import pipeline, publish
 from linkedout.data.microlens import load_microlens
 from linkedout.export import Catalog
 from linkedout.export.graphs import RankerGraph
-from linkedout.serving import process
+from linkedout.featurestore import HistoryReader
+from linkedout.job.catalog import add_videos
+from linkedout.job.feast import publish_features
+from linkedout.job.publish import export_run
+from linkedout.job.training import train_variant
 from linkedout.serving.client import RecommendClient, RecommendError
-from linkedout.serving.stack import LocalStack, StackSettings
+from linkedout.serving.local import LocalStack, StackSettings
 from linkedout.training.checkpoint import load_model_from_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -51,11 +54,11 @@ class Served:
 def served(toy: Toy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     work = tmp_path_factory.mktemp("stack")
     run_dir = work / "runs" / "linkedout"
-    pipeline.train_variant(toy.data, str(toy.features), run_dir, "linkedout", epochs=2, split=toy.split,
+    train_variant(toy.data, str(toy.features), run_dir, "linkedout", epochs=2, split=toy.split,
                            item_features=toy.item_features)
-    publish.export_run(toy.data, str(toy.features), run_dir, work / "model_repository", name="linkedout",
+    export_run(toy.data, str(toy.features), run_dir, work / "model_repository", name="linkedout",
                        split=toy.split, item_features=toy.item_features)
-    publish.publish_features(toy.data, work / "model_repository", work / "feast", name="linkedout")
+    publish_features(toy.data, work / "model_repository", work / "feast", name="linkedout")
     stack = LocalStack(StackSettings(workdir=work, sync_interval=0.3)).start()
     client = RecommendClient(stack.info["transformer"]["grpc"], timeout=5.0)
     model = load_model_from_checkpoint(run_dir / "checkpoints" / "best.pt", toy.split.num_items).eval()
@@ -145,7 +148,7 @@ def test_a_video_added_live_is_recommended_without_a_restart(served: Served, tmp
     twin = 7_000_001
     shutil.copy(dataset.video_path(str(target)), tmp_path / f"{twin}.mp4")
     pid_before = served.stack.server.pid
-    out = publish.add_videos([tmp_path / f"{twin}.mp4"], repository=served.workdir / "model_repository",
+    out = add_videos([tmp_path / f"{twin}.mp4"], repository=served.workdir / "model_repository",
                              name="linkedout", features=str(served.toy.features),
                              added_store=served.workdir / "features-added", feast_dir=served.workdir / "feast")
     assert out["version"] == 2 and out["added"] == [twin] and not out["failed"]
@@ -164,7 +167,7 @@ def test_killing_triton_is_a_clean_error_within_a_second_and_a_restart_serves_ag
     user = str(served.toy.split.test.user_ids[3])
     assert served.client.recommend([user], k=5)[0].items
     os.kill(served.stack.server.pid, signal.SIGKILL)
-    process.wait_until(lambda: not served.stack.server.running(), timeout=10)
+    wait_until(lambda: not served.stack.server.running(), timeout=10)
     t0 = time.perf_counter()
     with pytest.raises(RecommendError, match="UNAVAILABLE") as err:
         served.client.recommend([user], k=5)

@@ -23,25 +23,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import serving_toy as toy
+from process_checks import group_pids, wait_until
 
-from linkedout.serving import process, toy
-from linkedout.serving.local_server import refresh_served_model
-from linkedout.serving.model_config import (
-    config_to_dict,
-    parse_config,
-    read_config,
-    served_versions,
-    to_python_backend,
-    version_numbers,
-)
-from linkedout.serving.triton import (
-    LocalTriton,
-    ModelControl,
-    ModelLoadError,
-    ModelServerError,
-    VersionRejected,
-)
-from linkedout.serving.triton_env import (
+from linkedout.export.model_config import config_to_dict, parse_config, read_config
+from linkedout.serving.local import process
+from linkedout.serving.local.control import ModelControl, ModelLoadError, ModelServerError, VersionRejected
+from linkedout.serving.local.model_server import refresh_served_model
+from linkedout.serving.local.triton import LocalTriton
+from linkedout.serving.local.triton_env import (
     PlatformUnsupported,
     TritonEnvironment,
     TritonInstall,
@@ -50,8 +40,9 @@ from linkedout.serving.triton_env import (
     check_binary,
     check_platform,
 )
-from linkedout.serving.triton_model import check_model
-from linkedout.serving.triton_repo import LocalRepository
+from linkedout.serving.local.triton_model import check_model
+from linkedout.serving.local.triton_repo import LocalRepository, to_python_backend
+from linkedout.serving.local.versions import served_versions, version_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 RANKER = "toy_ranker"
@@ -197,7 +188,7 @@ def test_twin_sync_is_incremental(tmp_path: Path) -> None:
 
 
 def test_platform_errors_say_what_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
-    import linkedout.serving.triton_env as triton_env
+    import linkedout.serving.local.triton_env as triton_env
 
     monkeypatch.setattr(triton_env.platform, "machine", lambda: "aarch64")
     with pytest.raises(PlatformUnsupported, match="Linux x86-64 only; this is linux aarch64"):
@@ -321,7 +312,7 @@ def test_dynamic_batching_splits_answers_back_per_request(tmp_path: Path, enviro
             tensor = grpcclient.InferInput("history", [1, 10], "INT64")
             tensor.set_data_from_numpy(history[b:b + 1])
             client.async_infer(RANKER, [tensor], callback=done(b))
-        assert process.wait_until(lambda: all(r is not None for r in results), timeout=30)
+        assert wait_until(lambda: all(r is not None for r in results), timeout=30)
         want_rows, _ = ort_ranker(repo / RANKER / "1" / "model.onnx", history)
         for b, result in enumerate(results):
             np.testing.assert_array_equal(result.as_numpy("rows")[0], want_rows[b])  # type: ignore[attr-defined]
@@ -421,18 +412,18 @@ def test_stop_leaves_no_process(tmp_path: Path, environment: TritonEnvironment) 
     triton.start()
     pid = triton.pid
     assert pid is not None
-    group = process.group_pids(pid)
+    group = group_pids(pid)
     assert pid in group and len(group) >= 2  # tritonserver and its Python-backend stub
     assert triton.stop() == 0
-    assert not process.pid_alive(pid) and process.group_pids(pid) == []
+    assert not process.pid_alive(pid) and group_pids(pid) == []
     assert not ModelControl(triton.http_url, timeout=1).live()
 
 
 PARENT = """
 import json, sys, time
 from pathlib import Path
-from linkedout.serving.triton import LocalTriton
-from linkedout.serving.triton_repo import LocalRepository
+from linkedout.serving.local.triton import LocalTriton
+from linkedout.serving.local.triton_repo import LocalRepository
 triton = LocalTriton(LocalRepository(Path(sys.argv[1]), Path(sys.argv[2])), models=["toy_ranker"]).start()
 print(json.dumps({"pid": triton.pid}), flush=True)
 time.sleep(600)
@@ -451,11 +442,11 @@ def test_triton_dies_with_its_parent(tmp_path: Path, environment: TritonEnvironm
         line = parent.stdout.readline()
         assert line, "the parent did not start Triton"
         pid = json.loads(line)["pid"]
-        group = process.group_pids(pid)
+        group = group_pids(pid)
         assert pid in group
         parent.send_signal(sig)
         parent.wait(timeout=10)
-        assert process.wait_until(lambda: not any(process.pid_alive(p) for p in group), timeout=20), \
+        assert wait_until(lambda: not any(process.pid_alive(p) for p in group), timeout=20), \
             f"left behind: {[p for p in group if process.pid_alive(p)]}"
     finally:
         if parent.poll() is None:
@@ -491,7 +482,7 @@ def test_a_missing_library_is_named(environment: TritonEnvironment) -> None:
 def test_racing_processes_create_the_environment_once(tmp_path: Path) -> None:
     """Two processes ensure() a fresh cache at once: one builds (with progress), the other waits, both use it."""
     code = ("import json, sys; from pathlib import Path; from linkedout.utils import configure_logging;"
-            "from linkedout.serving.triton_env import TritonEnvironment; configure_logging();"
+            "from linkedout.serving.local.triton_env import TritonEnvironment; configure_logging();"
             "print(json.dumps(str(TritonEnvironment(Path(sys.argv[1])).ensure().root)))")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cache")], env=env, text=True,

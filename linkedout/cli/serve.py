@@ -47,7 +47,7 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from linkedout.serving.stack import LocalStack, StackSettings
+    from linkedout.serving.local import LocalStack, StackSettings
 
     settings = StackSettings(workdir=args.workdir, default_model=args.model, routing=args.routing,
                              prefer=args.prefer, http_port=args.http_port, grpc_port=args.grpc_port,

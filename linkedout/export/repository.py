@@ -16,10 +16,12 @@ Layout (docs/serving.md §1)::
   an instance group, ``version_policy { latest { num_versions: 2 } }`` so that the old version keeps
   serving while the new one loads. A version whose graph does not fit the model's existing
   configuration is refused: a retrained model with other dimensions is a new model name, or
-  ``replace=True`` retires every old version first.
+  ``replace=True`` retires every old version first. Configurations are compared as Triton reads
+  them (``_same_config``), not by their text layout.
 
-No server import here: Triton's ``ModelConfig`` protobuf (in ``tritonclient``) is used by the tests
-and tools that check these files, never by this module.
+``config_pbtxt`` builds Triton's own ``ModelConfig`` protobuf message (the class that
+``linkedout.export.model_config`` loads) and writes it in that module's one format. No server import
+here.
 """
 
 from __future__ import annotations
@@ -30,8 +32,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from linkedout.export.graphs import GraphSpec, TensorSpec
+from linkedout.export.model_config import (
+    ModelConfigError,
+    format_config,
+    model_config_pb2,
+    new_config,
+    parse_config,
+)
 from linkedout.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
@@ -73,37 +83,53 @@ class TritonConfig:
             raise ValueError("TritonConfig.backend must not be empty")
 
 
-def _tensor_block(t: TensorSpec, indent: str) -> str:
+def _add_tensor(tensors: Any, t: TensorSpec) -> None:
     if not t.shape or t.shape[0] != -1:
         raise ValueError(f"tensor {t.name}: the first axis must be the batch axis (-1), got {list(t.shape)}")
+    try:
+        data_type = model_config_pb2().DataType.Value(f"TYPE_{t.dtype}")
+    except ValueError:
+        raise ValueError(f"tensor {t.name}: {t.dtype} is not a Triton data type") from None
+    tensor = tensors.add()
+    tensor.name = t.name
+    tensor.data_type = data_type
     dims = list(t.shape[1:])
-    lines = [f'{indent}  name: "{t.name}"', f"{indent}  data_type: TYPE_{t.dtype}"]
     if dims:
-        lines.append(f"{indent}  dims: [ {', '.join(str(d) for d in dims)} ]")
+        tensor.dims.extend(dims)
     else:
         # one value per batch entry: Triton needs non-empty dims, so [1] reshaped to a scalar
-        lines.append(f"{indent}  dims: [ 1 ]")
-        lines.append(f"{indent}  reshape: {{ shape: [ ] }}")
-    return f"{indent}{{\n" + "\n".join(lines) + f"\n{indent}}}"
+        tensor.dims.append(1)
+        tensor.reshape.SetInParent()
 
 
 def config_pbtxt(name: str, spec: GraphSpec, cfg: TritonConfig | None = None) -> str:
-    """``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``) for a graph."""
+    """``config.pbtxt`` text for a graph: Triton's ``ModelConfig`` message, in ``format_config``'s format."""
     cfg = cfg or TritonConfig()
     if not name or any(c not in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-" for c in name):
         raise ValueError(f"model name {name!r} must be letters, digits, '_' or '-'")
-    ins = ",\n".join(_tensor_block(t, "  ") for t in spec.inputs)
-    outs = ",\n".join(_tensor_block(t, "  ") for t in spec.outputs)
-    return (
-        f'name: "{name}"\n'
-        f'backend: "{cfg.backend}"\n'
-        f"max_batch_size: {cfg.max_batch_size}\n"
-        f"input [\n{ins}\n]\n"
-        f"output [\n{outs}\n]\n"
-        f"instance_group [\n  {{\n    count: {cfg.instance_count}\n    kind: {cfg.instance_kind}\n  }}\n]\n"
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {cfg.max_queue_delay_us}\n}}\n"
-        f"version_policy {{\n  latest {{\n    num_versions: {cfg.num_versions}\n  }}\n}}\n"
-    )
+    config = new_config()
+    config.name = name
+    config.backend = cfg.backend
+    config.max_batch_size = cfg.max_batch_size
+    for t in spec.inputs:
+        _add_tensor(config.input, t)
+    for t in spec.outputs:
+        _add_tensor(config.output, t)
+    group = config.instance_group.add()
+    group.count = cfg.instance_count
+    group.kind = model_config_pb2().ModelInstanceGroup.Kind.Value(cfg.instance_kind)
+    config.dynamic_batching.SetInParent()
+    config.dynamic_batching.max_queue_delay_microseconds = cfg.max_queue_delay_us
+    config.version_policy.latest.num_versions = cfg.num_versions
+    return format_config(config)
+
+
+def _same_config(a: str, b: str) -> bool:
+    """Whether two ``config.pbtxt`` texts configure the same (by the message, whatever the layout)."""
+    try:
+        return bool(parse_config(a) == parse_config(b))
+    except ModelConfigError:
+        return a == b
 
 
 def validate_onnx(path: str | os.PathLike[str], spec: GraphSpec) -> None:
@@ -210,7 +236,7 @@ class ModelRepository:
         """
         mdir = self.model_dir(model)
         cfg_file = mdir / "config.pbtxt"
-        if cfg_file.is_file() and cfg_file.read_text() != config and self.versions(model):
+        if cfg_file.is_file() and not _same_config(cfg_file.read_text(), config) and self.versions(model):
             if not replace:
                 raise RepositoryError(
                     f"{self.root}: model {model!r} exists with another configuration (other inputs, outputs or "
@@ -235,7 +261,7 @@ class ModelRepository:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        if not cfg_file.is_file() or cfg_file.read_text() != config:
+        if not cfg_file.is_file() or not _same_config(cfg_file.read_text(), config):
             atomic_write_text(cfg_file, config)
         _fsync_dir(mdir)
         log.info("published %s version %d in %s", model, version, self.root)

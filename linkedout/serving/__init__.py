@@ -1,16 +1,22 @@
-"""The online half of LinkedOut (docs/serving.md): model serving, and (to come) the KServe transformer.
+"""The online half of LinkedOut (docs/serving.md): the production request path, and its local stand-ins.
 
-Local model serving, the embedded default of DESIGN.md §2 (import the submodule you need):
+The production request path (this package; import the submodule you need):
 
-- :mod:`.local_server`: ``start_model_server`` (local Triton, else the KServe fallback predictor),
-  ``LocalPredictor``, ``refresh_served_model`` (a running server picks up new versions).
-- :mod:`.triton`: ``LocalTriton`` (the real ``tritonserver`` on loopback, explicit model control) and
-  ``ModelControl`` (the v2 HTTP repository API, for Triton and the predictor alike).
-- :mod:`.triton_env`: Triton's own virtual environment, created on first use under the cache directory.
-- :mod:`.triton_repo`: the Python-backend twin of a production repository, new versions validated.
-- :mod:`.triton_model`: the generic Python-backend model (each version's ``model.py``) and its checks.
-- :mod:`.model_config`: ``config.pbtxt`` through Triton's ``ModelConfig`` protobuf.
-- :mod:`.predictor` (imports kserve; ``python -m linkedout.serving.predictor``), :mod:`.kserve_server`
-  (a ``kserve.ModelServer`` bound to ``--bind_address``).
-- :mod:`.process` (child processes that die with their parent), :mod:`.toy` (toy ONNX models).
+- :mod:`.transformer`: ``LinkedOutTransformer``, the KServe transformer (``python -m
+  linkedout.serving.transformer``; imports kserve): ``preprocess`` reads Feast, ``predict`` calls
+  Triton, ``postprocess`` filters and explains.
+- :mod:`.engine`: ``RecommendationEngine``, the recommendation logic of those three phases, with no
+  server in it.
+- :mod:`.request`: request parsing and checks (``parse_request``, ``RequestError``).
+- :mod:`.routing`: A/B routing (``Router``, ``RoutingConfig``: salted hash, sticky).
+- :mod:`.catalog`: ``ServedCatalogs``, the catalogue versions of the served rankers, loaded once.
+- :mod:`.ranker`: ``TritonRanker``, the transformer's Triton client (kserve's gRPC client).
+- :mod:`.request_log`: the JSONL request log; :mod:`.metrics`: the Prometheus metrics.
+- :mod:`.kserve_server`: ``BoundModelServer``, a ``kserve.ModelServer`` bound to ``--bind_address``.
+- :mod:`.client`: ``RecommendClient``, the transformer's gRPC client (``tritonclient``; for the CLI,
+  tests and benchmarks, never imported by the transformer process: kserve#3099).
+
+The local stand-ins that replace a cluster on one machine (``linkedout serve``) are
+:mod:`linkedout.serving.local`: the Triton launcher and its environment, the Python-backend twin
+repository, the KServe fallback predictor, the stack. Production modules never import them.
 """

@@ -58,6 +58,7 @@ class RecommendClient:
     """``recommend(user_ids, k, history=None, explain=False) -> [Recommendation]`` over gRPC."""
 
     def __init__(self, url: str, *, model: str = "linkedout", timeout: float = 5.0) -> None:
+        # tritonclient only once a client is made: importers of format_table stay free of it (kserve#3099)
         import tritonclient.grpc as grpcclient
 
         self._grpc = grpcclient

@@ -1,24 +1,31 @@
-"""The recommendation logic of the transformer, with no server in it.
+"""The recommendation logic of the transformer, with no server in it, in KServe's three phases.
 
-``RecommendationEngine.recommend`` answers a checked ``RecRequest``:
+``RecommendationEngine`` answers a checked ``RecRequest``:
 
-1. route every user to a variant (``Router``: salted hash, sticky);
-2. read the histories of the users without an explicit one from the online feature store
-   (``HistorySource``, e.g. Feast's ``user_history:watched``), bounded by ``feast_timeout``;
-3. per variant's model: take the catalogue version it serves (the newest one the predictor has
-   ready, or the version a variant pins), map history video ids to catalogue rows (ids not in the
-   catalogue are reported as ``unknown_items``), keep the last ``T`` rows;
-4. users with a history: one ranker call per model (``Ranker``, Triton's ``NAME_ranker`` in the
-   transformer); users with none: the catalogue's cold-start list (popular and recent), marked;
-5. drop every video of the user's known history from the results, keep ``k``, attach the layer
-   gate weights and contributions behind each result on request;
-6. log one record per user (``RequestLog``) and count the Prometheus metrics.
+- :meth:`~RecommendationEngine.prepare` (the transformer's ``preprocess``): route every user to a
+  variant (``Router``: salted hash, sticky); read the histories of the users without an explicit
+  one from the online feature store (``HistorySource``, e.g. Feast's ``user_history:watched``),
+  bounded by ``feast_timeout``; per variant's model, take the catalogue version it serves (the
+  newest one the predictor has ready, or the version a variant pins), map history video ids to
+  catalogue rows (ids not in the catalogue are reported as ``unknown_items``), keep the last ``T``
+  rows;
+- :meth:`~RecommendationEngine.rank` (``predict``): users with a history get one ranker call per
+  model version (``Ranker``, Triton's ``NAME_ranker`` in the transformer); users with none get the
+  catalogue's cold-start list (popular and recent), marked;
+- :meth:`~RecommendationEngine.finish` (``postprocess``): drop every video of the user's known
+  history from the results, keep ``k``, attach the layer gate weights and contributions behind
+  each result on request; log one record per user (``RequestLog``) and count the Prometheus
+  metrics.
+
+:meth:`~RecommendationEngine.recommend` runs the three in a row. Which catalogue version serves
+each model follows the repository (:meth:`~RecommendationEngine.update_served_versions`, the
+transformer's background loop).
 
 Failures: a store or predictor outage (or no served version) raises ``ServingUnavailable`` with
 what was unreachable; the engine holds no state that an outage breaks, so the next request after
 they are back is served normally. The KServe transformer (``linkedout.serving.transformer``)
-plugs in the Triton ranker and turns these errors into gRPC / HTTP statuses; tests plug in an
-onnxruntime ranker over the same ONNX files.
+plugs in the Triton ranker (``linkedout.serving.ranker``) and turns these errors into gRPC / HTTP
+statuses; tests plug in an onnxruntime ranker over the same ONNX files.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 
 from linkedout.export.catalog import Catalog
 from linkedout.serving import metrics
-from linkedout.serving.catalogs import CatalogView, ServedCatalogs
+from linkedout.serving.catalog import CatalogView, ServedCatalogs
 from linkedout.serving.request import RecRequest
 from linkedout.serving.request_log import RequestLog
 from linkedout.serving.routing import Router, RoutingVariant
@@ -43,7 +50,8 @@ from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["HistorySource", "Ranker", "RecResult", "RecommendationEngine", "ServingUnavailable"]
+__all__ = ["HistorySource", "Ranker", "RecPlan", "RecResult", "RecommendationEngine", "ServingUnavailable",
+           "VersionReady"]
 
 
 class ServingUnavailable(RuntimeError):
@@ -62,6 +70,8 @@ class HistorySource(Protocol):
 
 #: ``rank(model, version, history rows (B, T) int64) -> (rows (B, KMAX) int64, scores (B, KMAX) float32)``.
 Ranker = Callable[[str, int, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+#: ``ready(model, version) -> bool``: whether the predictor serves that ranker version now.
+VersionReady = Callable[[str, int], Awaitable[bool]]
 
 
 @dataclass
@@ -84,9 +94,31 @@ class RecResult:
 
 @dataclass
 class _Group:
+    """The users of one request served by one catalogue version, and the ranker's answer for them."""
+
     variant: RoutingVariant
     view: CatalogView
     users: list[int]  # positions in the request
+    history_rows: np.ndarray | None = None  # (len(users), T) catalogue rows, left-padded with 0
+    warm: list[int] = field(default_factory=list)  # indices into users of those with a known history
+    rows: np.ndarray | None = None  # (len(warm), KMAX) the ranker's rows, after rank()
+    scores: np.ndarray | None = None  # (len(warm), KMAX) their scores
+
+
+@dataclass
+class RecPlan:
+    """A request between the phases: users routed, histories read and mapped, then ranked."""
+
+    request_id: str
+    request: RecRequest
+    experiment: str
+    variants: list[RoutingVariant]  # per user
+    groups: list[_Group]
+    seen: list[set[int]]  # per user, the catalogue rows of the known history (never recommended)
+    unknown: list[list[int]]  # per user, history video ids not in the catalogue
+    cold: np.ndarray  # (B,) bool: no known history
+    versions: list[str]  # per user, "NAME_ranker:v"
+    started: float  # time.perf_counter() when prepare began
 
 
 class RecommendationEngine:
@@ -105,7 +137,7 @@ class RecommendationEngine:
         # read histories on the event loop itself (no thread hop: ~0.05 ms) when the store is a local
         # file that cannot hang (SQLite); a network store (Redis) is read on a worker with a deadline
         self.inline_histories = inline_histories
-        #: model -> the catalogue version served by default (set by the transformer's refresh loop)
+        #: model -> the catalogue version served by default (set by update_served_versions)
         self.serving: dict[str, int] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
 
@@ -122,7 +154,89 @@ class RecommendationEngine:
         sizes = [self.catalogs.view(m, v).catalog.num_items for m, v in self.serving.items()]
         return min([self.max_k, *sizes]) if sizes else self.max_k
 
-    # -------------------------------------------------------------------------------------- serving
+    async def update_served_versions(self, ready: VersionReady) -> dict[str, int]:
+        """Per routed model, serve the newest repository version that ``ready`` reports ready.
+
+        A newer ready version replaces the current one (its catalogue is loaded first); when the
+        current one stops being ready (rolled back, unloaded) the newest older ready one takes over.
+        Returns ``serving`` (model -> version).
+        """
+        for model in self.router.current().models:
+            current = self.serving.get(model)
+            versions = self.catalogs.versions(model)
+            chosen = await _newest_ready(model, [v for v in versions if current is None or v >= current], ready)
+            if chosen is None and current is not None:  # the current one is gone: fall back
+                chosen = await _newest_ready(model, [v for v in versions if v < current], ready)
+                if chosen is None:
+                    log.warning("%s_ranker: no version is ready any more (was %d)", model, current)
+                    self.serving.pop(model, None)
+            if chosen is not None and chosen != current:
+                self.catalogs.view(model, chosen)  # load the catalogue before switching
+                self.serving[model] = chosen
+                log.info("serving %s_ranker version %d (was %s)", model, chosen, current)
+        return dict(self.serving)
+
+    # -------------------------------------------------------------------------------------- phases
+
+    async def recommend(self, req: RecRequest, request_id: str | None = None) -> RecResult:
+        """The answer to ``req``: :meth:`prepare`, :meth:`rank` and :meth:`finish` in a row."""
+        plan = await self.prepare(req, request_id)
+        await self.rank(plan)
+        return self.finish(plan)
+
+    async def prepare(self, req: RecRequest, request_id: str | None = None) -> RecPlan:
+        """Route the users, read their histories (Feast) and map them to catalogue rows."""
+        t0 = time.perf_counter()
+        cfg = self.router.current()
+        variants = [cfg.assign(u) for u in req.user_ids]
+        b = len(req.user_ids)
+        try:
+            histories = req.histories if req.histories is not None else await self._read_histories(req.user_ids)
+            groups: dict[tuple[str, int], _Group] = {}
+            for i, v in enumerate(variants):
+                view = self.view_for(v)
+                groups.setdefault((view.model, view.version), _Group(v, view, [])).users.append(i)
+        except ServingUnavailable as e:
+            _count_error(variants, e)
+            raise
+        plan = RecPlan(request_id or uuid.uuid4().hex, req, cfg.experiment, variants, list(groups.values()),
+                       [set() for _ in range(b)], [[] for _ in range(b)], np.zeros(b, dtype=bool), [""] * b, t0)
+        for g in plan.groups:
+            _map_histories(plan, g, histories)
+        return plan
+
+    async def rank(self, plan: RecPlan) -> None:
+        """One ranker call per catalogue version with users of a known history (concurrently)."""
+        try:
+            await asyncio.gather(*(self._rank_group(g) for g in plan.groups if g.warm))
+        except ServingUnavailable as e:
+            _count_error(plan.variants, e)
+            raise
+
+    def finish(self, plan: RecPlan) -> RecResult:
+        """Keep each user's best ``k`` unseen videos, explain them on request, log and count."""
+        b, k = len(plan.variants), plan.request.k
+        result = RecResult(plan.request_id, list(plan.request.user_ids), np.full((b, k), -1, dtype=np.int64),
+                           np.zeros((b, k), dtype=np.float32), [v.name for v in plan.variants], plan.versions,
+                           plan.cold, plan.unknown)
+        result_rows = np.zeros((b, k), dtype=np.int64)
+        for g in plan.groups:
+            cat = g.view.catalog
+            if g.rows is not None and g.scores is not None:
+                for jj, j in enumerate(g.warm):
+                    i = g.users[j]
+                    _fill(i, g.rows[jj], g.scores[jj], plan.seen[i], k, cat, result, result_rows)
+            for i in g.users:
+                if plan.cold[i]:
+                    _fill(i, g.view.cold_start_rows[: k + len(plan.seen[i]) + 1], g.view.cold_start_scores,
+                          plan.seen[i], k, cat, result, result_rows)
+        if plan.request.explain:
+            _explain(result, plan.groups, result_rows)
+        result.latency_ms = (time.perf_counter() - plan.started) * 1000.0
+        self._account(result, plan.experiment, plan.variants, plan.started)
+        return result
+
+    # -------------------------------------------------------------------------------------- helpers
 
     async def _read_histories(self, users: Sequence[str]) -> list[list[int]]:
         if self.histories is None:
@@ -148,115 +262,18 @@ class RecommendationEngine:
             metrics.FEAST_LATENCY.observe(time.perf_counter() - t0)
         return out
 
-    async def recommend(self, req: RecRequest, request_id: str | None = None) -> RecResult:
+    async def _rank_group(self, g: _Group) -> None:
+        assert g.history_rows is not None
         t0 = time.perf_counter()
-        rid = request_id or uuid.uuid4().hex
-        cfg = self.router.current()
-        variants = [cfg.assign(u) for u in req.user_ids]
-        b, k = len(req.user_ids), req.k
         try:
-            histories = req.histories if req.histories is not None else await self._read_histories(req.user_ids)
-            groups: dict[tuple[str, int], _Group] = {}
-            for i, v in enumerate(variants):
-                view = self.view_for(v)
-                groups.setdefault((view.model, view.version), _Group(v, view, [])).users.append(i)
-            items = np.full((b, k), -1, dtype=np.int64)
-            scores = np.zeros((b, k), dtype=np.float32)
-            cold = np.zeros(b, dtype=bool)
-            unknown: list[list[int]] = [[] for _ in range(b)]
-            result_rows = np.zeros((b, k), dtype=np.int64)
-            versions = [""] * b
-            await asyncio.gather(*(self._serve_group(g, histories, k, items, scores, cold, unknown, result_rows,
-                                                     versions) for g in groups.values()))
-        except ServingUnavailable as e:
-            for name in {v.name for v in variants}:
-                metrics.ERRORS.labels(variant=name, reason=e.dependency).inc()
+            g.rows, g.scores = await self.ranker(g.view.model, g.view.version, g.history_rows[g.warm])
+        except ServingUnavailable:
             raise
-        result = RecResult(rid, list(req.user_ids), items, scores, [v.name for v in variants], versions, cold,
-                           unknown)
-        if req.explain:
-            self._explain(result, groups, result_rows)
-        result.latency_ms = (time.perf_counter() - t0) * 1000.0
-        self._account(result, cfg.experiment, variants, t0)
-        return result
-
-    async def _serve_group(self, g: _Group, histories: Sequence[Sequence[int]], k: int, items: np.ndarray,
-                           scores: np.ndarray, cold: np.ndarray, unknown: list[list[int]], result_rows: np.ndarray,
-                           versions: list[str]) -> None:
-        cat = g.view.catalog
-        t = int(cat.meta.get("max_history") or 10)
-        rowmap = cat.row_map()
-        warm: list[int] = []
-        hist_rows = np.zeros((len(g.users), t), dtype=np.int64)
-        seen: dict[int, set[int]] = {}
-        for j, i in enumerate(g.users):
-            rows = []
-            for vid in histories[i]:
-                r = rowmap.get(int(vid))
-                if r is None:
-                    unknown[i].append(int(vid))
-                else:
-                    rows.append(r)
-            seen[i] = set(rows)
-            versions[i] = f"{g.view.model}_ranker:{g.view.version}"
-            if rows:
-                last = rows[-t:]
-                hist_rows[j, t - len(last):] = last
-                warm.append(j)
-            else:
-                cold[i] = True
-        if warm:
-            t0 = time.perf_counter()
-            try:
-                rows_out, scores_out = await self.ranker(g.view.model, g.view.version, hist_rows[warm])
-            except ServingUnavailable:
-                raise
-            except Exception as e:
-                raise ServingUnavailable(f"the ranker {g.view.model}_ranker:{g.view.version} failed: "
-                                         f"{type(e).__name__}: {e}", "predictor") from e
-            finally:
-                metrics.TRITON_LATENCY.labels(model=g.view.model).observe(time.perf_counter() - t0)
-            for jj, j in enumerate(warm):
-                i = g.users[j]
-                self._fill(i, rows_out[jj], scores_out[jj], seen[i], k, cat, items, scores, result_rows)
-        for i in g.users:
-            if cold[i]:
-                self._fill(i, g.view.cold_start_rows[: k + len(seen[i]) + 1], g.view.cold_start_scores,
-                           seen[i], k, cat, items, scores, result_rows)
-
-    @staticmethod
-    def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, cat: Catalog,
-              items: np.ndarray, scores: np.ndarray, result_rows: np.ndarray) -> None:
-        """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer."""
-        n = 0
-        ids = cat.ids
-        for r, s in zip(rows.tolist(), row_scores.tolist()):
-            if r <= 0 or r in seen or not np.isfinite(s):
-                continue
-            items[i, n] = ids[r - 1]
-            scores[i, n] = s
-            result_rows[i, n] = r
-            n += 1
-            if n == k:
-                break
-
-    def _explain(self, result: RecResult, groups: dict[tuple[str, int], _Group], result_rows: np.ndarray) -> None:
-        n_layers = max((g.view.catalog.num_layers for g in groups.values()), default=0)
-        b, k = result_rows.shape
-        gate = np.zeros((b, k, n_layers), dtype=np.float32)
-        contrib = np.zeros((b, k, n_layers), dtype=np.float32)
-        layers: list[str] = []
-        for g in groups.values():
-            cat = g.view.catalog
-            if not cat.num_layers:
-                continue
-            layers = layers or list(cat.layers)
-            for i in g.users:
-                rows = result_rows[i]
-                ok = rows > 0
-                gate[i, ok, : cat.num_layers] = cat.gate[rows[ok] - 1]
-                contrib[i, ok, : cat.num_layers] = cat.contributions[rows[ok] - 1]
-        result.gate, result.contributions, result.layers = gate, contrib, layers
+        except Exception as e:
+            raise ServingUnavailable(f"the ranker {g.view.model}_ranker:{g.view.version} failed: "
+                                     f"{type(e).__name__}: {e}", "predictor") from e
+        finally:
+            metrics.TRITON_LATENCY.labels(model=g.view.model).observe(time.perf_counter() - t0)
 
     def _account(self, result: RecResult, experiment: str, variants: Sequence[RoutingVariant], t0: float) -> None:
         elapsed = time.perf_counter() - t0
@@ -283,3 +300,75 @@ class RecommendationEngine:
         if self.request_log is not None:
             self.request_log.close()
 
+
+async def _newest_ready(model: str, versions: Sequence[int], ready: VersionReady) -> int | None:
+    """The newest of ``versions`` that ``ready`` reports ready (asked newest first), or None."""
+    for version in sorted(versions, reverse=True):
+        if await ready(model, version):
+            return version
+    return None
+
+
+def _count_error(variants: Sequence[RoutingVariant], e: ServingUnavailable) -> None:
+    for name in {v.name for v in variants}:
+        metrics.ERRORS.labels(variant=name, reason=e.dependency).inc()
+
+
+def _map_histories(plan: RecPlan, g: _Group, histories: Sequence[Sequence[int]]) -> None:
+    """Catalogue rows of each user's history in ``g`` (the last ``T``), unknown ids, cold users."""
+    cat = g.view.catalog
+    t = int(cat.meta.get("max_history") or 10)
+    rowmap = cat.row_map()
+    g.history_rows = np.zeros((len(g.users), t), dtype=np.int64)
+    for j, i in enumerate(g.users):
+        rows = []
+        for vid in histories[i]:
+            r = rowmap.get(int(vid))
+            if r is None:
+                plan.unknown[i].append(int(vid))
+            else:
+                rows.append(r)
+        plan.seen[i] = set(rows)
+        plan.versions[i] = f"{g.view.model}_ranker:{g.view.version}"
+        if rows:
+            last = rows[-t:]
+            g.history_rows[j, t - len(last):] = last
+            g.warm.append(j)
+        else:
+            plan.cold[i] = True
+
+
+def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, cat: Catalog,
+          result: RecResult, result_rows: np.ndarray) -> None:
+    """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer."""
+    n = 0
+    ids = cat.ids
+    for r, s in zip(rows.tolist(), row_scores.tolist()):
+        if r <= 0 or r in seen or not np.isfinite(s):
+            continue
+        result.items[i, n] = ids[r - 1]
+        result.scores[i, n] = s
+        result_rows[i, n] = r
+        n += 1
+        if n == k:
+            break
+
+
+def _explain(result: RecResult, groups: Sequence[_Group], result_rows: np.ndarray) -> None:
+    """The gate weights and contributions of each result's catalogue row, (B, k, L)."""
+    n_layers = max((g.view.catalog.num_layers for g in groups), default=0)
+    b, k = result_rows.shape
+    gate = np.zeros((b, k, n_layers), dtype=np.float32)
+    contrib = np.zeros((b, k, n_layers), dtype=np.float32)
+    layers: list[str] = []
+    for g in groups:
+        cat = g.view.catalog
+        if not cat.num_layers:
+            continue
+        layers = layers or list(cat.layers)
+        for i in g.users:
+            rows = result_rows[i]
+            ok = rows > 0
+            gate[i, ok, : cat.num_layers] = cat.gate[rows[ok] - 1]
+            contrib[i, ok, : cat.num_layers] = cat.contributions[rows[ok] - 1]
+    result.gate, result.contributions, result.layers = gate, contrib, layers

@@ -1,7 +1,10 @@
 """Prometheus metrics of the transformer, on the model server's ``/metrics`` endpoint (REST port).
 
 Names and labels are part of the serving contract (docs/serving.md §3); dashboards and the A/B
-guardrails read them.
+guardrails read them. Beside them on the same endpoint, KServe times the transformer's three phases
+(``request_preprocess_seconds``, ``request_predict_seconds``, ``request_postprocess_seconds``, by
+``model_name``): Feast is read in the first (``FEAST_LATENCY``), Triton called in the second
+(``TRITON_LATENCY``).
 """
 
 from __future__ import annotations

@@ -4,14 +4,22 @@
         --model_repository W/model_repository --feast_repo W/feast [--routing routing.yaml] \\
         [--request_log requests.jsonl] --bind_address 127.0.0.1 --http_port 8080 --grpc_port 8081
 
-``LinkedOutTransformer`` is a ``kserve.Model``: ``preprocess`` checks the request's tensors
-(``linkedout.serving.request``: ``InvalidInput`` naming the input), ``predict`` runs the
-``RecommendationEngine`` (A/B routing, Feast histories with a timeout, the Triton ranker over gRPC
-through kserve's own client with a timeout and bounded retries, cold start, explain, request log,
-metrics) and answers an ``InferResponse``. A background task (the model's engine) follows the model
-repository: when a new ranker version appears and Triton reports it ready, its catalogue is loaded
-and it becomes the version served, with no restart. A Feast or Triton outage answers UNAVAILABLE
-(HTTP 503) naming what failed, within its timeout.
+``LinkedOutTransformer`` is a ``kserve.Model`` whose three phases are the ``RecommendationEngine``'s
+(``linkedout.serving.engine``):
+
+- ``preprocess`` checks the request's tensors (``linkedout.serving.request``: ``InvalidInput``
+  naming the input), routes the users (A/B) and reads their histories from Feast with a timeout;
+- ``predict`` calls Triton's ranker over gRPC (``linkedout.serving.ranker``: kserve's own client,
+  a timeout and bounded retries);
+- ``postprocess`` filters the watched videos out, keeps ``k``, adds the cold-start answers and
+  the explanation, writes the request log and the metrics, and answers an ``InferResponse``.
+
+KServe times each phase (its ``request_preprocess_seconds``, ``request_predict_seconds`` and
+``request_postprocess_seconds`` histograms, beside ``linkedout.serving.metrics`` on ``/metrics``).
+A background task (kserve's model "engine": ``start_engine``) follows the model repository: when a
+new ranker version appears and Triton reports it ready, its catalogue is loaded and it becomes the
+version served, with no restart. A Feast or Triton outage answers UNAVAILABLE (HTTP 503) naming what
+failed, within its timeout.
 
 The flags map one to one to the constructor and to the InferenceService's ``args``
 (docs/serving.md §3); kserve's own flags (``--http_port``, ``--grpc_port``, ``--predictor_host``,
@@ -28,18 +36,25 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import kserve
 import numpy as np
 from kserve.errors import InvalidInput, ServerNotReady
-from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelReadyRequest
-from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from linkedout.serving.catalogs import ServedCatalogs
-from linkedout.serving.engine import HistorySource, RecommendationEngine, RecResult, ServingUnavailable
-from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse_request
+from linkedout.serving.catalog import ServedCatalogs
+from linkedout.serving.engine import (
+    HistorySource,
+    RecommendationEngine,
+    RecPlan,
+    RecResult,
+    ServingUnavailable,
+)
+from linkedout.serving.kserve_server import BoundModelServer
+from linkedout.serving.ranker import TritonRanker
+from linkedout.serving.request import RawTensor, RequestError, parse_request
 from linkedout.serving.request_log import RequestLog
 from linkedout.serving.routing import Router, RoutingError
 from linkedout.utils import configure_logging, get_logger
@@ -59,6 +74,14 @@ class Unavailable(ServerNotReady):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.reason = self.error_msg
+
+
+@dataclass
+class _Call:
+    """What one request carries from phase to phase."""
+
+    plan: RecPlan
+    from_grpc: bool
 
 
 class LinkedOutTransformer(kserve.Model):
@@ -94,10 +117,11 @@ class LinkedOutTransformer(kserve.Model):
         self.predictor_retries = predictor_retries
         self.catalog_poll_s = catalog_poll_s
         self.s3_endpoint = s3_endpoint
-        self.engine = True  # kserve runs start_engine (the repository follower) in its event loop
-        self._client: Any = None
+        self.engine = True  # kserve's flag: run start_engine (the repository follower) in its event loop
         self._stopping = False
-        self.core: RecommendationEngine | None = None
+        self.ranker = TritonRanker(predictor_host, timeout=predictor_timeout_s, retries=predictor_retries)
+        #: the recommendation logic (set by load)
+        self.logic: RecommendationEngine | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -105,7 +129,7 @@ class LinkedOutTransformer(kserve.Model):
         histories: HistorySource | None = None
         inline = False
         if self.feast_repo:
-            from linkedout.featurestore.online import HistoryReader
+            from linkedout.featurestore.online import HistoryReader  # Feast is slow to import: only if used
 
             reader = HistoryReader(self.feast_repo)
             inline = reader.address.startswith("sqlite")  # a local file: read on the loop, no thread hop
@@ -116,8 +140,8 @@ class LinkedOutTransformer(kserve.Model):
         if missing:
             log.warning("no ranker version of %s in %s yet: those variants answer UNAVAILABLE until one is "
                         "published and loaded", missing, self.model_repository)
-        self.core = RecommendationEngine(
-            router=router, catalogs=catalogs, ranker=self._rank, histories=histories,
+        self.logic = RecommendationEngine(
+            router=router, catalogs=catalogs, ranker=self.ranker, histories=histories,
             request_log=RequestLog(self.request_log_path) if self.request_log_path else None,
             feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k, inline_histories=inline)
         self.ready = True
@@ -127,100 +151,37 @@ class LinkedOutTransformer(kserve.Model):
         """Follow the repository: serve the newest ranker version Triton has ready, for every routed model."""
         while not self._stopping:
             try:
-                await self.refresh_versions()
+                assert self.logic is not None
+                await self.logic.update_served_versions(self.ranker.ready)
             except Exception as e:  # never let the follower die: the next round retries
                 log.warning("catalogue refresh failed: %s", e)
             await asyncio.sleep(self.catalog_poll_s)
 
     async def healthy(self) -> bool:
         """Ready (the v2 ready endpoints, a pod's readiness probe) once a catalogue version is served."""
-        return bool(self.ready and self.core is not None and self.core.serving)
+        return bool(self.ready and self.logic is not None and self.logic.serving)
 
     def stop(self) -> None:
         self._stopping = True
-        if self.core is not None:
-            self.core.close()
+        if self.logic is not None:
+            self.logic.close()
         self.ready = False
 
     def stop_engine(self) -> None:
         self._stopping = True
 
-    # ------------------------------------------------------------------------------------ Triton
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:  # created inside the running event loop (grpc.aio)
-            self._client = kserve.InferenceGRPCClient(self.predictor_host, timeout=self.predictor_timeout_s,
-                                                      retries=max(1, self.predictor_retries + 1))
-        return self._client
-
-    async def _version_ready(self, model: str, version: int) -> bool:
-        try:
-            resp = await self.client._client_stub.ModelReady(
-                ModelReadyRequest(name=f"{model}_ranker", version=str(version)), timeout=self.predictor_timeout_s)
-            return bool(resp.ready)
-        except grpc.RpcError:
-            return False
-
-    async def refresh_versions(self) -> dict[str, int]:
-        """Per routed model, serve the newest repository version that Triton reports ready.
-
-        A newer ready version replaces the current one (its catalogue is loaded first); when the
-        current one stops being ready (rolled back, unloaded) the newest older ready one takes over.
-        """
-        assert self.core is not None
-        cfg = self.core.router.current()
-        for model in cfg.models:
-            current = self.core.serving.get(model)
-            versions = self.core.catalogs.versions(model)
-            chosen = None
-            for version in reversed(versions):  # newest first, down to the current one
-                if current is not None and version < current:
-                    break
-                if await self._version_ready(model, version):
-                    chosen = version
-                    break
-            if chosen is None and current is not None:  # the current one is gone: fall back
-                for version in reversed([v for v in versions if v < current]):
-                    if await self._version_ready(model, version):
-                        chosen = version
-                        break
-                if chosen is None:
-                    log.warning("%s_ranker: no version is ready any more (was %d)", model, current)
-                    self.core.serving.pop(model, None)
-            if chosen is not None and chosen != current:
-                self.core.catalogs.view(model, chosen)  # load the catalogue before switching
-                self.core.serving[model] = chosen
-                log.info("serving %s_ranker version %d (was %s)", model, chosen, current)
-        return dict(self.core.serving)
-
-    async def _rank(self, model: str, version: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        inp = InferInput("history", list(history.shape), "INT64")
-        inp.set_data_from_numpy(np.ascontiguousarray(history, dtype=np.int64), binary_data=True)
-        req = InferRequest(model_name=f"{model}_ranker", infer_inputs=[inp], model_version=str(version),
-                           request_outputs=[RequestedOutput("rows"), RequestedOutput("scores")])
-        try:
-            resp = await self.client.infer(req, timeout=self.predictor_timeout_s)
-        except grpc.RpcError as e:
-            code = e.code().name if hasattr(e, "code") and callable(e.code) else "ERROR"
-            details = e.details() if hasattr(e, "details") and callable(e.details) else str(e)
-            raise ServingUnavailable(f"Triton at {self.predictor_host} ({model}_ranker:{version}): {code}: {details}",
-                                     "predictor") from None
-        out = {o.name: o.as_numpy() for o in resp.outputs}
-        if "rows" not in out or "scores" not in out:
-            raise ServingUnavailable(f"Triton's {model}_ranker:{version} answered without rows/scores", "predictor")
-        return out["rows"], out["scores"]
-
     # ------------------------------------------------------------------------------------ requests
 
     def _max_k_now(self) -> int:
-        assert self.core is not None
+        assert self.logic is not None
         try:
-            return self.core.largest_k()
+            return self.logic.largest_k()
         except Exception:
             return self.max_k
 
-    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Call:
+        """Check the request, route the users, read their histories from Feast."""
+        assert self.logic is not None
         if not isinstance(payload, InferRequest):
             raise InvalidInput("expected an Open Inference Protocol v2 request (inputs user_id, k, history, explain)")
         tensors = {}
@@ -233,21 +194,31 @@ class LinkedOutTransformer(kserve.Model):
             req = parse_request(tensors, max_batch_size=self.max_batch_size, max_k=self._max_k_now())
         except RequestError as e:
             raise InvalidInput(str(e)) from None
-        return (req, payload.id or None, payload.from_grpc)
-
-    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> InferResponse:
-        assert self.core is not None
-        req, request_id, from_grpc = payload
-        if not isinstance(req, RecRequest):
-            raise InvalidInput("malformed request")
         try:
-            result = await self.core.recommend(req, request_id)
+            plan = await self.logic.prepare(req, payload.id or None)
         except ServingUnavailable as e:
             raise Unavailable(str(e)) from None
         except RoutingError as e:
             raise Unavailable(f"routing: {e}") from None
-        return self._response(result, from_grpc)
+        return _Call(plan, payload.from_grpc)
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> _Call:
+        """Rank the users with a history: Triton's ``NAME_ranker``."""
+        assert self.logic is not None
+        if not isinstance(payload, _Call):
+            raise InvalidInput("malformed request")
+        try:
+            await self.logic.rank(payload.plan)
+        except ServingUnavailable as e:
+            raise Unavailable(str(e)) from None
+        return payload
+
+    async def postprocess(self, result: Any, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> InferResponse:
+        """Filter, cut to ``k``, explain, log and count; the v2 response."""
+        assert self.logic is not None and isinstance(result, _Call)
+        return self._response(self.logic.finish(result.plan), result.from_grpc)
 
     def _response(self, r: RecResult, from_grpc: bool) -> InferResponse:
         outputs = [
@@ -302,8 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from linkedout.serving.kserve_server import BoundModelServer
-
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     if not args.predictor_host:

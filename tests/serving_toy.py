@@ -10,8 +10,10 @@ tensor names, types and shapes, so the serving path can be exercised without a t
   ``gate`` ``[N, L]``, ``contributions`` ``[N, L]``: a softmax gate over the layers' mean tokens.
 
 Exported with ``torch.onnx.export`` (TorchScript exporter: well under a second per model) with a
-dynamic batch dimension. :func:`write_model` lays a model out as a production repository entry
-(ONNX Runtime backend config, as the exporter writes it).
+dynamic batch dimension. Their ``config.pbtxt`` (ONNX Runtime backend, GPU instances) is written by
+the exporter's own writer (``linkedout.export.repository.config_pbtxt``); :func:`write_model` lays
+a model out as a production repository entry, :func:`publish_version` adds a version the way the
+exporter does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from linkedout.export.graphs import GraphSpec, TensorSpec
+from linkedout.export.repository import TritonConfig, config_pbtxt
 from linkedout.utils import atomic_write_text
 
 
@@ -108,39 +112,19 @@ def export_encoder(path: Path, *, layers: int = 3, tokens: int = 4, hidden: int 
 def ranker_config(name: str, *, k: int = 20, max_history: int = 10, max_batch_size: int = 64,
                   queue_delay_us: int = 100, num_versions: int = 2) -> str:
     """A production ``config.pbtxt`` for the ranker (ONNX Runtime backend, GPU instances)."""
-    return f'''name: "{name}"
-backend: "onnxruntime"
-max_batch_size: {max_batch_size}
-input [ {{ name: "history" data_type: TYPE_INT64 dims: [ {max_history} ] }} ]
-output [
-  {{ name: "rows" data_type: TYPE_INT64 dims: [ {k} ] }},
-  {{ name: "scores" data_type: TYPE_FP32 dims: [ {k} ] }}
-]
-instance_group [ {{ kind: KIND_GPU count: 1 }} ]
-dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}
-version_policy {{ latest {{ num_versions: {num_versions} }} }}
-'''
+    spec = GraphSpec((TensorSpec("history", "INT64", (-1, max_history)),),
+                     (TensorSpec("rows", "INT64", (-1, k)), TensorSpec("scores", "FP32", (-1, k))))
+    return config_pbtxt(name, spec, TritonConfig(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
+                                                 num_versions=num_versions))
 
 
 def encoder_config(name: str, *, layers: int = 3, tokens: int = 4, hidden: int = 8, dim: int = 16,
                    max_batch_size: int = 64) -> str:
     """A production ``config.pbtxt`` for the encoder; ``id_rows`` is ``[N]``: dims [1] reshaped to []."""
-    return f'''name: "{name}"
-backend: "onnxruntime"
-max_batch_size: {max_batch_size}
-input [
-  {{ name: "id_rows" data_type: TYPE_INT64 dims: [ 1 ] reshape {{ shape: [ ] }} }},
-  {{ name: "features" data_type: TYPE_FP32 dims: [ {layers}, {tokens}, {hidden} ] }}
-]
-output [
-  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {dim} ] }},
-  {{ name: "gate" data_type: TYPE_FP32 dims: [ {layers} ] }},
-  {{ name: "contributions" data_type: TYPE_FP32 dims: [ {layers} ] }}
-]
-instance_group [ {{ kind: KIND_GPU count: 1 }} ]
-dynamic_batching {{ }}
-version_policy {{ latest {{ num_versions: 2 }} }}
-'''
+    spec = GraphSpec((TensorSpec("id_rows", "INT64", (-1,)), TensorSpec("features", "FP32", (-1, layers, tokens, hidden))),
+                     (TensorSpec("embedding", "FP32", (-1, dim)), TensorSpec("gate", "FP32", (-1, layers)),
+                      TensorSpec("contributions", "FP32", (-1, layers))))
+    return config_pbtxt(name, spec, TritonConfig(max_batch_size=max_batch_size, max_queue_delay_us=0))
 
 
 def write_model(repo: Path, name: str, config: str) -> Path:

@@ -1,14 +1,14 @@
 """The KServe fallback predictor: the production model repository served by a KServe model server.
 
-Where the ``tritonserver`` binary cannot run (:class:`~linkedout.serving.triton_env.TritonUnavailable`),
+Where the ``tritonserver`` binary cannot run (:class:`~.triton_env.TritonUnavailable`),
 the local stack serves the same repository with this process instead::
 
-    python -m linkedout.serving.predictor --model_repository W/model_repository \\
+    python -m linkedout.serving.local.predictor --model_repository W/model_repository \\
         --bind_address 127.0.0.1 --http_port 8080 --grpc_port 8081 [--models a,b] [--poll_interval 2]
 
 One ``kserve.Model`` per repository model (the directory name, e.g. ``linkedout_ranker``), running
 each version's ``model.onnx`` with onnxruntime under the tensor names, types and shapes of its
-``config.pbtxt`` (:class:`~linkedout.serving.triton_model.OnnxRunner`). Versions follow the
+``config.pbtxt`` (:class:`~.triton_model.OnnxRunner`, the runner of the local Triton's model). Versions follow the
 config's ``version_policy`` as Triton's do: ``latest { num_versions: 2 }`` serves the two newest
 versions that load and pass the checks, a request without a version gets the newest, and a new
 version that fails (corrupt, shapes against the config) is reported and leaves the old ones
@@ -23,7 +23,7 @@ REST ``POST /v2/repository/index``, ``/v2/models/NAME/versions/V/ready``,
 ``/v2/models/NAME/versions/V/infer``, and a REST load that answers like Triton's (400 with the reason).
 
 This module imports kserve: never import it in a process that imports ``tritonclient`` (kserve#3099);
-:mod:`linkedout.serving.local_predictor` starts it as a subprocess.
+:class:`~.model_server.LocalPredictor` starts it as a subprocess.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import kserve
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from google.protobuf.unknown_fields import UnknownFieldSet
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model_repository import ModelRepository
@@ -53,18 +54,16 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
-from linkedout.serving.kserve_server import BoundModelServer
-from linkedout.serving.model_config import (
+from linkedout.export.model_config import (
     CONFIG_NAME,
     ModelConfigError,
     config_to_dict,
-    fingerprint,
     format_config,
-    policy_candidates,
     read_config,
-    version_numbers,
 )
-from linkedout.serving.triton_model import NUMPY_DTYPES, OnnxRunner, TensorSpec
+from linkedout.serving.kserve_server import BoundModelServer
+from linkedout.serving.local.triton_model import NUMPY_DTYPES, OnnxRunner, TensorSpec
+from linkedout.serving.local.versions import fingerprint, policy_candidates, version_numbers
 from linkedout.utils import configure_logging, get_logger
 
 LOG = get_logger(__name__)
@@ -114,10 +113,10 @@ class OnnxRepositoryModel(kserve.Model):
             return None
 
     def load(self) -> bool:
-        self.refresh()
+        self.load_versions()
         return self.ready
 
-    def refresh(self) -> dict[int, str]:
+    def load_versions(self) -> dict[int, str]:
         """Serve what the repository holds now; returns the versions the policy wanted that failed."""
         with self._lock:
             signature = self.signature()
@@ -263,7 +262,7 @@ class OnnxModelRepository(ModelRepository):
             if not (self.root / name / CONFIG_NAME).exists():
                 raise FileNotFoundError(f"model '{name}' is not in the repository {self.root}")
             model = OnnxRepositoryModel(name, self.root / name, threads=self.threads)
-        rejected = model.refresh()
+        rejected = model.load_versions()
         if model.ready:
             self.update(model)
         newest = max(model.versions, default=0)
@@ -323,8 +322,6 @@ def _repository_model_name(request: Any) -> str:
     KServe's proto has ``model_name = 1``; Triton's (``tritonclient``) has ``repository_name = 1,
     model_name = 2``, so a Triton client's name arrives as unknown field 2.
     """
-    from google.protobuf.unknown_fields import UnknownFieldSet
-
     for f in UnknownFieldSet(request):
         if f.field_number == 2 and f.wire_type == 2:
             return bytes(f.data).decode("utf-8")
@@ -400,7 +397,7 @@ def watch(repository: OnnxModelRepository, names: list[str], interval: float, st
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m linkedout.serving.predictor", parents=[kserve.model_server.parser],
+        prog="python -m linkedout.serving.local.predictor", parents=[kserve.model_server.parser],
         description="Serve a Triton-layout ONNX model repository with KServe (the local Triton's fallback).")
     parser.add_argument("--model_repository", required=True, type=Path,
                         help="the model repository directory (NAME/config.pbtxt, NAME/<version>/model.onnx)")

@@ -8,9 +8,10 @@
 
 - the model server: the real ``tritonserver`` (own virtual environment, Python-backend twin of
   ``W/model_repository``), or where it cannot run the KServe predictor over the same repository
-  (``linkedout.serving.local_server``);
-- the transformer: ``python -m linkedout.serving.transformer`` on 127.0.0.1, reading Feast's
-  online store in ``W/feast`` (SQLite locally) and the catalogues in ``W/model_repository``;
+  (:mod:`.model_server`);
+- the transformer (:class:`TransformerProcess`): ``python -m linkedout.serving.transformer`` on
+  127.0.0.1, reading Feast's online store in ``W/feast`` (SQLite locally) and the catalogues in
+  ``W/model_repository``;
 - a follower in this process: when a new version appears in ``W/model_repository`` (a retrained
   model, ``linkedout catalog add``), the model server syncs and loads it with no restart (a bad
   version is refused and the old one keeps serving), and the transformer switches to it once it is
@@ -29,21 +30,19 @@ import os
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from linkedout.serving import process
-from linkedout.serving.local_server import start_model_server
-from linkedout.serving.triton import ModelServerError
+from linkedout.serving.local import process
+from linkedout.serving.local.control import ModelServerError, ServerChild
+from linkedout.serving.local.model_server import start_model_server
 from linkedout.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["LocalStack", "StackError", "StackSettings", "read_stack"]
+__all__ = ["LocalStack", "StackError", "StackSettings", "TransformerProcess", "read_stack"]
 
 
 class StackError(RuntimeError):
@@ -107,7 +106,7 @@ class LocalStack:
         self.repository = self.workdir / "model_repository"
         self.serving_dir = self.workdir / "serving"
         self.server: Any = None
-        self.transformer: Any = None
+        self.transformer: TransformerProcess | None = None
         self.info: dict[str, Any] = {}
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -142,16 +141,16 @@ class LocalStack:
         log.info("model server (%s) up in %.1f s: gRPC %s", self.server.describe().get("kind"),
                  time.monotonic() - t0, self.server.grpc_url)
         try:
-            self._start_transformer()
+            transformer = self.transformer = self._start_transformer()
         except BaseException:
             self.stop()
             raise
         self.info = {
             "pid": os.getpid(), "started": time.time(), "workdir": str(self.workdir.resolve()),
             "model_server": self.server.describe(),
-            "transformer": {"pid": self.transformer.pid, "grpc": f"{s.host}:{self._grpc_port}",
-                            "http": f"http://{s.host}:{self._http_port}", "model": s.default_model,
-                            "metrics": f"http://{s.host}:{self._http_port}/metrics",
+            "transformer": {"pid": transformer.pid, "grpc": transformer.grpc_url,
+                            "http": transformer.http_url, "model": s.default_model,
+                            "metrics": f"{transformer.http_url}/metrics",
                             "log": str(self.serving_dir / "transformer.log")},
             "feast": str(self.feast_repo) if self.feast_repo else None,
             "request_log": str(self.serving_dir / "requests.jsonl"),
@@ -184,34 +183,23 @@ class LocalStack:
         repo = self.workdir / "feast"
         return repo if self.settings.use_feast and (repo / "feature_store.yaml").is_file() else None
 
-    def _start_transformer(self) -> None:
+    def _start_transformer(self) -> TransformerProcess:
         s = self.settings
-        self._http_port = s.http_port or process.free_port(s.host)
-        self._grpc_port = s.grpc_port or process.free_port(s.host)
-        cmd = [sys.executable, "-m", "linkedout.serving.transformer", "--model_name", s.default_model,
-               "--predictor_host", self.server.grpc_url.split("://")[-1],
-               "--model_repository", str(self.repository), "--bind_address", s.host,
-               "--http_port", str(self._http_port), "--grpc_port", str(self._grpc_port),
-               "--request_log", str(self.serving_dir / "requests.jsonl")]
+        args = ["--predictor_host", self.server.grpc_url.split("://")[-1], "--model_repository", str(self.repository),
+                "--request_log", str(self.serving_dir / "requests.jsonl")]
         if self.feast_repo:
-            cmd += ["--feast_repo", str(self.feast_repo)]
+            args += ["--feast_repo", str(self.feast_repo)]
         if s.routing:
-            cmd += ["--routing", str(s.routing)]
-        log_path = self.serving_dir / "transformer.log"
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self.transformer = process.spawn(cmd, env=env, log_path=log_path)
-        url = f"http://{s.host}:{self._http_port}/v2/models/{s.default_model}/ready"
-        deadline = time.monotonic() + s.startup_timeout
-        while time.monotonic() < deadline:
-            if self.transformer.poll() is not None:
-                raise StackError(f"the transformer exited with code {self.transformer.returncode}:\n"
-                                 f"{process.log_tail(log_path, 25)}")
-            if _http_ok(url):
-                return
-            time.sleep(0.2)
-        raise StackError(f"the transformer serves no catalogue version after {s.startup_timeout:.0f} s "
-                         f"({url}):\n{process.log_tail(log_path, 25)}")
+            args += ["--routing", str(s.routing)]
+        transformer = TransformerProcess(args, model=s.default_model, host=s.host,
+                                         http_port=s.http_port or process.free_port(s.host),
+                                         grpc_port=s.grpc_port or process.free_port(s.host),
+                                         log_path=self.serving_dir / "transformer.log",
+                                         startup_timeout=s.startup_timeout)
+        try:
+            return transformer.start()
+        except ModelServerError as e:
+            raise StackError(str(e)) from None
 
     # ------------------------------------------------------------------------------------ follow
 
@@ -248,7 +236,7 @@ class LocalStack:
 
     def check(self) -> None:
         """``StackError`` when a process of the stack has died."""
-        if self.transformer is not None and self.transformer.poll() is not None:
+        if self.transformer is not None and not self.transformer.running():
             raise StackError(f"the transformer exited with code {self.transformer.returncode}:\n"
                              f"{process.log_tail(self.serving_dir / 'transformer.log', 25)}")
         if self.server is not None and not self.server.running():
@@ -269,7 +257,7 @@ class LocalStack:
         """Stop the transformer, then the model server; remove ``stack.json``. Safe to call twice."""
         self._stop.set()
         if self.transformer is not None:
-            process.stop(self.transformer, timeout=15)
+            self.transformer.stop()
             self.transformer = None
         if self.server is not None:
             self.server.stop()
@@ -289,9 +277,39 @@ class LocalStack:
         self.stop()
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return int(r.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+
+class TransformerProcess(ServerChild):
+    """``python -m linkedout.serving.transformer`` as a child process on loopback ports.
+
+    ``args`` are its flags beyond its name and addresses; it is up once it serves a catalogue
+    version of ``model`` (its ``--model_name``: the v2 model-ready endpoint answers 200).
+    """
+
+    label = "transformer"
+    program = "the transformer"
+
+    def __init__(self, args: list[str], *, model: str, host: str, http_port: int, grpc_port: int, log_path: Path,
+                 startup_timeout: float, stop_timeout: float = 15.0) -> None:
+        self.args = list(args)
+        self.model = model
+        self.host = host
+        self.ports = {"http": http_port, "grpc": grpc_port}
+        self.log_path = log_path
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._proc: Any = None
+        self._log_offset = 0
+
+    def start(self) -> TransformerProcess:
+        cmd = [sys.executable, "-m", "linkedout.serving.transformer", "--model_name", self.model,
+               "--bind_address", self.host, "--http_port", str(self.ports["http"]),
+               "--grpc_port", str(self.ports["grpc"]), *self.args]
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._spawn(cmd, env)
+        try:
+            self._wait_up(lambda control: control.ready(self.model), "serving a catalogue version")
+        except BaseException:
+            self.stop()
+            raise
+        return self

@@ -6,12 +6,14 @@ Triton's own environment. It reads the tensor names, types and shapes from the m
 ``config.pbtxt`` (Triton hands it over as JSON), checks the ONNX graph against them when the version
 loads, and batches the requests Triton gives it (dynamic batching) into one onnxruntime run.
 
-The same checks serve two more callers:
+It is the package data of ``linkedout.serving.local``, and LinkedOut's one onnxruntime runner
+(:class:`OnnxRunner`). The same runner and checks serve more callers:
 
 - ``python model.py --check`` (stdin: JSON ``{"threads": n, "items": [{"path": ..., "config": {...}}]}``,
   stdout: one JSON ``{"path", "ok", "reason"}`` per item): the local repository validates a new
-  version with Triton's own onnxruntime *before* Triton can see it (:mod:`linkedout.serving.triton_repo`);
-- the KServe fallback predictor imports :class:`OnnxRunner` and :func:`check_model` directly.
+  version with Triton's own onnxruntime *before* Triton can see it (:mod:`linkedout.serving.local.triton_repo`);
+- the KServe fallback predictor (:mod:`linkedout.serving.local.predictor`) imports :class:`OnnxRunner`;
+- the engine's tests run the ranker in-process with :class:`OnnxRunner` (no server hop).
 
 Shapes: with ``max_batch_size > 0`` every tensor is ``[B, *dims]`` (the config leaves the batch out);
 an input with ``reshape { shape: [...] }`` is ``[B, *reshape]`` inside the ONNX graph (e.g. a config

@@ -22,9 +22,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from linkedout.utils import get_logger
@@ -129,30 +128,3 @@ def pid_alive(pid: int) -> bool:
         return state != b"Z"
     except (FileNotFoundError, IndexError, ProcessLookupError):
         return False
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live PIDs of process group ``pgid`` (Linux ``/proc``), for checks that nothing was left behind."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            out.append(int(entry))
-    return out
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate()`` until true or ``timeout`` s; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)

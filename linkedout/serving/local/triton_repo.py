@@ -6,7 +6,7 @@ Runtime backend, which the ``nvidia-pytriton`` binary lacks. :class:`LocalReposi
     SOURCE/NAME/config.pbtxt        ->  TARGET/NAME/config.pbtxt   backend python, KIND_CPU, same tensors,
                                                                    max_batch_size, batching, version policy
     SOURCE/NAME/<v>/model.onnx      ->  TARGET/NAME/<v>/model.onnx  hard link (copy across file systems)
-                                        TARGET/NAME/<v>/model.py    linkedout/serving/triton_model.py
+                                        TARGET/NAME/<v>/model.py    linkedout/serving/local/triton_model.py
 
 ``sync()`` is incremental: a new source version appears in the twin, a removed one disappears, an
 unchanged one is left alone. The twin holds the versions the config's version policy selects among
@@ -30,22 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from linkedout.serving.model_config import (
+from linkedout.export.model_config import (
     CONFIG_NAME,
     ModelConfigError,
     config_to_dict,
-    fingerprint,
     format_config,
-    policy_candidates,
+    model_config_pb2,
+    new_config,
     read_config,
-    to_python_backend,
-    version_numbers,
 )
-from linkedout.serving.triton_env import TritonEnvironment
+from linkedout.serving.local.triton_env import TritonEnvironment
+from linkedout.serving.local.versions import fingerprint, policy_candidates, version_numbers
 from linkedout.utils import atomic_write_text, get_logger
 
 LOG = get_logger(__name__)
 
+#: The Python-backend model copied as each version's ``model.py`` (package data of this package).
 MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
 SOURCE_STAMP = ".source.json"
 REJECTED = ".rejected.json"
@@ -74,6 +74,32 @@ class SyncReport:
 
     def rejected(self) -> dict[tuple[str, int], str]:
         return {(m.name, v): why for m in self.models.values() for v, why in m.rejected.items()}
+
+
+def to_python_backend(config: Any, *, threads: int = 0, instances: int = 1) -> Any:
+    """The local twin of a production config: the same tensors, batching and version policy, run by
+    the Python backend on CPU (:mod:`.triton_model` as each version's ``model.py``).
+
+    ONNX-Runtime-specific settings (``platform``, ``default_model_filename``, execution
+    accelerators, backend parameters) are dropped; ``threads`` (onnxruntime intra-op threads, 0 =
+    its default) is passed as the parameter ``intra_op_num_threads``. Ensembles are kept as they are.
+    """
+    local = new_config()
+    local.CopyFrom(config)
+    if config.platform == "ensemble" or config.backend == "ensemble":
+        return local
+    local.backend = "python"
+    local.platform = ""
+    local.ClearField("default_model_filename")
+    local.ClearField("cc_model_filenames")
+    local.ClearField("optimization")
+    local.ClearField("parameters")
+    del local.instance_group[:]
+    group = local.instance_group.add()
+    group.kind = model_config_pb2().ModelInstanceGroup.Kind.KIND_CPU
+    group.count = max(1, instances)
+    local.parameters["intra_op_num_threads"].string_value = str(max(0, threads))
+    return local
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

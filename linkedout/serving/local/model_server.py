@@ -7,36 +7,28 @@
     server.refresh("linkedout_ranker")   # after a publish: new versions serve, no restart
     server.stop()
 
-:func:`start_model_server` tries :class:`~linkedout.serving.triton.LocalTriton` first; when the
-binary cannot run here (:class:`~linkedout.serving.triton_env.TritonUnavailable`: platform, glibc,
+:func:`start_model_server` tries :class:`~.triton.LocalTriton` first; when the
+binary cannot run here (:class:`~.triton_env.TritonUnavailable`: platform, glibc,
 a missing library, no package index to create its environment) it logs why and starts
 :class:`LocalPredictor` on the same repository. Both satisfy :class:`ModelServerProcess`.
 
 This module does not import kserve or tritonclient: the predictor runs as
-``python -m linkedout.serving.predictor`` in a child process.
+``python -m linkedout.serving.local.predictor`` in a child process.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
-from linkedout.serving import process
-from linkedout.serving.triton import (
-    LocalTriton,
-    ModelControl,
-    ModelLoadError,
-    ModelServerError,
-    ServerChild,
-    refresh_model,
-)
-from linkedout.serving.triton_env import TritonEnvironment, TritonUnavailable
-from linkedout.serving.triton_repo import LocalRepository
+from linkedout.serving.local import process
+from linkedout.serving.local.control import ModelControl, ModelLoadError, ServerChild, refresh_model
+from linkedout.serving.local.triton import LocalTriton
+from linkedout.serving.local.triton_env import TritonEnvironment, TritonUnavailable
+from linkedout.serving.local.triton_repo import LocalRepository
 from linkedout.utils import get_logger
 
 LOG = get_logger(__name__)
@@ -62,7 +54,7 @@ class ModelServerProcess(Protocol):
 
 
 class LocalPredictor(ServerChild):
-    """``python -m linkedout.serving.predictor`` as a child process on loopback ports.
+    """``python -m linkedout.serving.local.predictor`` as a child process on loopback ports.
 
     Args:
         repository: the production model repository (served as it is: no twin).
@@ -74,6 +66,9 @@ class LocalPredictor(ServerChild):
         log_path: the predictor's log (appended); default ``<repository>/../predictor.log``.
         python: the interpreter (this one by default; it must have kserve and onnxruntime).
     """
+
+    label = "KServe predictor"
+    program = "the KServe predictor"
 
     def __init__(self, repository: Path, *, models: Sequence[str] = (), host: str = "127.0.0.1",
                  http_port: int = 0, grpc_port: int = 0, poll_interval: float = 2.0, threads: int = 0,
@@ -109,21 +104,18 @@ class LocalPredictor(ServerChild):
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository {self.repository} does not exist")
         self.ports = {k: v or process.free_port(self.host) for k, v in self._ports.items()}
-        cmd = [self.python, "-m", "linkedout.serving.predictor", f"--model_repository={self.repository}",
+        cmd = [self.python, "-m", "linkedout.serving.local.predictor", f"--model_repository={self.repository}",
                f"--bind_address={self.host}", f"--http_port={self.ports['http']}",
                f"--grpc_port={self.ports['grpc']}", f"--poll_interval={self.poll_interval}",
                f"--threads={self.threads}", "--enable_latency_logging=false"]
         if self.models:
             cmd.append(f"--models={','.join(self.models)}")
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])  # run this very copy of linkedout
+        package_root = str(Path(__file__).resolve().parents[3])  # run this very copy of linkedout
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        with open(self._log_path(), "a") as log:
-            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-        self._log_offset = self.log_path.stat().st_size
-        self._proc = process.spawn(cmd, env=env, log_path=self.log_path)
+        self._spawn(cmd, env)
         try:
-            self._wait_ready()
+            self._wait_up(lambda c: c.live() and all(c.ready(m) for m in self.models), "ready")
         except BaseException:
             self.stop()
             raise
@@ -131,68 +123,13 @@ class LocalPredictor(ServerChild):
                  self.models or "the repository", self.grpc_url, self.http_url)
         return self
 
-    def _log_path(self) -> Path:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        return self.log_path
-
-    def _log_since_start(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._log_offset)
-                text = f.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _wait_ready(self) -> None:
-        control = ModelControl(self.http_url, timeout=2.0)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ModelServerError(f"the KServe predictor exited with code {self._proc.returncode} while "
-                                       f"starting (log {self.log_path}):\n{self._log_since_start()}")
-            if control.live() and all(control.ready(m) for m in self.models):
-                return
-            time.sleep(0.1)
-        raise ModelServerError(f"the KServe predictor was not ready after {self.startup_timeout:.0f} s "
-                               f"(log {self.log_path}):\n{self._log_since_start()}")
-
-    def stop(self) -> int | None:
-        if self._proc is None:
-            return None
-        code = process.stop(self._proc, timeout=self.stop_timeout)
-        LOG.info("KServe predictor (pid %d) stopped with code %s", self._proc.pid, code)
-        return code
-
-    def __enter__(self) -> LocalPredictor:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _require_running(self) -> None:
-        if not self.running():
-            raise ModelServerError("the KServe predictor is not running")
-
-    def load(self, name: str) -> list[int]:
-        """Load ``name`` or pick up its new versions; :class:`ModelLoadError` (old versions serving) if not."""
+    def refresh(self, name: str) -> list[int]:
+        """Load ``name`` or pick up its new versions (:func:`~.control.refresh_model`: the predictor reads
+        the production repository itself); :class:`ModelLoadError` (old versions serving) if not."""
         self._require_running()
-        self.control.load(name)
-        return self.ready_versions(name)
+        return refresh_model(self.control, name)[0]
 
-    refresh = load  # the predictor reads the production repository itself
-
-    def unload(self, name: str) -> None:
-        self._require_running()
-        self.control.unload(name)
-
-    def ready(self, name: str, version: int | None = None) -> bool:
-        return self.running() and self.control.ready(name, version)
-
-    def ready_versions(self, name: str) -> list[int]:
-        self._require_running()
-        return self.control.ready_versions(name)
+    load = refresh  # a load call rereads the repository
 
 
 def refresh_served_model(described: Mapping[str, Any], name: str) -> list[int]:
@@ -200,19 +137,14 @@ def refresh_served_model(described: Mapping[str, Any], name: str) -> list[int]:
     the stack's ``stack.json``) serve the repository's current versions of ``name``.
 
     Triton: the twin is synced (new versions validated) and the model reloaded; the KServe
-    predictor rereads the repository on the load call. Returns the READY versions; raises
-    :class:`~linkedout.serving.triton.VersionRejected` / :class:`ModelLoadError` with the reason
-    when the newest version cannot serve (the old ones keep serving).
+    predictor rereads the repository on the load call (:func:`~.control.refresh_model`). Returns the
+    READY versions; raises :class:`~.control.VersionRejected` / :class:`ModelLoadError` with the
+    reason when the newest version cannot serve (the old ones keep serving).
     """
-    control = ModelControl(str(described["http"]))
-    if described.get("kind") == "triton":
-        if not described.get("source"):
-            control.load(name)
-            return control.ready_versions(name)
-        repo = LocalRepository(Path(described["source"]), Path(described["repository"]))
-        return refresh_model(control, repo, name)[0]
-    control.load(name)
-    return control.ready_versions(name)
+    twin = None
+    if described.get("kind") == "triton" and described.get("source"):
+        twin = LocalRepository(Path(described["source"]), Path(described["repository"]))
+    return refresh_model(ModelControl(str(described["http"])), name, twin)[0]
 
 
 def start_model_server(source: Path, workdir: Path, *, models: Sequence[str] | None = None, host: str = "127.0.0.1",

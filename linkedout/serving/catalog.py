@@ -1,12 +1,12 @@
-"""The catalogues the transformer serves: ranker versions found in the model repository, loaded once.
+"""The served catalog: the catalogue versions of the ranker models in the model repository, loaded once.
 
 The model repository (a directory, or ``s3://bucket/prefix`` — what Triton's ``storageUri`` points
 at) holds each ranker version's ``catalog.json`` and ``catalog.npz`` beside its ``model.onnx``
 (docs/serving.md §1). ``ServedCatalogs`` lists the versions of the models it is asked about,
 loads a version's catalogue when it is first needed (S3 files are copied into a local cache
 first) and keeps it: ids <-> rows, the gate weights and contributions for ``explain``, and the
-cold-start list. Which version serves is decided by the transformer (the newest one Triton reports
-ready, or the version a routing variant pins). numpy and the feature-store storage only: no torch.
+cold-start list. Which version serves is decided by the engine (the newest one Triton reports
+ready, or the version a routing variant pins). numpy and the shards' storage only: no torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from linkedout.export.catalog import Catalog
-from linkedout.utils import get_logger
+from linkedout.shards.storage import open_storage
+from linkedout.utils import atomic_write_bytes, get_logger
 
 log = get_logger(__name__)
 
@@ -71,8 +72,6 @@ class ServedCatalogs:
         self._local = None if repository.startswith("s3://") else Path(repository)
         self._storage = None
         if self._local is None:
-            from linkedout.shards.storage import open_storage
-
             self._storage = open_storage(repository, endpoint_url=s3_endpoint)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="linkedout-catalogs-"))
         self._views: dict[tuple[str, int], CatalogView] = {}
@@ -120,8 +119,6 @@ class ServedCatalogs:
             target.mkdir(parents=True, exist_ok=True)
             for name in ("catalog.npz", "catalog.json"):  # the JSON last: its presence means complete
                 data = self._storage.read_bytes(f"{model}_ranker/{version}/{name}")
-                from linkedout.utils import atomic_write_bytes
-
                 atomic_write_bytes(target / name, data)
         return target
 
