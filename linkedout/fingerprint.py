@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from linkedout.utils import atomic_write_text
+from linkedout.utils import atomic_write_text, file_sha256
 
 __all__ = [
     "FINGERPRINT_FILE",
@@ -168,14 +168,6 @@ def write_fingerprint(output: str | os.PathLike[str], fp: Fingerprint) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ data
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tables_digest(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:

@@ -104,7 +104,8 @@ def publishing(img: Images, p: dict[str, Any], *, data: Any, features: Any, spli
                                       decision=decision.outputs["decision"],
                                       upload_uri=p["model_repository_uri"], s3_endpoint=p["s3_endpoint"])
             on_cpu(exported, img, p["work_pvc"], MEDIUM, name="export ONNX and the model repository")
-            exported.set_retry(num_retries=2, backoff_duration="10s", backoff_factor=2.0)
+            # not retried: the export is deterministic, and its upload's transient S3 errors are retried by
+            # boto3 inside the step; missing credentials are a configuration error, which a retry cannot mend
             version = exported.outputs["version"]
             feast = c.push_to_feast(workdir=p["workdir"], data=data, model_name=p["model_name"], version=version,
                                     feast_repo=p["feast_repo"])

@@ -11,11 +11,15 @@ deploy (``linkedout-pipeline``, ``manifests/base/rbac.yaml``).
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
+from kfp import Client
+from kfp_server_api.exceptions import ApiException
 
 from pipelines import PIPELINES
 
@@ -85,24 +89,59 @@ def convert(key: str, kind: str, text: str) -> Any:
     return value
 
 
+#: Seconds to wait for the KFP API server to accept a connection and to answer each request.
+DEFAULT_TIMEOUT = 30.0
+
+
+class SubmitError(ConnectionError):
+    """The KFP API server could not be reached or refused the run; the message names the host and why."""
+
+
 def submit(host: str, pipeline: str, arguments: Mapping[str, Any], *, experiment: str = "linkedout",
            run_name: str | None = None, namespace: str | None = None, service_account: str = SERVICE_ACCOUNT,
-           token: str | None = None, pipeline_root: str | None = None) -> dict[str, Any]:
+           token: str | None = None, pipeline_root: str | None = None,
+           timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Create a run of ``pipeline`` (a name of ours or a YAML file) on the KFP API server at ``host``.
 
-    Returns ``{"run_id", "experiment_id", "pipeline", "url"}``.
+    Every connection and every request is bounded by ``timeout`` seconds (kfp's client has no timeout
+    of its own: a server that accepts and never answers would hang it); an unreachable host, a refused
+    port, an HTTP error or a timeout raise :class:`SubmitError`, one line naming the host. Returns
+    ``{"run_id", "experiment_id", "pipeline", "url"}``.
     """
-    from kfp import Client
-
     package = package_of(pipeline)
     params = parameters_of(package)
     unknown = sorted(set(arguments) - set(params))
     if unknown:
         raise ValueError(f"{package.name} has no parameter(s) {unknown}")
-    client = Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
-    result = client.create_run_from_pipeline_package(
-        str(package), arguments=dict(arguments), run_name=run_name, experiment_name=experiment, namespace=namespace,
-        enable_caching=False, service_account=service_account or None, pipeline_root=pipeline_root)
+    if timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # urllib3, under kfp's client, uses it for connect and read alike
+    try:
+        client = Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
+        result = client.create_run_from_pipeline_package(
+            str(package), arguments=dict(arguments), run_name=run_name, experiment_name=experiment,
+            namespace=namespace, enable_caching=False, service_account=service_account or None,
+            pipeline_root=pipeline_root)
+    except ApiException as e:
+        raise SubmitError(f"KFP API at {host} answered HTTP {e.status} {e.reason}".rstrip()) from None
+    except (OSError, urllib3.exceptions.HTTPError) as e:
+        raise SubmitError(f"KFP API at {host} is unreachable: {_reason(e, timeout)}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
     run = result.run_info
     return {"run_id": result.run_id, "experiment_id": getattr(run, "experiment_id", None), "pipeline": str(package),
             "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
+
+
+def _reason(e: BaseException, timeout: float) -> str:
+    """The innermost cause of a connection error, in a few words."""
+    while isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
+        e = e.reason
+    if isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError)):
+        return f"no answer within {timeout:g} s"
+    if isinstance(e, urllib3.exceptions.NameResolutionError) or isinstance(e.__context__, socket.gaierror):
+        return "unknown host"
+    if isinstance(e, (ConnectionRefusedError, urllib3.exceptions.NewConnectionError)):
+        return "connection refused"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -194,3 +194,38 @@ def test_run_exits_1_when_the_extraction_step_finds_too_many_failed_videos(
     monkeypatch.setattr("pipelines.local.run_main_job", other)
     assert main(["run", "--workdir", str(tmp_path)]) == 2
     assert "train.seed: 42 -> 43" in capsys.readouterr().err
+
+
+def test_export_of_a_missing_run_dir_says_it_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--run-dir", str(tmp_path / "nope"), "--repo", str(tmp_path / "repo")]) == 2
+    err = capsys.readouterr().err
+    assert f"run directory {tmp_path / 'nope'} does not exist" in err and "--data" not in err
+
+
+def test_the_export_step_refuses_an_s3_upload_without_credentials_at_once(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configuration error, not a transient one: it fails before the export, and the pipelines do not retry it."""
+    from linkedout.job.publish import export
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ValueError, match="no S3 credentials to upload the model repository to s3://b/m"):
+        export(str(tmp_path), str(tmp_path / "data"), "", str(tmp_path / "split"), "sasrec_id",
+               upload_uri="s3://b/m")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``linkedout ... | head``: the reader goes away; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    code = "import sys; from linkedout.cli import main; sys.exit(main(['model', 'summary']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(1)
+    proc.stdout.close()  # as `head -c 1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err

@@ -82,7 +82,8 @@ def test_gpu_steps_ask_for_the_h100_pool_and_cpu_steps_do_not() -> None:
                 "medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "64Gi", "volumeName": "dshm"}
 
 
-def test_shards_training_export_and_deploy_are_retried_and_nothing_is_cached() -> None:
+def test_shards_training_and_deploy_are_retried_and_nothing_is_cached() -> None:
+    """Not the export: a configuration error there (no S3 credentials) is not transient (it was retried for 35 s)."""
     for name in PIPELINES:
         spec, _ = _load(ROOT / "pipelines" / f"{name}.yaml")
         retries = {}
@@ -94,8 +95,8 @@ def test_shards_training_export_and_deploy_are_retried_and_nothing_is_cached() -
             if "retryPolicy" in task:
                 retries[task_name] = task["retryPolicy"]["maxRetryCount"]
         want = {"extract": {"extract-shards": 3},
-                "train_and_deploy": {"train": 2, "export-model": 2, "deploy": 2},
-                "linkedout": {"extract-shards": 3, "train": 2, "export-model": 2, "deploy": 2}}[name]
+                "train_and_deploy": {"train": 2, "deploy": 2},
+                "linkedout": {"extract-shards": 3, "train": 2, "deploy": 2}}[name]
         assert retries == want, name
 
 
@@ -355,3 +356,62 @@ def test_pipelines_local_command_types_its_arguments_like_submit(tmp_path: Path,
         with pytest.raises(SystemExit) as exc:
             local.main(bad)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def _silent_server() -> tuple[Any, str]:
+    """A loopback socket that accepts connections and never answers."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_submit_to_a_server_that_never_answers_stops_within_its_timeout(capsys: pytest.CaptureFixture[str],
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from linkedout.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    sock, url = _silent_server()
+    try:
+        t0 = time.monotonic()
+        assert main(["pipeline", "submit", "--host", url, "--timeout", "1"]) == 2
+        took = time.monotonic() - t0
+    finally:
+        sock.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert took < 20, took  # kfp's client retries a few times, each bounded
+    assert len(err) == 1 and url in err[0] and "no answer within 1 s" in err[0]
+
+
+def test_submit_errors_are_one_line_naming_the_host(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from loopback import JsonHandler
+
+    from linkedout.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    refused = f"http://127.0.0.1:{free.getsockname()[1]}"
+    free.close()  # nothing listens there now
+
+    class NotFound(JsonHandler):
+        def do_GET(self) -> None:
+            self.reply(404, {"error": "not found"})
+
+        do_POST = do_GET
+
+    with serve(NotFound) as not_found:
+        cases = [(refused, "connection refused"), ("http://no-such-host.invalid:8888", "unknown host"),
+                 (not_found, "HTTP 404")]
+        for host, reason in cases:
+            assert main(["pipeline", "submit", "--host", host, "--timeout", "2"]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and host in err[0] and reason in err[0], err

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (`linkedout recommend ... | head`): not an error of ours; silence the
+        # interpreter's own flush of stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except ConnectionError as e:
+        # a server that cannot be reached (the KFP API, a stack that is not running): one line naming it
+        if args.verbose:
+            raise
+        print(f"linkedout {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         # Ctrl-C: one line, and what was written stays (shards, checkpoints): the same command resumes.
         print(f"linkedout {args.command}: interrupted; everything written so far is kept: run the same "

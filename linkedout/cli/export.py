@@ -50,6 +50,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--run-dir is required (or --configs-only)")
     from linkedout.export import ExportConfig, ModelRepository, TritonConfig
 
+    if not args.run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {args.run_dir} does not exist")
     run_cfg_file = args.run_dir / "config.json"
     run_cfg = json.loads(run_cfg_file.read_text()) if run_cfg_file.is_file() else {}
     data = args.data or (Path(run_cfg["data"]) if run_cfg.get("data") else None)

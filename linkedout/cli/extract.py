@@ -71,7 +71,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         # Reach the store first, before torch and the backbone are even imported (seconds on a
         # loaded machine): an endpoint that never answers fails within the S3 bounds, naming it.
         open_storage(args.out, s3).exists("spec.json")
-    from linkedout.extraction.extractor import failures_document
+    from linkedout.extraction.driver import failures_document
     from linkedout.job.extraction import TooManyFailures, check_failures, extract
     from linkedout.shards.verify import format_failures
 

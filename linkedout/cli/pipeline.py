@@ -39,6 +39,8 @@ def register(sub: Subparsers) -> None:
                         "InferenceServices, nothing more)")
     s.add_argument("--token", default=None, help="bearer token (else kfp's own credentials)")
     s.add_argument("--pipeline-root", default=None, help="where KFP stores artifacts (default: the server's)")
+    s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="bound on connecting to the API server and on each of its answers (default 30)")
     s.add_argument("params", nargs="*", metavar="KEY=VALUE",
                    help="pipeline arguments, e.g. dataset=/work/microlens-100k epochs=20 canary_percent=5 "
                         "'layers=[0,8,20]'")
@@ -71,7 +73,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     arguments = submit.parse_arguments(package, args.params)
     out = submit.submit(args.host, str(package), arguments, experiment=args.experiment, run_name=args.run_name,
                         namespace=args.namespace, service_account=args.service_account, token=args.token,
-                        pipeline_root=args.pipeline_root)
+                        pipeline_root=args.pipeline_root, timeout=args.timeout)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -269,17 +269,3 @@ def feature_spec(backbone: Backbone, cfg: ExtractionConfig) -> FeatureSpec:
         backbone_dtype=str(backbone.dtype).removeprefix("torch."),
         frame_sampling=cfg.frame_sampling,
     )
-
-
-# The dataset driver moved to linkedout.extraction.driver (which imports this module). Until the
-# main job's modules import these names from there, they resolve here too; delete this afterwards.
-_MOVED_TO_DRIVER = frozenset({"ExtractionSummary", "decode_ahead", "decode_jobs", "extract_dataset",
-                              "extract_shards", "failures_document"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_DRIVER:
-        from linkedout.extraction import driver  # a cycle: driver imports this module
-
-        return getattr(driver, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

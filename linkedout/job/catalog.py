@@ -10,6 +10,8 @@ model repository, and written to Feast under that version.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from linkedout.data.microlens import load_microlens
-from linkedout.export import ModelRepository, ranker_name, update_catalog
+from linkedout.export import Catalog, ModelRepository, ranker_name, update_catalog
 from linkedout.export.catalog import parse_video_ids
 from linkedout.extraction.backbone import load_backbone
 from linkedout.extraction.backbone_config import BackboneConfig
@@ -92,21 +94,60 @@ def add_videos(videos: list[Path], *, repository: str | os.PathLike[str], name: 
                added_store: str | os.PathLike[str], ids: list[int] | None = None, feast_dir: Path | None = None,
                titles: dict[int, str] | None = None, backbone: Any = None, check: bool = True,
                s3_endpoint: str | None = None) -> dict[str, Any]:
-    """Add video files to the served catalogue of ``name``: no retraining, no restart.
+    """Add video files to the served catalogue of ``name``: no retraining, no restart; as often as wanted.
 
-    1. the videos are read by the frozen backbone with the feature store's own extraction config
-       (``extraction_of_store``) into ``added_store`` (a feature store of their own: ``features``
-       keeps one dataset's catalogue); with ``check``, one video of ``features`` is extracted again
-       and must match its stored features, so that new and old videos live in one feature space;
-    2. ``update_catalog`` encodes them with the published ONNX item encoder (no ID row: content only)
+    1. ids already in the served catalogue, duplicate ids and missing files are refused before
+       anything is loaded or written;
+    2. the videos are read by the frozen backbone with the feature shards' own extraction config
+       (``extraction_of_store``) into a shard store of their own under ``added_store`` (a local
+       directory: ``ADDED/v<version>`` once published; ``features`` keeps one dataset's videos);
+       with ``check``, one video of ``features`` is extracted again and must match its stored
+       features, so that new and old videos live in one feature space;
+    3. ``update_catalog`` encodes them with the published ONNX item encoder (no ID row: content only)
        and publishes a new ranker version with them appended;
-    3. with ``feast_dir``, their metadata and embeddings go to Feast under the new version.
+    4. with ``feast_dir``, their metadata and embeddings go to Feast under the new version.
 
-    ``ids`` default to the files' names (``1234.mp4`` is video 1234). Videos that cannot be decoded
-    are reported and left out; none decodable is an error. Returns a summary (new version, added,
-    failed). A running local stack picks the version up by itself (``LocalStack`` follows the
-    repository); ``refresh`` below makes it immediate.
+    A failure at any step leaves nothing behind (the batch's shards are written to a staging
+    directory first) and the served catalogue as it was. ``ids`` default to the files' names
+    (``1234.mp4`` is video 1234). Videos that cannot be decoded are reported and left out; none
+    decodable is an error. Returns a summary (new version, added, failed). A running local stack
+    loads the new version when its model server is told (``linkedout catalog add`` does it).
     """
+    paths, id_arr = _videos_to_add(videos, ids)
+    _refuse_known_ids(repository, name, id_arr)
+    ecfg, bcfg = extraction_of_store(features, backbone=backbone, s3_endpoint=s3_endpoint)
+    model = load_backbone(bcfg)
+    if check:
+        _check_reproduces(features, ecfg, model, s3_endpoint)
+    root = Path(added_store)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        files = {str(int(i)): p for i, p in zip(id_arr, paths)}
+        summary = extract_dataset(_VideoFiles(files), str(staging), ecfg, model)
+        ok = [int(v) for v in files if v not in summary.failed]
+        if not ok:
+            raise ValueError(f"none of the videos could be decoded: {dict(list(summary.failed.items())[:5])}")
+        feats = FeatureReader(str(staging)).get_many([str(v) for v in ok])  # (M, L, K, D)
+        now = int(time.time() * 1000)
+        version, catalog = update_catalog(repository, name, add_ids=ok, add_features=feats,
+                                          add_published=np.full(len(ok), now, dtype=np.int64))
+        staging.rename(root / f"v{version}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    out: dict[str, Any] = {"model": name, "version": version, "added": ok, "failed": dict(summary.failed),
+                           "catalogue": catalog.num_items, "features": str(root / f"v{version}")}
+    if feast_dir is not None and (Path(feast_dir) / "feature_store.yaml").is_file():
+        vdir = ModelRepository(repository).version_dir(ranker_name(name), version)
+        new = Videos.from_catalog(vdir, titles or {}).subset(ok)
+        publish_model_version(open_repo(Path(feast_dir)), name, version, new)
+        out["feast"] = str(feast_dir)
+    log.info("catalogue of %s: version %d with %d new videos (%d failed)", name, version, len(ok), len(summary.failed))
+    return out
+
+
+def _videos_to_add(videos: list[Path], ids: list[int] | None) -> tuple[list[Path], np.ndarray]:
+    """The files (each must exist) and their video ids (``ids``, else the files' names), no id twice."""
     if not videos:
         raise ValueError("no videos to add")
     paths = [Path(v) for v in videos]
@@ -124,28 +165,20 @@ def add_videos(videos: list[Path], *, repository: str | os.PathLike[str], name: 
         id_arr = parse_video_ids(ids)
     if len(set(id_arr.tolist())) != len(id_arr):
         raise ValueError("the videos to add hold duplicate ids")
-    ecfg, bcfg = extraction_of_store(features, backbone=backbone, s3_endpoint=s3_endpoint)
-    model = load_backbone(bcfg)
-    if check:
-        _check_reproduces(features, ecfg, model, s3_endpoint)
-    files = {str(int(i)): p for i, p in zip(id_arr, paths)}
-    summary = extract_dataset(_VideoFiles(files), str(added_store), ecfg, model)
-    ok = [int(v) for v in files if v not in summary.failed]
-    if not ok:
-        raise ValueError(f"none of the videos could be decoded: {dict(list(summary.failed.items())[:5])}")
-    feats = FeatureReader(str(added_store)).get_many([str(v) for v in ok])  # (M, L, K, D)
-    now = int(time.time() * 1000)
-    version, catalog = update_catalog(repository, name, add_ids=ok, add_features=feats,
-                                      add_published=np.full(len(ok), now, dtype=np.int64))
-    out: dict[str, Any] = {"model": name, "version": version, "added": ok, "failed": dict(summary.failed),
-                           "catalogue": catalog.num_items}
-    if feast_dir is not None and (Path(feast_dir) / "feature_store.yaml").is_file():
-        vdir = ModelRepository(repository).version_dir(ranker_name(name), version)
-        new = Videos.from_catalog(vdir, titles or {}).subset(ok)
-        publish_model_version(open_repo(Path(feast_dir)), name, version, new)
-        out["feast"] = str(feast_dir)
-    log.info("catalogue of %s: version %d with %d new videos (%d failed)", name, version, len(ok), len(summary.failed))
-    return out
+    return paths, id_arr
+
+
+def _refuse_known_ids(repository: str | os.PathLike[str], name: str, ids: np.ndarray) -> None:
+    """``ValueError`` naming the ids the served catalogue of ``name`` already holds (before any extraction)."""
+    repo = ModelRepository(repository)
+    latest = repo.latest(ranker_name(name)) if Path(repository).is_dir() else None
+    if latest is None:
+        raise ValueError(f"{repository} serves no model {name!r} (no {ranker_name(name)} version): export one first")
+    catalog = Catalog.load(repo.version_dir(ranker_name(name), latest))
+    known = [int(i) for i in ids if int(i) in catalog]
+    if known:
+        raise ValueError(f"video id(s) {known[:10]} are already in the catalogue of {name} (version {latest}); "
+                         "give new ids (--ids) or remove those videos first")
 
 
 def _check_reproduces(features: str, ecfg: Any, backbone: Any, s3_endpoint: str | None) -> None:

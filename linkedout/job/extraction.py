@@ -43,16 +43,9 @@ from transformers import LlavaOnevisionConfig
 from linkedout.data.microlens import load_microlens, sort_ids
 from linkedout.extraction.backbone import load_backbone
 from linkedout.extraction.backbone_config import BackboneConfig, architecture_config, tiny_name
-from linkedout.extraction.extractor import (
-    ExtractionConfig,
-    ExtractionSummary,
-    LinkedOutExtractor,
-    decode_ahead,
-    extract_dataset,
-    failures_document,
-    feature_spec,
-)
-from linkedout.extraction.extractor import extract_shards as extract_shard_batches
+from linkedout.extraction.driver import ExtractionSummary, decode_ahead, extract_dataset, failures_document
+from linkedout.extraction.driver import extract_shards as extract_shard_batches
+from linkedout.extraction.extractor import ExtractionConfig, LinkedOutExtractor, feature_spec
 from linkedout.extraction.reconcile import open_store_for
 from linkedout.job.params import config_from_dict
 from linkedout.job.step import step

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import numpy as np
 import torch
 
@@ -232,6 +233,8 @@ def export(workdir: str, data: str, features: str, split: str, variant: str, mod
     ``W/model_repository`` (unless its newest version already is that checkpoint), uploaded to
     ``upload_uri`` (``s3://bucket/prefix`` or a directory) when given. ``decision``: the compare step's
     record, whose validation figure is stored with the version (the next decision compares with it)."""
+    if upload_uri.startswith("s3://"):
+        _check_s3_credentials(upload_uri)  # before minutes of export: a configuration error, not a transient one
     validation = json.loads(Path(decision).read_text()).get("validation") if decision else None
     sp = load_split(split)
     repo = Workdir.of(workdir).model_repository
@@ -244,3 +247,11 @@ def export(workdir: str, data: str, features: str, split: str, variant: str, mod
         log.info("uploaded %d files of %s to %s", len(uploaded), repo, upload_uri)
     return {"model": model_name, "version": version, "repository": str(repo), "uploaded_to": upload_uri,
             "uploaded": len(uploaded)}
+
+
+def _check_s3_credentials(uri: str) -> None:
+    """``ValueError`` when boto3 finds no credentials for an upload to ``uri``."""
+    if boto3.Session().get_credentials() is None:
+        raise ValueError(f"no S3 credentials to upload the model repository to {uri}: set AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY (on a cluster: the linkedout-s3 Secret), or set "
+                         "model_repository_uri to a directory or to '' (no upload)")

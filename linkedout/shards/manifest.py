@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from linkedout.fingerprint import file_sha256
 from linkedout.shards.layout import (
     FORMAT,
     FORMAT_VERSION,
@@ -25,7 +24,7 @@ from linkedout.shards.layout import (
 )
 from linkedout.shards.spec import FeatureSpec
 from linkedout.shards.storage import MissingKeyError, ShardStoreError, Storage
-from linkedout.utils import utc_now
+from linkedout.utils import file_sha256, utc_now
 
 Verify = Literal["none", "size", "checksum"]
 

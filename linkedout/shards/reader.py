@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from linkedout.fingerprint import file_sha256
 from linkedout.shards.layout import INDEX_KEY, SPEC_KEY
 from linkedout.shards.manifest import (
     FeatureIndex,
@@ -33,7 +32,7 @@ from linkedout.shards.manifest import (
 from linkedout.shards.quant import dequantize_int8
 from linkedout.shards.spec import read_spec
 from linkedout.shards.storage import MissingKeyError, S3Options, ShardStoreError, Storage, open_storage
-from linkedout.utils import atomic_write_bytes, get_logger, is_int
+from linkedout.utils import atomic_write_bytes, file_sha256, get_logger, is_int
 
 log = get_logger(__name__)
 
