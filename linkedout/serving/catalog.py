@@ -58,10 +58,6 @@ class CatalogView:
         order = np.argsort(-score, kind="stable")
         return cls(model, version, catalog, order + 1, score[order].astype(np.float32))
 
-    @property
-    def layers(self) -> list[str]:
-        return list(self.catalog.layers)
-
 
 class ServedCatalogs:
     """Catalogue versions of ranker models in a model repository (thread-safe)."""

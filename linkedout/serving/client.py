@@ -65,12 +65,6 @@ class RecommendClient:
         self.url, self.model, self.timeout = url, model, timeout
         self._client = grpcclient.InferenceServerClient(url)
 
-    def ready(self) -> bool:
-        try:
-            return bool(self._client.is_model_ready(self.model, client_timeout=self.timeout))
-        except Exception:
-            return False
-
     def recommend(self, user_ids: Sequence[int | str], k: int = 10, *, history: np.ndarray | None = None,
                   explain: bool = False) -> list[Recommendation]:
         g = self._grpc

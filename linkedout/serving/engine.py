@@ -9,10 +9,10 @@
   newest one the predictor has ready, or the version a variant pins), map history video ids to
   catalogue rows (ids not in the catalogue are reported as ``unknown_items``), keep the last ``T``
   rows;
-- :meth:`~RecommendationEngine.rank` (``predict``): users with a history get one ranker call per
-  model version (``Ranker``, Triton's ``NAME_ranker`` in the transformer); users with none get the
-  catalogue's cold-start list (popular and recent), marked;
-- :meth:`~RecommendationEngine.finish` (``postprocess``): drop every video of the user's known
+- :meth:`~RecommendationEngine.rank` (``predict``): the users with a history get one ranker call
+  per catalogue version (``Ranker``, Triton's ``NAME_ranker`` in the transformer);
+- :meth:`~RecommendationEngine.finish` (``postprocess``): the users without one get the
+  catalogue's cold-start list (popular and recent), marked; drop every video of the user's known
   history from the results, keep ``k``, attach the layer gate weights and contributions behind
   each result on request; log one record per user (``RequestLog``) and count the Prometheus
   metrics.

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from linkedout.utils import get_logger
 
 log = get_logger(__name__)
@@ -34,7 +36,6 @@ __all__ = ["BUCKETS", "Router", "RoutingConfig", "RoutingError", "RoutingVariant
            "load_routing"]
 
 BUCKETS = 10_000
-NUM_BUCKETS = BUCKETS
 
 
 class RoutingError(ValueError):
@@ -148,8 +149,7 @@ def bucket_of(salt: str, user_id: str | int) -> int:
 
 
 def load_routing(path: str | os.PathLike[str]) -> RoutingConfig:
-    import yaml
-
+    """The routing config in the YAML file ``path``; ``RoutingError`` naming the file when it is not one."""
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())

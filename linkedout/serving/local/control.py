@@ -137,11 +137,6 @@ class ModelControl:
         if status != 200:
             raise ModelLoadError(name, self._error(payload))
 
-    def unload(self, name: str, *, timeout: float = 60.0) -> None:
-        status, payload = self._request("POST", f"/v2/repository/models/{name}/unload", {}, timeout=timeout)
-        if status != 200:
-            raise ModelServerError(f"unload '{name}': {status} {self._error(payload)}")
-
 
 class ServerChild:
     """What a model-server child process on loopback ports shares: addresses, PID, log, start-up, stop.
@@ -239,10 +234,6 @@ class ServerChild:
         if not self.running():
             tail = self._log_since_start() if self._proc is not None else ""
             raise ModelServerError(f"{self.label} is not running" + (f"; its log ends:\n{tail}" if tail else ""))
-
-    def unload(self, name: str) -> None:
-        self._require_running()
-        self.control.unload(name)
 
     def ready(self, name: str, version: int | None = None) -> bool:
         return self.running() and self.control.ready(name, version)

@@ -37,7 +37,7 @@ from typing import Any
 
 from linkedout.serving.local import process
 from linkedout.serving.local.control import ModelServerError, ServerChild
-from linkedout.serving.local.model_server import start_model_server
+from linkedout.serving.local.model_server import ModelServerProcess, start_model_server
 from linkedout.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
@@ -105,7 +105,7 @@ class LocalStack:
         self.workdir = settings.workdir
         self.repository = self.workdir / "model_repository"
         self.serving_dir = self.workdir / "serving"
-        self.server: Any = None
+        self.server: ModelServerProcess | None = None
         self.transformer: TransformerProcess | None = None
         self.info: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -141,7 +141,7 @@ class LocalStack:
         log.info("model server (%s) up in %.1f s: gRPC %s", self.server.describe().get("kind"),
                  time.monotonic() - t0, self.server.grpc_url)
         try:
-            transformer = self.transformer = self._start_transformer()
+            transformer = self.transformer = self._start_transformer(self.server.grpc_url)
         except BaseException:
             self.stop()
             raise
@@ -183,9 +183,9 @@ class LocalStack:
         repo = self.workdir / "feast"
         return repo if self.settings.use_feast and (repo / "feature_store.yaml").is_file() else None
 
-    def _start_transformer(self) -> TransformerProcess:
+    def _start_transformer(self, predictor: str) -> TransformerProcess:
         s = self.settings
-        args = ["--predictor_host", self.server.grpc_url.split("://")[-1], "--model_repository", str(self.repository),
+        args = ["--predictor_host", predictor.split("://")[-1], "--model_repository", str(self.repository),
                 "--request_log", str(self.serving_dir / "requests.jsonl")]
         if self.feast_repo:
             args += ["--feast_repo", str(self.feast_repo)]
@@ -212,6 +212,7 @@ class LocalStack:
 
     def sync(self) -> dict[str, list[int]]:
         """Make the model server serve the repository's current versions; returns READY versions by model."""
+        assert self.server is not None, "the stack is not started"
         out = {}
         for model in self.models():
             stamp = self._stamp(model)
