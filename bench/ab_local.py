@@ -96,7 +96,7 @@ def main() -> int:
     # the users' histories (and the control's catalogue) in the stack's Feast store: without them every
     # simulated user would get the same cold-start answer from both variants
     sys.path.insert(0, str(REPO))
-    from linkedout.publish import publish_features
+    from linkedout.job.feast import publish_features
 
     publish_features(data, repo, ab / "feast", name=args.control)
 

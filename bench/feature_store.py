@@ -34,9 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import linkedout.featurestore as lf
 import numpy as np
 import pandas as pd
+
+import linkedout.featurestore as lf
 from linkedout.featurestore.local_redis import LocalRedis, redis_server_binary
 
 _HERE = Path(__file__).resolve().parent

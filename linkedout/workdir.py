@@ -19,72 +19,35 @@ One place for the layout, read by the main job's stages, the CLI and the local s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
 class Workdir:
-    """The paths of a work directory; nothing is created here."""
+    """The paths of a work directory ``root`` (nothing is created here)."""
 
-    root: Path
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.data = self.root / "data"
+        self.features = self.root / "features"
+        self.split = self.root / "split"
+        self.runs = self.root / "runs"
+        self.report = self.root / "report.html"
+        self.summary = self.root / "summary.json"
+        self.model_repository = self.root / "model_repository"
+        self.feast = self.root / "feast"
+        self.shard_plan = self.root / "pipeline" / "shard-plan.json"
+        self.decision = self.root / "pipeline" / "decision.json"
+        self.serving = self.root / "serving"
+        self.answer = self.serving / "answer.json"
+        self.kfp = self.root / "kfp"
 
     @classmethod
     def of(cls, root: str | os.PathLike[str]) -> Workdir:
-        return cls(Path(root))
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def features(self) -> Path:
-        return self.root / "features"
-
-    @property
-    def split(self) -> Path:
-        return self.root / "split"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
+        return cls(root)
 
     def run(self, variant_dir: str) -> Path:
         """``W/runs/<variant_dir>`` (the variant's directory name, e.g. ``layer2`` for ``layer:2``)."""
         return self.runs / variant_dir
 
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def model_repository(self) -> Path:
-        return self.root / "model_repository"
-
-    @property
-    def feast(self) -> Path:
-        return self.root / "feast"
-
-    @property
-    def shard_plan(self) -> Path:
-        return self.root / "pipeline" / "shard-plan.json"
-
-    @property
-    def decision(self) -> Path:
-        return self.root / "pipeline" / "decision.json"
-
-    @property
-    def serving(self) -> Path:
-        return self.root / "serving"
-
-    @property
-    def answer(self) -> Path:
-        return self.serving / "answer.json"
-
-    @property
-    def kfp(self) -> Path:
-        return self.root / "kfp"
+    def __repr__(self) -> str:
+        return f"Workdir({str(self.root)!r})"

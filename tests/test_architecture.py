@@ -162,18 +162,25 @@ def test_the_stages_are_listed_once_and_each_has_its_component() -> None:
 
 
 def test_the_architecture_map_names_paths_that_exist() -> None:
+    """docs/architecture.md's map: every entry (a path at the start of a line) and every module its
+    description names (``name.py``) exists."""
     text = (ROOT / "docs" / "architecture.md").read_text()
     tree = text.split("```", 2)[1]  # the map: the first code block
-    paths = re.findall(r"^\s*([\w./-]+/?)\s", tree, flags=re.M)
-    assert len(paths) > 20
-    prefix: list[str] = []
-    missing = []
-    for line in tree.splitlines():
-        m = re.match(r"^(\s*)([\w./-]+)", line)
-        if not m:
-            continue
-        depth = len(m.group(1)) // 2
-        prefix = [*prefix[:depth], m.group(2).rstrip("/")]
-        if not (ROOT / "/".join(prefix)).exists():
-            missing.append("/".join(prefix))
+    entries: list[tuple[str, str]] = []  # (path, its description)
+    stack: list[str] = []
+    for line in tree.strip("\n").splitlines():
+        m = re.match(r"^( *)([\w./-]+)(\s{2,}.*)?$", line)
+        if m and len(m.group(1)) < 20:
+            depth = len(m.group(1)) // 2
+            stack = [*stack[:depth], m.group(2).rstrip("/")]
+            entries.append(("/".join(stack), m.group(3) or ""))
+        elif entries:
+            path, desc = entries[-1]
+            entries[-1] = (path, desc + line)
+    assert len(entries) > 20
+    missing = [p for p, _ in entries if not (ROOT / p).exists()]
+    for path, desc in entries:
+        if (ROOT / path).is_dir():
+            missing += [f"{path}/{name}" for name in re.findall(r"\b(\w+\.py)\b", desc)
+                        if not (ROOT / path / name).exists()]
     assert missing == []

@@ -14,8 +14,8 @@ from linkedout.data.split import EvalSet
 from linkedout.evaluation.encode import item_table
 from linkedout.evaluation.evaluate import EvalConfig, evaluate, sample_negatives
 from linkedout.model.base import ItemEncoding, Recommender
+from linkedout.model.build import build_model
 from linkedout.model.config import FusionConfig, ModelConfig, SequenceConfig
-from linkedout.model.recommender import build_model
 
 
 class ConstUserRecommender(Recommender):

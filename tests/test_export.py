@@ -21,7 +21,6 @@ import pytest
 import torch
 from conftest import Toy, build_variant
 
-from linkedout import publish
 from linkedout.export import (
     Catalog,
     CatalogError,
@@ -36,6 +35,7 @@ from linkedout.export import (
 )
 from linkedout.export.checks import topk_mismatch
 from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
+from linkedout.job.publish import default_repository_configs
 from linkedout.shards import FeatureReader
 
 VARIANTS = ("warmcold", "linkedout", "hybrid", "multimodal", "sasrec_id", "popularity", "uniform", "last_layer")
@@ -362,7 +362,7 @@ def test_cold_scale_is_set_at_export_without_retraining(toy: Toy, tmp_path: Path
 
 
 def test_committed_model_repository_configs_are_what_the_exporter_writes() -> None:
-    expected = publish.default_repository_configs()
+    expected = default_repository_configs()
     committed = {p.relative_to(REPO_ROOT / "model_repository").as_posix(): p.read_text()
                  for p in (REPO_ROOT / "model_repository").glob("*/config.pbtxt")}
     assert committed == expected, ("model_repository/ is stale: regenerate it with "

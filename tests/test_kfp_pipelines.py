@@ -415,3 +415,32 @@ def test_submit_errors_are_one_line_naming_the_host(capsys: pytest.CaptureFixtur
             assert main(["pipeline", "submit", "--host", host, "--timeout", "2"]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and host in err[0] and reason in err[0], err
+
+
+def test_a_config_read_back_from_kfp_keeps_its_types() -> None:
+    """KFP passes a dict parameter as a protobuf Struct, whose numbers are floats: the stage gets the config
+    it was given, not a ``hidden_size`` of 32.0 that transformers refuses."""
+    from google.protobuf import json_format, struct_pb2
+
+    from linkedout.extraction.backbone_config import BackboneConfig
+    from linkedout.extraction.extractor import ExtractionConfig
+    from linkedout.job.params import (
+        backbone_defaults,
+        config_from_dict,
+        extraction_defaults,
+        training_defaults,
+    )
+    from linkedout.job.variants import main_train_config
+    from linkedout.training import TrainConfig
+
+    def through_struct(d: dict[str, Any]) -> dict[str, Any]:
+        return json_format.MessageToDict(json_format.ParseDict(d, struct_pb2.Struct()))
+
+    cases = [(ExtractionConfig, extraction_defaults(), ExtractionConfig(shard_size=64)),
+             (BackboneConfig, backbone_defaults(), BackboneConfig()), (TrainConfig, training_defaults(), main_train_config())]
+    for cls, params, want in cases:
+        sent = through_struct(params)
+        assert any(isinstance(v, float) for v in sent.values())  # what a task receives
+        got = config_from_dict(cls, sent, cls.__name__)
+        assert got == want
+        assert all(type(getattr(got, f)) is type(getattr(want, f)) for f in want.__dataclass_fields__)

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from linkedout import pipeline
+from linkedout.job.evaluation import evaluate_run
+from linkedout.job.extraction import extract
+from linkedout.job.report import write_html_report
+from linkedout.job.split import build_split
+from linkedout.job.training import train_variant
+from linkedout.job.variants import DEFAULT_VARIANTS, parse_variant
 from linkedout.model import (
     FusionConfig,
     IDConfig,
@@ -289,19 +294,19 @@ def test_main_job_trains_warmcold_by_default_and_reports_its_gate(tmp_path: Path
     from linkedout.data.synth import SynthConfig, generate
     from linkedout.extraction.extractor import ExtractionConfig
 
-    assert pipeline.DEFAULT_VARIANTS[0] == "warmcold"
-    assert pipeline.parse_variant("warmcold").kind == "warmcold"
+    assert DEFAULT_VARIANTS[0] == "warmcold"
+    assert parse_variant("warmcold").kind == "warmcold"
     torch.set_num_threads(1)
     data = generate(tmp_path / "data", SynthConfig.preset("toy", **FAST_DATA))  # type: ignore[arg-type]
     store = tmp_path / "features"
-    pipeline.extract(data, store, (ExtractionConfig(layers=(0, 4, 8), num_frames=2, tokens=8, text_tokens=2,
+    extract(data, store, (ExtractionConfig(layers=(0, 4, 8), num_frames=2, tokens=8, text_tokens=2,
                                                     batch_size=8, shard_size=8, decode_workers=0), None))
     run = tmp_path / "runs" / "warmcold"
-    pipeline.train_variant(data, str(store), run, "warmcold", epochs=1)
-    ev = pipeline.evaluate_run(data, str(store), run)
+    train_variant(data, str(store), run, "warmcold", epochs=1)
+    ev = evaluate_run(data, str(store), run)
     assert ev["model"] == "LinkedOut + seen-video IDs"
     ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-    split = pipeline.build_split(data, str(store))
+    split = build_split(data, str(store))
     assert torch.equal(ckpt["model_state"]["id_counts"], torch.from_numpy(split.item_counts))
-    html = pipeline.report([run], tmp_path / "report.html", data=data, features=str(store)).read_text()
+    html = write_html_report([run], tmp_path / "report.html", data=data, features=str(store)).read_text()
     assert "L0" in html and "L8" in html  # the gate heatmap's columns: the warm/cold model's gate is shown

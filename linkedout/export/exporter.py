@@ -93,9 +93,7 @@ class ExportConfig:
     cold_scale: float | None = None
 
     def __post_init__(self) -> None:
-        from linkedout.export.repository import config_pbtxt as _check_name
-
-        _check_name(ranker_name(self.name), GraphSpec((), ()))  # validates the name
+        config_pbtxt(ranker_name(self.name), GraphSpec((), ()))  # validates the name
         for f, lo in (("max_k", 1), ("check_samples", 1), ("batch_size", 1)):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:

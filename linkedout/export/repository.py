@@ -42,6 +42,7 @@ from linkedout.export.model_config import (
     new_config,
     parse_config,
 )
+from linkedout.shards.storage import open_storage
 from linkedout.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
@@ -290,8 +291,6 @@ class ModelRepository:
         Version files go first and each model's ``config.pbtxt`` last; files already there with the
         same size are skipped; staging and retired directories are not copied.
         """
-        from linkedout.shards.storage import open_storage
-
         store = open_storage(uri, endpoint_url=endpoint_url)
         written: list[str] = []
         for model in self.models():

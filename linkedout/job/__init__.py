@@ -55,7 +55,8 @@ class Stage:
     function: str
 
     def load(self) -> Callable[..., Any]:
-        return getattr(importlib.import_module(f"linkedout.job.{self.module}"), self.function)  # type: ignore[no-any-return]
+        fn: Callable[..., Any] = getattr(importlib.import_module(f"linkedout.job.{self.module}"), self.function)
+        return fn
 
 
 #: The main job's stages in the order data flows.

@@ -18,7 +18,7 @@ from linkedout.job.split import load_split
 from linkedout.job.step import step
 from linkedout.serving.client import RecommendClient
 from linkedout.serving.client import format_table as format_answers
-from linkedout.serving.stack import LocalStack, StackSettings
+from linkedout.serving.local import LocalStack, StackSettings
 from linkedout.utils import atomic_write_text, get_logger
 from linkedout.workdir import Workdir
 

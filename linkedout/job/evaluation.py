@@ -21,7 +21,7 @@ from linkedout.fingerprint import (
     read_fingerprint,
     write_fingerprint,
 )
-from linkedout.interpret.report import count_parameters, write_eval_json
+from linkedout.interpret.runs import count_parameters, write_eval_json
 from linkedout.job.split import build_split, load_split
 from linkedout.job.step import step
 from linkedout.job.training import checkpoint_of, features_digest_of, item_features_for, run_dir_of

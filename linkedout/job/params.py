@@ -18,6 +18,8 @@ signature with it.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -86,9 +88,32 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any] | None, name: str) 
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ValueError(f"{name}: unknown field(s) {unknown} of {cls.__name__}; the fields are {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    given = {k: _typed(v, hints[k]) for k, v in given.items()}
     if cls is TrainConfig:
         return TrainConfig.from_dict({**main_train_config().to_dict(), **given})  # type: ignore[return-value]
     return cls(**given)
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    """``value`` as the field's type where KFP changed it: a dict parameter travels as a protobuf ``Struct``,
+    whose numbers are all floats (``32`` comes back as ``32.0``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if origin in (types.UnionType, typing.Union):
+        for arg in args:
+            if arg is not type(None) and (typed := _typed(value, arg)) is not value:
+                return typed
+        return value
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        if origin is tuple and Ellipsis not in args and len(args) == len(value):  # tuple[float, float]
+            item_types = list(args)
+        else:  # tuple[int, ...], list[str]
+            item_types = [args[0] if args else Any] * len(value)
+        items = [_typed(v, t) for v, t in zip(value, item_types)]
+        return tuple(items) if origin is tuple else items
+    return value
 
 
 def as_parameter(value: Any) -> Any:

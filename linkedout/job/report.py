@@ -16,7 +16,8 @@ from linkedout.data.microlens import load_microlens
 from linkedout.data.stats import dataset_stats
 from linkedout.fingerprint import Fingerprint, file_sha256, read_fingerprint, write_fingerprint
 from linkedout.interpret.contributions import layer_contributions
-from linkedout.interpret.report import load_run, write_report
+from linkedout.interpret.report import write_report
+from linkedout.interpret.runs import load_run
 from linkedout.job.dataset import dataset_digest
 from linkedout.job.evaluation import eval_fingerprint, evaluation_is_fresh, reads_features
 from linkedout.job.split import build_split, load_split
