@@ -79,9 +79,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from linkedout.serving.client import RecommendClient, endpoint_from_workdir, format_table
+    from linkedout.serving.client import RecommendClient, format_table
+    from linkedout.serving.local import read_stack
 
-    url = args.url or endpoint_from_workdir(args.workdir)
+    url = args.url or str(read_stack(args.workdir)["transformer"]["grpc"])
     history = None
     if args.history:
         try:

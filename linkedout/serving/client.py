@@ -7,15 +7,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RecommendClient", "RecommendError", "Recommendation", "endpoint_from_workdir", "format_table"]
+__all__ = ["RecommendClient", "RecommendError", "Recommendation", "format_table"]
 
 
 class RecommendError(RuntimeError):
@@ -43,15 +41,6 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def endpoint_from_workdir(workdir: str | os.PathLike[str]) -> str:
-    """The transformer's gRPC address recorded by ``linkedout serve`` in ``W/serving/stack.json``."""
-    path = Path(workdir) / "serving" / "stack.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: start the stack first (linkedout serve --workdir {workdir})")
-    stack = json.loads(path.read_text())
-    return str(stack["transformer"]["grpc"])
 
 
 class RecommendClient:

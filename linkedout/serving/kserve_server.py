@@ -3,7 +3,8 @@
 KServe 0.21 binds REST to ``0.0.0.0`` (``RESTServer``: ``uvicorn.Config(host="0.0.0.0")``) and gRPC to
 ``[::]`` (``GRPCServer.start``: ``listen_addr = f"[::]:{port}"``) with no flag to change either
 (DESIGN.md §2). :class:`BoundModelServer` is ``kserve.ModelServer`` with both bound to
-``bind_address`` (``--bind_address``: 127.0.0.1 locally, 0.0.0.0 in a pod), and two hooks: extra
+``bind_address`` (``--bind_address``: 127.0.0.1 locally, 0.0.0.0 in a pod), a gRPC port that is
+never shared with another server (:func:`grpc_server_options`), and two hooks: extra
 FastAPI routes registered *before* KServe's own (Starlette matches routes in order, so a route here
 replaces KServe's for the same path) and the gRPC servicer class. Single-process REST only
 (``--workers 1``); KServe's multi-process REST forks uvicorn workers that bind on their own.
@@ -37,6 +38,17 @@ def _listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def grpc_server_options(kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The gRPC server's channel options: KServe's message limits, and ``grpc.so_reuseport`` off.
+
+    gRPC sets ``SO_REUSEPORT`` by default: a second server on a port already served would start and
+    share it with the first (the kernel spreads connections over both). Off, the bind fails instead.
+    """
+    return [("grpc.max_send_message_length", kwargs.get("grpc_max_send_message_length")),
+            ("grpc.max_receive_message_length", kwargs.get("grpc_max_receive_message_length")),
+            ("grpc.so_reuseport", 0)]
+
+
 class BoundGRPCServer(GRPCServer):
     """KServe's gRPC server listening on ``host`` instead of ``[::]``, with a chosen servicer class."""
 
@@ -52,8 +64,7 @@ class BoundGRPCServer(GRPCServer):
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
-            options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                     ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length"))],
+            options=grpc_server_options(self._kwargs),
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         listen_addr = _listen_address(self._host, self._port)

@@ -36,6 +36,37 @@ _LIVE_LOCK = threading.Lock()
 _ATEXIT_REGISTERED = False
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a process listens on ``host:port`` (TCP) now.
+
+    The probe binds with ``SO_REUSEADDR`` and without ``SO_REUSEPORT``: a port in ``TIME_WAIT``
+    counts as free, a listener counts as taken even when it set ``SO_REUSEPORT`` itself (gRPC's
+    default, with which a second server would otherwise share the port and half the requests).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(host: str, ports: Mapping[str, int]) -> None:
+    """``OSError`` naming the first of ``ports`` (``{"what": port}``, 0 = a free one later) in use on ``host``,
+    or given twice."""
+    seen: dict[int, str] = {}
+    for what, port in ports.items():
+        if not port:
+            continue
+        if port in seen:
+            raise OSError(f"port {port} is given twice ({seen[port]} and {what})")
+        seen[port] = what
+        if port_in_use(host, port):
+            raise OSError(f"port {port} ({what}) on {host} is already in use (address already in use)")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now (the OS picks it; another process may race for it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -18,13 +18,18 @@
   ready.
 
 ``W/serving/stack.json`` says where everything listens and each process's PID (the CLI's
-``recommend`` and ``catalog add`` read it); logs go to ``W/serving/*.log``, the request log to
-``W/serving/requests.jsonl``. Every child dies with this process. This module imports neither
-kserve nor tritonclient.
+``recommend`` and ``catalog add`` read it, through :func:`read_stack`); logs go to
+``W/serving/*.log``, the request log to ``W/serving/requests.jsonl``. Every child dies with this
+process. This module imports neither kserve nor tritonclient.
+
+Refused before anything starts: a work directory another stack serves (the running stack holds an
+exclusive ``flock`` on ``W/serving/stack.lock`` until it stops, SIGKILL included: the kernel drops
+it), and a port given in the settings that is in use already (named, one line).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -33,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from linkedout.serving.local import process
 from linkedout.serving.local.control import ModelServerError, ServerChild
@@ -85,16 +90,37 @@ class StackSettings:
             raise ValueError(f"StackSettings.host must be a loopback address, got {self.host!r}")
 
 
+LOCK_NAME = "stack.lock"
+
+
 def read_stack(workdir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The running stack's ``stack.json``; ``StackError`` when no stack runs for ``workdir``."""
+    """The running stack's ``stack.json``; ``StackError`` when no stack runs for ``workdir``.
+
+    A ``stack.json`` left behind by a stack that was killed is recognised: its PID is not alive, or
+    nobody holds the work directory's lock.
+    """
     path = Path(workdir) / "serving" / "stack.json"
     if not path.is_file():
         raise StackError(f"no local stack runs for {workdir} ({path} is missing): start one with "
                          f"`linkedout serve --workdir {workdir}`")
     info: dict[str, Any] = json.loads(path.read_text())
-    if not process.pid_alive(int(info.get("pid", 0))):
-        raise StackError(f"the stack recorded in {path} (pid {info.get('pid')}) is not running any more")
+    if not process.pid_alive(int(info.get("pid", 0))) or not _locked(path.parent / LOCK_NAME):
+        raise StackError(f"the stack is not running: {path} names pid {info.get('pid')}, which stopped "
+                         f"(killed?); start it again with `linkedout serve --workdir {workdir}`")
     return info
+
+
+def _locked(lock_path: Path) -> bool:
+    """Whether a process holds the stack lock ``lock_path`` (True when there is no lock file to ask)."""
+    try:
+        with open(lock_path, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except FileNotFoundError:
+        return True
 
 
 class LocalStack:
@@ -112,6 +138,7 @@ class LocalStack:
         self._follower: threading.Thread | None = None
         self._stamps: dict[str, tuple[int, ...]] = {}
         self.sync_errors: dict[str, str] = {}
+        self._lock: IO[str] | None = None
 
     # ------------------------------------------------------------------------------------ start
 
@@ -119,6 +146,40 @@ class LocalStack:
         if not self.repository.is_dir():
             return []
         return sorted(p.name for p in self.repository.iterdir() if (p / "config.pbtxt").is_file())
+
+    def lock(self) -> None:
+        """Hold the work directory's lock; ``StackError`` naming the holder when another stack serves it."""
+        if self._lock is not None:
+            return
+        self.serving_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.serving_dir / LOCK_NAME, "a+")  # noqa: SIM115 (held open: it is the lock)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise StackError(f"another `linkedout serve` (pid {holder}) already serves {self.workdir}: stop it "
+                             f"first, or serve another --workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
+
+    def check_ports(self) -> None:
+        """``StackError`` naming a port of the settings that is in use already (or given twice)."""
+        s = self.settings
+        try:
+            process.check_ports(s.host, {"transformer HTTP, --http-port": s.http_port,
+                                         "transformer gRPC, --grpc-port": s.grpc_port})
+        except OSError as e:
+            raise StackError(str(e)) from None
 
     def start(self) -> LocalStack:
         s = self.settings
@@ -130,13 +191,21 @@ class LocalStack:
         if s.routing is None and s.default_model not in rankers:
             raise StackError(f"{self.repository} has no {s.default_model}_ranker (it has {rankers}); "
                              f"pick one with --model")
-        self.serving_dir.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        try:
+            self.check_ports()
+        except StackError:
+            self._unlock()
+            raise
         t0 = time.monotonic()
         try:
             self.server = start_model_server(self.repository, self.serving_dir, models=models, host=s.host,
                                              prefer=s.prefer)
-        except ModelServerError as e:
-            raise StackError(f"the model server did not start: {e}") from e
+        except BaseException as e:
+            self._unlock()
+            if isinstance(e, ModelServerError):
+                raise StackError(f"the model server did not start: {e}") from e
+            raise
         self._stamps = {m: self._stamp(m) for m in models}
         log.info("model server (%s) up in %.1f s: gRPC %s", self.server.describe().get("kind"),
                  time.monotonic() - t0, self.server.grpc_url)
@@ -255,7 +324,8 @@ class LocalStack:
     # ------------------------------------------------------------------------------------ stop
 
     def stop(self) -> None:
-        """Stop the transformer, then the model server; remove ``stack.json``. Safe to call twice."""
+        """Stop the transformer, then the model server; remove ``stack.json``, release the work directory.
+        Safe to call twice."""
         self._stop.set()
         if self.transformer is not None:
             self.transformer.stop()
@@ -265,10 +335,12 @@ class LocalStack:
             self.server = None
         stack_file = self.serving_dir / "stack.json"
         try:
-            if stack_file.is_file() and json.loads(stack_file.read_text()).get("pid") == os.getpid():
+            if self._lock is not None and stack_file.is_file() and \
+                    json.loads(stack_file.read_text()).get("pid") == os.getpid():  # only the holder's own file
                 stack_file.unlink()
         except (OSError, ValueError):
             pass
+        self._unlock()
 
     def __enter__(self) -> LocalStack:
         return self.start()
