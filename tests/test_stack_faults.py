@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from linkedout.serving.local import LocalStack, StackError, StackSettings, read_stack
-from linkedout.serving.local.stack import LOCK_NAME
+from linkedout.serving.local.control import ModelServerError
+from linkedout.serving.local.process import reason_line
+from linkedout.serving.local.stack import LOCK_NAME, TransformerProcess
 
 
 def fake_workdir(root: Path) -> Path:
@@ -105,3 +107,29 @@ def test_a_stale_stack_json_says_the_stack_is_not_running(tmp_path: Path) -> Non
     out = subprocess.run([sys.executable, "-m", "linkedout", "recommend", "--workdir", str(work), "--user", "1"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "the stack is not running" in out.stderr
+
+
+def test_a_start_up_error_is_one_line_with_the_reason_of_this_start_then_the_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "serving" / "transformer.log"
+    log_path.parent.mkdir()
+    log_path.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: an earlier run's failure\n")
+    transformer = TransformerProcess(["--predictor_host", "127.0.0.1:1", "--model_repository", str(tmp_path / "none")],
+                                     model="linkedout", host="127.0.0.1", http_port=0, grpc_port=0, log_path=log_path,
+                                     startup_timeout=120)
+    with pytest.raises(ModelServerError) as err:
+        transformer.start()
+    message = str(err.value)
+    assert "\n" not in message and "earlier run" not in message
+    assert message.startswith("the transformer exited with code 1 while starting: ")
+    assert f"--model_repository: {tmp_path / 'none'} is not a directory (log {log_path})" in message
+
+
+@pytest.mark.parametrize(("log", "reason"), [
+    ("Traceback (most recent call last):\n  File \"a.py\", line 3, in f\n    raise OSError('x')\n"
+     "OSError: [Errno 98] address already in use\n", "OSError: [Errno 98] address already in use"),
+    ("I1203 starting\nE1203 12:00:00.1 1 main.cc:245] failed to start HTTP service: Address in use\n"
+     "I1203 12:00:00.2 exiting\n", "E1203 12:00:00.1 1 main.cc:245] failed to start HTTP service: Address in use"),
+    ("INFO boot\nlinkedout transformer: routing: unknown model\n", "linkedout transformer: routing: unknown model"),
+])
+def test_the_reason_line_of_a_log(log: str, reason: str) -> None:
+    assert reason_line(log) == reason

@@ -201,19 +201,23 @@ class ServerChild:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def failure(self) -> str:
+        """One line: why the server failed, from the lines of this start's log only, then the log's path."""
+        reason = process.reason_line(self._log_since_start(lines=200)) if self._proc is not None else ""
+        return f"{reason or 'no reason in its log'} (log {self.log_path})"
+
     def _wait_up(self, up: Callable[[ModelControl], bool], state: str) -> None:
-        """Poll until ``up(control)``; :class:`ModelServerError` with the log when it exits or times out."""
+        """Poll until ``up(control)``; :class:`ModelServerError` with the reason when it exits or times out."""
         control = ModelControl(self.http_url, timeout=2.0)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ModelServerError(f"{self.program} exited with code {self._proc.returncode} while starting "
-                                       f"(log {self.log_path}):\n{self._log_since_start()}")
+                raise ModelServerError(f"{self.program} exited with code {self._proc.returncode} while starting: "
+                                       f"{self.failure()}")
             if up(control):
                 return
             time.sleep(0.1)
-        raise ModelServerError(f"{self.program} was not {state} after {self.startup_timeout:.0f} s "
-                               f"(log {self.log_path}):\n{self._log_since_start()}")
+        raise ModelServerError(f"{self.program} was not {state} after {self.startup_timeout:.0f} s: {self.failure()}")
 
     def stop(self) -> int | None:
         """SIGTERM (the server unloads its models and stops its helpers), bounded wait, then SIGKILL."""
@@ -232,8 +236,7 @@ class ServerChild:
 
     def _require_running(self) -> None:
         if not self.running():
-            tail = self._log_since_start() if self._proc is not None else ""
-            raise ModelServerError(f"{self.label} is not running" + (f"; its log ends:\n{tail}" if tail else ""))
+            raise ModelServerError(f"{self.label} is not running: {self.failure()}")
 
     def ready(self, name: str, version: int | None = None) -> bool:
         return self.running() and self.control.ready(name, version)

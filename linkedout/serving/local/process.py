@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -138,17 +139,22 @@ def _stop_all() -> None:
             stop(proc, timeout=5.0)
 
 
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file ('' if it does not exist)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+# A line that says why a server failed: an exception, a glog error (Triton's "E1203 ..."), a bind error.
+_REASON = re.compile(r"error|exception|failed|in use|refused|denied|not found|cannot|does not exist|invalid",
+                     re.IGNORECASE)
+# Lines that say nothing of the cause: the exit of a traceback that only passes an exit code on.
+_NO_REASON = re.compile(r"^(SystemExit: \d*|KeyboardInterrupt|Traceback .*|During handling .*|The above exception.*)$")
+
+
+def reason_line(text: str) -> str:
+    """The line of a server's log text that says why it failed: the last unindented line that reads as
+    an error (a traceback's exception line, Triton's error, a bind error), else the last line; '' for none."""
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line[:1].isspace() and not _NO_REASON.match(line.strip())]
+    for line in reversed(lines):
+        if _REASON.search(line):
+            return line
+    return lines[-1] if lines else ""
 
 
 def pid_alive(pid: int) -> bool:

@@ -307,8 +307,8 @@ class LocalStack:
     def check(self) -> None:
         """``StackError`` when a process of the stack has died."""
         if self.transformer is not None and not self.transformer.running():
-            raise StackError(f"the transformer exited with code {self.transformer.returncode}:\n"
-                             f"{process.log_tail(self.serving_dir / 'transformer.log', 25)}")
+            raise StackError(f"the transformer exited with code {self.transformer.returncode}: "
+                             f"{self.transformer.failure()}")
         if self.server is not None and not self.server.running():
             raise StackError(f"the model server ({self.server.describe().get('kind')}) exited; see "
                              f"{self.server.describe().get('log')}")
