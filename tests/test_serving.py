@@ -8,6 +8,7 @@ transformer, Feast) are exercised in tests/test_serving_stack.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import struct
@@ -23,12 +24,12 @@ from linkedout.export import Catalog
 from linkedout.export.graphs import RankerGraph
 from linkedout.export.model_config import CONFIG_NAME, config_to_dict, read_config
 from linkedout.serving.catalog import ServedCatalogs
-from linkedout.serving.engine import RecommendationEngine, ServingUnavailable
+from linkedout.serving.engine import RecommendationEngine, ServingUnavailable, check_routable
 from linkedout.serving.local.stack import StackSettings
 from linkedout.serving.local.triton_model import OnnxRunner
 from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse_request
 from linkedout.serving.request_log import RequestLog, read_request_log
-from linkedout.serving.routing import BUCKETS, Router, RoutingConfig, RoutingError, bucket_of
+from linkedout.serving.routing import BUCKETS, Router, RoutingConfig, RoutingError, bucket_of, load_routing
 
 
 def i64(name: str, values: list[int] | np.ndarray, shape: tuple[int, ...] | None = None) -> RawTensor:
@@ -113,6 +114,34 @@ def test_router_rereads_its_file_and_keeps_the_last_good_config(tmp_path: Path) 
     assert router.current().assign("1").name == "b"  # a broken edit does not take serving down
     with pytest.raises(RoutingError, match="does not exist"):
         Router(tmp_path / "missing.yaml", "linkedout")
+
+
+def test_a_routing_change_that_cannot_serve_is_refused_and_the_last_good_one_keeps_serving(
+        serving_repo: ServingRepo, tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text("experiment: e\nsalt: s\nvariants:\n  - {name: a, model: linkedout}\n")
+    catalogs = ServedCatalogs(str(serving_repo.root))
+    router = Router(path, "linkedout", check_interval=0.0, check=functools.partial(check_routable, catalogs))
+    for bad in ("{name: b, model: nosuchmodel}", "{name: b, model: sasrec_id, version: 7}"):
+        time.sleep(0.01)
+        path.write_text(f"experiment: e2\nsalt: s\nvariants:\n  - {bad}\n")
+        assert router.current().assign("1").name == "a"
+    with pytest.raises(RoutingError, match=r"variant 'b': sasrec_id_ranker has no version 7 \(it has \[1\]\)"):
+        check_routable(catalogs, load_routing(path))
+    path.write_text("experiment: e3\nsalt: s\nvariants:\n  - {name: c, model: sasrec_id, version: 1}\n")
+    assert router.current().assign("1").name == "c"  # a servable change is taken
+
+
+def test_a_pinned_version_missing_from_the_repository_is_unavailable_not_internal(serving_repo: ServingRepo,
+                                                                                  tmp_path: Path) -> None:
+    routing = tmp_path / "routing.yaml"  # read at start (not checked): the version may be on its way
+    routing.write_text("experiment: e\nsalt: s\nvariants:\n  - {name: pinned, model: linkedout, version: 9}\n")
+    engine = make_engine(serving_repo, routing=routing)
+    with pytest.raises(ServingUnavailable, match="variant 'pinned': the catalogue of linkedout_ranker version 9 "
+                                                 "cannot be read") as err:
+        asyncio.run(engine.recommend(RecRequest(["1"], 5, [[1]], False)))
+    assert err.value.dependency == "predictor"
+    engine.close()
 
 
 # ------------------------------------------------------------------------------------------ request log
@@ -266,6 +295,26 @@ def test_a_store_outage_is_a_clear_error_within_its_timeout(serving_repo: Servin
     down.histories = StoreHistories({"1": [int(Catalog.load(serving_repo.root / "linkedout_ranker" / "1").ids[0])]})
     assert not asyncio.run(down.recommend(RecRequest(["1"], 5, None, False))).cold_start[0]  # back: served again
     down.close()
+
+
+def test_a_hung_store_never_delays_a_request_that_does_not_read_it(serving_repo: ServingRepo) -> None:
+    """Every store, SQLite too, is read on a worker with the deadline: the event loop never waits for it."""
+    engine = make_engine(serving_repo, histories=StoreHistories({}, delay=1.5), feast_timeout=0.2)
+    hist = [[int(Catalog.load(serving_repo.root / "linkedout_ranker" / "1").ids[0])]]
+
+    async def both() -> tuple[float, float, BaseException | None]:
+        t0 = time.perf_counter()
+        feast = asyncio.ensure_future(engine.recommend(RecRequest(["1"], 5, None, False)))
+        await asyncio.sleep(0.01)
+        await engine.recommend(RecRequest(["2"], 5, hist, False))  # an explicit history: no store read
+        explicit = time.perf_counter() - t0
+        error = (await asyncio.gather(feast, return_exceptions=True))[0]
+        return explicit, time.perf_counter() - t0, error if isinstance(error, BaseException) else None
+
+    explicit, feast, error = asyncio.run(both())
+    assert explicit < 0.5 and feast < 0.6
+    assert isinstance(error, ServingUnavailable) and "did not answer within 200 ms" in str(error)
+    engine.close()
 
 
 def test_no_ready_version_is_unavailable_not_a_crash(serving_repo: ServingRepo) -> None:

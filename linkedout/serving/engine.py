@@ -45,13 +45,13 @@ from linkedout.serving import metrics
 from linkedout.serving.catalog import CatalogView, ServedCatalogs
 from linkedout.serving.request import RecRequest
 from linkedout.serving.request_log import RequestLog
-from linkedout.serving.routing import Router, RoutingVariant
+from linkedout.serving.routing import Router, RoutingConfig, RoutingError, RoutingVariant
 from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
 __all__ = ["HistorySource", "Ranker", "RecPlan", "RecResult", "RecommendationEngine", "ServingUnavailable",
-           "VersionReady"]
+           "VersionReady", "check_routable"]
 
 
 class ServingUnavailable(RuntimeError):
@@ -126,7 +126,7 @@ class RecommendationEngine:
 
     def __init__(self, *, router: Router, catalogs: ServedCatalogs, ranker: Ranker,
                  histories: HistorySource | None = None, request_log: RequestLog | None = None,
-                 feast_timeout: float = 0.2, max_k: int = 100, inline_histories: bool = False) -> None:
+                 feast_timeout: float = 0.2, max_k: int = 100) -> None:
         self.router = router
         self.catalogs = catalogs
         self.ranker = ranker
@@ -134,11 +134,11 @@ class RecommendationEngine:
         self.request_log = request_log
         self.feast_timeout = feast_timeout
         self.max_k = max_k
-        # read histories on the event loop itself (no thread hop: ~0.05 ms) when the store is a local
-        # file that cannot hang (SQLite); a network store (Redis) is read on a worker with a deadline
-        self.inline_histories = inline_histories
         #: model -> the catalogue version served by default (set by update_served_versions)
         self.serving: dict[str, int] = {}
+        # every store is read on a worker with the deadline, never on the event loop: a local SQLite
+        # file hangs too (a lock held on it: ~10 s of busy timeout), and a request that does not read
+        # the store (an explicit history, the readiness probe) must not wait behind one that does
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
 
     # -------------------------------------------------------------------------------------- versions
@@ -147,7 +147,11 @@ class RecommendationEngine:
         version = variant.version if variant.version is not None else self.serving.get(variant.model)
         if version is None:
             raise ServingUnavailable(f"no version of model {variant.model!r} is ready to serve yet", "predictor")
-        return self.catalogs.view(variant.model, version)
+        try:
+            return self.catalogs.view(variant.model, version)
+        except Exception as e:  # a pinned version that is not (any more) in the repository, an unreadable file
+            raise ServingUnavailable(f"variant {variant.name!r}: the catalogue of {variant.model}_ranker version "
+                                     f"{version} cannot be read: {type(e).__name__}: {e}", "predictor") from e
 
     def largest_k(self) -> int:
         """The largest k a request may ask for now: ``max_k`` capped by the smallest served catalogue."""
@@ -242,13 +246,6 @@ class RecommendationEngine:
         if self.histories is None:
             return [[] for _ in users]
         t0 = time.perf_counter()
-        if self.inline_histories:
-            try:
-                return self.histories.get(list(users))
-            except Exception as e:
-                raise ServingUnavailable(f"the feature store failed: {type(e).__name__}: {e}", "feast") from e
-            finally:
-                metrics.FEAST_LATENCY.observe(time.perf_counter() - t0)
         loop = asyncio.get_running_loop()
         try:
             out = await asyncio.wait_for(loop.run_in_executor(self._pool, self.histories.get, list(users)),
@@ -299,6 +296,18 @@ class RecommendationEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.request_log is not None:
             self.request_log.close()
+
+
+def check_routable(catalogs: ServedCatalogs, config: RoutingConfig) -> None:
+    """``RoutingError`` when a variant of ``config`` cannot serve from ``catalogs``: its model has no
+    ranker version, or the version it pins does not exist (the Router's check of a changed config)."""
+    for v in config.variants:
+        versions = catalogs.versions(v.model)
+        if not versions:
+            raise RoutingError(f"variant {v.name!r}: model {v.model!r} has no ranker version in {catalogs.repository}")
+        if v.version is not None and v.version not in versions:
+            raise RoutingError(f"variant {v.name!r}: {v.model}_ranker has no version {v.version} "
+                               f"(it has {versions})")
 
 
 async def _newest_ready(model: str, versions: Sequence[int], ready: VersionReady) -> int | None:

@@ -12,8 +12,9 @@ file)::
 A user's bucket is ``int(sha256(f"{salt}:{user_id}")) mod 10000``; variant ``i`` owns the buckets
 below the cumulative ``floor(10000 * sum(w[:i+1]) / sum(w))`` (the last one up to 10000), in order. The same user always lands in the same variant
 for a given salt and split, whatever the process or machine. ``Router`` re-reads the file when it
-changes (checked at most once a ``check_interval`` seconds); a file that fails to parse or validate
-is logged and the last good config keeps serving.
+changes (checked at most once a ``check_interval`` seconds); a file that fails to parse or validate,
+or that its ``check`` refuses (the transformer's: a model with no version, a pinned version that does
+not exist), is logged and the last good config keeps serving.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,19 @@ def load_routing(path: str | os.PathLike[str]) -> RoutingConfig:
 
 
 class Router:
-    """The current routing config: from a file re-read on change, or everyone to one model."""
+    """The current routing config: from a file re-read on change, or everyone to one model.
 
-    def __init__(self, path: str | os.PathLike[str] | None, default_model: str, *, check_interval: float = 1.0) -> None:
+    ``check(config)`` raises :class:`RoutingError` for a changed config that cannot serve; the change
+    is then refused like a malformed file (the config read at start is not checked: its models may
+    still be on their way).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, default_model: str, *, check_interval: float = 1.0,
+                 check: Callable[[RoutingConfig], None] | None = None) -> None:
         self.path = Path(path) if path else None
         self.default_model = default_model
         self.check_interval = check_interval
+        self.check = check
         self._checked = 0.0
         self._stamp: tuple[int, int] | None = None
         self.config = load_routing(self.path) if self.path else RoutingConfig.single(default_model)
@@ -195,7 +203,10 @@ class Router:
             if stamp != self._stamp:
                 self._stamp = stamp
                 try:
-                    self.config = load_routing(self.path)
+                    config = load_routing(self.path)
+                    if self.check is not None:
+                        self.check(config)
+                    self.config = config
                     log.info("routing changed: %s", [(v.name, v.model, v.version, v.weight) for v in self.config.variants])
                 except RoutingError as e:
                     log.error("routing config change ignored, the last good one keeps serving: %s", e)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from linkedout.serving.engine import (
     RecPlan,
     RecResult,
     ServingUnavailable,
+    check_routable,
 )
 from linkedout.serving.kserve_server import BoundModelServer
 from linkedout.serving.ranker import TritonRanker
@@ -127,15 +129,12 @@ class LinkedOutTransformer(kserve.Model):
 
     def load(self) -> bool:
         histories: HistorySource | None = None
-        inline = False
         if self.feast_repo:
             from linkedout.featurestore.online import HistoryReader  # Feast is slow to import: only if used
 
-            reader = HistoryReader(self.feast_repo)
-            inline = reader.address.startswith("sqlite")  # a local file: read on the loop, no thread hop
-            histories = reader
-        router = Router(self.routing_path, self.default_model)
+            histories = HistoryReader(self.feast_repo)
         catalogs = ServedCatalogs(self.model_repository, s3_endpoint=self.s3_endpoint)
+        router = Router(self.routing_path, self.default_model, check=functools.partial(check_routable, catalogs))
         missing = [m for m in router.config.models if not catalogs.versions(m)]
         if missing:
             log.warning("no ranker version of %s in %s yet: those variants answer UNAVAILABLE until one is "
@@ -143,7 +142,7 @@ class LinkedOutTransformer(kserve.Model):
         self.logic = RecommendationEngine(
             router=router, catalogs=catalogs, ranker=self.ranker, histories=histories,
             request_log=RequestLog(self.request_log_path) if self.request_log_path else None,
-            feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k, inline_histories=inline)
+            feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k)
         self.ready = True
         return self.ready
 
