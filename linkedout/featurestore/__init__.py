@@ -3,9 +3,10 @@
 - :mod:`.definitions`: the entities ``video``/``user``, the file sources (``interactions`` among
   them), the push source ``user_history_push``, the feature views ``video_meta``,
   ``video_embedding``, ``user_history`` and the FeatureService ``NAME_vV`` per model version.
-- :mod:`.repo`: :class:`FeastSettings` (environment ``local`` = parquet files + SQLite, or
-  ``production`` = S3 parquet + Redis), :func:`render_repo` (``feature_store.yaml`` + a shim so
-  ``feast -c DIR apply`` works), :func:`open_repo`, :func:`apply`.
+- :mod:`.settings`: :class:`FeastSettings` (environment ``local`` = parquet files + SQLite, or
+  ``production`` = S3 parquet + Redis).
+- :mod:`.repo`: :func:`render_repo` (``feature_store.yaml`` + a shim so ``feast -c DIR apply``
+  works; a rendered directory can be copied or moved), :func:`open_repo`, :func:`apply`.
 - :mod:`.write`: :class:`Videos`, :func:`write_videos`, :func:`histories_from_interactions`,
   :func:`write_histories`, :func:`materialize`, :func:`register_model_version`,
   :func:`publish_model_version`, :func:`publish_catalog`.
@@ -29,14 +30,8 @@ from linkedout.featurestore.errors import FeatureRepoError, OfflineStoreError, O
 from linkedout.featurestore.offline import read_interactions, write_interactions
 from linkedout.featurestore.online import HistoryReader
 from linkedout.featurestore.push import push_watches, record_watch
-from linkedout.featurestore.repo import (
-    ENVIRONMENTS,
-    FeastSettings,
-    FeatureRepo,
-    apply,
-    open_repo,
-    render_repo,
-)
+from linkedout.featurestore.repo import FeatureRepo, apply, open_repo, render_repo
+from linkedout.featurestore.settings import ENVIRONMENTS, FeastSettings
 from linkedout.featurestore.write import (
     Videos,
     VideoWrite,

@@ -1,6 +1,7 @@
-"""Feast repositories on disk: settings per environment, rendering, opening, applying.
+"""Feast repositories on disk: rendering, opening, applying.
 
-A repository directory is rendered from :class:`FeastSettings` by :func:`render_repo`::
+A repository directory is rendered from a :class:`~linkedout.featurestore.settings.FeastSettings`
+by :func:`render_repo`::
 
     DIR/feature_store.yaml      from envs/<environment>.yaml (local: SQLite + parquet files;
                                 production: Redis + parquet on S3)
@@ -11,6 +12,15 @@ A repository directory is rendered from :class:`FeastSettings` by :func:`render_
 
 :func:`open_repo` gives a :class:`FeatureRepo` (the Feast ``FeatureStore``, the definitions, the
 settings); :func:`apply` registers the definitions and every published feature service.
+
+A repository is relocatable: the paths inside DIR (the defaults: ``offline``, ``data/registry.db``,
+``data/online.db``) are written relative to DIR, in ``feature_store.yaml`` (Feast resolves them
+against the repository directory it opens, the registry's file sources included) and in
+``linkedout_feast.json``, so a copied or moved directory reads and writes its own files. Paths
+outside DIR (given explicitly, e.g. a shared offline root) and ``s3://`` locations stay as given.
+A repository rendered before (``"format": 1``: absolute paths) opens in place as it is; opened in
+another directory it is rewritten for the new place by :func:`open_repo` (see
+:func:`upgrade_moved_repo`).
 """
 
 from __future__ import annotations
@@ -19,13 +29,11 @@ import contextlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from linkedout.featurestore.definitions import (
-    PROJECT,
     TABLES,
     Definitions,
     build_definitions,
@@ -34,6 +42,7 @@ from linkedout.featurestore.definitions import (
 )
 from linkedout.featurestore.errors import FeatureRepoError, OnlineStoreUnavailable
 from linkedout.featurestore.s3compat import ensure_s3_fsspec
+from linkedout.featurestore.settings import FeastSettings, is_remote
 from linkedout.shards.storage import Storage, open_storage
 from linkedout.utils import atomic_write_text, get_logger
 
@@ -42,17 +51,20 @@ if TYPE_CHECKING:
 
 LOG = get_logger(__name__)
 
-ENVIRONMENTS: tuple[str, ...] = ("local", "production")
 SETTINGS_FILE = "linkedout_feast.json"
 SERVICES_FILE = "feature_services.json"
 SHIM_FILE = "linkedout_repo.py"
+#: What the shim of a format-1 repository recorded: the directory it was rendered in.
+_SHIM_DIR = re.compile(r"`feast -c (/.*?) apply`")
+#: ``format`` of ``linkedout_feast.json``: 1 = every local path absolute; 2 = paths inside the
+#: repository directory relative to it.
+SETTINGS_FORMAT = 2
 _TEMPLATES = Path(__file__).with_name("envs")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_0-9]+)\s*\}\}")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _SHIM = '''"""LinkedOut's Feast repository (rendered by linkedout.featurestore.render_repo: re-render, do not edit).
 
-`feast -c {dir} apply` registers what this module holds: the definitions of
+`feast -c DIR apply` (DIR: this directory) registers what this module holds: the definitions of
 linkedout.featurestore.definitions over the offline root in linkedout_feast.json, and one
 FeatureService per model version listed in feature_services.json.
 """
@@ -63,101 +75,6 @@ from linkedout.featurestore.repo import repo_objects
 
 globals().update(repo_objects(Path(__file__).resolve().parent))
 '''
-
-
-@dataclass(frozen=True)
-class FeastSettings:
-    """Where one environment's Feast data lives. Validated on construction (``ValueError`` naming the field).
-
-    Local paths left ``None`` default to the repository directory when rendered (offline data in
-    ``DIR/offline``, registry and SQLite under ``DIR/data``); relative paths are taken relative to
-    the current directory and stored absolute.
-    """
-
-    environment: str = "local"  # "local" (SQLite + parquet files) or "production" (Redis + S3 parquet)
-    offline_root: str | None = None  # directory or s3://bucket/prefix; required in production
-    s3_endpoint: str | None = None  # http(s)://host[:port] of an S3-compatible server (MinIO, moto)
-    registry: str | None = None  # registry file: path or s3://...; default DIR/data/registry.db (local),
-    #                              ROOT/registry.pb for an s3:// root in production
-    registry_ttl_s: int = 60  # registry cache TTL of writers, seconds (0 = never refresh)
-    sqlite_path: str | None = None  # local online store file; default DIR/data/online.db
-    redis_address: str = "localhost:6379"  # production online store, host:port
-    redis_db: int = 0  # Redis logical database, >= 0
-    redis_password_env: str | None = None  # environment variable holding the Redis password (Feast expands it)
-    redis_ssl: bool = False  # TLS to Redis
-    redis_timeout_s: float = 0.5  # socket connect and read timeout, seconds, in (0, 60]
-    redis_retries: int = 1  # retries after a failed Redis call (no backoff), in [0, 5]
-    redis_key_ttl_s: int | None = None  # expire online rows after this many seconds (None = never)
-    project: str = PROJECT  # Feast project name
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise ValueError(f"FeastSettings.{name} must be {rule}, got {getattr(self, name)!r}")
-
-        need(self.environment in ENVIRONMENTS, "environment", f"one of {ENVIRONMENTS}")
-        need(self.offline_root is None or (isinstance(self.offline_root, str) and bool(self.offline_root)),
-             "offline_root", "a directory or s3://bucket/prefix")
-        if self.environment == "production":
-            need(self.offline_root is not None, "offline_root", "set in production (s3://bucket/prefix or a directory)")
-        if self.offline_root and self.offline_root.startswith("s3://"):
-            need(bool(urlparse(self.offline_root).netloc), "offline_root", "s3://bucket[/prefix]")
-        if self.s3_endpoint is not None:
-            url = urlparse(self.s3_endpoint)
-            need(url.scheme in ("http", "https") and bool(url.netloc), "s3_endpoint", "http(s)://host[:port]")
-            need(bool(self.offline_root and self.offline_root.startswith("s3://")), "s3_endpoint",
-                 "unset unless offline_root is s3://")
-        need(isinstance(self.registry_ttl_s, int) and self.registry_ttl_s >= 0, "registry_ttl_s", ">= 0")
-        host, _, port = self.redis_address.rpartition(":")
-        need(bool(host) and port.isdigit() and 0 < int(port) < 65536, "redis_address", "host:port")
-        need(isinstance(self.redis_db, int) and self.redis_db >= 0, "redis_db", ">= 0")
-        need(self.redis_password_env is None or bool(_ENV_NAME.fullmatch(self.redis_password_env)),
-             "redis_password_env", "an environment variable name")
-        need(isinstance(self.redis_ssl, bool), "redis_ssl", "a bool")
-        need(isinstance(self.redis_timeout_s, int | float) and 0 < self.redis_timeout_s <= 60,
-             "redis_timeout_s", "in (0, 60]")
-        need(isinstance(self.redis_retries, int) and 0 <= self.redis_retries <= 5, "redis_retries", "in [0, 5]")
-        need(self.redis_key_ttl_s is None or (isinstance(self.redis_key_ttl_s, int) and self.redis_key_ttl_s > 0),
-             "redis_key_ttl_s", "None or > 0")
-        need(bool(re.fullmatch(r"[A-Za-z0-9_]+", self.project)), "project", "letters, digits and '_'")
-        for name in ("offline_root", "s3_endpoint", "registry", "sqlite_path", "redis_address"):
-            value = getattr(self, name)
-            # Feast expands ${VAR} in feature_store.yaml; a '$' or a quote in a path would be mangled
-            need(value is None or not any(c in value for c in "$\"'\n"), name, "free of $, quotes and newlines")
-
-    @property
-    def redis_host_port(self) -> tuple[str, int]:
-        host, _, port = self.redis_address.rpartition(":")
-        return host, int(port)
-
-    def redis_connection_string(self) -> str:
-        """Feast's ``connection_string``: ``host:port,db=..,socket_connect_timeout=..,socket_timeout=..``."""
-        parts = [self.redis_address, f"db={self.redis_db}",
-                 f"socket_connect_timeout={self.redis_timeout_s}", f"socket_timeout={self.redis_timeout_s}"]
-        if self.redis_ssl:
-            parts.append("ssl=true")
-        if self.redis_password_env:
-            parts.append(f"password=${{{self.redis_password_env}}}")
-        return ",".join(parts)
-
-    def resolved(self, directory: Path) -> FeastSettings:
-        """These settings with every default filled in and every local path absolute."""
-        directory = directory.resolve()
-        offline = self.offline_root or str(directory / "offline")
-        if not offline.startswith("s3://"):
-            offline = str(Path(offline).expanduser().resolve())
-        registry = self.registry
-        if registry is None:
-            if self.environment == "production" and offline.startswith("s3://"):
-                registry = f"{offline.rstrip('/')}/registry.pb"
-            else:
-                registry = str(directory / "data" / "registry.db")
-        elif not registry.startswith("s3://"):
-            registry = str(Path(registry).expanduser().resolve())
-        sqlite = str(Path(self.sqlite_path).expanduser().resolve()) if self.sqlite_path else str(
-            directory / "data" / "online.db")
-        values = asdict(self) | {"offline_root": offline, "registry": registry, "sqlite_path": sqlite}
-        return FeastSettings(**values)
 
 
 class FeatureRepo:
@@ -226,19 +143,21 @@ def render_repo(directory: str | os.PathLike[str], settings: FeastSettings) -> P
     """Write a Feast repository for ``settings`` into ``directory`` and return its absolute path.
 
     Idempotent: re-rendering rewrites the configuration and keeps the data and the list of published
-    model versions. Nothing is registered yet: call :func:`apply` (or ``feast -c DIR apply``).
+    model versions. Nothing is registered yet: call :func:`apply` (or ``feast -c DIR apply``). The
+    paths inside ``directory`` are written relative to it (the module's docstring says why).
     """
     path = Path(directory).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     s = settings.resolved(path)
     assert s.offline_root is not None and s.registry is not None and s.sqlite_path is not None
-    atomic_write_text(path / "feature_store.yaml", feature_store_yaml(s))
-    atomic_write_text(path / SETTINGS_FILE, json.dumps({"format": 1, **asdict(s)}, indent=2) + "\n")
-    atomic_write_text(path / SHIM_FILE, _SHIM.format(dir=path))
+    stored = s.relative_to(path)
+    atomic_write_text(path / "feature_store.yaml", feature_store_yaml(stored))
+    atomic_write_text(path / SETTINGS_FILE, json.dumps({"format": SETTINGS_FORMAT, **asdict(stored)}, indent=2) + "\n")
+    atomic_write_text(path / SHIM_FILE, _SHIM)
     if not (path / SERVICES_FILE).exists():
         _write_services(path, [])
     (path / "data").mkdir(exist_ok=True)
-    if not s.offline_root.startswith("s3://"):
+    if not is_remote(s.offline_root):
         for table in TABLES:
             Path(table_uri(s.offline_root, table)).mkdir(parents=True, exist_ok=True)
     LOG.info("rendered the %s Feast repository %s (offline data: %s)", s.environment, path, s.offline_root)
@@ -246,8 +165,15 @@ def render_repo(directory: str | os.PathLike[str], settings: FeastSettings) -> P
 
 
 def read_settings(directory: str | os.PathLike[str]) -> FeastSettings:
-    """The settings a repository was rendered from; :class:`FeatureRepoError` if it is not one."""
-    path = Path(directory).expanduser()
+    """The settings a repository was rendered from, every local path absolute; :class:`FeatureRepoError`
+    if it is not one."""
+    path = Path(directory).expanduser().resolve()
+    return stored_settings(path)[1].anchored(path)
+
+
+def stored_settings(path: Path) -> tuple[int, FeastSettings]:
+    """The ``format`` and the settings of ``path/linkedout_feast.json`` as written there (format 2: the
+    local paths inside ``path`` relative to it); :class:`FeatureRepoError` if it is not a repository."""
     if not path.is_dir():
         raise FeatureRepoError(f"no Feast repository at {path}: the directory does not exist "
                                f"(render one with linkedout.featurestore.render_repo)")
@@ -261,29 +187,82 @@ def read_settings(directory: str | os.PathLike[str]) -> FeastSettings:
         unknown = sorted(set(raw) - known - {"format"})
         if unknown:
             raise ValueError(f"unknown fields {unknown}")
-        return FeastSettings(**{k: v for k, v in raw.items() if k in known})
+        fmt = raw.get("format", 1)
+        if fmt not in (1, SETTINGS_FORMAT):
+            raise ValueError(f"format {fmt!r} is not one of 1, {SETTINGS_FORMAT} (rendered by a newer LinkedOut?)")
+        return fmt, FeastSettings(**{k: v for k, v in raw.items() if k in known})
     except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise FeatureRepoError(f"{path / SETTINGS_FILE} is not valid: {e}") from e
 
 
+def rendered_in(path: Path) -> Path | None:
+    """Where a format-1 repository (absolute paths) was rendered, as its shim recorded it; None if unknown."""
+    try:
+        found = _SHIM_DIR.search((path / SHIM_FILE).read_text())
+    except OSError:
+        return None
+    return Path(found.group(1)) if found else None
+
+
+def upgrade_moved_repo(path: Path, stored: FeastSettings) -> bool:
+    """Rewrite a format-1 repository that was copied or moved to ``path`` for its new place.
+
+    Its absolute paths under the directory it was rendered in (:func:`rendered_in`) are moved under
+    ``path`` and it is rendered again (relative paths); other locations stay. Returns True if it was
+    rewritten (then its registry still names the old file sources: :func:`open_repo` applies the
+    definitions again), False for a repository in place or of unknown origin (opened as it is).
+    """
+    origin = rendered_in(path)
+    if origin is None or origin == path:
+        return False
+
+    def moved(value: str) -> str:
+        try:
+            return str(path / Path(value).relative_to(origin))
+        except ValueError:
+            return value  # outside the old directory: a location shared on purpose
+
+    LOG.warning("the Feast repository %s was rendered in %s with absolute paths: rewriting it for its new place "
+                "(paths relative to the repository from now on)", path, origin)
+    try:
+        render_repo(path, stored.map_local_paths(moved))
+    except OSError as e:
+        raise FeatureRepoError(f"the Feast repository {path} was copied or moved from {origin} and names files "
+                               f"there; rewriting it for {path} failed: {e}") from e
+    return True
+
+
 def open_repo(directory: str | os.PathLike[str], *, registry_ttl_s: int | None = None) -> FeatureRepo:
     """Open a rendered repository. ``registry_ttl_s`` overrides the registry cache TTL (0 = cache forever,
-    what a latency-bound reader wants: the definitions it reads never change under it)."""
+    what a latency-bound reader wants: the definitions it reads never change under it).
+
+    A format-1 repository (absolute paths) copied or moved here from where it was rendered is first
+    rewritten for this place (:func:`upgrade_moved_repo`) and its definitions applied again, so it
+    reads and writes only its own files.
+    """
     from feast import FeatureStore
     from feast.repo_config import load_repo_config
 
     path = Path(directory).expanduser().resolve()
-    settings = read_settings(path)
-    assert settings.offline_root is not None
+    fmt, stored = stored_settings(path)
+    upgraded = fmt == 1 and upgrade_moved_repo(path, stored)
+    if upgraded:
+        stored = stored_settings(path)[1]
+    settings = stored.anchored(path)
+    assert settings.offline_root is not None and stored.offline_root is not None
     _ensure_s3_environment(settings)
     try:
         config = load_repo_config(path, path / "feature_store.yaml")
         if registry_ttl_s is not None:
             config.registry.cache_ttl_seconds = registry_ttl_s
-        store = FeatureStore(config=config)
+        store = FeatureStore(repo_path=str(path), config=config)  # the registry's base: repo_path, not config's
     except Exception as e:  # FeastConfigError, yaml errors, a bad registry path
         raise FeatureRepoError(f"cannot open the Feast repository {path}: {e}") from e
-    return FeatureRepo(path, settings, store, build_definitions(settings.offline_root, settings.s3_endpoint))
+    # the registered file sources name the offline root as stored (relative: resolved by Feast against path)
+    repo = FeatureRepo(path, settings, store, build_definitions(stored.offline_root, settings.s3_endpoint))
+    if upgraded and settings.registry is not None and Path(settings.registry).is_file():
+        apply(repo)
+    return repo
 
 
 def _ensure_s3_environment(settings: FeastSettings) -> None:
@@ -326,11 +305,16 @@ def _write_services(path: Path, services: list[tuple[str, int]]) -> None:
 def repo_objects(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Every Feast object of a rendered repository by a module-level name (what the shim exports to
     the ``feast`` CLI): the definitions and one FeatureService per published model version."""
-    path = Path(directory)
-    settings = read_settings(path)
-    assert settings.offline_root is not None
-    _ensure_s3_environment(settings)
-    defs = build_definitions(settings.offline_root, settings.s3_endpoint)
+    path = Path(directory).resolve()
+    fmt, stored = stored_settings(path)
+    origin = rendered_in(path) if fmt == 1 else None
+    if origin is not None and origin != path:
+        raise FeatureRepoError(f"the Feast repository {path} was copied or moved from {origin} and its "
+                               f"feature_store.yaml names files there: open it once with "
+                               f"linkedout.featurestore.open_repo (which rewrites it for {path}) before `feast apply`")
+    assert stored.offline_root is not None
+    _ensure_s3_environment(stored)
+    defs = build_definitions(stored.offline_root, stored.s3_endpoint)
     objects: dict[str, Any] = {obj.name: obj for obj in defs.objects()}
     for model, version in _read_services(path):
         fs = defs.feature_service(model, version)
@@ -356,7 +340,7 @@ def apply(repo: FeatureRepo, services: list[FeatureService] | None = None) -> No
     """
     from feast.errors import FeastError
 
-    if not repo.settings.offline_root or not repo.settings.offline_root.startswith("s3://"):
+    if not repo.settings.offline_root or not is_remote(repo.settings.offline_root):
         for table in TABLES:
             Path(repo.table_uri(table)).mkdir(parents=True, exist_ok=True)
     known = set(_read_services(repo.path))
