@@ -17,9 +17,13 @@ of the traffic to the new predictor revision and the rest to the previous one.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from linkedout.utils import get_logger
 
@@ -39,6 +43,12 @@ GPU_TOLERATIONS = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "No
 HTTP_PORT, GRPC_PORT = 8080, 8081
 #: Triton ports in the kserve-tritonserver runtime: REST + health on 8080, gRPC 9000, metrics 8002.
 TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8080, 9000, 8002
+
+#: Seconds a call to the Kubernetes API may take to connect, and again to answer, before it is an error.
+API_TIMEOUT_S = 15
+#: ``_request_timeout`` of the Kubernetes client's calls: (connect, read) seconds. (The client takes an
+#: int or a pair; it silently ignores a float, and a silent API server then blocks a call for ever.)
+API_TIMEOUT = (API_TIMEOUT_S, API_TIMEOUT_S)
 
 FEAST_DIR = "/etc/linkedout/feast"
 ROUTING_DIR = "/etc/linkedout/routing"
@@ -305,7 +315,7 @@ def apply_inference_service(isvc: dict[str, Any], api: Any = None) -> dict[str, 
     api = api if api is not None else custom_objects_api()
     ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
     try:
-        created = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, isvc, _request_timeout=15.0)
+        created = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, isvc, _request_timeout=API_TIMEOUT)
         log.info("created InferenceService %s/%s", ns, name)
         return dict(created)
     except ApiException as e:
@@ -313,27 +323,61 @@ def apply_inference_service(isvc: dict[str, Any], api: Any = None) -> dict[str, 
             raise
     patch = copy.deepcopy(isvc)
     patch["spec"]["predictor"].setdefault("canaryTrafficPercent", None)
-    patched = api.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, patch, _request_timeout=15.0)
+    patched = api.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, patch, _request_timeout=API_TIMEOUT)
     log.info("patched InferenceService %s/%s (canaryTrafficPercent=%s)", ns, name,
              isvc["spec"]["predictor"].get("canaryTrafficPercent"))
     return dict(patched)
 
 
+class ClusterConfigError(RuntimeError):
+    """No Kubernetes cluster is configured: no usable kubeconfig and not running inside a cluster. The
+    message (one line) says what was tried and why it failed."""
+
+
 def custom_objects_api(kubeconfig: str | None = None, context: str | None = None,
                        host: str | None = None) -> Any:
     """A ``CustomObjectsApi``: ``host`` (e.g. ``http://127.0.0.1:8001`` of ``kubectl proxy``), or a
-    kubeconfig file/context, or the in-cluster service account, in that order of preference."""
+    kubeconfig file/context, or the in-cluster service account, else the kubeconfig of ``KUBECONFIG``
+    (default ``~/.kube/config``), in that order of preference. Nothing is sent to the cluster yet;
+    :class:`ClusterConfigError` when none of them names a cluster."""
     from kubernetes import client, config
 
     if host:
+        if not re.match(r"^https?://[^/\s]+", host):
+            raise ValueError(f"the Kubernetes API server URL must be http(s)://host[:port], got {host!r}")
         cfg = client.Configuration()
         cfg.host = host
         return client.CustomObjectsApi(client.ApiClient(cfg))
-    if kubeconfig or context:
-        config.load_kube_config(config_file=kubeconfig, context=context)
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
+    in_cluster = None
+    try:
+        if kubeconfig or context:
+            config.load_kube_config(config_file=kubeconfig, context=context)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException as e:
+                in_cluster = e
+                config.load_kube_config()
+    except (config.ConfigException, yaml.YAMLError) as e:  # no file, an empty or malformed one, no such context
+        raise ClusterConfigError(_no_cluster(kubeconfig, context, in_cluster, e)) from None
     return client.CustomObjectsApi()
+
+
+def _no_cluster(kubeconfig: str | None, context: str | None, in_cluster: Exception | None, error: Exception) -> str:
+    """One line: why neither the in-cluster service account nor the kubeconfig gave a cluster."""
+    if kubeconfig:
+        files, named = kubeconfig, f"the kubeconfig {kubeconfig}"
+    elif os.environ.get("KUBECONFIG"):
+        files = os.environ["KUBECONFIG"]
+        named = f"the kubeconfig {files} (KUBECONFIG)"
+    else:
+        files = str(Path("~/.kube/config").expanduser())
+        named = f"the kubeconfig {files} (the default: KUBECONFIG is not set)"
+    if not any(Path(f).expanduser().is_file() for f in files.split(os.pathsep) if f):
+        why = f"{named} does not exist"
+    else:
+        why = f"{named} cannot be used" + (f" with the context {context}" if context else "") + \
+            f": {' '.join(str(error).split())}"
+    if in_cluster is not None:
+        why = f"not running inside a cluster ({' '.join(str(in_cluster).split()).rstrip('.')}), and {why}"
+    return f"no Kubernetes cluster is configured: {why}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from linkedout.ab.deploy import GROUP, PLURAL, VERSION
+from linkedout.ab.deploy import API_TIMEOUT, GROUP, PLURAL, VERSION
 from linkedout.utils import get_logger
 
 log = get_logger(__name__)
@@ -122,8 +122,12 @@ def rollback_patch(resource_version: str | None, component: str = "predictor") -
     return patch
 
 
-#: Seconds a call to the Kubernetes API may take (connect and read) before it is an error.
-API_TIMEOUT_S = 15.0
+def unreachable(api: Any, error: Exception) -> RolloutError:
+    """The error for a call that got no answer (refused, timed out after the client's retries): the API's
+    address and the last cause, on one line."""
+    cause = getattr(error, "reason", None) or error  # urllib3's MaxRetryError wraps the last try's error
+    return RolloutError(f"cannot reach the Kubernetes API at {api.api_client.configuration.host}: "
+                        f"{type(cause).__name__}: {' '.join(str(cause).split())}")
 
 
 def get_inference_service(api: Any, name: str, namespace: str) -> dict[str, Any]:
@@ -133,10 +137,9 @@ def get_inference_service(api: Any, name: str, namespace: str) -> dict[str, Any]
 
     try:
         return dict(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                     _request_timeout=API_TIMEOUT_S))
+                                                     _request_timeout=API_TIMEOUT))
     except HTTPError as e:
-        raise RolloutError(f"cannot reach the Kubernetes API at {api.api_client.configuration.host}: "
-                           f"{type(e).__name__}: {e}") from None
+        raise unreachable(api, e) from None
     except ApiException as e:
         if e.status == 404:
             raise ValueError(f"InferenceService {namespace}/{name} not found") from None
@@ -160,10 +163,9 @@ def apply_patch(api: Any, name: str, namespace: str, patch: dict[str, Any], what
 
     try:
         obj = api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
-                                                 _request_timeout=API_TIMEOUT_S)
+                                                 _request_timeout=API_TIMEOUT)
     except HTTPError as e:
-        raise RolloutError(f"cannot reach the Kubernetes API at {api.api_client.configuration.host}: "
-                           f"{type(e).__name__}: {e}") from None
+        raise unreachable(api, e) from None
     except ApiException as e:
         if e.status == 409:
             raise RolloutError(f"{what} of InferenceService {namespace}/{name} refused: it changed since it "

@@ -90,9 +90,13 @@ def register(sub: Subparsers) -> None:
 
 
 def _api(args: argparse.Namespace) -> object:
-    from linkedout.ab.deploy import custom_objects_api
+    from linkedout.ab.deploy import ClusterConfigError, custom_objects_api
 
-    return custom_objects_api(args.kubeconfig, args.context, args.server)
+    try:
+        return custom_objects_api(args.kubeconfig, args.context, args.server)
+    except ClusterConfigError as e:
+        raise ClusterConfigError(f"{e}; name the cluster with --kubeconfig FILE (and --context NAME), the KUBECONFIG "
+                                 "variable, or --server URL (e.g. of `kubectl proxy`), or run inside it") from None
 
 
 def cmd_render(args: argparse.Namespace) -> int:
