@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,7 @@ def submit(host: str, pipeline: str, arguments: Mapping[str, Any], *, experiment
         raise ValueError(f"{package.name} has no parameter(s) {unknown}")
     if timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    _probe(host, timeout, token)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # urllib3, under kfp's client, uses it for connect and read alike
     try:
@@ -134,13 +137,33 @@ def submit(host: str, pipeline: str, arguments: Mapping[str, Any], *, experiment
             "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
 
 
+def _probe(host: str, timeout: float, token: str | None) -> None:
+    """Reach ``host``'s health endpoint once, bounded by ``timeout`` (kfp's client asks it with no bound, and
+    retries an error for 25 s): a host that cannot be reached, that accepts and never answers, or that
+    answers with an error (but 401/403, which kfp's credentials may pass) is a :class:`SubmitError` naming it."""
+    request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code not in (401, 403):  # kfp's own credentials may get past those; anything else is no KFP API
+            raise SubmitError(f"KFP API at {host} answered HTTP {e.code} {e.reason} on /apis/v2beta1/healthz: "
+                              "is that the pipeline endpoint?") from None
+    except (OSError, ValueError) as e:
+        cause = e.reason if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException) else e
+        raise SubmitError(f"KFP API at {host} is unreachable: {_reason(cause, timeout)}") from None
+
+
 def _reason(e: BaseException, timeout: float) -> str:
     """The innermost cause of a connection error, in a few words."""
     while isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
         e = e.reason
     if isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError)):
         return f"no answer within {timeout:g} s"
-    if isinstance(e, urllib3.exceptions.NameResolutionError) or isinstance(e.__context__, socket.gaierror):
+    if isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError)) \
+            or isinstance(e.__context__, socket.gaierror):
         return "unknown host"
     if isinstance(e, (ConnectionRefusedError, urllib3.exceptions.NewConnectionError)):
         return "connection refused"

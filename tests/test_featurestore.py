@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import linkedout.featurestore as lf
 import numpy as np
 import pandas as pd
 import pytest
+
+import linkedout.featurestore as lf
+from linkedout.data.synth import SynthConfig, generate_tables
 from linkedout.featurestore import definitions as d
 from linkedout.featurestore.online import read_rows
-
-from linkedout.data.synth import SynthConfig, generate_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import linkedout.featurestore as lf
 import numpy as np
 import pytest
-from linkedout.featurestore.local_redis import LocalRedis, free_port, redis_server_binary
 from test_featurestore import expected_histories, online_videos, toy_interactions, toy_videos
+
+import linkedout.featurestore as lf
+from linkedout.featurestore.local_redis import LocalRedis, free_port, redis_server_binary
 
 pytestmark = [
     pytest.mark.integration,

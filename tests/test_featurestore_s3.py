@@ -11,13 +11,14 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-import linkedout.featurestore as lf
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import moto_s3, new_bucket
-from linkedout.featurestore.local_redis import LocalRedis, redis_server_binary
 from test_featurestore import expected_histories, online_videos, toy_interactions, toy_videos
+
+import linkedout.featurestore as lf
+from linkedout.featurestore.local_redis import LocalRedis, redis_server_binary
 
 pytestmark = pytest.mark.integration
 
