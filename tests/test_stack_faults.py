@@ -9,16 +9,30 @@ fault are answered, and nothing is left running once the stack stops.
 
 from __future__ import annotations
 
+import concurrent.futures
+import fcntl
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from conftest import ServingRepo
+from process_checks import group_pids, wait_until
 
+from linkedout.export import Catalog
+from linkedout.job.feast import publish_features
+from linkedout.serving.client import RecommendClient, RecommendError
 from linkedout.serving.local import LocalStack, StackError, StackSettings, read_stack
 from linkedout.serving.local.control import ModelServerError
 from linkedout.serving.local.process import reason_line
@@ -133,3 +147,167 @@ def test_a_start_up_error_is_one_line_with_the_reason_of_this_start_then_the_log
 ])
 def test_the_reason_line_of_a_log(log: str, reason: str) -> None:
     assert reason_line(log) == reason
+
+
+# -- integration: the real stack, one fault at a time --------------------------------------------------
+
+
+@dataclass
+class Running:
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    output: Path
+    routing: Path
+    client: RecommendClient
+    history: np.ndarray  # an explicit history of one known video
+    user: str  # a user with a history in Feast
+
+    def info(self) -> dict[str, Any]:
+        return read_stack(self.workdir)
+
+
+def serve(workdir: Path, output: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(output, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "linkedout", "serve", "--workdir", str(workdir), *args],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def running(serving_repo: ServingRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    work = tmp_path_factory.mktemp("faults")
+    shutil.copytree(serving_repo.root, work / "model_repository")
+    publish_features(serving_repo.toy.data, work / "model_repository", work / "feast", name="linkedout")
+    routing = work / "routing.yaml"
+    routing.write_text("experiment: e\nsalt: s\nvariants:\n  - {name: a, model: linkedout}\n")
+    output = work / "serve.out"
+    proc = serve(work, output, "--routing", str(routing))
+    try:
+        assert wait_until(lambda: proc.poll() is not None or _up(work), timeout=300, interval=0.5), output.read_text()
+        assert proc.poll() is None, output.read_text()
+        client = RecommendClient(read_stack(work)["transformer"]["grpc"], timeout=5.0)
+        video = int(Catalog.load(work / "model_repository" / "linkedout_ranker" / "1").ids[0])
+        user = str(serving_repo.toy.split.test.user_ids[0])
+        yield Running(work, proc, output, routing, client, np.array([[video]]), user)
+        client.close()
+    finally:
+        stop(proc)
+
+
+def _up(workdir: Path) -> bool:
+    try:
+        read_stack(workdir)
+        return True
+    except StackError:
+        return False
+
+
+def answered(r: Running, *, history: bool = False, timeout: float = 60.0) -> Any:
+    """The first answer within ``timeout`` s (UNAVAILABLE meanwhile is expected, nothing else)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return r.client.recommend([r.user], k=5, history=r.history if history else None)[0]
+        except RecommendError as e:
+            assert e.status == "StatusCode.UNAVAILABLE", str(e)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@pytest.mark.integration
+def test_a_second_stack_on_the_same_port_or_workdir_is_refused(running: Running, tmp_path: Path) -> None:
+    before = answered(running)
+    grpc_port = running.info()["transformer"]["grpc"].rsplit(":", 1)[1]
+    out = subprocess.run([sys.executable, "-m", "linkedout", "serve", "--workdir", str(fake_workdir(tmp_path / "w")),
+                          "--grpc-port", grpc_port], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and f"port {grpc_port} (transformer gRPC, --grpc-port) on 127.0.0.1 is already in use" \
+        in out.stderr and "Ctrl-C" not in out.stdout
+    out = subprocess.run([sys.executable, "-m", "linkedout", "serve", "--workdir", str(running.workdir)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "already serves" in out.stderr
+    assert running.info()["pid"] == running.proc.pid  # stack.json still names the first stack
+    for _ in range(6):  # every answer from the first stack (a shared port would answer some from the other)
+        assert answered(running).items == before.items
+
+
+@pytest.mark.integration
+def test_a_routing_edit_that_cannot_serve_is_refused(running: Running) -> None:
+    for bad in ("{name: b, model: nosuchmodel}", "{name: b, model: linkedout, version: 9}"):
+        running.routing.write_text(f"experiment: e2\nsalt: s\nvariants:\n  - {bad}\n")
+        time.sleep(2.5)  # the transformer looks at the file once a second
+        rec = answered(running)
+        assert rec.variant == "a" and rec.items
+    log = (running.workdir / "serving" / "transformer.log").read_text()
+    assert log.count("routing config change ignored") >= 2 and "no version 9" in log
+    running.routing.write_text("experiment: e\nsalt: s\nvariants:\n  - {name: a, model: linkedout}\n")
+
+
+@pytest.mark.integration
+def test_a_locked_online_store_delays_nothing_that_does_not_read_it(running: Running) -> None:
+    shm = next(running.workdir.joinpath("feast").rglob("online.db-shm"))  # SQLite's WAL index
+    ready_url = running.info()["transformer"]["http"] + "/v2/models/linkedout/ready"
+    assert not answered(running).cold_start
+    with open(shm, "r+b") as f:
+        # its lock bytes (write, checkpoint, recover, the 5 read marks): a reader waits ~10 s, then fails
+        assert wait_until(lambda: _try_lock(f), timeout=10)
+        other = RecommendClient(running.info()["transformer"]["grpc"], timeout=20.0)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(other.recommend, [running.user], 5)  # in flight: reads the locked store
+            time.sleep(0.05)
+            t0 = time.perf_counter()
+            assert answered(running, history=True).items  # an explicit history: no store read
+            with urllib.request.urlopen(ready_url, timeout=5) as resp:
+                assert resp.status == 200
+            assert time.perf_counter() - t0 < 1.5
+            with pytest.raises(RecommendError, match="UNAVAILABLE"):
+                reading.result(timeout=30)
+        other.close()
+        t0 = time.perf_counter()
+        with pytest.raises(RecommendError, match="feature store did not answer within 200 ms") as err:
+            running.client.recommend([running.user], k=5)
+        assert err.value.status == "StatusCode.UNAVAILABLE" and time.perf_counter() - t0 < 1.5
+        fcntl.lockf(f, fcntl.LOCK_UN, 8, 120)
+    assert not answered(running, timeout=30).cold_start  # the store is back: histories again
+
+
+def _try_lock(f: Any) -> bool:
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 8, 120)
+        return True
+    except OSError:  # a reader holds a read mark this instant
+        return False
+
+
+@pytest.mark.integration
+def test_a_killed_model_server_is_restarted_by_the_stack(running: Running) -> None:
+    before = answered(running)
+    old = running.info()["model_server"]["pid"]
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: running.info()["model_server"]["pid"] != old, timeout=180, interval=0.5), \
+        running.output.read_text()[-3000:]
+    assert answered(running, timeout=120).items == before.items
+    assert running.proc.poll() is None
+    assert not group_pids(old)  # the dead server's helpers went with it
+    assert "died" in (running.output.read_text())
+
+
+@pytest.mark.integration
+def test_nothing_is_left_running_once_the_stack_stops(running: Running) -> None:
+    info = running.info()
+    pids = [info["transformer"]["pid"], info["model_server"]["pid"]]
+    stop(running.proc)
+    assert running.proc.returncode == 0
+    assert wait_until(lambda: not any(group_pids(p) for p in pids), timeout=30)
+    assert not (running.workdir / "serving" / "stack.json").exists()
+    with pytest.raises(StackError, match="no local stack runs"):
+        read_stack(running.workdir)

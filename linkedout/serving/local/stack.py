@@ -12,6 +12,9 @@
 - the transformer (:class:`TransformerProcess`): ``python -m linkedout.serving.transformer`` on
   127.0.0.1, reading Feast's online store in ``W/feast`` (SQLite locally) and the catalogues in
   ``W/model_repository``;
+- a supervisor in this process (:meth:`LocalStack.wait`): a model server that dies is restarted on
+  the ports it had (bounded retries with back-off, logged); the transformer answers UNAVAILABLE
+  meanwhile and serves again once the versions are ready;
 - a follower in this process: when a new version appears in ``W/model_repository`` (a retrained
   model, ``linkedout catalog add``), the model server syncs and loads it with no restart (a bad
   version is refused and the old one keeps serving), and the transformer switches to it once it is
@@ -77,6 +80,11 @@ class StackSettings:
     use_feast: bool = True
     # Seconds to wait for the transformer to serve a catalogue version.
     startup_timeout: float = 180.0
+    # Restarts of a model server that died (a crash, a kill), within restart_window seconds, before
+    # the stack gives up and stops; each after a back-off (restart_delay, doubled each time, <= 8 s).
+    max_restarts: int = 5
+    restart_window: float = 300.0
+    restart_delay: float = 0.5
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()  # the servers run in other directories
@@ -86,6 +94,8 @@ class StackSettings:
             raise ValueError(f"StackSettings.prefer must be 'triton' or 'kserve', got {self.prefer!r}")
         if not self.sync_interval > 0:
             raise ValueError(f"StackSettings.sync_interval must be > 0, got {self.sync_interval}")
+        if self.max_restarts < 0 or not self.restart_window > 0 or self.restart_delay < 0:
+            raise ValueError("StackSettings: max_restarts and restart_delay must be >= 0, restart_window > 0")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"StackSettings.host must be a loopback address, got {self.host!r}")
 
@@ -139,6 +149,7 @@ class LocalStack:
         self._stamps: dict[str, tuple[int, ...]] = {}
         self.sync_errors: dict[str, str] = {}
         self._lock: IO[str] | None = None
+        self._crashes: list[float] = []  # time.monotonic() of each model-server death seen by check()
 
     # ------------------------------------------------------------------------------------ start
 
@@ -305,13 +316,35 @@ class LocalStack:
                 log.warning("repository sync failed: %s", e)
 
     def check(self) -> None:
-        """``StackError`` when a process of the stack has died."""
+        """Restart the model server when it died; ``StackError`` when the transformer died, or when the
+        model server died (or failed to restart) more than ``max_restarts`` times within ``restart_window``
+        seconds."""
         if self.transformer is not None and not self.transformer.running():
             raise StackError(f"the transformer exited with code {self.transformer.returncode}: "
                              f"{self.transformer.failure()}")
         if self.server is not None and not self.server.running():
-            raise StackError(f"the model server ({self.server.describe().get('kind')}) exited; see "
-                             f"{self.server.describe().get('log')}")
+            self._recover_model_server()
+
+    def _recover_model_server(self) -> None:
+        """Restart the dead model server on its ports, after a back-off; ``StackError`` past ``max_restarts``."""
+        s = self.settings
+        assert self.server is not None
+        kind = self.server.describe().get("kind")
+        why = self.server.failure() if isinstance(self.server, ServerChild) else str(self.server.describe().get("log"))
+        now = time.monotonic()
+        self._crashes = [t for t in self._crashes if now - t < s.restart_window] + [now]
+        if len(self._crashes) > s.max_restarts:
+            raise StackError(f"the model server ({kind}) died {len(self._crashes)} times within "
+                             f"{s.restart_window:.0f} s, the last time: {why}")
+        delay = min(s.restart_delay * 2 ** (len(self._crashes) - 1), 8.0)
+        log.error("the model server (%s) died: %s; restart %d of at most %d in %.0f s, in %.1f s", kind, why,
+                  len(self._crashes), s.max_restarts, s.restart_window, delay)
+        if self._stop.wait(delay):
+            return
+        try:
+            self.restart_model_server()
+        except (ModelServerError, OSError) as e:  # still dead: the next check tries again, later
+            log.error("the model server (%s) did not restart: %s", kind, e)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until ``stop()``, ``timeout`` seconds, or a process of the stack dies (``StackError``)."""
