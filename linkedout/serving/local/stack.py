@@ -347,7 +347,8 @@ class LocalStack:
             log.error("the model server (%s) did not restart: %s", kind, e)
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until ``stop()``, ``timeout`` seconds, or a process of the stack dies (``StackError``)."""
+        """Block until ``stop()`` or ``timeout`` seconds, supervising (:meth:`check`): ``StackError`` when the
+        transformer dies or the model server cannot be kept up."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stop.wait(0.5):
             self.check()
