@@ -65,7 +65,7 @@ def build(workdir: Path, videos: int, users: int, seed: int = 0) -> dict[str, An
 
     from linkedout.export import Catalog, ExportConfig, ModelRepository, export_ranker
     from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo, write_histories
-    from linkedout.job.publish import default_model_config
+    from linkedout.job.defaults import default_model_config
     from linkedout.model import build_model
 
     repo_dir = workdir / "model_repository"

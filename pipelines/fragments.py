@@ -8,13 +8,8 @@ from kfp import dsl
 
 import components as c
 from components.images import Images
-from linkedout.job.params import (
-    DEPLOY,
-    SERVED_VARIANT,
-    backbone_defaults,
-    extraction_defaults,
-    training_defaults,
-)
+from linkedout.job.extraction import backbone_defaults, extraction_defaults
+from linkedout.job.params import DEPLOY, SERVED_VARIANT, training_defaults
 from linkedout.job.variants import DEFAULT_VARIANTS
 from pipelines.tasks import GPU_EXTRACT, GPU_TRAIN, LIGHT, MEDIUM, on_cpu, on_gpus
 

@@ -47,7 +47,8 @@ from kfp.local import subprocess_task_handler
 
 from linkedout.extraction.backbone_config import BackboneConfig
 from linkedout.extraction.extractor import ExtractionConfig
-from linkedout.job.params import DEPLOY, MAIN_JOB_SHARD_SIZE, as_parameter, training_defaults
+from linkedout.job.extraction import MAIN_JOB_SHARD_SIZE
+from linkedout.job.params import DEPLOY, as_parameter, training_defaults
 from linkedout.job.step import ERRORS_ENV, StepFailed, read_errors
 from linkedout.job.variants import DEFAULT_VARIANTS, parse_variant
 from linkedout.utils import format_duration

@@ -35,7 +35,7 @@ from linkedout.export import (
 )
 from linkedout.export.checks import topk_mismatch
 from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
-from linkedout.job.publish import default_repository_configs
+from linkedout.job.defaults import default_repository_configs
 from linkedout.shards import FeatureReader
 
 VARIANTS = ("warmcold", "linkedout", "hybrid", "multimodal", "sasrec_id", "popularity", "uniform", "last_layer")

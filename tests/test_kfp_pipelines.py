@@ -328,7 +328,7 @@ def test_the_main_job_carries_every_extraction_and_backbone_field(tmp_path: Path
     from pipelines.local import local_arguments
 
     ecfg = ExtractionConfig(shard_size=32, frame_sampling="keyframe", early_exit=False, decode_threads=3)
-    bcfg = BackboneConfig(seed=5, tiny_text_layers=8)
+    bcfg = BackboneConfig(seed=5, tiny_vision_hidden=16)
     args = local_arguments(tmp_path, extraction=ecfg, backbone=bcfg, epochs=3, seed=7)
     assert config_from_dict(ExtractionConfig, args["extraction"], "extraction") == ecfg
     assert config_from_dict(BackboneConfig, args["backbone"], "backbone") == bcfg
@@ -424,12 +424,8 @@ def test_a_config_read_back_from_kfp_keeps_its_types() -> None:
 
     from linkedout.extraction.backbone_config import BackboneConfig
     from linkedout.extraction.extractor import ExtractionConfig
-    from linkedout.job.params import (
-        backbone_defaults,
-        config_from_dict,
-        extraction_defaults,
-        training_defaults,
-    )
+    from linkedout.job.extraction import backbone_defaults, extraction_defaults
+    from linkedout.job.params import config_from_dict, training_defaults
     from linkedout.job.variants import main_train_config
     from linkedout.training import TrainConfig
 

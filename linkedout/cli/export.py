@@ -37,7 +37,8 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from linkedout.job.publish import default_repository_configs, export_run
+    from linkedout.job.defaults import default_repository_configs
+    from linkedout.job.publish import export_run
 
     if args.configs_only:
         for rel, text in default_repository_configs(args.name or "linkedout").items():

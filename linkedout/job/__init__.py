@@ -32,7 +32,7 @@ deploy.serve_locally      the local stack answers a gRPC query     -
 The other modules: :mod:`.step` (the step wrapper: logging, error records for the local runner),
 :mod:`.params` (the parameters, each declared once), :mod:`.variants` (the models trained),
 :mod:`.split` (the leave-one-out split), :mod:`.catalog` (the live catalogue: ``linkedout catalog
-add``, not a stage). The work directory's layout is :class:`linkedout.workdir.Workdir`.
+add``, not a stage), :mod:`.defaults` (the embedded default's configs, what ``model_repository/`` holds). The work directory's layout is :class:`linkedout.workdir.Workdir`.
 
 The stage modules are imported by name (:func:`stage`): a task imports only its own stage's
 dependencies (Feast alone costs seconds of start-up).

@@ -47,7 +47,7 @@ from linkedout.extraction.driver import ExtractionSummary, decode_ahead, extract
 from linkedout.extraction.driver import extract_shards as extract_shard_batches
 from linkedout.extraction.extractor import ExtractionConfig, LinkedOutExtractor, feature_spec
 from linkedout.extraction.reconcile import open_store_for
-from linkedout.job.params import config_from_dict
+from linkedout.job.params import as_parameter, config_from_dict
 from linkedout.job.step import step
 from linkedout.shards import FeatureReader, FeatureSpec
 from linkedout.shards.info import format_info, info_from_store
@@ -58,6 +58,20 @@ from linkedout.utils import atomic_write_text, format_duration, get_logger
 from linkedout.workdir import Workdir
 
 log = get_logger(__name__)
+
+#: The shard size of the main job's feature store: 64 videos (the embedded default's 400 videos in 7 shards, so
+#: that two extraction tasks share the work and a killed run loses little).
+MAIN_JOB_SHARD_SIZE = 64
+
+
+def extraction_defaults() -> dict[str, Any]:
+    """The ``extraction`` parameter's default: ``ExtractionConfig``'s fields (shards of :data:`MAIN_JOB_SHARD_SIZE`)."""
+    return as_parameter(dataclasses.asdict(ExtractionConfig(shard_size=MAIN_JOB_SHARD_SIZE)))
+
+
+def backbone_defaults() -> dict[str, Any]:
+    """The ``backbone`` parameter's default: ``BackboneConfig``'s fields (the tiny seeded backbone)."""
+    return as_parameter(dataclasses.asdict(BackboneConfig()))
 
 PLAN_FORMAT = "linkedout-shard-plan"
 PLAN_VERSION = 1

@@ -2,10 +2,12 @@
 
 The pipelines carry the extraction, the backbone and the training schedule as three dict parameters,
 ``extraction`` (:class:`~linkedout.extraction.extractor.ExtractionConfig`), ``backbone``
-(:class:`~linkedout.extraction.backbone.BackboneConfig`) and ``training``
+(:class:`~linkedout.extraction.backbone_config.BackboneConfig`) and ``training``
 (:class:`~linkedout.training.TrainConfig`, over the main job's schedule
 :func:`linkedout.job.variants.main_train_config`). Their defaults are the dataclasses' own
-(:func:`extraction_defaults` and friends); a stage turns a dict back into its dataclass with
+(:func:`linkedout.job.extraction.extraction_defaults`, :func:`~linkedout.job.extraction.backbone_defaults`,
+:func:`training_defaults`: the extraction's live with the extraction stage, whose imports a training
+task does not need); a stage turns a dict back into its dataclass with
 :func:`config_from_dict`, which fills a missing field with its default and refuses an unknown one by
 name. Adding an extraction option is therefore one new field of ``ExtractionConfig`` (and a
 recompile of the pipelines' YAML).
@@ -24,8 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from linkedout.extraction.backbone_config import BackboneConfig
-from linkedout.extraction.extractor import ExtractionConfig
 from linkedout.job.variants import DEFAULT_VARIANTS, main_train_config
 from linkedout.training import TrainConfig
 
@@ -33,9 +33,6 @@ C = TypeVar("C")
 
 #: Variants trained by the main job unless told otherwise; the first is the one deployed.
 SERVED_VARIANT = DEFAULT_VARIANTS[0]
-#: The shard size of the main job's feature store: 64 videos (the embedded default's 400 videos in 7 shards, so
-#: that two extraction tasks share the work and a killed run loses little).
-MAIN_JOB_SHARD_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -124,16 +121,6 @@ def as_parameter(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: as_parameter(v) for k, v in value.items() if v is not None}
     return value
-
-
-def extraction_defaults() -> dict[str, Any]:
-    """The ``extraction`` parameter's default: ``ExtractionConfig``'s fields (shards of :data:`MAIN_JOB_SHARD_SIZE`)."""
-    return as_parameter(dataclasses.asdict(ExtractionConfig(shard_size=MAIN_JOB_SHARD_SIZE)))
-
-
-def backbone_defaults() -> dict[str, Any]:
-    """The ``backbone`` parameter's default: ``BackboneConfig``'s fields (the tiny seeded backbone)."""
-    return as_parameter(dataclasses.asdict(BackboneConfig()))
 
 
 def training_defaults() -> dict[str, Any]:

@@ -1,9 +1,6 @@
 """Publishing a trained model: the deploy decision (at least as good as the serving model on validation),
 the ONNX encoder and ranker as a new version of the Triton model repository, and the steps
 :func:`compare` and :func:`export`.
-
-The embedded default's repository configs (:func:`default_repository_configs`) are what
-``model_repository/`` in git holds; a test regenerates and compares them.
 """
 
 from __future__ import annotations
@@ -25,20 +22,12 @@ from linkedout.export import (
     Catalog,
     ExportConfig,
     ModelRepository,
-    config_pbtxt,
-    encoder_name,
     export_model,
     ranker_name,
 )
-from linkedout.export.graphs import encoder_spec, max_history, ranker_spec
-from linkedout.extraction.backbone_config import BackboneConfig
-from linkedout.extraction.extractor import ExtractionConfig
 from linkedout.job.split import build_split, load_split
 from linkedout.job.step import step
 from linkedout.job.training import checkpoint_of, item_features_for, run_dir_of
-from linkedout.job.variants import DEFAULT_VARIANTS, model_config_for, parse_variant
-from linkedout.model import build_model
-from linkedout.shards import FeatureSpec
 from linkedout.training.checkpoint import load_model_from_checkpoint
 from linkedout.utils import atomic_write_text, get_logger
 from linkedout.workdir import Workdir
@@ -78,38 +67,6 @@ def export_run(data: Path, features: str | None, run_dir: Path, repository: str 
     return export_model(model, repository, item_ids=split.item_ids, item_features=item_features,
                         popularity=split.item_counts, published=published, layers=layers, source=source,
                         config=export_cfg)
-
-
-def default_feature_spec() -> Any:
-    """The ``FeatureSpec`` of the embedded default: the tiny backbone with the default extraction config."""
-    ecfg, bcfg = ExtractionConfig(), BackboneConfig()
-    return FeatureSpec(backbone="tiny", layers=tuple(ecfg.layers), prompts=tuple(ecfg.prompts),
-                       num_frames=ecfg.num_frames, frame_size=ecfg.frame_size, tokens=ecfg.tokens,
-                       hidden=bcfg.tiny_text_hidden, dtype=ecfg.dtype)
-
-
-def default_model_config() -> Any:
-    """The ``ModelConfig`` of the model the main job trains and serves (``DEFAULT_VARIANTS[0]``)."""
-    return model_config_for(parse_variant(DEFAULT_VARIANTS[0]), default_feature_spec())
-
-
-def default_repository_configs(name: str = "linkedout") -> dict[str, str]:
-    """``{relative path: config.pbtxt text}`` of the embedded default's model repository.
-
-    The main job exports its default model (``DEFAULT_VARIANTS[0]``) under ``name``, on features of
-    the tiny backbone with the default extraction config; ``model_repository/`` in git holds these
-    files, and a test regenerates and compares them (``linkedout export --configs-only``).
-    """
-    spec = default_feature_spec()
-    mcfg = default_model_config()
-    n = 1000  # any catalogue of at least max_k videos gives the same configuration
-    with torch.device("meta"):
-        model = build_model(mcfg, n, np.ones(n + 1, dtype=np.int64))
-    xcfg = ExportConfig(name=name)
-    enc = encoder_spec(model, (len(spec.layers), spec.tokens, spec.hidden))
-    rk = ranker_spec(max_history(model), xcfg.max_k, mcfg.d_model)
-    return {f"{encoder_name(name)}/config.pbtxt": config_pbtxt(encoder_name(name), enc, xcfg.triton),
-            f"{ranker_name(name)}/config.pbtxt": config_pbtxt(ranker_name(name), rk, xcfg.triton)}
 
 
 def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *, name: str, split: Any = None,
