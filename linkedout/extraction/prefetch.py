@@ -17,6 +17,7 @@ one line, not a traceback per worker. A worker whose parent is killed outright e
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -120,6 +121,14 @@ def _stop(pool: ProcessPoolExecutor, *, kill: bool) -> None:
         for process in processes:
             if process.is_alive():
                 process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+        # A worker killed while it wrote a result leaves half a message in the result pipe, which the
+        # pool's manager thread would wait on for ever (and the interpreter joins that thread at exit: the
+        # process would never end). With the workers gone, closing this process's end of the pipe gives
+        # the manager an EOF instead: it sees the pool broken and ends.
+        with contextlib.suppress(OSError, AttributeError):
+            pool._result_queue._writer.close()  # type: ignore[attr-defined]
 
 
 def decode_stream(
