@@ -117,11 +117,10 @@ def submit(host: str, pipeline: str, arguments: Mapping[str, Any], *, experiment
         raise ValueError(f"{package.name} has no parameter(s) {unknown}")
     if timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    _probe(host, timeout, token)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # urllib3, under kfp's client, uses it for connect and read alike
+    _probe(host, timeout, token)  # kfp's constructor asks the health endpoint unbounded: reach it first
     try:
         client = Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
+        _bound(client, timeout)
         result = client.create_run_from_pipeline_package(
             str(package), arguments=dict(arguments), run_name=run_name, experiment_name=experiment,
             namespace=namespace, enable_caching=False, service_account=service_account or None,
@@ -130,11 +129,24 @@ def submit(host: str, pipeline: str, arguments: Mapping[str, Any], *, experiment
         raise SubmitError(f"KFP API at {host} answered HTTP {e.status} {e.reason}".rstrip()) from None
     except (OSError, urllib3.exceptions.HTTPError) as e:
         raise SubmitError(f"KFP API at {host} is unreachable: {_reason(e, timeout)}") from None
-    finally:
-        socket.setdefaulttimeout(previous)
     run = result.run_info
     return {"run_id": result.run_id, "experiment_id": getattr(run, "experiment_id", None), "pipeline": str(package),
             "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
+
+
+def _bound(client: Client, timeout: float) -> None:
+    """Bound every later request of ``client`` by ``timeout`` (connect, read). kfp's client passes no timeout,
+    and its REST layer hands urllib3 an explicit ``timeout=None`` (so neither a pool default nor
+    ``socket.setdefaulttimeout`` applies: a silent server hung it for ever); its ``_request_timeout``
+    argument is the one knob, filled in here for every call."""
+    rest = client._run_api.api_client.rest_client  # one ApiClient behind every API of the client
+    request = rest.request
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        kwargs["_request_timeout"] = kwargs.get("_request_timeout") or (timeout, timeout)
+        return request(*args, **kwargs)
+
+    rest.request = bounded
 
 
 def _probe(host: str, timeout: float, token: str | None) -> None:

@@ -440,3 +440,32 @@ def test_a_config_read_back_from_kfp_keeps_its_types() -> None:
         got = config_from_dict(cls, sent, cls.__name__)
         assert got == want
         assert all(type(getattr(got, f)) is type(getattr(want, f)) for f in want.__dataclass_fields__)
+
+
+def test_submit_to_a_server_that_stops_answering_after_its_health_check_is_bounded(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The health probe answers; every later request hangs: the client's own calls are bounded too."""
+    import time
+
+    from loopback import JsonHandler
+
+    from linkedout.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    class HealthyThenSilent(JsonHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/apis/v2beta1/healthz"):
+                self.reply(200, {"multi_user": False})
+            else:
+                time.sleep(60)  # never answers within the test (the thread is a daemon)
+
+        do_POST = do_GET
+
+    with serve(HealthyThenSilent) as url:
+        t0 = time.monotonic()
+        assert main(["pipeline", "submit", "--host", url, "--timeout", "1"]) == 2
+        took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert took < 30, took  # each request within --timeout (was: for ever)
+    assert len(err) == 1 and url in err[0] and "no answer within 1 s" in err[0], err
