@@ -6,11 +6,14 @@ kubernetes-validate in strict mode, custom resources against the CRD schemas of
 ``../shared/k8s-schemas`` with unknown fields rejected; and the rules every object keeps (pinned
 images, resources, non-root, no plaintext secrets). The InferenceService of each overlay must equal
 what ``render_inference_service`` (the pipeline's deploy step) renders for that environment.
+``manifests/``'s top-level files (``kubectl apply -f manifests/``) must be the default overlay as a
+fresh ``linkedout manifests render --write`` writes it, and are validated like the overlays.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -24,7 +27,17 @@ import pytest
 import yaml
 
 from linkedout.ab import deploy
-from linkedout.ab.manifests import find_kubectl, overlays, render, render_text
+from linkedout.ab.manifests import (
+    DEFAULT_OVERLAY,
+    GENERATED_MARK,
+    find_kubectl,
+    overlays,
+    read_top_level,
+    render,
+    render_text,
+    top_level_problems,
+    write_top_level,
+)
 from linkedout.ab.validate import policy_problems, schema_problems, validate_objects
 from linkedout.cli import main
 
@@ -61,10 +74,10 @@ def test_every_overlay_is_found() -> None:
     assert set(overlays()) >= {"staging", "production", "canary", "jobs/train"}
 
 
-@pytest.mark.parametrize("name", [*OVERLAYS, "jobs/train"])
+@pytest.mark.parametrize("name", [*OVERLAYS, "jobs/train", "top-level"])
 def test_every_object_of_every_overlay_is_valid(name: str, rendered: dict[str, list[dict[str, Any]]],
                                                 schemas: Path) -> None:
-    objects = rendered[name]
+    objects = read_top_level() if name == "top-level" else rendered[name]
     assert objects
     problems = validate_objects(objects, schemas)
     assert problems == [], "\n".join(map(str, problems))
@@ -87,6 +100,78 @@ def test_overlays_hold_the_whole_system(name: str, rendered: dict[str, list[dict
                      ("InferenceService", "linkedout"), ("TrainingRuntime", "linkedout-torch"),
                      ("PersistentVolumeClaim", "linkedout-work")}
     assert not [o for o in objs if o["kind"] == "Secret"], "Secrets never come from the overlays"
+
+
+# ------------------------------------------------- manifests/'s top level: kubectl apply -f manifests/
+
+
+def test_top_level_files_are_a_fresh_render_of_the_default_overlay() -> None:
+    problems = top_level_problems()
+    assert problems == [], ("manifests/'s top-level files are stale: regenerate them with "
+                            "`linkedout manifests render --write` and commit the result\n" + "\n".join(problems))
+
+
+def test_top_level_is_the_default_overlay_as_plain_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    files = sorted(p for p in MANIFESTS.iterdir() if p.is_file())
+    assert files and all(p.suffix == ".yaml" for p in files), files
+    assert not [p for p in files if p.stem.lower() == "kustomization"]
+    assert read_top_level() == rendered[DEFAULT_OVERLAY]
+    for p in files:
+        assert p.read_text().startswith(GENERATED_MARK), f"{p.name} is not generated"
+        kinds = {o["kind"] for o in yaml.safe_load_all(p.read_text()) if o}
+        assert len(kinds) == 1 and p.stem.split("-", 1)[1] == kinds.pop().lower(), p.name  # one kind a file
+
+
+def test_top_level_references_the_secrets_the_operator_creates() -> None:
+    objs = read_top_level()
+    assert not [o for o in objs if o["kind"] == "Secret"]
+    text = "".join(p.read_text() for p in sorted(MANIFESTS.glob("*.yaml")))
+    secrets = yaml.safe_load((MANIFESTS / "secrets" / "kustomization.yaml").read_text())
+    env_files = {f for g in secrets["secretGenerator"] for f in g["envs"]}
+    assert "secretGenerator" not in text and not [f for f in env_files if f in text]
+    flat = json.dumps(objs)  # every secretKeyRef / secretRef (envFrom) anywhere, by name
+    referenced = set(re.findall(r'"secret(?:Key)?Ref": \{[^{}]*"name": "([^"]+)"', flat))
+    generated = {g["name"] for g in secrets["secretGenerator"]}
+    assert referenced and referenced <= generated, f"referenced {referenced}, manifests/secrets makes {generated}"
+
+
+def test_kubectl_reads_the_top_level_namespace_first_and_skips_the_subdirectories() -> None:
+    # the same directory reader as `kubectl apply -f manifests/`, offline (--local: no API server)
+    proc = subprocess.run([find_kubectl(), "label", "--local", "-f", str(MANIFESTS), "checked=yes", "-o", "name"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "KUBECONFIG": os.devnull})
+    assert proc.returncode == 0, proc.stderr
+    names = proc.stdout.split()
+    assert names[0] == "namespace/linkedout"
+    assert len(names) == len(read_top_level()) == len(set(names))
+    assert "inferenceservice.serving.kserve.io/linkedout" in names
+    assert not [n for n in names if n.startswith(("trainjob", "secret"))]  # jobs/ and secrets/ are not applied
+
+
+def test_render_write_and_check_follow_the_kustomize_sources(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, root)
+    assert top_level_problems(root) == []
+    feast = root / "base" / "feast.yaml"
+    feast.write_text(feast.read_text().replace("replicas: 2", "replicas: 3", 1))
+    assert top_level_problems(root) == [f"{root / '07-deployment.yaml'}: stale"]
+    assert main(["manifests", "render", "--check", "--root", str(root)]) == 1
+    assert "linkedout manifests render --write" in capsys.readouterr().err
+    (root / "07-deployment.yaml").unlink()
+    (root / "99-old.yaml").write_text(GENERATED_MARK + "\n")  # generated for a kind no longer rendered
+    assert main(["manifests", "render", "--write", "--root", str(root)]) == 0
+    assert not (root / "99-old.yaml").exists()
+    assert main(["manifests", "render", "--check", "--root", str(root)]) == 0
+    assert one(read_top_level(root), "Deployment")["spec"]["replicas"] == 3
+    assert write_top_level(root) == []  # current: nothing written
+    (root / "extra.yml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert "extra.yml: not generated" in "\n".join(top_level_problems(root))
+    with pytest.raises(ValueError, match=r"extra\.yml: not generated"):
+        write_top_level(root)
+    assert (root / "extra.yml").exists()  # never removed: it is someone's file
+    capsys.readouterr()
+    assert main(["manifests", "render", "production", "--write"]) == 2
+    assert "give no OVERLAY" in capsys.readouterr().err
 
 
 def test_a_misspelt_field_fails_validation(rendered: dict[str, list[dict[str, Any]]], schemas: Path) -> None:
@@ -236,8 +321,6 @@ print(json.dumps({"flags": flags, "parsed": parsed}))
 
 
 def _probe_parsers(args: list[str]) -> dict[str, Any]:
-    import json
-
     proc = subprocess.run([sys.executable, "-c", _PARSER_PROBE, json.dumps(args)], capture_output=True, text=True,
                           timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
@@ -367,9 +450,10 @@ def test_manifests_render_cli_prints_an_apply_f_stream(capsys: pytest.CaptureFix
 
 
 def test_manifests_validate_cli(schemas: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["manifests", "validate", "production", "jobs/train", "--schemas", str(schemas)]) == 0
+    assert main(["manifests", "validate", "production", "jobs/train", "top-level", "--schemas", str(schemas)]) == 0
     out = capsys.readouterr().out
     assert "production: 15 objects, valid" in out and "jobs/train: 1 objects, valid" in out
+    assert "top-level: 15 objects, valid" in out
 
 
 # ---------------------------------------------------------------------------------------- images
