@@ -53,7 +53,7 @@ def test_a_valid_request_parses() -> None:
 
 @pytest.mark.parametrize(("inputs", "field", "words"), [
     ({}, "user_id", "missing"),
-    ({"user_id": RawTensor("user_id", "FP32", (1,), raw=b"\0" * 4)}, "user_id", "INT64 or BYTES"),
+    ({"user_id": RawTensor("user_id", "FP32", (1,), raw=b"\0" * 4)}, "user_id", "BYTES, INT64 or INT32"),
     ({"user_id": i64("user_id", [[1, 2]])}, "user_id", "shape [B]"),
     ({"user_id": i64("user_id", list(range(9)))}, "user_id", "maximum batch size 8"),
     ({"user_id": RawTensor("user_id", "INT64", (3,), raw=b"\0" * 16)}, "user_id", "16 bytes of data"),
@@ -64,6 +64,19 @@ def test_a_valid_request_parses() -> None:
     ({"user_id": i64("user_id", [1, 2]), "history": i64("history", [[1, 2]])}, "history", "[B=2, T]"),
     ({"user_id": i64("user_id", [1]), "history": i64("history", [[-5, 2]])}, "history", ">= 0"),
     ({"user_id": i64("user_id", [1]), "colour": i64("colour", [1])}, "colour", "unknown input"),
+    # REST JSON data: nested lists must follow the shape, values must be of the datatype and in its range
+    ({"user_id": RawTensor("user_id", "INT64", (2,), values=[[1], [2]])}, "user_id", "nested deeper than shape [2]"),
+    ({"user_id": RawTensor("user_id", "INT64", (2,), values=[1, 2, 3])}, "user_id", "3 values for shape [2]"),
+    ({"user_id": i64("user_id", [1, 2]), "history": RawTensor("history", "INT64", (2, 2), values=[[1, 2], [3]])},
+     "history", "nested data does not follow shape [2, 2] (dimension 1)"),
+    ({"user_id": i64("user_id", [1]), "k": RawTensor("k", "INT64", (1,), values=[2**70])}, "k", "out of the INT64 range"),
+    ({"user_id": i64("user_id", [1]), "k": RawTensor("k", "INT32", (1,), values=[2**40])}, "k", "out of the INT32 range"),
+    ({"user_id": i64("user_id", [1]), "k": RawTensor("k", "INT64", (1,), values=[1.5])}, "k", "not INT64: got floats"),
+    ({"user_id": i64("user_id", [1]), "k": RawTensor("k", "INT64", (1,), values=[True])}, "k", "got booleans"),
+    ({"user_id": i64("user_id", [1]), "explain": RawTensor("explain", "BOOL", (1,), values=["no"])}, "explain",
+     "not BOOL: got strings"),
+    ({"user_id": RawTensor("user_id", "BYTES", (1,), values=[7])}, "user_id", "BYTES values must be strings"),
+    ({"user_id": i64("user_id", [1]), "k": i64("k", [5], shape=(2**32, 2**32))}, "k", "must hold one value"),
 ])
 def test_bad_requests_name_the_input(inputs: dict[str, RawTensor], field: str, words: str) -> None:
     with pytest.raises(RequestError, match=f"input '{field}'") as err:

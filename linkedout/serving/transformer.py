@@ -56,7 +56,14 @@ from linkedout.serving.engine import (
 )
 from linkedout.serving.kserve_server import BoundModelServer
 from linkedout.serving.ranker import TritonRanker
-from linkedout.serving.request import RawTensor, RequestError, parse_request
+from linkedout.serving.request import (
+    INPUTS,
+    OUTPUT_DATATYPES,
+    OUTPUTS,
+    RawTensor,
+    RequestError,
+    parse_request,
+)
 from linkedout.serving.request_log import RequestLog
 from linkedout.serving.routing import Router, RoutingError
 from linkedout.utils import configure_logging, get_logger
@@ -169,6 +176,16 @@ class LinkedOutTransformer(kserve.Model):
     def stop_engine(self) -> None:
         self._stopping = True
 
+    # ------------------------------------------------------------------------------------ contract
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """The v2 metadata's inputs (``ModelMetadata``, ``GET /v2/models/NAME``): ``request.INPUTS``."""
+        return [spec.metadata() for spec in INPUTS]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """The v2 metadata's outputs: ``request.OUTPUTS`` (``gate`` and ``contributions`` with ``explain``)."""
+        return [spec.metadata() for spec in OUTPUTS]
+
     # ------------------------------------------------------------------------------------ requests
 
     def _max_k_now(self) -> int:
@@ -189,6 +206,10 @@ class LinkedOutTransformer(kserve.Model):
                 raise InvalidInput(f"input '{inp.name}' is given twice")
             tensors[inp.name] = RawTensor(inp.name, str(inp.datatype).upper(), tuple(int(d) for d in inp.shape),
                                           raw=inp._raw_data, values=None if inp._raw_data is not None else inp.data)
+        for out in payload.request_outputs or []:
+            if out.name not in OUTPUT_DATATYPES:
+                raise InvalidInput(f"output '{out.name}' is not an output of this model; the outputs are "
+                                   f"{list(OUTPUT_DATATYPES)}")
         try:
             req = parse_request(tensors, max_batch_size=self.max_batch_size, max_k=self._max_k_now())
         except RequestError as e:
@@ -238,8 +259,8 @@ class LinkedOutTransformer(kserve.Model):
 
 
 def _output(name: str, arr: np.ndarray) -> InferOutput:
-    dtype = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL"}.get(arr.dtype, "BYTES")
-    out = InferOutput(name=name, shape=list(arr.shape), datatype=dtype)
+    """Output ``name`` of ``request.OUTPUTS``, in its datatype there (KServe refuses an array of another type)."""
+    out = InferOutput(name=name, shape=list(arr.shape), datatype=OUTPUT_DATATYPES[name])
     out.set_data_from_numpy(arr, binary_data=True)
     return out
 
