@@ -1,27 +1,28 @@
-"""Serving latency and throughput at MicroLens-100K scale, through the real local stack.
+"""Serving against its floors: the LinkedOut stack, a bare KServe model and a two-hop chain, in one run.
 
-    python bench/serve.py [--videos 19738] [--users 100000] [--runs 5] [--requests 1000] [--seconds 10]
+    python bench/serve.py [--videos 19738] [--users 100000] [--runs 3] [--requests 1000] [--seconds 10]
 
 Builds, in ``--workdir`` (default ``runs/bench-serve``): the embedded default's ranker (the model
 ``linkedout run`` serves, random weights: latency does not depend on them) over a catalogue of
-``--videos`` videos, and a Feast store (SQLite) with ``--users`` users holding a 10-video history each.
-Starts the local stack (the real ``tritonserver`` + the KServe transformer, on loopback) and measures,
-``--runs`` times each (medians of the per-run figures are reported):
+``--videos`` videos, and a Feast store (SQLite) with ``--users`` users holding a 10-video history each
+(MicroLens-100K scale by default; ``--videos 400 --users 1000`` is the size of ``linkedout run``'s demo).
+Starts, all on loopback:
 
-- end to end, one client: p50 / p99 of a ``tritonclient.grpc`` request for one user (a Feast read,
-  the Triton ranker, the answer);
-- throughput with 8 concurrent clients (``tritonclient.grpc.aio``, 8 requests in flight) for
-  ``--seconds`` seconds: requests/s, and p50 / p99 under that load;
-- the predictor alone: the same ranker called on Triton directly;
-- Feast alone: the transformer's history read for one user, in process;
-- the ranker alone (onnxruntime in process, 1 user and 8 users) at catalogue sizes 20 k, 100 k and
-  1 M (the same graph with a bigger table: ``swap_catalog_table``);
-- where the time goes: the transformer's own Prometheus histograms (Feast read, Triton call, whole
-  request inside the transformer), the rest being the client and KServe's gRPC hop.
+- (a) the local stack (the real ``tritonserver`` + the KServe transformer + Feast): one user id in,
+  ten videos out;
+- (b) ``bench/floor.py bare``: a bare ``kserve.Model`` answering ``k`` ids from arithmetic (one hop);
+- (c) ``bench/floor.py two-hop``: a KServe transformer forwarding to a second local Triton serving
+  an ONNX identity model (the architecture's floor: no Feast, no ranker);
 
-Prints the targets (end to end p50 <= 4 ms, p99 <= 12 ms, >= 300 requests/s) and the paper's
-5.964 ms per query on one H100 beside the figures, and writes ``bench/results/serve.json``. Every
-server listens on 127.0.0.1; every load loop is bounded in count and time.
+and measures each with the same client (``tritonclient``'s gRPC stubs), runs interleaved (a, b, c,
+a, b, c, ...): one client, ``--requests`` sequential requests (p50, p99); then ``--clients``
+requests in flight (``tritonclient.grpc.aio``) for ``--seconds`` s (requests/s, p50, p99). Reports
+the medians over ``--runs`` runs, the ratios (a)/(b) and (a)/(c) against issue 18's targets, and
+beside them: the predictor alone (the ranker on Triton, directly), Feast alone (the transformer's
+history read in process), where one request's time goes (the transformer's Prometheus histograms),
+and with ``--sizes`` the ranker alone in onnxruntime at larger catalogues. Writes
+``bench/results/serve.json``. Every server listens on 127.0.0.1; every load loop is bounded in count
+and time.
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+IDENTITY = "identity"  # the two-hop floor's Triton model (bench/floor.py)
 sys.path.insert(0, str(ROOT))
 
-PAPER_MS = 5.964
-TARGETS = {"p50_ms": 4.0, "p99_ms": 12.0, "rps": 300.0}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -244,7 +244,134 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+# --------------------------------------------------------------------------------------------- floors
+
+
+class Floor:
+    """A floor server of ``bench/floor.py`` in a child process, on free loopback ports (retried on a clash)."""
+
+    def __init__(self, kind: str, log_dir: Path, *extra: str) -> None:
+        self.kind = kind
+        self.log = log_dir / f"floor-{kind}.log"
+        for _attempt in range(3):
+            if self._start(extra):
+                return
+            self.stop()
+        raise RuntimeError(f"floor {kind} did not start (log {self.log})")
+
+    def _start(self, extra: tuple[str, ...]) -> bool:
+        import tritonclient.grpc as g
+
+        from linkedout.serving.local import process
+
+        http, grpc_port = process.free_port(), process.free_port()
+        self.url = f"127.0.0.1:{grpc_port}"
+        self.proc = process.spawn([sys.executable, str(ROOT / "bench" / "floor.py"), self.kind, "--http_port",
+                                   str(http), "--grpc_port", str(grpc_port), *extra],
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, log_path=self.log)
+        client = g.InferenceServerClient(self.url)
+        deadline = time.monotonic() + 60
+        try:
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if client.is_model_ready("linkedout"):
+                        return True
+                except Exception:
+                    pass
+                time.sleep(0.2)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        from linkedout.serving.local import process
+
+        process.stop(self.proc)
+
+
+def write_identity_repository(directory: Path) -> Path:
+    """The model repository of ``bench/floor.py two-hop``'s Triton: ``identity``, ``history`` -> ``rows`` [B, 10]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from linkedout.export.graphs import GraphSpec, TensorSpec
+    from linkedout.export.repository import TritonConfig, config_pbtxt
+
+    model_dir = directory / IDENTITY
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph([helper.make_node("Identity", ["history"], ["rows"])], IDENTITY,
+                              [helper.make_tensor_value_info("history", TensorProto.INT64, ["B", 10])],
+                              [helper.make_tensor_value_info("rows", TensorProto.INT64, ["B", 10])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+              str(model_dir / "1" / "model.onnx"))
+    spec = GraphSpec((TensorSpec("history", "INT64", (-1, 10)),), (TensorSpec("rows", "INT64", (-1, 10)),))
+    (model_dir / "config.pbtxt").write_text(config_pbtxt(IDENTITY, spec, TritonConfig(max_batch_size=64,
+                                                                                      max_queue_delay_us=100)))
+    return directory
+
+
+def start_floors(workdir: Path) -> tuple[dict[str, Floor], Any]:
+    """(b) the bare KServe model; (c) the two-hop chain and the local Triton serving ``identity``."""
+    from linkedout.serving.local.triton import LocalTriton
+    from linkedout.serving.local.triton_repo import LocalRepository
+
+    logs = workdir.resolve() / "floors"
+    source = write_identity_repository(logs / "identity_repository")
+    triton = LocalTriton(LocalRepository(source, logs / "identity_triton"), models=[IDENTITY],
+                         log_path=logs / "identity_triton.log").start()
+    try:
+        floors = {"bare_kserve": Floor("bare", logs),
+                  "two_hop": Floor("two-hop", logs, "--predictor_host", triton.grpc_url.split("://")[-1])}
+    except BaseException:
+        triton.stop()
+        raise
+    return floors, triton
+
+
 # --------------------------------------------------------------------------------------------- main
+
+
+def measure(url: str, args: argparse.Namespace, rng: np.random.Generator, seed: int) -> dict[str, float]:
+    """One run against one server: one client (p50, p99), then ``--clients`` in flight (rps, p50, p99)."""
+    times = one_client(url, args.users, args.requests, rng)
+    done, elapsed, loaded = asyncio.run(_concurrent(url, args.users, args.clients, args.seconds, seed=seed))
+    return {"one_client_p50_ms": pct(times, 50), "one_client_p99_ms": pct(times, 99),
+            "rps": done / elapsed, "p50_ms": pct(loaded, 50), "p99_ms": pct(loaded, 99)}
+
+
+def where_time_goes(url: str, metrics_url: str, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, float]:
+    """The transformer's own histograms over one client's requests: Feast, Triton, the rest."""
+    before = scrape(metrics_url)
+    times = one_client(url, args.users, args.requests, rng)
+    after = scrape(metrics_url)
+    d = {k: after[k] - before[k] for k in after}
+    n = max(1.0, d["linkedout_request_latency_seconds_count"])
+    parts = {"client_mean_ms": float(np.mean(times)),
+             "transformer_ms": 1000 * d["linkedout_request_latency_seconds_sum"] / n,
+             "feast_ms": 1000 * d["linkedout_feast_latency_seconds_sum"] / max(1.0, d["linkedout_feast_latency_seconds_count"]),
+             "triton_ms": 1000 * d["linkedout_triton_latency_seconds_sum"] / max(1.0, d["linkedout_triton_latency_seconds_count"])}
+    parts["kserve_hop_and_client_ms"] = parts["client_mean_ms"] - parts["transformer_ms"]
+    parts["transformer_own_code_ms"] = parts["transformer_ms"] - parts["feast_ms"] - parts["triton_ms"]
+    return parts
+
+
+#: issue 18's targets: ratios to the floors (8 clients unless said) and absolute figures at MicroLens-100K scale
+TARGETS = {"rps_vs_bare": 0.6, "rps_vs_two_hop": 0.9, "p99_vs_bare": 2.5, "one_client_p50_vs_bare": 3.0,
+           "rps": 600.0, "one_client_p50_ms": 3.5}
+
+
+def verdict(figures: dict[str, dict[str, float]]) -> dict[str, Any]:
+    a, b, c = figures["linkedout"], figures["bare_kserve"], figures["two_hop"]
+    ratios = {"rps_vs_bare": a["rps"] / b["rps"], "rps_vs_two_hop": a["rps"] / c["rps"],
+              "p99_vs_bare": a["p99_ms"] / b["p99_ms"], "p99_vs_two_hop": a["p99_ms"] / c["p99_ms"],
+              "one_client_p50_vs_bare": a["one_client_p50_ms"] / b["one_client_p50_ms"],
+              "one_client_p50_vs_two_hop": a["one_client_p50_ms"] / c["one_client_p50_ms"]}
+    met = {"rps_vs_bare": ratios["rps_vs_bare"] >= TARGETS["rps_vs_bare"],
+           "rps_vs_two_hop": ratios["rps_vs_two_hop"] >= TARGETS["rps_vs_two_hop"],
+           "p99_vs_bare": ratios["p99_vs_bare"] <= TARGETS["p99_vs_bare"],
+           "one_client_p50_vs_bare": ratios["one_client_p50_vs_bare"] <= TARGETS["one_client_p50_vs_bare"],
+           "rps": a["rps"] >= TARGETS["rps"], "one_client_p50_ms": a["one_client_p50_ms"] <= TARGETS["one_client_p50_ms"]}
+    return {"ratios": ratios, "met": met}
 
 
 def main() -> int:
@@ -252,15 +379,16 @@ def main() -> int:
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-serve")
     p.add_argument("--videos", type=int, default=19_738)
     p.add_argument("--users", type=int, default=100_000)
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=3)
     p.add_argument("--requests", type=int, default=1000, help="requests per single-client run")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per throughput run")
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--sizes", default="20000,100000,1000000", help="catalogue sizes for the ranker alone")
+    p.add_argument("--sizes", default="", help="catalogue sizes for the ranker alone (e.g. 20000,100000,1000000)")
     p.add_argument("--prefer", choices=("triton", "kserve"), default="triton")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = p.parse_args()
     os.environ.setdefault("LINKEDOUT_PROGRESS", "0")
+    sys.path.insert(0, str(ROOT / "bench"))
 
     from linkedout.serving.local import LocalStack, StackSettings
     from linkedout.utils import configure_logging
@@ -276,85 +404,74 @@ def main() -> int:
     stack.start()
     results["setup"]["stack_start_s"] = time.perf_counter() - t0
     results["setup"]["model_server"] = stack.info["model_server"]["kind"]
-    url = stack.info["transformer"]["grpc"]
-    metrics_url = stack.info["transformer"]["metrics"]
     triton_url = stack.info["model_server"]["grpc"].split("://")[-1]
+    urls = {"linkedout": stack.info["transformer"]["grpc"]}
+    floors: dict[str, Floor] = {}
+    identity_triton = None
     print(f"stack up in {results['setup']['stack_start_s']:.1f} s ({results['setup']['model_server']})", flush=True)
     try:
-        one_client(url, args.users, 200, rng)  # warm-up: connections, catalogue, caches
-        e2e = {"p50": [], "p99": []}
-        breakdown = []
-        for r in range(args.runs):
-            before = scrape(metrics_url)
-            times = one_client(url, args.users, args.requests, rng)
-            after = scrape(metrics_url)
-            e2e["p50"].append(pct(times, 50))
-            e2e["p99"].append(pct(times, 99))
-            d = {k: after[k] - before[k] for k in after}
-            n = max(1.0, d["linkedout_request_latency_seconds_count"])
-            breakdown.append({
-                "transformer_ms": 1000 * d["linkedout_request_latency_seconds_sum"] / n,
-                "feast_ms": 1000 * d["linkedout_feast_latency_seconds_sum"] / max(1.0, d["linkedout_feast_latency_seconds_count"]),
-                "triton_ms": 1000 * d["linkedout_triton_latency_seconds_sum"] / max(1.0, d["linkedout_triton_latency_seconds_count"]),
-                "client_mean_ms": float(np.mean(times)),
-            })
-            print(f"  run {r + 1}: end to end p50 {e2e['p50'][-1]:.2f} ms, p99 {e2e['p99'][-1]:.2f} ms", flush=True)
-        parts = {k: med([b[k] for b in breakdown]) for k in breakdown[0]}
-        parts["kserve_hop_and_client_ms"] = parts["client_mean_ms"] - parts["transformer_ms"]
-        parts["transformer_own_code_ms"] = parts["transformer_ms"] - parts["feast_ms"] - parts["triton_ms"]
-        results["end_to_end_one_client"] = {"p50_ms": med(e2e["p50"]), "p99_ms": med(e2e["p99"]),
-                                            "per_run_p50_ms": e2e["p50"], "per_run_p99_ms": e2e["p99"]}
-        results["where_the_time_goes_ms"] = parts
-
-        thr = {"rps": [], "p50": [], "p99": []}
-        for r in range(args.runs):
-            done, elapsed, times = asyncio.run(_concurrent(url, args.users, args.clients, args.seconds, seed=r))
-            thr["rps"].append(done / elapsed)
-            thr["p50"].append(pct(times, 50))
-            thr["p99"].append(pct(times, 99))
-            print(f"  run {r + 1}: {args.clients} clients {thr['rps'][-1]:.0f} requests/s "
-                  f"(p50 {thr['p50'][-1]:.2f} ms, p99 {thr['p99'][-1]:.2f} ms)", flush=True)
-        results["throughput"] = {"clients": args.clients, "requests_per_s": med(thr["rps"]),
-                                 "p50_ms": med(thr["p50"]), "p99_ms": med(thr["p99"]), "per_run_rps": thr["rps"]}
-
-        pred = {"p50": [], "p99": []}
-        feast = {"p50": [], "p99": []}
-        for _ in range(args.runs):
-            times = predictor_alone(triton_url, args.videos, args.requests, rng)
-            pred["p50"].append(pct(times, 50))
-            pred["p99"].append(pct(times, 99))
-            times = feast_alone(args.workdir / "feast", args.users, args.requests, rng)
-            feast["p50"].append(pct(times, 50))
-            feast["p99"].append(pct(times, 99))
-        results["predictor_alone"] = {"p50_ms": med(pred["p50"]), "p99_ms": med(pred["p99"])}
-        results["feast_alone"] = {"p50_ms": med(feast["p50"]), "p99_ms": med(feast["p99"])}
+        floors, identity_triton = start_floors(args.workdir)
+        urls.update({name: f.url for name, f in floors.items()})
+        for url in urls.values():
+            one_client(url, args.users, 200, rng)  # warm-up: connections, catalogue, caches
+        per_run: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+        for r in range(args.runs):  # interleaved: drifts in the machine's load hit all three alike
+            for name, url in urls.items():
+                per_run[name].append(measure(url, args, rng, seed=r))
+                m = per_run[name][-1]
+                print(f"  run {r + 1} {name:>11}: 1 client p50 {m['one_client_p50_ms']:.2f} ms p99 "
+                      f"{m['one_client_p99_ms']:.2f} ms | {args.clients} clients {m['rps']:.0f} req/s "
+                      f"p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms", flush=True)
+        figures = {name: {k: med([run[k] for run in runs]) for k in runs[0]} for name, runs in per_run.items()}
+        results["figures"] = figures
+        results["per_run"] = per_run
+        results["per_run_ratios"] = [verdict({n: per_run[n][r] for n in per_run})["ratios"] for r in range(args.runs)]
+        results["where_the_time_goes_ms"] = where_time_goes(urls["linkedout"], stack.info["transformer"]["metrics"],
+                                                            args, rng)
+        pred = [pct(predictor_alone(triton_url, args.videos, args.requests, rng), 50) for _ in range(args.runs)]
+        feast = [pct(feast_alone(args.workdir / "feast", args.users, args.requests, rng), 50) for _ in range(args.runs)]
+        results["predictor_alone"] = {"p50_ms": med(pred)}
+        results["feast_alone"] = {"p50_ms": med(feast)}
     finally:
+        for f in floors.values():
+            f.stop()
+        if identity_triton is not None:
+            identity_triton.stop()
         stack.stop()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    results["ranker_alone"] = ranker_sizes(args.workdir / "model_repository", sizes, n=200, runs=min(args.runs, 3))
-
-    e = results["end_to_end_one_client"]
-    t = results["throughput"]
-    w = results["where_the_time_goes_ms"]
-    verdict = {"p50": e["p50_ms"] <= TARGETS["p50_ms"], "p99": e["p99_ms"] <= TARGETS["p99_ms"],
-               "rps": t["requests_per_s"] >= TARGETS["rps"]}
-    results["targets"] = {**TARGETS, "met": verdict, "paper_ms_per_query_h100": PAPER_MS}
-    print(f"\n== serving at {args.videos:,} videos, {args.users:,} users ({results['setup']['model_server']}, "
-          f"{os.cpu_count()} CPUs, no GPU; medians of {args.runs} runs)")
-    print(f"end to end, 1 client:  p50 {e['p50_ms']:.2f} ms (target <= 4)  p99 {e['p99_ms']:.2f} ms (target <= 12)  "
-          f"[paper: {PAPER_MS} ms per query on one H100]")
-    print(f"{args.clients} clients:             {t['requests_per_s']:.0f} requests/s (target >= 300)  "
-          f"p50 {t['p50_ms']:.2f} ms  p99 {t['p99_ms']:.2f} ms")
-    print(f"predictor alone:       p50 {results['predictor_alone']['p50_ms']:.2f} ms  p99 {results['predictor_alone']['p99_ms']:.2f} ms")
-    print(f"feast alone:           p50 {results['feast_alone']['p50_ms']:.3f} ms  p99 {results['feast_alone']['p99_ms']:.3f} ms")
-    print(f"where a request's {w['client_mean_ms']:.2f} ms (mean) go: Feast {w['feast_ms']:.2f}, Triton call "
-          f"{w['triton_ms']:.2f}, transformer's own code {w['transformer_own_code_ms']:.2f}, KServe gRPC hop + client "
-          f"{w['kserve_hop_and_client_ms']:.2f}")
-    print("targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in verdict.items()))
+    if sizes:
+        results["ranker_alone"] = ranker_sizes(args.workdir / "model_repository", sizes, n=200, runs=min(args.runs, 3))
+    results["targets"] = {**TARGETS, **verdict(results["figures"])}
+    report(results, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    f = results["figures"]
+    t = results["targets"]
+    w = results["where_the_time_goes_ms"]
+    print(f"\n== serving at {args.videos:,} videos, {args.users:,} users ({results['setup']['model_server']}, "
+          f"{os.cpu_count()} CPUs, no GPU; medians of {args.runs} interleaved runs; {args.clients} clients for "
+          f"{args.seconds:.0f} s, {args.requests} one-client requests per run)")
+    print(f"{'':>12} {'1 client p50':>13} {'p99':>8} {'req/s':>8} {'p50':>8} {'p99':>8}")
+    for name in ("linkedout", "bare_kserve", "two_hop"):
+        m = f[name]
+        print(f"{name:>12} {m['one_client_p50_ms']:>10.2f} ms {m['one_client_p99_ms']:>5.2f} ms {m['rps']:>8.0f} "
+              f"{m['p50_ms']:>5.2f} ms {m['p99_ms']:>5.2f} ms")
+    r = t["ratios"]
+    print(f"ratios: throughput {r['rps_vs_bare']:.2f}x bare (target >= {TARGETS['rps_vs_bare']}), "
+          f"{r['rps_vs_two_hop']:.2f}x two-hop (>= {TARGETS['rps_vs_two_hop']}); p99 {r['p99_vs_bare']:.2f}x bare "
+          f"(<= {TARGETS['p99_vs_bare']}); one-client p50 {r['one_client_p50_vs_bare']:.2f}x bare "
+          f"(<= {TARGETS['one_client_p50_vs_bare']})")
+    print(f"predictor alone p50 {results['predictor_alone']['p50_ms']:.2f} ms; feast alone p50 "
+          f"{results['feast_alone']['p50_ms']:.3f} ms")
+    print(f"where one client's {w['client_mean_ms']:.2f} ms (mean) go: Feast {w['feast_ms']:.2f}, Triton call "
+          f"{w['triton_ms']:.2f}, transformer's own code {w['transformer_own_code_ms']:.2f}, KServe gRPC hop + client "
+          f"{w['kserve_hop_and_client_ms']:.2f}")
+    print("targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in t["met"].items()))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@
   rows;
 - :meth:`~RecommendationEngine.rank` (``predict``): the users with a history get one ranker call
   per catalogue version (``Ranker``, Triton's ``NAME_ranker`` in the transformer);
+
+Concurrent requests share their calls to the store and the ranker (``linkedout.serving.batching``):
+a request that arrives while a Feast read (or a call to the same ranker version) is in flight goes
+out with the others that arrived meanwhile, as one read (one call), when it returns; a lone
+request goes out at once.
 - :meth:`~RecommendationEngine.finish` (``postprocess``): the users without one get the
   catalogue's cold-start list (popular and recent), marked; drop every video of the user's known
   history from the results, keep ``k``, attach the layer gate weights and contributions behind
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +48,7 @@ import numpy as np
 
 from linkedout.export.catalog import Catalog
 from linkedout.serving import metrics
+from linkedout.serving.batching import Coalescer
 from linkedout.serving.catalog import CatalogView, ServedCatalogs
 from linkedout.serving.request import RecRequest
 from linkedout.serving.request_log import RequestLog
@@ -126,7 +133,7 @@ class RecommendationEngine:
 
     def __init__(self, *, router: Router, catalogs: ServedCatalogs, ranker: Ranker,
                  histories: HistorySource | None = None, request_log: RequestLog | None = None,
-                 feast_timeout: float = 0.2, max_k: int = 100) -> None:
+                 feast_timeout: float = 0.2, max_k: int = 100, max_ranker_batch: int = 64) -> None:
         self.router = router
         self.catalogs = catalogs
         self.ranker = ranker
@@ -140,6 +147,13 @@ class RecommendationEngine:
         # file hangs too (a lock held on it: ~10 s of busy timeout), and a request that does not read
         # the store (an explicit history, the readiness probe) must not wait behind one that does
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
+        self.max_ranker_batch = max_ranker_batch
+        self._feast_reads: Coalescer[list[str], list[list[int]]] = Coalescer(
+            self._read_batch, name="feast", max_size=1024, size=len)
+        self._ranker_calls: dict[tuple[str, int], Coalescer[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
+        self._largest_k = max_k
+        self._ids = itertools.count(1)
+        self._id_prefix = uuid.uuid4().hex[:12] + "-"
 
     # -------------------------------------------------------------------------------------- versions
 
@@ -154,9 +168,13 @@ class RecommendationEngine:
                                      f"{version} cannot be read: {type(e).__name__}: {e}", "predictor") from e
 
     def largest_k(self) -> int:
-        """The largest k a request may ask for now: ``max_k`` capped by the smallest served catalogue."""
+        """The largest k a request may ask for now: ``max_k`` capped by the smallest served catalogue
+        (worked out when the served versions change)."""
+        return self._largest_k
+
+    def _set_largest_k(self) -> None:
         sizes = [self.catalogs.view(m, v).catalog.num_items for m, v in self.serving.items()]
-        return min([self.max_k, *sizes]) if sizes else self.max_k
+        self._largest_k = min([self.max_k, *sizes]) if sizes else self.max_k
 
     async def update_served_versions(self, ready: VersionReady) -> dict[str, int]:
         """Per routed model, serve the newest repository version that ``ready`` reports ready.
@@ -174,9 +192,11 @@ class RecommendationEngine:
                 if chosen is None:
                     log.warning("%s_ranker: no version is ready any more (was %d)", model, current)
                     self.serving.pop(model, None)
+                    self._set_largest_k()
             if chosen is not None and chosen != current:
                 self.catalogs.view(model, chosen)  # load the catalogue before switching
                 self.serving[model] = chosen
+                self._set_largest_k()
                 log.info("serving %s_ranker version %d (was %s)", model, chosen, current)
         return dict(self.serving)
 
@@ -203,7 +223,7 @@ class RecommendationEngine:
         except ServingUnavailable as e:
             _count_error(variants, e)
             raise
-        plan = RecPlan(request_id or uuid.uuid4().hex, req, cfg.experiment, variants, list(groups.values()),
+        plan = RecPlan(request_id or f"{self._id_prefix}{next(self._ids):x}", req, cfg.experiment, variants, list(groups.values()),
                        [set() for _ in range(b)], [[] for _ in range(b)], np.zeros(b, dtype=bool), [""] * b, t0)
         for g in plan.groups:
             _map_histories(plan, g, histories)
@@ -245,10 +265,16 @@ class RecommendationEngine:
     async def _read_histories(self, users: Sequence[str]) -> list[list[int]]:
         if self.histories is None:
             return [[] for _ in users]
+        return await self._feast_reads(list(users))
+
+    async def _read_batch(self, requests: list[list[str]]) -> list[list[list[int]]]:
+        """One store read for the users of several requests (a ``Coalescer`` batch), split back."""
+        assert self.histories is not None
+        users = [u for r in requests for u in r]
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            out = await asyncio.wait_for(loop.run_in_executor(self._pool, self.histories.get, list(users)),
+            out = await asyncio.wait_for(loop.run_in_executor(self._pool, self.histories.get, users),
                                          timeout=self.feast_timeout)
         except TimeoutError:
             raise ServingUnavailable(f"the feature store did not answer within {self.feast_timeout * 1000:.0f} ms",
@@ -257,40 +283,49 @@ class RecommendationEngine:
             raise ServingUnavailable(f"the feature store failed: {type(e).__name__}: {e}", "feast") from e
         finally:
             metrics.FEAST_LATENCY.observe(time.perf_counter() - t0)
-        return out
+        if len(out) != len(users):
+            raise ServingUnavailable(f"the feature store answered {len(out)} histories for {len(users)} users", "feast")
+        bounds = list(itertools.accumulate(len(r) for r in requests))
+        return [out[hi - len(r):hi] for r, hi in zip(requests, bounds)]
 
     async def _rank_group(self, g: _Group) -> None:
         assert g.history_rows is not None
+        key = (g.view.model, g.view.version)
+        calls = self._ranker_calls.get(key)
+        if calls is None:
+            calls = self._ranker_calls[key] = Coalescer(
+                lambda parts: self._rank_batch(*key, parts), name="triton", max_size=self.max_ranker_batch, size=len)
+        g.rows, g.scores = await calls(g.history_rows[g.warm])
+
+    async def _rank_batch(self, model: str, version: int, parts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One ranker call for the users of several requests (a ``Coalescer`` batch), split back."""
+        history = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         t0 = time.perf_counter()
         try:
-            g.rows, g.scores = await self.ranker(g.view.model, g.view.version, g.history_rows[g.warm])
+            rows, scores = await self.ranker(model, version, history)
         except ServingUnavailable:
             raise
         except Exception as e:
-            raise ServingUnavailable(f"the ranker {g.view.model}_ranker:{g.view.version} failed: "
-                                     f"{type(e).__name__}: {e}", "predictor") from e
+            raise ServingUnavailable(f"the ranker {model}_ranker:{version} failed: {type(e).__name__}: {e}",
+                                     "predictor") from e
         finally:
-            metrics.TRITON_LATENCY.labels(model=g.view.model).observe(time.perf_counter() - t0)
+            metrics.TRITON_LATENCY.labels(model=model).observe(time.perf_counter() - t0)
+        bounds = list(itertools.accumulate(len(p) for p in parts))
+        return [(rows[hi - len(p):hi], scores[hi - len(p):hi]) for p, hi in zip(parts, bounds)]
 
     def _account(self, result: RecResult, experiment: str, variants: Sequence[RoutingVariant], t0: float) -> None:
         elapsed = time.perf_counter() - t0
-        now_ms = int(time.time() * 1000)
         by_variant: dict[str, int] = {}
         for i, v in enumerate(variants):
             by_variant[v.name] = by_variant.get(v.name, 0) + 1
             if result.cold_start[i]:
                 metrics.COLD_START.labels(variant=v.name).inc()
-            if self.request_log is not None:
-                n = int((result.items[i] >= 0).sum())
-                self.request_log.write({
-                    "request_id": result.request_id, "ts": now_ms, "user_id": result.user_ids[i],
-                    "experiment": experiment, "variant": v.name, "model": v.model,
-                    "model_version": result.model_versions[i], "items": result.items[i, :n].tolist(),
-                    "scores": [round(float(s), 6) for s in result.scores[i, :n]],
-                    "cold_start": bool(result.cold_start[i]), "latency_ms": round(result.latency_ms, 3)})
         for name, count in by_variant.items():
             metrics.REQUESTS.labels(variant=name).inc(count)
             metrics.LATENCY.labels(variant=name).observe(elapsed)
+        if self.request_log is not None:  # the records are made on the log's writer thread
+            now_ms = int(time.time() * 1000)
+            self.request_log.write_later(lambda: _log_records(result, experiment, variants, now_ms))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -345,6 +380,21 @@ def _map_histories(plan: RecPlan, g: _Group, histories: Sequence[Sequence[int]])
             g.warm.append(j)
         else:
             plan.cold[i] = True
+
+
+def _log_records(result: RecResult, experiment: str, variants: Sequence[RoutingVariant],
+                 now_ms: int) -> list[dict[str, object]]:
+    """The request log's records of one answer, one per user."""
+    records = []
+    for i, v in enumerate(variants):
+        n = int((result.items[i] >= 0).sum())
+        records.append({
+            "request_id": result.request_id, "ts": now_ms, "user_id": result.user_ids[i],
+            "experiment": experiment, "variant": v.name, "model": v.model,
+            "model_version": result.model_versions[i], "items": result.items[i, :n].tolist(),
+            "scores": [round(float(s), 6) for s in result.scores[i, :n]],
+            "cold_start": bool(result.cold_start[i]), "latency_ms": round(result.latency_ms, 3)})
+    return records
 
 
 def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, cat: Catalog,

@@ -2,7 +2,10 @@
 
 ``TritonRanker`` is the engine's ``Ranker`` (``await ranker(model, version, history) -> (rows,
 scores)``) and its ``VersionReady`` (``await ranker.ready(model, version)``), over the Open
-Inference Protocol v2 with a timeout and bounded retries. A failed call raises
+Inference Protocol v2 with a timeout and bounded retries (the channel of kserve's
+``InferenceGRPCClient``, with its retry policy). A call sends the protobuf message itself: the
+history as one raw little-endian INT64 tensor, the two outputs read straight from the response's
+raw contents, without kserve's ``InferRequest`` / ``InferResponse`` conversions. A failed call raises
 ``ServingUnavailable`` naming Triton's address, the model version and the gRPC status. It imports
 kserve and therefore never tritonclient (kserve#3099).
 """
@@ -14,8 +17,7 @@ from typing import Any
 import grpc
 import kserve
 import numpy as np
-from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelReadyRequest
-from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest, ModelInferResponse, ModelReadyRequest
 
 from linkedout.serving.engine import ServingUnavailable
 
@@ -55,18 +57,48 @@ class TritonRanker:
 
     async def __call__(self, model: str, version: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``history`` (B, T) catalogue rows -> ``rows`` (B, KMAX), ``scores`` (B, KMAX)."""
-        inp = InferInput("history", list(history.shape), "INT64")
-        inp.set_data_from_numpy(np.ascontiguousarray(history, dtype=np.int64), binary_data=True)
-        req = InferRequest(model_name=f"{model}_ranker", infer_inputs=[inp], model_version=str(version),
-                           request_outputs=[RequestedOutput("rows"), RequestedOutput("scores")])
+        history = np.ascontiguousarray(history, dtype="<i8")
+        req = ModelInferRequest(
+            model_name=f"{model}_ranker", model_version=str(version),
+            inputs=[ModelInferRequest.InferInputTensor(name="history", datatype="INT64", shape=history.shape)],
+            outputs=_OUTPUTS, raw_input_contents=[history.tobytes()])
         try:
-            resp = await self.client.infer(req, timeout=self.timeout)
+            resp = await self.client._client_stub.ModelInfer(req, timeout=self.timeout)
         except grpc.RpcError as e:
             code = e.code().name if hasattr(e, "code") and callable(e.code) else "ERROR"
             details = e.details() if hasattr(e, "details") and callable(e.details) else str(e)
             raise ServingUnavailable(f"Triton at {self.host} ({model}_ranker:{version}): {code}: {details}",
                                      "predictor") from None
-        out = {o.name: o.as_numpy() for o in resp.outputs}
-        if "rows" not in out or "scores" not in out:
-            raise ServingUnavailable(f"Triton's {model}_ranker:{version} answered without rows/scores", "predictor")
-        return out["rows"], out["scores"]
+        out = _outputs(resp, len(history))
+        if out is None:
+            raise ServingUnavailable(f"Triton's {model}_ranker:{version} answered without rows/scores of "
+                                     f"{len(history)} users", "predictor")
+        return out
+
+
+_OUTPUTS = [ModelInferRequest.InferRequestedOutputTensor(name=n) for n in ("rows", "scores")]
+_DTYPES = {"rows": ("INT64", "<i8", "int64_contents"), "scores": ("FP32", "<f4", "fp32_contents")}
+
+
+def _outputs(resp: ModelInferResponse, batch: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``rows`` and ``scores`` of a response (raw output contents, as Triton answers, or typed
+    contents); None when they are not there or their shapes are wrong."""
+    got = {}
+    raw = resp.raw_output_contents
+    for i, o in enumerate(resp.outputs):
+        want = _DTYPES.get(o.name)
+        if want is None or o.datatype != want[0]:
+            continue
+        if raw:
+            if i >= len(raw):
+                return None
+            arr = np.frombuffer(raw[i], dtype=want[1])
+        else:
+            arr = np.asarray(getattr(o.contents, want[2]), dtype=want[1])
+        shape = tuple(int(d) for d in o.shape)
+        if len(shape) != 2 or shape[0] != batch or arr.size != shape[0] * shape[1]:
+            return None
+        got[o.name] = arr.reshape(shape)
+    if len(got) != 2:
+        return None
+    return got["rows"], got["scores"]

@@ -3,7 +3,9 @@
 Each line (docs/serving.md §3): ``request_id``, ``ts`` (ms since the epoch), ``user_id``,
 ``experiment``, ``variant``, ``model``, ``model_version``, ``items``, ``scores``, ``cold_start``,
 ``latency_ms``. The serving path only puts records on a bounded queue (no file I/O on the request
-path); the writer thread appends them in batches and flushes at least every ``flush_interval``
+path; with :meth:`RequestLog.write_later`, one queue entry per request whose records the writer
+thread builds, so not even the records are made on the event loop); the writer thread appends them
+in batches and flushes at least every ``flush_interval``
 seconds and on ``close``. When the queue is full (the disk cannot keep up) records are dropped and
 counted rather than slowing requests down; ``dropped`` says how many. A/B analysis
 (``linkedout ab analyze``) reads the file with ``read_request_log``.
@@ -15,7 +17,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ class RequestLog:
     def __init__(self, path: str | os.PathLike[str], *, max_queue: int = 100_000, flush_interval: float = 0.5) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._queue: queue.Queue[Mapping[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[Mapping[str, Any] | Callable[[], Iterable[Mapping[str, Any]]] | None] = \
+            queue.Queue(maxsize=max_queue)
         self.flush_interval = flush_interval
         self.dropped = 0
         self.written = 0
@@ -42,8 +45,15 @@ class RequestLog:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Queue one record (never blocks)."""
+        self._put(record)
+
+    def write_later(self, records: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        """Queue a function that makes records: the writer thread calls it (never blocks)."""
+        self._put(records)
+
+    def _put(self, item: Mapping[str, Any] | Callable[[], Iterable[Mapping[str, Any]]]) -> None:
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
             if self.dropped in (1, 1000) or self.dropped % 100_000 == 0:
@@ -63,7 +73,7 @@ class RequestLog:
                 except queue.Empty:
                     break
             stop = any(r is None for r in batch)
-            lines = [json.dumps(r, separators=(",", ":")) for r in batch if r is not None]
+            lines = [json.dumps(r, separators=(",", ":")) for r in _records(batch)]
             try:
                 if lines:
                     self._file.write("\n".join(lines) + "\n")
@@ -80,6 +90,19 @@ class RequestLog:
             self._queue.put(None)
             self._thread.join(timeout=10)
         self._file.close()
+
+
+def _records(batch: list[Any]) -> Iterator[Mapping[str, Any]]:
+    for item in batch:
+        if item is None:
+            continue
+        if callable(item):
+            try:
+                yield from item()
+            except Exception as e:  # a bug in a record maker must not stop the writer
+                log.error("request log: records lost: %s: %s", type(e).__name__, e)
+        else:
+            yield item
 
 
 def read_request_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

@@ -152,6 +152,9 @@ class OnnxRunner:
         if threads > 0:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # idle intra-op threads sleep instead of spinning: on a machine whose cores the transformer,
+        # Feast and the clients share, spinning threads take CPU from them between requests
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
@@ -249,6 +252,7 @@ class TritonPythonModel:
                 got[spec.name] = tensor.as_numpy()
             arrays.append(None if responses[i] is not None else got)
         # Requests whose non-batch shapes agree run as one onnxruntime batch.
+        wanted = [_requested(r) for r in requests]
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, arrs in enumerate(arrays):
             if arrs is None:
@@ -260,11 +264,11 @@ class TritonPythonModel:
                 key = ("request", i)
             groups.setdefault(key, []).append(i)
         for members in groups.values():
-            self._run_group(members, arrays, responses)
+            self._run_group(members, arrays, responses, wanted)
         return responses
 
     def _run_group(self, members: list[int], arrays: list[dict[str, np.ndarray] | None],
-                   responses: list[Any]) -> None:
+                   responses: list[Any], wanted: list[set[str] | None]) -> None:
         parts = [arrays[i] for i in members]
         try:
             if len(parts) == 1:
@@ -284,6 +288,8 @@ class TritonPythonModel:
             size = next(iter(part.values())).shape[0] if self.runner.max_batch_size > 0 else 0
             tensors = []
             for spec in self.runner.outputs:
+                if wanted[i] is not None and spec.name not in wanted[i]:  # type: ignore[operator]
+                    continue  # not asked for: not copied back to Triton
                 y = outputs[spec.name]
                 y = y[start:start + size] if self.runner.max_batch_size > 0 and len(parts) > 1 else y
                 tensors.append(pb_utils.Tensor(spec.name, np.ascontiguousarray(y)))
@@ -292,6 +298,12 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.runner = None  # type: ignore[assignment]
+
+
+def _requested(request: Any) -> set[str] | None:
+    """The outputs a request asks for (None: all of them, as when it names none)."""
+    names = request.requested_output_names() if hasattr(request, "requested_output_names") else None
+    return set(names) if names else None
 
 
 def _main() -> int:
