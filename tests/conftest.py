@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from linkedout.job.extraction import extract
 from linkedout.job.split import build_split
 from linkedout.job.training import item_features_for, item_side_info
 from linkedout.job.variants import model_config_for, parse_variant
+from linkedout.serving.local import LocalStack, StackSettings
 
 
 @dataclass
@@ -90,6 +92,16 @@ def serving_repo(toy: Toy, tmp_path_factory: pytest.TempPathFactory) -> ServingR
                      config=ExportConfig(name=name, max_k=20))
         models[name] = model
     return ServingRepo(root, models, toy)
+
+
+@pytest.fixture(scope="session")
+def served_transformer(serving_repo: ServingRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The transformer and the KServe fallback predictor on loopback over a copy of ``serving_repo`` (``LocalStack``,
+    no Feast: every user is cold start); yields the stack's ``info["transformer"]`` (``grpc``, ``http``, ``model``)."""
+    work = tmp_path_factory.mktemp("served")
+    shutil.copytree(serving_repo.root, work / "model_repository")
+    with LocalStack(StackSettings(workdir=work, prefer="kserve", use_feast=False)) as stack:
+        yield stack.info["transformer"]
 
 
 @contextlib.contextmanager
