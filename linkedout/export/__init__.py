@@ -27,6 +27,7 @@ _LAZY = {
     "update_catalog": "update", "swap_catalog_table": "update",
     "ModelRepository": "repository", "RepositoryError": "repository", "TritonConfig": "repository",
     "config_pbtxt": "repository",
+    "IndexSettings": "index", "RetrievalIndex": "index", "RetrievalIndexError": "index",
 }
 
 __all__ = ["Catalog", "CatalogError", *sorted(_LAZY)]

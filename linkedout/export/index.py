@@ -1,0 +1,500 @@
+"""Retrieval over a catalogue's embedding table: exact brute force or a faiss ANN index, with live additions.
+
+Rows follow the catalogue's convention (``linkedout.export.catalog``): row ``r`` (1..N) is the
+``r``-th embedding given to ``RetrievalIndex.build`` (``Catalog.ids[r-1]`` when built from
+``Catalog.embeddings``), rows added later take the next numbers, and row 0 is padding: never
+returned, ignored in ``exclude``. Scores are inner products user · item (the ranker's scoring),
+recomputed in float32 against the table: an ANN index only proposes candidates, and the exact search
+only pre-selects with a matrix product, so both give the same rows and scores wherever they find the
+same candidates. Ties are broken by the lower row.
+
+Kinds: ``exact`` (numpy, over the table in blocks) and the faiss kinds ``ivf_flat``, ``ivf_sq8``,
+``ivf_pq`` and ``hnsw`` (inner product). ``IndexSettings(kind="auto")`` builds ``exact`` below
+``exact_below`` rows and ``ann_kind`` from there; the defaults were measured with bench/scale.py
+(bench/results/scale.json). faiss is imported only when an ANN index is built or loaded, so the
+``exact`` kind needs numpy alone.
+
+On disk (``save``, ``load``; the format is ``linkedout.export.index_files``'s) the table is
+memory-mapped, and ``add`` and ``remove`` append O(changed rows) bytes and replace a small manifest,
+never rewriting the rest; ``save`` writes a new generation (the added rows then join the table and
+the ANN index). Writers serialise on a lock; another process's index sees their changes after
+``refresh``. Removed rows keep their numbers (and vectors) and are never returned by ``search``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from linkedout.export.index_files import (
+    MANIFEST,
+    RetrievalIndexError,
+    append_at,
+    generation_files,
+    read_items,
+    read_manifest,
+    remove_stale,
+    write_manifest,
+    write_table,
+    writer_lock,
+)
+from linkedout.utils import atomic_write_bytes, is_int
+
+__all__ = ["ANN_KINDS", "KINDS", "IndexSettings", "RetrievalIndex", "RetrievalIndexError",
+           "auto_nlist"]
+
+KINDS = ("exact", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw")
+ANN_KINDS = KINDS[1:]
+_RESCORE_PAD = 16  # rows pre-selected by the exact search beyond n, so that rounding cannot change its answer
+_ADD_BLOCK = 1 << 20  # rows given to faiss at once
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How an index is built and searched; every field is checked when the settings are made."""
+
+    kind: str = "auto"
+    """'auto' (exact below ``exact_below`` rows, else ``ann_kind``), 'exact', or one of ANN_KINDS."""
+    exact_below: int = 100_000
+    """'auto' builds the exact kind for catalogues of fewer rows than this; >= 1."""
+    ann_kind: str = "ivf_sq8"
+    """The ANN kind 'auto' builds from ``exact_below`` rows on; one of ANN_KINDS."""
+    nlist: int = 0
+    """IVF kinds: inverted lists (k-means centroids); 0 = ``auto_nlist(rows at build)``; >= 0."""
+    nprobe: int = 32
+    """IVF kinds: lists searched per user, capped at nlist (nprobe = nlist searches every list); >= 1."""
+    exact_block: int = 1 << 24
+    """Exact kind: scores computed at once (rows x users of one block); >= 1024."""
+    candidates: int = 100
+    """ANN kinds: candidates per user re-scored exactly, on top of the user's excluded rows; >= 1."""
+    pq_m: int = 16
+    """ivf_pq: bytes of code per vector (sub-quantizers of 8 bits); must divide d; >= 1."""
+    hnsw_m: int = 32
+    """hnsw: links per node; >= 2."""
+    ef_search: int = 128
+    """hnsw: breadth of the search (efSearch, raised to the candidates asked for); >= 1."""
+    seed: int = 0
+    """IVF kinds: seed of the training sample and of k-means; >= 0."""
+    SEARCH_FIELDS: ClassVar[tuple[str, ...]] = ("nprobe", "candidates", "ef_search", "exact_block")
+    """The fields ``RetrievalIndex.tune`` may change on a built index (search-time only)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name not in ("kind", "ann_kind") and not is_int(getattr(self, f.name)):
+                raise RetrievalIndexError(f"IndexSettings.{f.name} must be an integer, got "
+                                          f"{getattr(self, f.name)!r}")
+        if self.kind not in ("auto", *KINDS):
+            raise RetrievalIndexError(f"IndexSettings.kind must be 'auto' or one of {KINDS}, got {self.kind!r}")
+        if self.ann_kind not in ANN_KINDS:
+            raise RetrievalIndexError(f"IndexSettings.ann_kind must be one of {ANN_KINDS}, got {self.ann_kind!r}")
+        least = {"exact_below": 1, "nlist": 0, "nprobe": 1, "candidates": 1, "pq_m": 1, "hnsw_m": 2,
+                 "ef_search": 1, "exact_block": 1024, "seed": 0}
+        for name, lo in least.items():
+            if getattr(self, name) < lo:
+                raise RetrievalIndexError(f"IndexSettings.{name} must be >= {lo}, got {getattr(self, name)}")
+        if self.nlist and self.nprobe > self.nlist:
+            raise RetrievalIndexError(f"IndexSettings.nprobe ({self.nprobe}) must be <= nlist ({self.nlist})")
+
+    def kind_for(self, rows: int) -> str:
+        """The kind built for a table of ``rows`` rows."""
+        if self.kind != "auto":
+            return self.kind
+        return "exact" if rows < self.exact_below else self.ann_kind
+
+
+def auto_nlist(rows: int) -> int:
+    """IVF lists for ``rows`` rows when ``nlist`` is 0: the power of two nearest sqrt(rows), at most 1024
+    and with at least 39 training rows per list (faiss's minimum). At 1M rows (bench/scale.py
+    --compare-kinds) 4096 lists recalled less than 1024 at the same share of lists probed, for the
+    same search time, and took 4x longer to build (assigning rows to lists)."""
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
+    return int(max(1, min(nlist, rows // 39, 1024)))
+
+
+class RetrievalIndex:
+    """Top-n rows by inner product for user states, over a table that grows in place (module docstring).
+
+    Made by ``build`` or ``load``, never directly.
+    """
+
+    def __init__(self, base: np.ndarray, settings: IndexSettings, kind: str, ann: Any, nlist: int) -> None:
+        self.settings, self.kind, self.nlist = settings, kind, nlist
+        self.dim = int(base.shape[1])
+        self._base = base  # (Nb, d) float32: rows 1..Nb (memory-mapped when loaded)
+        self._extra = np.empty((0, self.dim), dtype=np.float32)  # rows Nb+1..: a buffer grown by doubling
+        self._n_extra = 0
+        self._ann = ann  # faiss index of every row (faiss id = row - 1), or None for the exact kind
+        self._removed = np.empty(0, dtype=np.int64)  # sorted tombstoned rows
+        self._selector: tuple[Any, ...] = ()  # faiss selectors of the live rows (kept alive here)
+        self._dir: Path | None = None  # the directory this index is saved in and appends to
+        self._gen = -1
+        self._removed_seen = 0  # entries of the removed file read (duplicates included)
+
+    # ------------------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, settings: IndexSettings | None = None) -> RetrievalIndex:
+        """An index of ``embeddings`` (N, d) float32 (row r = ``embeddings[r-1]``), in memory until ``save``.
+
+        The array is used as is when already float32 and C-contiguous (not copied).
+        """
+        settings = settings or IndexSettings()
+        table = _check_vectors(embeddings, None, "embeddings")
+        n, d = table.shape
+        kind = settings.kind_for(n)
+        nlist = 0
+        if kind.startswith("ivf"):
+            nlist = settings.nlist or auto_nlist(n)
+            if nlist > n:
+                raise RetrievalIndexError(f"IndexSettings.nlist ({nlist}) must be <= the rows to index ({n})")
+        if kind == "ivf_pq" and d % settings.pq_m:
+            raise RetrievalIndexError(f"IndexSettings.pq_m ({settings.pq_m}) must divide the dimension ({d})")
+        ann = _new_ann(kind, d, nlist, settings) if kind != "exact" else None
+        if ann is not None and kind.startswith("ivf"):
+            rng = np.random.default_rng(settings.seed)
+            sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
+            ann.cp.seed = settings.seed
+            ann.train(np.ascontiguousarray(table[sample]))
+        if ann is not None:
+            for lo in range(0, n, _ADD_BLOCK):
+                ann.add(np.ascontiguousarray(table[lo:lo + _ADD_BLOCK]))
+        return cls(table, settings, kind, ann, nlist)
+
+    # ------------------------------------------------------------------------------ reading
+
+    @property
+    def num_rows(self) -> int:
+        """Rows 1..num_rows exist (removed ones included)."""
+        return int(self._base.shape[0]) + self._n_extra
+
+    def removed_rows(self) -> np.ndarray:
+        """The removed rows, sorted (int64)."""
+        return self._removed.copy()
+
+    def vectors(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The embeddings of ``rows`` (any shape, 0..num_rows) as float32 (..., d); row 0 gives zeros."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() > self.num_rows):
+            raise RetrievalIndexError(f"rows must be in 0..{self.num_rows}, got {int(rows.min())}..{int(rows.max())}")
+        flat = rows.reshape(-1)
+        out = np.zeros((flat.size, self.dim), dtype=np.float32)
+        nb = self._base.shape[0]
+        in_base = (flat > 0) & (flat <= nb)
+        out[in_base] = self._base[flat[in_base] - 1]
+        in_extra = flat > nb
+        out[in_extra] = self._extra[flat[in_extra] - nb - 1]
+        return out.reshape((*rows.shape, self.dim))
+
+    def search(self, users: np.ndarray, n: int,
+               exclude: np.ndarray | Sequence[Iterable[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best rows per user: ``rows`` (B, n) int64 and ``scores`` (B, n) float32, best first.
+
+        ``users`` (B, d): user states. ``exclude``: per user, rows never returned (a (B, T) array of
+        rows with 0 as padding, as the ranker's histories, or B iterables). Removed rows are never
+        returned. Where fewer than ``n`` rows are left, the answer ends with row 0 and score -inf.
+        """
+        users = _check_vectors(users, self.dim, "users")
+        if not is_int(n) or n < 1:
+            raise RetrievalIndexError(f"n must be an integer >= 1, got {n!r}")
+        excl = self._exclusions(exclude, users.shape[0])
+        if self._ann is None:
+            cand = self._exact_candidates(users, n + _RESCORE_PAD, excl)
+        else:
+            cand = self._ann_candidates(users, max(n, self.settings.candidates), excl)
+        return self._rescored_top(users, cand, n, excl)
+
+    def _exclusions(self, exclude: np.ndarray | Sequence[Iterable[int]] | None, b: int) -> list[np.ndarray]:
+        """Per user, the sorted unique rows > 0 to exclude."""
+        if exclude is None:
+            return [np.empty(0, dtype=np.int64)] * b
+        if len(exclude) != b:
+            raise RetrievalIndexError(f"exclude must hold one list of rows per user ({b}), got {len(exclude)}")
+        out = []
+        for i, rows in enumerate(exclude):
+            r = np.unique(np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype=np.int64))
+            if r.size and (r[0] < 0 or r[-1] > self.num_rows):
+                raise RetrievalIndexError(f"exclude[{i}] holds rows outside 0..{self.num_rows}: "
+                                          f"{r[(r < 0) | (r > self.num_rows)][:5].tolist()}")
+            out.append(r[r > 0])
+        return out
+
+    def _segments(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(row of the first, rows) of the table's two parts."""
+        yield 1, self._base
+        if self._n_extra:
+            yield self._base.shape[0] + 1, self._extra[: self._n_extra]
+
+    def _exact_candidates(self, users: np.ndarray, k: int, excl: list[np.ndarray]) -> np.ndarray:
+        """The ``k`` best rows per user by a blockwise matrix product (B, k); 0 where none is left."""
+        b = users.shape[0]
+        per_block = max(1, self.settings.exact_block // b)
+        best_rows = np.zeros((b, 0), dtype=np.int64)
+        best = np.zeros((b, 0), dtype=np.float32)
+        for first, seg in self._segments():
+            for lo in range(0, seg.shape[0], per_block):
+                start = first + lo
+                scores = users @ np.asarray(seg[lo:lo + per_block]).T  # (B, c)
+                stop = start + scores.shape[1]
+                dead = self._removed[np.searchsorted(self._removed, start):np.searchsorted(self._removed, stop)]
+                scores[:, dead - start] = -np.inf
+                for i, ex in enumerate(excl):
+                    scores[i, ex[np.searchsorted(ex, start):np.searchsorted(ex, stop)] - start] = -np.inf
+                c = scores.shape[1]
+                idx = np.argpartition(scores, c - k, axis=1)[:, c - k:] if c > k else \
+                    np.broadcast_to(np.arange(c), scores.shape)
+                best_rows, best = _top_k(np.concatenate([best_rows, idx + start], 1),
+                                         np.concatenate([best, np.take_along_axis(scores, idx, 1)], 1), k)
+        return np.where(np.isfinite(best), best_rows, 0)
+
+    def _ann_candidates(self, users: np.ndarray, k: int, excl: list[np.ndarray]) -> np.ndarray:
+        """Rows proposed by the ANN index (B, k + most excluded); 0 where it proposed none."""
+        faiss = _faiss()
+        k = min(k + max((e.size for e in excl), default=0), self.num_rows)
+        sel = {"sel": self._selector[-1]} if self._selector else {}
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.settings.ef_search, k), **sel)
+        else:
+            params = faiss.SearchParametersIVF(nprobe=min(self.settings.nprobe, self.nlist), **sel)
+        _, ids = self._ann.search(users, k, params=params)
+        return ids.astype(np.int64) + 1  # faiss's -1 (no candidate) becomes row 0
+
+    def _rescored_top(self, users: np.ndarray, cand: np.ndarray, n: int,
+                      excl: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates re-scored exactly, excluded and removed ones dropped, best ``n`` by (score, row)."""
+        cand = cand.copy()
+        for i, ex in enumerate(excl):
+            if ex.size:
+                cand[i, np.isin(cand[i], ex)] = 0
+        if self._removed.size:
+            cand[np.isin(cand, self._removed)] = 0
+        scores = (self.vectors(cand) * users[:, None, :]).sum(-1)  # (B, K): the same sum for a row in any path
+        scores[cand == 0] = -np.inf
+        order = np.lexsort((cand, -scores), axis=-1)[:, :n]
+        rows, top = np.take_along_axis(cand, order, 1), np.take_along_axis(scores, order, 1)
+        if rows.shape[1] < n:
+            pad = n - rows.shape[1]
+            rows = np.pad(rows, ((0, 0), (0, pad)))
+            top = np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf)
+        rows[~np.isfinite(top)] = 0
+        return rows, top.astype(np.float32)
+
+    def exact(self) -> RetrievalIndex:
+        """An exact-kind index of the same rows and removed rows, sharing this one's table (in memory only):
+        the reference an ANN answer is checked against."""
+        index = RetrievalIndex(self._base, replace(self.settings, kind="exact"), "exact", None, 0)
+        index._extra, index._n_extra, index._removed = self._extra[: self._n_extra], self._n_extra, self._removed
+        return index
+
+    def tune(self, **search_settings: int) -> None:
+        """Change search-time settings (``IndexSettings.SEARCH_FIELDS``) of this index in memory, checked."""
+        wrong = sorted(set(search_settings) - set(IndexSettings.SEARCH_FIELDS))
+        if wrong:
+            raise RetrievalIndexError(f"tune changes only {IndexSettings.SEARCH_FIELDS}, not {wrong}")
+        nprobe = search_settings.get("nprobe", self.settings.nprobe)
+        if self.nlist and nprobe > self.nlist:
+            raise RetrievalIndexError(f"nprobe ({nprobe}) must be <= nlist ({self.nlist})")
+        changes: dict[str, Any] = dict(search_settings)
+        self.settings = replace(self.settings, **changes)
+
+    # ------------------------------------------------------------------------------ changing
+
+    def add(self, embeddings: np.ndarray) -> np.ndarray:
+        """Append rows (M, d) float32 and return their row numbers (M,) int64 (the next ones).
+
+        A saved index appends them to its directory first (the added file, then the manifest):
+        O(M) bytes, visible to other processes after their ``refresh``.
+        """
+        x = _check_vectors(embeddings, self.dim, "embeddings")
+        if self._dir is not None:
+            with writer_lock(self._dir):
+                self._refresh_unlocked()
+                append_at(self._dir / generation_files(self._gen)["added"], x, self._n_extra * self.dim * 4)
+                self._write_manifest(self._dir, added=self._n_extra + x.shape[0], removed=self._removed_seen)
+        first = self.num_rows + 1
+        self._extend(x)
+        return np.arange(first, first + x.shape[0], dtype=np.int64)
+
+    def remove(self, rows: np.ndarray | Sequence[int]) -> None:
+        """Tombstone ``rows`` (1..num_rows, not yet removed): ``search`` never returns them again."""
+        r = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if r.size == 0:
+            return
+        if len(np.unique(r)) != r.size:
+            raise RetrievalIndexError("the rows to remove hold duplicates")
+        bad = r[(r < 1) | (r > self.num_rows) | np.isin(r, self._removed)]
+        if bad.size:
+            raise RetrievalIndexError(f"cannot remove rows that are not live rows 1..{self.num_rows}: {bad[:10].tolist()}")
+        if self._dir is not None:
+            with writer_lock(self._dir):
+                self._refresh_unlocked()
+                append_at(self._dir / generation_files(self._gen)["removed"], r, self._removed_seen * 8)
+                self._write_manifest(self._dir, added=self._n_extra, removed=self._removed_seen + r.size)
+            self._removed_seen += r.size
+        self._tombstone(r)
+
+    def _extend(self, x: np.ndarray) -> None:
+        """Rows ``x`` join the table (amortised O(M): the buffer doubles) and the ANN index."""
+        need = self._n_extra + x.shape[0]
+        if need > self._extra.shape[0]:
+            grown = np.empty((max(need, 2 * self._extra.shape[0], 16), self.dim), dtype=np.float32)
+            grown[: self._n_extra] = self._extra[: self._n_extra]
+            self._extra = grown
+        self._extra[self._n_extra:need] = x
+        self._n_extra = need
+        if self._ann is not None:
+            self._ann.add(np.ascontiguousarray(x))
+
+    def _tombstone(self, rows: np.ndarray) -> None:
+        self._removed = np.union1d(self._removed, rows)
+        if self._ann is not None and self._removed.size:
+            faiss = _faiss()
+            batch = faiss.IDSelectorBatch(self._removed - 1)
+            self._selector = (batch, faiss.IDSelectorNot(batch))
+
+    # ------------------------------------------------------------------------------ files
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write the whole index as a new generation of ``directory``; the index then appends there."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        with writer_lock(d):
+            gen = read_manifest(d)["generation"] + 1 if (d / MANIFEST).exists() else 0
+            files = generation_files(gen)
+            write_table(d / files["table"], [seg for _, seg in self._segments()])
+            if self._ann is not None:
+                tmp = d / f".{files['ann']}.tmp"
+                _faiss().write_index(self._ann, str(tmp))
+                os.replace(tmp, d / files["ann"])
+            atomic_write_bytes(d / files["added"], b"")
+            atomic_write_bytes(d / files["removed"], self._removed.tobytes())
+            self._base = np.load(d / files["table"], mmap_mode="r")
+            self._extra, self._n_extra = np.empty((0, self.dim), dtype=np.float32), 0
+            self._dir, self._gen, self._removed_seen = d, gen, int(self._removed.size)
+            self._write_manifest(d, added=0, removed=self._removed_seen)
+            remove_stale(d, gen)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> RetrievalIndex:
+        """The index saved in ``directory``, in the state its manifest names (the table memory-mapped)."""
+        d = Path(directory)
+        for _ in range(3):  # a save may replace the generation between reading the manifest and its files
+            try:
+                return cls._load(d)
+            except FileNotFoundError as e:
+                missing = e
+        raise RetrievalIndexError(f"{d}: a file its manifest names is missing: {missing}")
+
+    @classmethod
+    def _load(cls, d: Path) -> RetrievalIndex:
+        doc = read_manifest(d)
+        files = generation_files(doc["generation"])
+        if doc["kind"] not in KINDS:
+            raise RetrievalIndexError(f"{d}: unknown index kind {doc['kind']!r}")
+        try:
+            settings = IndexSettings(**doc["settings"])
+            kind, dim, base_rows = doc["kind"], int(doc["dim"]), int(doc["base_rows"])
+            base = np.load(d / files["table"], mmap_mode="r")
+        except (KeyError, TypeError, ValueError) as e:
+            raise RetrievalIndexError(f"{d} (manifest or {files['table']}) is malformed: {e}") from e
+        if base.dtype != np.float32 or base.shape != (base_rows, dim):
+            raise RetrievalIndexError(f"{d / files['table']} holds {base.dtype} {base.shape}, the manifest "
+                                      f"says float32 ({base_rows}, {dim})")
+        ann = None
+        if kind != "exact":
+            if not (d / files["ann"]).is_file():
+                raise FileNotFoundError(d / files["ann"])
+            ann = _faiss().read_index(str(d / files["ann"]))
+            if ann.ntotal != base_rows or ann.d != dim:
+                raise RetrievalIndexError(f"{d / files['ann']} indexes {ann.ntotal} rows of dimension {ann.d}, "
+                                          f"the manifest says {base_rows} of {dim}")
+        index = cls(base, settings, kind, ann, int(doc.get("nlist", 0)))
+        index._dir, index._gen = d, int(doc["generation"])
+        index._catch_up(doc)
+        return index
+
+    def refresh(self) -> int:
+        """Read what other writers appended to this index's directory since; returns the rows added.
+
+        A new generation (another process's ``save``) is loaded whole.
+        """
+        if self._dir is None:
+            raise RetrievalIndexError("refresh needs an index that was saved or loaded")
+        return self._refresh_unlocked()
+
+    def _refresh_unlocked(self) -> int:
+        assert self._dir is not None
+        doc = read_manifest(self._dir)
+        if doc["generation"] == self._gen:
+            with contextlib.suppress(FileNotFoundError):  # else a save replaced the generation meanwhile
+                return self._catch_up(doc)
+        before = self.num_rows
+        self.__dict__.update(RetrievalIndex.load(self._dir).__dict__)
+        return self.num_rows - before
+
+    def _catch_up(self, doc: dict[str, Any]) -> int:
+        """Read the added rows and removed entries the manifest names past those already read."""
+        assert self._dir is not None
+        files = generation_files(self._gen)
+        new = int(doc["added_rows"]) - self._n_extra
+        if new > 0:
+            x = read_items(self._dir / files["added"], np.float32, self._n_extra * self.dim, new * self.dim)
+            self._extend(x.reshape(new, self.dim))
+        gone = int(doc["removed_count"]) - self._removed_seen
+        if gone > 0:
+            self._tombstone(read_items(self._dir / files["removed"], np.int64, self._removed_seen, gone))
+            self._removed_seen += gone
+        return max(new, 0)
+
+    def _write_manifest(self, d: Path, *, added: int, removed: int) -> None:
+        write_manifest(d, {"generation": self._gen, "kind": self.kind, "dim": self.dim, "nlist": self.nlist,
+                           "base_rows": int(self._base.shape[0]), "added_rows": added, "removed_count": removed,
+                           "settings": asdict(self.settings)})
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def _faiss() -> Any:
+    """faiss, imported on first use: only the ANN kinds need it."""
+    try:
+        import faiss
+    except ImportError as e:
+        raise RetrievalIndexError("the ANN kinds need faiss (pip install faiss-cpu); the exact kind needs "
+                                  "numpy alone") from e
+    return faiss
+
+
+def _new_ann(kind: str, d: int, nlist: int, s: IndexSettings) -> Any:
+    faiss = _faiss()
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "hnsw":
+        return faiss.IndexHNSWFlat(d, s.hnsw_m, ip)
+    code = {"ivf_flat": "Flat", "ivf_sq8": "SQ8", "ivf_pq": f"PQ{s.pq_m}np"}[kind]  # np: no polysemous training
+    ann = faiss.index_factory(d, f"IVF{nlist},{code}", ip)
+    ann.cp.niter = 10  # k-means iterations: at 1M rows of bench/scale.py, the recall of faiss's 25 in half the time
+    return ann
+
+
+def _check_vectors(x: Any, dim: int | None, name: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 (M >= 1, d) array of finite values, d == ``dim`` when given."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1 or (dim is not None and arr.shape[1] != dim):
+        want = f"(M >= 1, {dim})" if dim is not None else "(N >= 1, d >= 1)"
+        raise RetrievalIndexError(f"{name} must be {want}, got shape {arr.shape}")
+    if not all(np.isfinite(arr[lo:lo + (1 << 18)]).all() for lo in range(0, arr.shape[0], 1 << 18)):
+        raise RetrievalIndexError(f"{name} holds non-finite values")
+    return arr
+
+
+def _top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest ``scores`` per line (unordered) and their rows."""
+    if scores.shape[1] <= k:
+        return rows, scores
+    idx = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, scores.shape[1] - k:]
+    return np.take_along_axis(rows, idx, 1), np.take_along_axis(scores, idx, 1)

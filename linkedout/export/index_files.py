@@ -1,0 +1,124 @@
+"""The directory of a retrieval index (``linkedout.export.index``): its files, its manifest, appends.
+
+A directory holds, for its current generation ``g``:
+
+- ``table-g.npy``: the rows at save time (N, d) float32, memory-mapped on load;
+- ``ann-g.faiss``: the faiss index of those rows (ANN kinds only);
+- ``added-g.f32``: rows added since, appended raw (d float32 each);
+- ``removed-g.i64``: removed rows (tombstones), appended raw (int64 each);
+- ``manifest.json``: the format, the generation, the files, the kind, the settings and how many rows
+  of ``added-g.f32`` and entries of ``removed-g.i64`` are valid; replaced atomically (a temporary
+  file, then ``os.replace``);
+- ``.lock``: the lock writers hold (``writer_lock``).
+
+A reader reads only what the manifest names, so a writer killed mid-append leaves the previous state
+(bytes past the valid count are ignored, and cut off by the next append). A new generation's files
+are written whole before the manifest names them; the old generation's are deleted after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linkedout.utils import atomic_write_text
+
+__all__ = ["INDEX_FORMAT", "MANIFEST", "RetrievalIndexError", "append_at", "generation_files", "read_items",
+           "read_manifest", "remove_stale", "write_manifest", "write_table", "writer_lock"]
+
+INDEX_FORMAT = 1
+MANIFEST = "manifest.json"
+_REQUIRED = ("generation", "kind", "dim", "base_rows", "added_rows", "removed_count", "settings")
+
+
+class RetrievalIndexError(ValueError):
+    """Bad settings or input, a missing or malformed index file, or faiss missing for an ANN kind."""
+
+
+def generation_files(gen: int) -> dict[str, str]:
+    """The file names of generation ``gen``: ``table``, ``ann``, ``added``, ``removed``."""
+    return {"table": f"table-{gen}.npy", "ann": f"ann-{gen}.faiss", "added": f"added-{gen}.f32",
+            "removed": f"removed-{gen}.i64"}
+
+
+def read_manifest(d: Path) -> dict[str, Any]:
+    """The manifest of directory ``d``; ``RetrievalIndexError`` if missing, malformed or of another format."""
+    path = d / MANIFEST
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # missing, unreadable, not JSON
+        raise RetrievalIndexError(f"{path} cannot be read (not a retrieval index directory?): {e}") from e
+    found = doc.get("format") if isinstance(doc, dict) else doc
+    if found != INDEX_FORMAT:
+        raise RetrievalIndexError(f"{path}: unknown index format {found!r}")
+    missing = [k for k in _REQUIRED if k not in doc]
+    if missing:
+        raise RetrievalIndexError(f"{path} lacks {missing}")
+    return doc
+
+
+def write_manifest(d: Path, doc: dict[str, Any]) -> None:
+    """Replace ``d``'s manifest by ``doc`` (plus the format and the generation's file names), atomically."""
+    doc = {"format": INDEX_FORMAT, **doc, "files": generation_files(doc["generation"])}
+    atomic_write_text(d / MANIFEST, json.dumps(doc, indent=1))
+
+
+def append_at(path: Path, x: np.ndarray, offset: int) -> None:
+    """Write ``x``'s bytes at byte ``offset`` of ``path`` (cutting off what a killed writer left past it),
+    then fsync: O(len(x)) bytes, whatever the file's size."""
+    with open(path, "r+b") as f:
+        f.truncate(offset)
+        f.seek(offset)
+        f.write(x.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_items(path: Path, dtype: type, offset: int, count: int) -> np.ndarray:
+    """``count`` items of ``dtype`` from item ``offset`` of a raw file; an error if the file holds fewer."""
+    arr: np.ndarray = np.fromfile(path, dtype=dtype, count=count, offset=offset * np.dtype(dtype).itemsize)
+    if arr.size != count:
+        raise RetrievalIndexError(f"{path} holds {arr.size} of the {count} items its manifest names")
+    return arr
+
+
+def write_table(path: Path, parts: Sequence[np.ndarray], block: int = 1 << 18) -> None:
+    """Write the rows of ``parts`` as one (N, d) float32 .npy, streamed ``block`` rows at a time, atomically."""
+    n, d = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
+        for p in parts:
+            for lo in range(0, p.shape[0], block):
+                f.write(np.ascontiguousarray(p[lo:lo + block], dtype="<f4").tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_stale(d: Path, gen: int) -> None:
+    """Delete the files of generations other than ``gen`` and the temporary files a killed writer left
+    (call it holding ``writer_lock``)."""
+    keep = set(generation_files(gen).values())
+    for f in d.iterdir():
+        old = f.name not in keep and f.name.split("-")[0] in ("table", "ann", "added", "removed")
+        if old or (f.name.startswith(".") and f.name.endswith(".tmp")):
+            f.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writer_lock(d: Path) -> Iterator[None]:
+    """Held by writers of ``d`` (add, remove, save): one at a time, across processes (``flock``)."""
+    with open(d / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
