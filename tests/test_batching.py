@@ -144,6 +144,41 @@ def test_a_caller_cancelled_while_waiting_is_left_out() -> None:
     run(main())
 
 
+def test_a_call_waits_for_those_on_their_way_within_the_window_and_never_without_them() -> None:
+    async def main() -> None:
+        batches: list[list[int]] = []
+
+        async def call(items: list[int]) -> list[int]:
+            batches.append(list(items))
+            return items
+
+        on_the_way = 2
+        c = Coalescer(call, name="t", max_size=8, on_the_way=lambda: on_the_way, max_wait=5.0)
+        first = asyncio.create_task(c(1))
+        await asyncio.sleep(0.02)
+        assert batches == []  # waiting for the two on their way
+        on_the_way = 1
+        second = asyncio.create_task(c(2))
+        await asyncio.sleep(0.02)
+        on_the_way = 0
+        third = asyncio.create_task(c(3))
+        assert [await first, await second, await third] == [1, 2, 3]
+        assert batches == [[1, 2, 3]]  # one call, as soon as the last one arrived
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await c(4) == 4  # nobody on the way: no wait
+        assert loop.time() - t0 < 0.5 and batches[-1] == [4]
+
+        on_the_way = 5  # they never come: the window bounds the wait
+        window = Coalescer(call, name="t", max_size=8, on_the_way=lambda: on_the_way, max_wait=0.05)
+        t0 = loop.time()
+        assert await window(5) == 5
+        assert 0.04 <= loop.time() - t0 < 1.0
+
+    run(main())
+
+
 def test_a_batch_call_answering_the_wrong_count_is_an_error() -> None:
     async def short(items: list[int]) -> list[int]:
         return items[:-1]
@@ -158,6 +193,8 @@ def test_max_size_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="max_size must be >= 1"):
         Coalescer(call, name="t", max_size=0)
+    with pytest.raises(ValueError, match="max_wait must be >= 0 s"):
+        Coalescer(call, name="t", max_size=1, max_wait=-1)
 
 
 # ------------------------------------------------------------------------------------------ in the engine

@@ -40,6 +40,7 @@ import concurrent.futures
 import itertools
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -112,7 +113,7 @@ class _Group:
     scores: np.ndarray | None = None  # (len(warm), KMAX) their scores
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity (the engine keeps a weak set of them)
 class RecPlan:
     """A request between the phases: users routed, histories read and mapped, then ranked."""
 
@@ -133,7 +134,8 @@ class RecommendationEngine:
 
     def __init__(self, *, router: Router, catalogs: ServedCatalogs, ranker: Ranker,
                  histories: HistorySource | None = None, request_log: RequestLog | None = None,
-                 feast_timeout: float = 0.2, max_k: int = 100, max_ranker_batch: int = 64) -> None:
+                 feast_timeout: float = 0.2, max_k: int = 100, max_ranker_batch: int = 64,
+                 batch_window: float = 0.002) -> None:
         self.router = router
         self.catalogs = catalogs
         self.ranker = ranker
@@ -148,6 +150,11 @@ class RecommendationEngine:
         # the store (an explicit history, the readiness probe) must not wait behind one that does
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
         self.max_ranker_batch = max_ranker_batch
+        self.batch_window = batch_window
+        # requests on their way to the ranker: reading Feast, or prepared and not yet ranked (a plan
+        # whose request was dropped leaves the weak set with it)
+        self._reading = 0
+        self._unranked: weakref.WeakSet[RecPlan] = weakref.WeakSet()
         self._feast_reads: Coalescer[list[str], list[list[int]]] = Coalescer(
             self._read_batch, name="feast", max_size=1024, size=len)
         self._ranker_calls: dict[tuple[str, int], Coalescer[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
@@ -227,10 +234,12 @@ class RecommendationEngine:
                        [set() for _ in range(b)], [[] for _ in range(b)], np.zeros(b, dtype=bool), [""] * b, t0)
         for g in plan.groups:
             _map_histories(plan, g, histories)
+        self._unranked.add(plan)
         return plan
 
     async def rank(self, plan: RecPlan) -> None:
         """One ranker call per catalogue version with users of a known history (concurrently)."""
+        self._unranked.discard(plan)
         try:
             await asyncio.gather(*(self._rank_group(g) for g in plan.groups if g.warm))
         except ServingUnavailable as e:
@@ -265,7 +274,11 @@ class RecommendationEngine:
     async def _read_histories(self, users: Sequence[str]) -> list[list[int]]:
         if self.histories is None:
             return [[] for _ in users]
-        return await self._feast_reads(list(users))
+        self._reading += 1
+        try:
+            return await self._feast_reads(list(users))
+        finally:
+            self._reading -= 1
 
     async def _read_batch(self, requests: list[list[str]]) -> list[list[list[int]]]:
         """One store read for the users of several requests (a ``Coalescer`` batch), split back."""
@@ -294,8 +307,12 @@ class RecommendationEngine:
         calls = self._ranker_calls.get(key)
         if calls is None:
             calls = self._ranker_calls[key] = Coalescer(
-                lambda parts: self._rank_batch(*key, parts), name="triton", max_size=self.max_ranker_batch, size=len)
+                lambda parts: self._rank_batch(*key, parts), name="triton", max_size=self.max_ranker_batch, size=len,
+                on_the_way=self._on_the_way_to_rank, max_wait=self.batch_window)
         g.rows, g.scores = await calls(g.history_rows[g.warm])
+
+    def _on_the_way_to_rank(self) -> int:
+        return self._reading + len(self._unranked)
 
     async def _rank_batch(self, model: str, version: int, parts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One ranker call for the users of several requests (a ``Coalescer`` batch), split back."""
