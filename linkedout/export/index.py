@@ -62,14 +62,15 @@ class IndexSettings:
 
     kind: str = "auto"
     """'auto' (exact below ``exact_below`` rows, else ``ann_kind``), 'exact', or one of ANN_KINDS."""
-    exact_below: int = 100_000
-    """'auto' builds the exact kind for catalogues of fewer rows than this; >= 1."""
+    exact_below: int = 40_000
+    """'auto' builds exact below this many rows; >= 1 (bench/scale.py: its p99 <= ANN's + 1 ms to ~43k)."""
     ann_kind: str = "ivf_sq8"
     """The ANN kind 'auto' builds from ``exact_below`` rows on; one of ANN_KINDS."""
     nlist: int = 0
     """IVF kinds: inverted lists (k-means centroids); 0 = ``auto_nlist(rows at build)``; >= 0."""
-    nprobe: int = 32
-    """IVF kinds: lists searched per user, capped at nlist (nprobe = nlist searches every list); >= 1."""
+    nprobe: int = 64
+    """IVF kinds: lists searched per user (capped at nlist); >= 1. bench/scale.py: recall@10 .9997 at 1M,
+    .974 at 10M (32: .9985 and .955)."""
     exact_block: int = 1 << 24
     """Exact kind: scores computed at once (rows x users of one block); >= 1024."""
     candidates: int = 100
@@ -99,8 +100,6 @@ class IndexSettings:
         for name, lo in least.items():
             if getattr(self, name) < lo:
                 raise RetrievalIndexError(f"IndexSettings.{name} must be >= {lo}, got {getattr(self, name)}")
-        if self.nlist and self.nprobe > self.nlist:
-            raise RetrievalIndexError(f"IndexSettings.nprobe ({self.nprobe}) must be <= nlist ({self.nlist})")
 
     def kind_for(self, rows: int) -> str:
         """The kind built for a table of ``rows`` rows."""
@@ -110,18 +109,18 @@ class IndexSettings:
 
 
 def auto_nlist(rows: int) -> int:
-    """IVF lists for ``rows`` rows when ``nlist`` is 0: the power of two nearest sqrt(rows), at most 1024
-    and with at least 39 training rows per list (faiss's minimum). At 1M rows (bench/scale.py
-    --compare-kinds) 4096 lists recalled less than 1024 at the same share of lists probed, for the
-    same search time, and took 4x longer to build (assigning rows to lists)."""
+    """IVF lists for ``rows`` rows when ``nlist`` is 0: the power of two nearest sqrt(rows), with at least
+    39 training rows per list (faiss's minimum), at most 65536. Measured with bench/scale.py
+    --compare-kinds: 1024 lists recalled more than 4096 at 1M rows, 4096 more than 1024 or 2048 at 10M,
+    for the same search time."""
     nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
-    return int(max(1, min(nlist, rows // 39, 1024)))
+    return int(max(1, min(nlist, rows // 39, 65536)))
 
 
 class RetrievalIndex:
     """Top-n rows by inner product for user states, over a table that grows in place (module docstring).
 
-    Made by ``build`` or ``load``, never directly.
+    Made by ``build`` or ``load``. Not thread-safe: no ``add``, ``remove`` or ``refresh`` while it searches.
     """
 
     def __init__(self, base: np.ndarray, settings: IndexSettings, kind: str, ann: Any, nlist: int) -> None:
@@ -297,9 +296,6 @@ class RetrievalIndex:
         wrong = sorted(set(search_settings) - set(IndexSettings.SEARCH_FIELDS))
         if wrong:
             raise RetrievalIndexError(f"tune changes only {IndexSettings.SEARCH_FIELDS}, not {wrong}")
-        nprobe = search_settings.get("nprobe", self.settings.nprobe)
-        if self.nlist and nprobe > self.nlist:
-            raise RetrievalIndexError(f"nprobe ({nprobe}) must be <= nlist ({self.nlist})")
         changes: dict[str, Any] = dict(search_settings)
         self.settings = replace(self.settings, **changes)
 
