@@ -27,12 +27,12 @@ from conftest import Toy
 from process_checks import wait_until
 
 from linkedout.data.microlens import load_microlens
-from linkedout.export import Catalog
+from linkedout.export import Catalog, ModelRepository
 from linkedout.export.graphs import RankerGraph
 from linkedout.featurestore import HistoryReader
 from linkedout.job.catalog import add_videos
 from linkedout.job.feast import publish_features
-from linkedout.job.publish import export_run
+from linkedout.job.publish import export_if_new, export_run
 from linkedout.job.training import train_variant
 from linkedout.serving.client import RecommendClient, RecommendError
 from linkedout.serving.local import LocalStack, StackSettings
@@ -161,6 +161,11 @@ def test_a_video_added_live_is_recommended_without_a_restart(served: Served, tmp
 
     rows = read_rows(open_repo(served.workdir / "feast"), "video_embedding", [twin], ["model_version"])
     assert rows[0][1] is not None  # the new video is in Feast's online store
+    # the main job run again on the same checkpoint keeps serving the version with the live addition
+    assert export_if_new(served.toy.data, str(served.toy.features), served.workdir / "runs" / "linkedout",
+                         served.workdir / "model_repository", name="linkedout", split=served.toy.split,
+                         item_features=served.toy.item_features) == 2
+    assert ModelRepository(served.workdir / "model_repository").latest("linkedout_ranker") == 2
 
 
 def test_killing_triton_is_a_clean_error_within_a_second_and_a_restart_serves_again(served: Served) -> None:

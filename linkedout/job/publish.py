@@ -71,9 +71,12 @@ def export_run(data: Path, features: str | None, run_dir: Path, repository: str 
 
 def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *, name: str, split: Any = None,
                   item_features: Any = None, extra_source: dict[str, Any] | None = None) -> int:
-    """Export ``run_dir`` as ``name`` unless the repository's latest version already is this checkpoint.
+    """Export ``run_dir`` as ``name`` unless the repository's latest version already serves this checkpoint.
 
-    Returns the ranker version that serves the run.
+    That version is the checkpoint's own export, or a live catalogue update of it (``linkedout
+    catalog add``: its ``source`` is carried forward): the videos added or removed since are kept,
+    never dropped by exporting the checkpoint again over the training catalogue. Returns the ranker
+    version that serves the run.
     """
     repo = ModelRepository(repository)
     ckpt = checkpoint_of(Path(run_dir))
@@ -81,9 +84,10 @@ def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *,
     latest = repo.latest(ranker_name(name))
     if latest is not None:
         meta = Catalog.load(repo.version_dir(ranker_name(name), latest)).meta
-        if (meta.get("source") or {}).get("checkpoint_sha256") == sha and not meta.get("added") \
-                and not meta.get("removed"):
-            log.info("%s_ranker version %d already serves %s", name, latest, ckpt)
+        if (meta.get("source") or {}).get("checkpoint_sha256") == sha:
+            log.info("%s_ranker version %d already serves %s%s", name, latest, ckpt,
+                     " (with the live catalogue changes since its export)" if meta.get("added") or meta.get("removed")
+                     else "")
             return latest
     result = export_run(data, features, run_dir, repository, name=name, split=split, item_features=item_features,
                         extra_source=extra_source)
