@@ -331,6 +331,19 @@ def start_floors(workdir: Path) -> tuple[dict[str, Floor], Any]:
 # --------------------------------------------------------------------------------------------- main
 
 
+def warm_up(url: str, users: int, rng: np.random.Generator, attempts: int = 5) -> None:
+    """200 requests (connections, catalogue, caches), retried while the server still starts."""
+    for attempt in range(attempts):
+        try:
+            one_client(url, users, 200, rng)
+            return
+        except Exception as e:
+            if attempt == attempts - 1:
+                raise
+            print(f"  warm-up of {url}: {e}; again in 1 s", flush=True)
+            time.sleep(1)
+
+
 def measure(url: str, args: argparse.Namespace, rng: np.random.Generator, seed: int) -> dict[str, float]:
     """One run against one server: one client (p50, p99), then ``--clients`` in flight (rps, p50, p99)."""
     times = one_client(url, args.users, args.requests, rng)
@@ -413,7 +426,7 @@ def main() -> int:
         floors, identity_triton = start_floors(args.workdir)
         urls.update({name: f.url for name, f in floors.items()})
         for url in urls.values():
-            one_client(url, args.users, 200, rng)  # warm-up: connections, catalogue, caches
+            warm_up(url, args.users, rng)
         per_run: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         for r in range(args.runs):  # interleaved: drifts in the machine's load hit all three alike
             for name, url in urls.items():

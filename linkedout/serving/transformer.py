@@ -144,6 +144,10 @@ class LinkedOutTransformer(kserve.Model):
             from linkedout.featurestore.online import HistoryReader  # Feast is slow to import: only if used
 
             histories = HistoryReader(self.feast_repo)
+            try:  # the first read opens the store (SQLite file, Redis connection): not on a user's deadline
+                histories.get(["linkedout-warm-up"])
+            except Exception as e:  # an outage now is reported per request, once requests come
+                log.warning("the feature store did not answer the warm-up read: %s", e)
         catalogs = ServedCatalogs(self.model_repository, s3_endpoint=self.s3_endpoint)
         router = Router(self.routing_path, self.default_model, check=functools.partial(check_routable, catalogs))
         missing = [m for m in router.config.models if not catalogs.versions(m)]
