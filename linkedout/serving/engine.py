@@ -204,6 +204,9 @@ class RecommendationEngine:
                 self.catalogs.view(model, chosen)  # load the catalogue before switching
                 self.serving[model] = chosen
                 self._set_largest_k()
+                pinned = {(v.model, v.version) for v in self.router.current().variants if v.version is not None}
+                for key in [k for k in self._ranker_calls if k[0] == model and k[1] != chosen and k not in pinned]:
+                    del self._ranker_calls[key]  # a version no longer served: its (idle) coalescer goes
                 log.info("serving %s_ranker version %d (was %s)", model, chosen, current)
         return dict(self.serving)
 

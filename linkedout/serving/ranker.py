@@ -77,24 +77,21 @@ class TritonRanker:
 
 
 _OUTPUTS = [ModelInferRequest.InferRequestedOutputTensor(name=n) for n in ("rows", "scores")]
-_DTYPES = {"rows": ("INT64", "<i8", "int64_contents"), "scores": ("FP32", "<f4", "fp32_contents")}
+_DTYPES = {"rows": ("INT64", "<i8"), "scores": ("FP32", "<f4")}
 
 
 def _outputs(resp: ModelInferResponse, batch: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``rows`` and ``scores`` of a response (raw output contents, as Triton answers, or typed
-    contents); None when they are not there or their shapes are wrong."""
+    """``rows`` and ``scores`` of a response in raw output contents (how Triton and the local predictor
+    answer over gRPC); None when they are not there or their shapes are wrong."""
     got = {}
     raw = resp.raw_output_contents
     for i, o in enumerate(resp.outputs):
         want = _DTYPES.get(o.name)
         if want is None or o.datatype != want[0]:
             continue
-        if raw:
-            if i >= len(raw):
-                return None
-            arr = np.frombuffer(raw[i], dtype=want[1])
-        else:
-            arr = np.asarray(getattr(o.contents, want[2]), dtype=want[1])
+        if i >= len(raw):
+            return None
+        arr = np.frombuffer(raw[i], dtype=want[1])
         shape = tuple(int(d) for d in o.shape)
         if len(shape) != 2 or shape[0] != batch or arr.size != shape[0] * shape[1]:
             return None

@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         model.load()
     except (ValueError, RoutingError, FileNotFoundError) as e:
         raise SystemExit(f"linkedout transformer: {e}") from None
-    # what start-up made (kserve, Feast, the catalogues: ~10^6 objects) is never garbage: moved out of
-    # the collector's sight, so the collections the requests trigger do not walk it (p99 pauses)
+    # what start-up made (kserve, Feast, the catalogues) is never garbage: moved out of the collector's
+    # sight, so the full collections that requests trigger do not walk it
     gc.collect()
     gc.freeze()
     started = time.monotonic()
