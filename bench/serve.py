@@ -241,6 +241,10 @@ def scrape(url: str) -> dict[str, float]:
         for kind in ("sum", "count"):
             vals = [float(m.group(1)) for m in re.finditer(rf"^{name}_{kind}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)]
             out[f"{name}_{kind}"] = sum(vals)
+    for call in ("feast", "triton"):  # requests per coalesced call (linkedout.serving.batching)
+        for kind in ("sum", "count"):
+            m = re.search(rf'^linkedout_coalesced_batch_size_{kind}{{call="{call}"}} ([0-9.e+-]+)$', text, re.M)
+            out[f"coalesced_{call}_{kind}"] = float(m.group(1)) if m else 0.0
     return out
 
 
@@ -344,12 +348,52 @@ def warm_up(url: str, users: int, rng: np.random.Generator, attempts: int = 5) -
             time.sleep(1)
 
 
-def measure(url: str, args: argparse.Namespace, rng: np.random.Generator, seed: int) -> dict[str, float]:
-    """One run against one server: one client (p50, p99), then ``--clients`` in flight (rps, p50, p99)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of ``pids`` and all their descendants (Triton's backend stubs), from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    mine = set(pids)
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in mine} - mine
+        grew = bool(more)
+        mine |= more
+    return sum(times.get(pid, 0.0) for pid in mine)
+
+
+def measure(url: str, pids: list[int], args: argparse.Namespace, rng: np.random.Generator, seed: int,
+            metrics_url: str | None = None) -> dict[str, float]:
+    """One run against one server: one client (p50, p99), then ``--clients`` in flight (rps, p50, p99, the
+    CPU per request of the servers ``pids`` and of this client process, and with ``metrics_url`` the
+    transformer's requests per coalesced Feast read and Triton call)."""
     times = one_client(url, args.users, args.requests, rng)
+    before = scrape(metrics_url) if metrics_url else {}
+    server0, front0, client0 = cpu_seconds(pids), cpu_seconds(pids[:1]), time.process_time()
     done, elapsed, loaded = asyncio.run(_concurrent(url, args.users, args.clients, args.seconds, seed=seed))
-    return {"one_client_p50_ms": pct(times, 50), "one_client_p99_ms": pct(times, 99),
-            "rps": done / elapsed, "p50_ms": pct(loaded, 50), "p99_ms": pct(loaded, 99)}
+    server_cpu, client_cpu = cpu_seconds(pids) - server0, time.process_time() - client0
+    front_cpu = cpu_seconds(pids[:1]) - front0
+    coalesced = {}
+    if metrics_url:
+        after = scrape(metrics_url)
+        for call in ("feast", "triton"):
+            n = after[f"coalesced_{call}_count"] - before[f"coalesced_{call}_count"]
+            coalesced[f"requests_per_{call}_call"] = (after[f"coalesced_{call}_sum"]
+                                                      - before[f"coalesced_{call}_sum"]) / max(1.0, n)
+    return {**coalesced, "one_client_p50_ms": pct(times, 50), "one_client_p99_ms": pct(times, 99),
+            "rps": done / elapsed, "p50_ms": pct(loaded, 50), "p99_ms": pct(loaded, 99),
+            "server_cpu_ms_per_request": 1000 * server_cpu / max(1, done),
+            "front_server_cpu_ms_per_request": 1000 * front_cpu / max(1, done),
+            "client_cpu_ms_per_request": 1000 * client_cpu / max(1, done)}
 
 
 def where_time_goes(url: str, metrics_url: str, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, float]:
@@ -419,22 +463,28 @@ def main() -> int:
     results["setup"]["model_server"] = stack.info["model_server"]["kind"]
     triton_url = stack.info["model_server"]["grpc"].split("://")[-1]
     urls = {"linkedout": stack.info["transformer"]["grpc"]}
+    pids = {"linkedout": [stack.info["transformer"]["pid"], stack.info["model_server"]["pid"]]}
     floors: dict[str, Floor] = {}
     identity_triton = None
     print(f"stack up in {results['setup']['stack_start_s']:.1f} s ({results['setup']['model_server']})", flush=True)
     try:
         floors, identity_triton = start_floors(args.workdir)
         urls.update({name: f.url for name, f in floors.items()})
+        pids.update({"bare_kserve": [floors["bare_kserve"].proc.pid],
+                     "two_hop": [floors["two_hop"].proc.pid, identity_triton.pid]})
         for url in urls.values():
             warm_up(url, args.users, rng)
         per_run: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         for r in range(args.runs):  # interleaved: drifts in the machine's load hit all three alike
             for name, url in urls.items():
-                per_run[name].append(measure(url, args, rng, seed=r))
+                per_run[name].append(measure(url, pids[name], args, rng, seed=r, metrics_url=(
+                    stack.info["transformer"]["metrics"] if name == "linkedout" else None)))
                 m = per_run[name][-1]
                 print(f"  run {r + 1} {name:>11}: 1 client p50 {m['one_client_p50_ms']:.2f} ms p99 "
                       f"{m['one_client_p99_ms']:.2f} ms | {args.clients} clients {m['rps']:.0f} req/s "
-                      f"p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms", flush=True)
+                      f"p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms | CPU per request: server "
+                      f"{m['server_cpu_ms_per_request']:.2f} ms, client {m['client_cpu_ms_per_request']:.2f} ms",
+                      flush=True)
         figures = {name: {k: med([run[k] for run in runs]) for k in runs[0]} for name, runs in per_run.items()}
         results["figures"] = figures
         results["per_run"] = per_run
@@ -469,11 +519,18 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\n== serving at {args.videos:,} videos, {args.users:,} users ({results['setup']['model_server']}, "
           f"{os.cpu_count()} CPUs, no GPU; medians of {args.runs} interleaved runs; {args.clients} clients for "
           f"{args.seconds:.0f} s, {args.requests} one-client requests per run)")
-    print(f"{'':>12} {'1 client p50':>13} {'p99':>8} {'req/s':>8} {'p50':>8} {'p99':>8}")
+    print(f"{'':>12} {'1 client p50':>13} {'p99':>8} {'req/s':>8} {'p50':>8} {'p99':>8} {'CPU/req server':>15} "
+          f"{'client':>7}")
     for name in ("linkedout", "bare_kserve", "two_hop"):
         m = f[name]
         print(f"{name:>12} {m['one_client_p50_ms']:>10.2f} ms {m['one_client_p99_ms']:>5.2f} ms {m['rps']:>8.0f} "
-              f"{m['p50_ms']:>5.2f} ms {m['p99_ms']:>5.2f} ms")
+              f"{m['p50_ms']:>5.2f} ms {m['p99_ms']:>5.2f} ms {m['server_cpu_ms_per_request']:>12.2f} ms "
+              f"{m['client_cpu_ms_per_request']:>4.2f} ms")
+    a = f["linkedout"]
+    print("of the servers' CPU per request, the KServe process the client calls: " + ", ".join(
+        f"{n} {f[n]['front_server_cpu_ms_per_request']:.2f} ms" for n in ("linkedout", "bare_kserve", "two_hop")))
+    print(f"under load, requests per call: {a['requests_per_triton_call']:.2f} per Triton call, "
+          f"{a['requests_per_feast_call']:.2f} per Feast read")
     r = t["ratios"]
     print(f"ratios: throughput {r['rps_vs_bare']:.2f}x bare (target >= {TARGETS['rps_vs_bare']}), "
           f"{r['rps_vs_two_hop']:.2f}x two-hop (>= {TARGETS['rps_vs_two_hop']}); p99 {r['p99_vs_bare']:.2f}x bare "
