@@ -162,6 +162,32 @@ def test_an_add_writes_the_new_rows_and_the_manifest_only(table: np.ndarray, tmp
     assert after["added-0.f32"][0] == 2 * D * 4
 
 
+PAYLOAD = np.dtype([("id", "<i8"), ("gate", "<f4", (3,))])
+
+
+def test_added_rows_carry_their_records_through_reload_save_and_refresh(table: np.ndarray, tmp_path: Path) -> None:
+    index = RetrievalIndex.build(table, full_probe("ivf_sq8"), payload_dtype=PAYLOAD)
+    index.save(tmp_path)
+    reader = RetrievalIndex.load(tmp_path)
+    rec = np.zeros(2, dtype=PAYLOAD)
+    rec["id"], rec["gate"] = [70, 71], [[1, 2, 3], [4, 5, 6]]
+    assert index.add(table[:2], rec).tolist() == [3001, 3002]
+    assert index.payload_from == 3001 and index.added_payload()["id"].tolist() == [70, 71]
+    assert reader.refresh() == 2 and reader.added_payload()["id"].tolist() == [70, 71]
+    with pytest.raises(RetrievalIndexError, match="payload must be"):
+        index.add(table[:1], rec)  # two records for one row
+    with pytest.raises(RetrievalIndexError, match="needs a payload"):
+        index.add(table[:1])
+    index.save(tmp_path)  # a new generation: the added rows join the table, their records stay
+    rec2 = np.zeros(1, dtype=PAYLOAD)
+    rec2["id"] = 72
+    index.add(table[:1], rec2)
+    again = RetrievalIndex.load(tmp_path)
+    assert again.num_rows == 3003 and again.added_payload()["id"].tolist() == [70, 71, 72]
+    np.testing.assert_array_equal(again.added_payload()["gate"][1], [4, 5, 6])
+    assert reader.refresh() == 1 and reader.added_payload()["id"].tolist() == [70, 71, 72]
+
+
 def test_save_and_load_round_trip(table: np.ndarray, users: np.ndarray, tmp_path: Path) -> None:
     settings = IndexSettings(kind="ivf_sq8", nlist=32, nprobe=8, candidates=50)
     index = RetrievalIndex.build(table, settings)

@@ -132,6 +132,12 @@ class RetrievalIndex:
         self._ann = ann  # faiss index of every row (faiss id = row - 1), or None for the exact kind
         self._removed = np.empty(0, dtype=np.int64)  # sorted tombstoned rows
         self._selector: tuple[Any, ...] = ()  # faiss selectors of the live rows (kept alive here)
+        # per-row records of the rows from ``payload_from`` on (what the catalogue knows of each added video):
+        # a structured array grown like ``_extra``, or no payload at all (dtype None)
+        self.payload_dtype: np.dtype | None = None
+        self.payload_from = 0
+        self._payload: np.ndarray = np.empty(0)
+        self._n_payload = 0
         self._dir: Path | None = None  # the directory this index is saved in and appends to
         self._gen = -1
         self._removed_seen = 0  # entries of the removed file read (duplicates included)
@@ -139,10 +145,14 @@ class RetrievalIndex:
     # ------------------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, settings: IndexSettings | None = None) -> RetrievalIndex:
+    def build(cls, embeddings: np.ndarray, settings: IndexSettings | None = None, *,
+              payload_dtype: np.dtype | None = None) -> RetrievalIndex:
         """An index of ``embeddings`` (N, d) float32 (row r = ``embeddings[r-1]``), in memory until ``save``.
 
-        The array is used as is when already float32 and C-contiguous (not copied).
+        The array is used as is when already float32 and C-contiguous (not copied). With
+        ``payload_dtype`` (a structured numpy dtype), every row added later carries one record of it,
+        appended and committed with the row (``add``, ``added_payload``): the catalogue keeps what it
+        knows of an added video there, so that a crash never leaves a row without its record.
         """
         settings = settings or IndexSettings()
         table = _check_vectors(embeddings, None, "embeddings")
@@ -164,7 +174,16 @@ class RetrievalIndex:
         if ann is not None:
             for lo in range(0, n, _ADD_BLOCK):
                 ann.add(np.ascontiguousarray(table[lo:lo + _ADD_BLOCK]))
-        return cls(table, settings, kind, ann, nlist)
+        index = cls(table, settings, kind, ann, nlist)
+        if payload_dtype is not None:
+            index._set_payload(np.dtype(payload_dtype), n + 1)
+        return index
+
+    def _set_payload(self, dtype: np.dtype, first: int) -> None:
+        if dtype.names is None:
+            raise RetrievalIndexError(f"payload_dtype must be a structured dtype (named fields), got {dtype}")
+        self.payload_dtype, self.payload_from = dtype, first
+        self._payload, self._n_payload = np.empty(0, dtype=dtype), 0
 
     # ------------------------------------------------------------------------------ reading
 
@@ -301,49 +320,95 @@ class RetrievalIndex:
 
     # ------------------------------------------------------------------------------ changing
 
-    def add(self, embeddings: np.ndarray) -> np.ndarray:
+    def add(self, embeddings: np.ndarray, payload: np.ndarray | None = None) -> np.ndarray:
         """Append rows (M, d) float32 and return their row numbers (M,) int64 (the next ones).
 
-        A saved index appends them to its directory first (the added file, then the manifest):
-        O(M) bytes, visible to other processes after their ``refresh``.
+        ``payload``: their M records, required when the index has a ``payload_dtype`` (and refused
+        otherwise). A saved index appends them to its directory first (``append_to``: O(M) bytes,
+        visible to other processes after their ``refresh``) and then reads back what changed there.
         """
         x = _check_vectors(embeddings, self.dim, "embeddings")
+        rec = _checked_payload(self.payload_dtype, payload, x.shape[0])
         if self._dir is not None:
-            with writer_lock(self._dir):
-                self._refresh_unlocked()
-                append_at(self._dir / generation_files(self._gen)["added"], x, self._n_extra * self.dim * 4)
-                self._write_manifest(self._dir, added=self._n_extra + x.shape[0], removed=self._removed_seen)
+            rows = RetrievalIndex.append_to(self._dir, x, rec)
+            self._refresh_unlocked()
+            return rows
         first = self.num_rows + 1
-        self._extend(x)
+        self._extend(x, rec)
         return np.arange(first, first + x.shape[0], dtype=np.int64)
+
+    @staticmethod
+    def append_to(directory: str | os.PathLike[str], embeddings: np.ndarray,
+                  payload: np.ndarray | None = None) -> np.ndarray:
+        """Append rows (and their records) to the index saved in ``directory`` without loading it; their rows.
+
+        Under the writer lock: the added file, the payload file, then the manifest (the commit). Bytes
+        written: M rows and M records, whatever the index's size. A writer killed before the manifest
+        leaves the previous state.
+        """
+        d = Path(directory)
+        with writer_lock(d):
+            doc = read_manifest(d)
+            dim, base, added = int(doc["dim"]), int(doc["base_rows"]), int(doc["added_rows"])
+            x = _check_vectors(embeddings, dim, "embeddings")
+            pdoc = doc.get("payload")
+            rec = _checked_payload(dtype_from_json(pdoc["dtype"]) if pdoc else None, payload, x.shape[0])
+            files = generation_files(int(doc["generation"]))
+            append_at(d / files["added"], x, added * dim * 4)
+            if rec is not None and pdoc:
+                records = base + added + 1 - int(pdoc["from"])
+                append_at(d / files["payload"], rec, records * rec.dtype.itemsize)
+            write_manifest(d, {**doc, "added_rows": added + x.shape[0]})
+        first = base + added + 1
+        return np.arange(first, first + x.shape[0], dtype=np.int64)
+
+    @staticmethod
+    def remove_from(directory: str | os.PathLike[str], rows: np.ndarray | Sequence[int]) -> None:
+        """Tombstone live ``rows`` of the index saved in ``directory`` without loading it (O(rows) bytes)."""
+        d = Path(directory)
+        r = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if r.size == 0:
+            return
+        if len(np.unique(r)) != r.size:
+            raise RetrievalIndexError("the rows to remove hold duplicates")
+        with writer_lock(d):
+            doc = read_manifest(d)
+            files = generation_files(int(doc["generation"]))
+            total, count = int(doc["base_rows"]) + int(doc["added_rows"]), int(doc["removed_count"])
+            gone = read_items(d / files["removed"], np.int64, 0, count)
+            bad = r[(r < 1) | (r > total) | np.isin(r, gone)]
+            if bad.size:
+                raise RetrievalIndexError(f"cannot remove rows that are not live rows 1..{total}: {bad[:10].tolist()}")
+            append_at(d / files["removed"], r, count * 8)
+            write_manifest(d, {**doc, "removed_count": count + r.size})
+
+    def added_payload(self) -> np.ndarray:
+        """The records of rows ``payload_from``..``num_rows``, in row order (a structured array, not a copy)."""
+        if self.payload_dtype is None:
+            raise RetrievalIndexError("this index carries no payload (built without payload_dtype)")
+        return self._payload[: self._n_payload]
 
     def remove(self, rows: np.ndarray | Sequence[int]) -> None:
         """Tombstone ``rows`` (1..num_rows, not yet removed): ``search`` never returns them again."""
         r = np.asarray(rows, dtype=np.int64).reshape(-1)
         if r.size == 0:
             return
+        if self._dir is not None:
+            RetrievalIndex.remove_from(self._dir, r)
+            self._refresh_unlocked()
+            return
         if len(np.unique(r)) != r.size:
             raise RetrievalIndexError("the rows to remove hold duplicates")
         bad = r[(r < 1) | (r > self.num_rows) | np.isin(r, self._removed)]
         if bad.size:
             raise RetrievalIndexError(f"cannot remove rows that are not live rows 1..{self.num_rows}: {bad[:10].tolist()}")
-        if self._dir is not None:
-            with writer_lock(self._dir):
-                self._refresh_unlocked()
-                append_at(self._dir / generation_files(self._gen)["removed"], r, self._removed_seen * 8)
-                self._write_manifest(self._dir, added=self._n_extra, removed=self._removed_seen + r.size)
-            self._removed_seen += r.size
         self._tombstone(r)
 
-    def _extend(self, x: np.ndarray) -> None:
-        """Rows ``x`` join the table (amortised O(M): the buffer doubles) and the ANN index."""
-        need = self._n_extra + x.shape[0]
-        if need > self._extra.shape[0]:
-            grown = np.empty((max(need, 2 * self._extra.shape[0], 16), self.dim), dtype=np.float32)
-            grown[: self._n_extra] = self._extra[: self._n_extra]
-            self._extra = grown
-        self._extra[self._n_extra:need] = x
-        self._n_extra = need
+    def _extend(self, x: np.ndarray, payload: np.ndarray | None = None) -> None:
+        """Rows ``x`` (and their records) join the table (amortised O(M): the buffers double) and the ANN index."""
+        self._extra, self._n_extra = _grown(self._extra, self._n_extra, x)
+        if payload is not None:
+            self._payload, self._n_payload = _grown(self._payload, self._n_payload, payload)
         if self._ann is not None:
             self._ann.add(np.ascontiguousarray(x))
 
@@ -370,6 +435,8 @@ class RetrievalIndex:
                 os.replace(tmp, d / files["ann"])
             atomic_write_bytes(d / files["added"], b"")
             atomic_write_bytes(d / files["removed"], self._removed.tobytes())
+            if self.payload_dtype is not None:
+                atomic_write_bytes(d / files["payload"], self.added_payload().tobytes())
             self._base = np.load(d / files["table"], mmap_mode="r")
             self._extra, self._n_extra = np.empty((0, self.dim), dtype=np.float32), 0
             self._dir, self._gen, self._removed_seen = d, gen, int(self._removed.size)
@@ -411,6 +478,16 @@ class RetrievalIndex:
                 raise RetrievalIndexError(f"{d / files['ann']} indexes {ann.ntotal} rows of dimension {ann.d}, "
                                           f"the manifest says {base_rows} of {dim}")
         index = cls(base, settings, kind, ann, int(doc.get("nlist", 0)))
+        payload = doc.get("payload")
+        if payload:
+            try:
+                index._set_payload(dtype_from_json(payload["dtype"]), int(payload["from"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise RetrievalIndexError(f"{d / MANIFEST}: malformed payload {payload!r}: {e}") from e
+            have = base_rows + 1 - index.payload_from  # base rows that carry a record (after a save)
+            if have > 0:
+                index._payload = read_items(d / files["payload"], index.payload_dtype, 0, have)
+                index._n_payload = have
         index._dir, index._gen = d, int(doc["generation"])
         index._catch_up(doc)
         return index
@@ -441,7 +518,9 @@ class RetrievalIndex:
         new = int(doc["added_rows"]) - self._n_extra
         if new > 0:
             x = read_items(self._dir / files["added"], np.float32, self._n_extra * self.dim, new * self.dim)
-            self._extend(x.reshape(new, self.dim))
+            rec = (read_items(self._dir / files["payload"], self.payload_dtype, self._n_payload, new)
+                   if self.payload_dtype is not None else None)
+            self._extend(x.reshape(new, self.dim), rec)
         gone = int(doc["removed_count"]) - self._removed_seen
         if gone > 0:
             self._tombstone(read_items(self._dir / files["removed"], np.int64, self._removed_seen, gone))
@@ -451,7 +530,9 @@ class RetrievalIndex:
     def _write_manifest(self, d: Path, *, added: int, removed: int) -> None:
         write_manifest(d, {"generation": self._gen, "kind": self.kind, "dim": self.dim, "nlist": self.nlist,
                            "base_rows": int(self._base.shape[0]), "added_rows": added, "removed_count": removed,
-                           "settings": asdict(self.settings)})
+                           "settings": asdict(self.settings),
+                           "payload": None if self.payload_dtype is None else
+                           {"dtype": dtype_to_json(self.payload_dtype), "from": self.payload_from}})
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -486,6 +567,41 @@ def _check_vectors(x: Any, dim: int | None, name: str) -> np.ndarray:
     if not all(np.isfinite(arr[lo:lo + (1 << 18)]).all() for lo in range(0, arr.shape[0], 1 << 18)):
         raise RetrievalIndexError(f"{name} holds non-finite values")
     return arr
+
+
+def _checked_payload(dtype: np.dtype | None, payload: np.ndarray | None, m: int) -> np.ndarray | None:
+    """``payload`` as M contiguous records of ``dtype`` (None without a payload); an error naming the mismatch."""
+    if dtype is None:
+        if payload is not None:
+            raise RetrievalIndexError("this index carries no payload (built without payload_dtype)")
+        return None
+    if payload is None:
+        raise RetrievalIndexError(f"this index needs a payload record per added row ({dtype})")
+    rec = np.ascontiguousarray(payload)
+    if rec.dtype != dtype or rec.shape != (m,):
+        raise RetrievalIndexError(f"payload must be ({m},) of {dtype}, got {rec.shape} of {rec.dtype}")
+    return rec
+
+
+def _grown(buf: np.ndarray, used: int, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``x`` written after the first ``used`` items of ``buf`` (a new buffer of double size when full)."""
+    need = used + x.shape[0]
+    if need > buf.shape[0]:
+        grown = np.empty((max(need, 2 * buf.shape[0], 16), *x.shape[1:]), dtype=x.dtype)
+        grown[:used] = buf[:used]
+        buf = grown
+    buf[used:need] = x
+    return buf, need
+
+
+def dtype_to_json(dtype: np.dtype) -> list[list[Any]]:
+    """A structured dtype as JSON lists (``dtype_from_json`` reads it back)."""
+    fields: Any = dtype.fields or {}
+    return [[name, fields[name][0].base.str, list(fields[name][0].shape)] for name in dtype.names or ()]
+
+
+def dtype_from_json(doc: list[list[Any]]) -> np.dtype:
+    return np.dtype([(str(name), str(base), tuple(int(s) for s in shape)) for name, base, shape in doc])
 
 
 def _top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,8 @@ A directory holds, for its current generation ``g``:
 - ``ann-g.faiss``: the faiss index of those rows (ANN kinds only);
 - ``added-g.f32``: rows added since, appended raw (d float32 each);
 - ``removed-g.i64``: removed rows (tombstones), appended raw (int64 each);
+- ``payload-g.bin``: with a payload, the records of the rows from the manifest's ``payload.from`` on,
+  appended raw with their rows (the manifest names their structured dtype);
 - ``manifest.json``: the format, the generation, the files, the kind, the settings and how many rows
   of ``added-g.f32`` and entries of ``removed-g.i64`` are valid; replaced atomically (a temporary
   file, then ``os.replace``);
@@ -45,7 +47,7 @@ class RetrievalIndexError(ValueError):
 def generation_files(gen: int) -> dict[str, str]:
     """The file names of generation ``gen``: ``table``, ``ann``, ``added``, ``removed``."""
     return {"table": f"table-{gen}.npy", "ann": f"ann-{gen}.faiss", "added": f"added-{gen}.f32",
-            "removed": f"removed-{gen}.i64"}
+            "removed": f"removed-{gen}.i64", "payload": f"payload-{gen}.bin"}
 
 
 def read_manifest(d: Path) -> dict[str, Any]:
@@ -81,7 +83,7 @@ def append_at(path: Path, x: np.ndarray, offset: int) -> None:
         os.fsync(f.fileno())
 
 
-def read_items(path: Path, dtype: type, offset: int, count: int) -> np.ndarray:
+def read_items(path: Path, dtype: Any, offset: int, count: int) -> np.ndarray:
     """``count`` items of ``dtype`` from item ``offset`` of a raw file; an error if the file holds fewer."""
     arr: np.ndarray = np.fromfile(path, dtype=dtype, count=count, offset=offset * np.dtype(dtype).itemsize)
     if arr.size != count:
@@ -108,7 +110,7 @@ def remove_stale(d: Path, gen: int) -> None:
     (call it holding ``writer_lock``)."""
     keep = set(generation_files(gen).values())
     for f in d.iterdir():
-        old = f.name not in keep and f.name.split("-")[0] in ("table", "ann", "added", "removed")
+        old = f.name not in keep and f.name.split("-")[0] in ("table", "ann", "added", "removed", "payload")
         if old or (f.name.startswith(".") and f.name.endswith(".tmp")):
             f.unlink(missing_ok=True)
 
