@@ -19,8 +19,8 @@ a, b, c, ...): one client, ``--requests`` sequential requests (p50, p99); then `
 requests in flight (``tritonclient.grpc.aio``) for ``--seconds`` s (requests/s, p50, p99). Reports
 the medians over ``--runs`` runs, the ratios (a)/(b) and (a)/(c) against issue 18's targets, and
 beside them: the predictor alone (the ranker on Triton, directly), Feast alone (the transformer's
-history read in process), where one request's time goes (the transformer's Prometheus histograms),
-and with ``--sizes`` the ranker alone in onnxruntime at larger catalogues. Writes
+history read in process) and where one request's time goes (the transformer's Prometheus histograms:
+Feast, Triton, retrieval); larger catalogues are bench/scale.py's. Writes
 ``bench/results/serve.json``. Every server listens on 127.0.0.1; every load loop is bounded in count
 and time.
 """
@@ -71,7 +71,7 @@ def build(workdir: Path, videos: int, users: int, seed: int = 0) -> dict[str, An
     repo_dir = workdir / "model_repository"
     feast_dir = workdir / "feast"
     stamp = workdir / "built.json"
-    want = {"videos": videos, "users": users, "seed": seed}
+    want = {"videos": videos, "users": users, "seed": seed, "catalogue_format": 2}
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         print(f"reusing {workdir} ({videos:,} videos, {users:,} users)", flush=True)
         return want
@@ -165,12 +165,14 @@ def predictor_alone(url: str, videos: int, n: int, rng: np.random.Generator) -> 
 
     client = g.InferenceServerClient(url)
     hist = g.InferInput("history", [1, 10], "INT64")
-    out = [g.InferRequestedOutput("rows"), g.InferRequestedOutput("scores")]
+    emb = g.InferInput("history_emb", [1, 10, 64], "FP32")
+    out = [g.InferRequestedOutput("user")]
     times = []
     for _ in range(n):
         hist.set_data_from_numpy(rng.integers(1, videos + 1, size=(1, 10)).astype(np.int64))
+        emb.set_data_from_numpy(rng.standard_normal((1, 10, 64)).astype(np.float32))
         t0 = time.perf_counter()
-        client.infer("linkedout_ranker", [hist], outputs=out)
+        client.infer("linkedout_ranker", [hist, emb], outputs=out)
         times.append((time.perf_counter() - t0) * 1000)
     client.close()
     return times
@@ -190,54 +192,13 @@ def feast_alone(feast_dir: Path, users: int, n: int, rng: np.random.Generator) -
     return times
 
 
-def ranker_sizes(repo_dir: Path, sizes: list[int], n: int, runs: int) -> dict[str, Any]:
-    """onnxruntime in process: the served ranker graph with tables of each size."""
-    import onnx
-    import onnxruntime as ort
-
-    from linkedout.export import Catalog
-    from linkedout.export.update import swap_catalog_table
-
-    base = repo_dir / "linkedout_ranker" / "1"
-    out: dict[str, Any] = {}
-    rng = np.random.default_rng(3)
-    for size in sizes:
-        d = 64
-        cat = Catalog(ids=np.arange(size), embeddings=rng.standard_normal((size, d)).astype(np.float32) * 0.1,
-                      gate=np.zeros((size, 0)), contributions=np.zeros((size, 0)),
-                      popularity=np.zeros(size), published=np.zeros(size))
-        proto = swap_catalog_table(onnx.load(str(base / "model.onnx")), cat)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 2
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        del proto
-        row: dict[str, Any] = {}
-        for batch in (1, 8):
-            p50s = []
-            for _ in range(runs):
-                times = []
-                for _ in range(n):
-                    h = rng.integers(1, size + 1, size=(batch, 10)).astype(np.int64)
-                    t0 = time.perf_counter()
-                    sess.run(["rows", "scores"], {"history": h})
-                    times.append((time.perf_counter() - t0) * 1000)
-                p50s.append(pct(times, 50))
-            row[f"batch{batch}_p50_ms"] = med(p50s)
-        out[str(size)] = row
-        print(f"  ranker alone, {size:>9,} videos: 1 user {row['batch1_p50_ms']:.2f} ms, "
-              f"8 users {row['batch8_p50_ms']:.2f} ms (p50, onnxruntime, 2 threads)", flush=True)
-        del sess
-    return out
-
-
 def scrape(url: str) -> dict[str, float]:
     """Sums and counts of the transformer's latency histograms."""
     with urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for name in ("linkedout_request_latency_seconds", "linkedout_feast_latency_seconds",
-                 "linkedout_triton_latency_seconds"):
+                 "linkedout_triton_latency_seconds", "linkedout_retrieval_latency_seconds"):
         for kind in ("sum", "count"):
             vals = [float(m.group(1)) for m in re.finditer(rf"^{name}_{kind}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)]
             out[f"{name}_{kind}"] = sum(vals)
@@ -406,9 +367,12 @@ def where_time_goes(url: str, metrics_url: str, args: argparse.Namespace, rng: n
     parts = {"client_mean_ms": float(np.mean(times)),
              "transformer_ms": 1000 * d["linkedout_request_latency_seconds_sum"] / n,
              "feast_ms": 1000 * d["linkedout_feast_latency_seconds_sum"] / max(1.0, d["linkedout_feast_latency_seconds_count"]),
-             "triton_ms": 1000 * d["linkedout_triton_latency_seconds_sum"] / max(1.0, d["linkedout_triton_latency_seconds_count"])}
+             "triton_ms": 1000 * d["linkedout_triton_latency_seconds_sum"] / max(1.0, d["linkedout_triton_latency_seconds_count"]),
+             "retrieval_ms": 1000 * d["linkedout_retrieval_latency_seconds_sum"]
+             / max(1.0, d["linkedout_retrieval_latency_seconds_count"])}
     parts["kserve_hop_and_client_ms"] = parts["client_mean_ms"] - parts["transformer_ms"]
-    parts["transformer_own_code_ms"] = parts["transformer_ms"] - parts["feast_ms"] - parts["triton_ms"]
+    parts["transformer_own_code_ms"] = (parts["transformer_ms"] - parts["feast_ms"] - parts["triton_ms"]
+                                        - parts["retrieval_ms"])
     return parts
 
 
@@ -440,7 +404,6 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=1000, help="requests per single-client run")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per throughput run")
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--sizes", default="", help="catalogue sizes for the ranker alone (e.g. 20000,100000,1000000)")
     p.add_argument("--prefer", choices=("triton", "kserve"), default="triton")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = p.parse_args()
@@ -501,9 +464,6 @@ def main() -> int:
         if identity_triton is not None:
             identity_triton.stop()
         stack.stop()
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    if sizes:
-        results["ranker_alone"] = ranker_sizes(args.workdir / "model_repository", sizes, n=200, runs=min(args.runs, 3))
     results["targets"] = {**TARGETS, **verdict(results["figures"])}
     report(results, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -539,7 +499,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"predictor alone p50 {results['predictor_alone']['p50_ms']:.2f} ms; feast alone p50 "
           f"{results['feast_alone']['p50_ms']:.3f} ms")
     print(f"where one client's {w['client_mean_ms']:.2f} ms (mean) go: Feast {w['feast_ms']:.2f}, Triton call "
-          f"{w['triton_ms']:.2f}, transformer's own code {w['transformer_own_code_ms']:.2f}, KServe gRPC hop + client "
+          f"{w['triton_ms']:.2f}, retrieval {w['retrieval_ms']:.2f}, transformer's own code {w['transformer_own_code_ms']:.2f}, KServe gRPC hop + client "
           f"{w['kserve_hop_and_client_ms']:.2f}")
     print("targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in t["met"].items()))
 

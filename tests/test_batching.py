@@ -207,10 +207,10 @@ class CountingRanker(OnnxRanker):
         super().__init__(repository)
         self.calls: list[int] = []
 
-    async def __call__(self, model: str, version: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def __call__(self, model: str, version: int, history: np.ndarray, history_emb: np.ndarray) -> np.ndarray:
         self.calls.append(len(history))
         await asyncio.sleep(0.005)  # a call takes a while: the next requests arrive meanwhile
-        return await super().__call__(model, version, history)
+        return await super().__call__(model, version, history, history_emb)
 
 
 class CountingStore(StoreHistories):

@@ -35,11 +35,15 @@ def test_videos_are_added_batch_after_batch(serving_repo: Any, repository: Path,
     second = add_videos([_video(toy, tmp_path, 9_000_002, like=1), _video(toy, tmp_path, 9_000_003, like=2)],
                         repository=repository, name="linkedout", features=str(toy.features), added_store=added,
                         check=False)
-    assert (first["version"], second["version"]) == (2, 3)
+    n = serving_repo.toy.split.num_items
+    assert (first["version"], second["version"]) == (1, 1)  # appended in place: no new version
+    assert first["rows"] == [n + 1] and second["rows"] == [n + 2, n + 3]
     assert second["added"] == [9_000_002, 9_000_003] and second["catalogue"] == first["catalogue"] + 2
-    catalog = Catalog.load(ModelRepository(repository).version_dir(ranker_name("linkedout"), 3))
+    assert ModelRepository(repository).versions(ranker_name("linkedout")) == [1]
+    catalog = Catalog.load(ModelRepository(repository).version_dir(ranker_name("linkedout"), 1))
     assert all(v in catalog for v in (9_000_001, 9_000_002, 9_000_003))
-    assert sorted(p.name for p in added.iterdir()) == ["v2", "v3"]  # each batch's shards, no staging left
+    # each batch's shards, no staging left
+    assert sorted(p.name for p in added.iterdir()) == [f"v1-row{n + 1}", f"v1-row{n + 2}"]
 
 
 def test_an_id_already_in_the_catalogue_is_refused_before_extraction(serving_repo: Any, repository: Path,
@@ -57,7 +61,7 @@ def test_an_id_already_in_the_catalogue_is_refused_before_extraction(serving_rep
     monkeypatch.undo()
     out = add_videos([_video(toy, tmp_path, 9_000_010)], repository=repository, name="linkedout",
                      features=str(toy.features), added_store=added, check=False)
-    assert out["version"] == 2  # the refused batch did not block the next one
+    assert out["rows"] == [serving_repo.toy.split.num_items + 1]  # the refused batch did not block the next one
 
 
 def test_a_batch_that_fails_leaves_nothing_and_the_catalogue_as_it_was(serving_repo: Any, repository: Path,
@@ -70,3 +74,5 @@ def test_a_batch_that_fails_leaves_nothing_and_the_catalogue_as_it_was(serving_r
                    added_store=added, check=False)
     assert list(added.iterdir()) == []
     assert ModelRepository(repository).latest(ranker_name("linkedout")) == 1
+    assert Catalog.load(ModelRepository(repository).version_dir(ranker_name("linkedout"), 1)).num_items == \
+        serving_repo.toy.split.num_items

@@ -34,7 +34,9 @@ from linkedout.export import (
     update_catalog,
 )
 from linkedout.export.checks import topk_mismatch
-from linkedout.export.graphs import EncoderGraph, RankerGraph, graph_spec_of
+from linkedout.export.graphs import EncoderGraph, full_scores, graph_spec_of
+from linkedout.export.index import IndexSettings, RetrievalIndex
+from linkedout.export.update import CatalogChange
 from linkedout.job.defaults import default_repository_configs
 from linkedout.shards import FeatureReader
 
@@ -105,28 +107,56 @@ def test_encoder_matches_pytorch_on_random_and_extracted_features(exported: Expo
     assert names == (["embedding", "gate", "contributions"] if model.needs_features else ["embedding"])
 
 
+def served_top_k(vdir: Path, hist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What serving does with a ranker version: the ONNX user states of ``hist``'s rows and their
+    embeddings, then the catalogue's index top-``k`` with the history masked: (rows, scores, users)."""
+    index = RetrievalIndex.load(vdir / "index")
+    (user,) = session(vdir / "model.onnx").run(None, {"history": hist, "history_emb": index.vectors(hist)})
+    rows, scores = index.search(user, k, hist)
+    return rows, scores, user
+
+
 def test_ranker_matches_pytorch_top_k_for_real_histories(exported: Exported) -> None:
     model, split = exported.model, exported.toy.split
     vdir = exported.repo.version_dir(ranker_name(exported.variant))
     catalog = Catalog.load(vdir)
-    sess = session(vdir / "model.onnx")
-    torch_ranker = RankerGraph(model, torch.from_numpy(catalog.table()), 20).eval()
     for hist in (split.test.histories, split.test.histories[:1], split.valid.histories[:37]):  # dynamic batch
-        rows, scores, user = sess.run(None, {"history": hist.astype(np.int64)})
+        hist = hist.astype(np.int64)
+        rows, scores, user = served_top_k(vdir, hist, 20)
         with torch.no_grad():
-            w_rows, w_scores, w_user = (x.numpy() for x in torch_ranker(torch.from_numpy(hist)))
-            w_full = torch_ranker.full_scores(torch.from_numpy(hist)).numpy()
+            w_full, w_user = (x.numpy() for x in full_scores(model, torch.from_numpy(catalog.embeddings),
+                                                             torch.from_numpy(hist)))
+        w_rows = np.argsort(-w_full, axis=1, kind="stable")[:, :20]
         assert rows.shape == scores.shape == (len(hist), 20)
         if exported.variant == "popularity":  # equal counts tie: any order of the tied rows is right
             assert topk_mismatch(rows, scores, w_full, TOL) is None
         else:
             assert np.array_equal(rows, w_rows)
-        assert np.abs(scores - w_scores).max() <= TOL
+        assert np.abs(scores - np.take_along_axis(w_full, w_rows, 1)).max() <= TOL
         assert np.abs(user - w_user).max() <= TOL
         # never the padding row, never a video of the history
         assert (rows > 0).all()
         for h, r in zip(hist, rows):
             assert not set(h[h > 0].tolist()) & set(r.tolist())
+    assert exported.result.checks["ranker_topk_agreement"] > 0.9
+
+
+def test_an_ann_catalogue_gives_the_exact_answers_where_it_probes_everything(toy: Toy, tmp_path: Path) -> None:
+    """Exact brute force and the ANN index over one catalogue: the same rows and scores where the ANN
+    search covers the catalogue (here an IVF index of one list); the export records its recall."""
+    model = build_variant("linkedout", toy)
+    repo = ModelRepository(tmp_path / "repo")
+    common = dict(item_ids=toy.split.item_ids, item_features=toy.item_features, popularity=toy.split.item_counts)
+    exact = export_model(model, repo, **common, config=ExportConfig(name="exact", max_k=10))
+    ann = export_model(model, repo, **common, config=ExportConfig(
+        name="ann", max_k=10, index=IndexSettings(kind="ivf_flat", nlist=1, nprobe=1)))
+    assert "ranker_ann_recall" not in exact.checks and ann.checks["ranker_ann_recall"] == 1.0
+    assert json.loads((repo.version_dir("ann_ranker") / "catalog.json").read_text())["index"]["kind"] == "ivf_flat"
+    hist = toy.split.test.histories.astype(np.int64)
+    got = served_top_k(repo.version_dir("ann_ranker"), hist, 10)
+    want = served_top_k(repo.version_dir("exact_ranker"), hist, 10)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_catalogue_holds_the_model_item_table(exported: Exported) -> None:
@@ -252,66 +282,70 @@ def test_another_configuration_under_the_same_name_is_refused_unless_replaced(
 # ------------------------------------------------------------------------------------- live catalogue
 
 
-def test_update_catalog_adds_and_removes_videos_without_retraining(
+def test_update_catalog_adds_and_removes_videos_in_place_without_retraining(
         toy: Toy, linkedout_repo: tuple[Any, ModelRepository]) -> None:
     model, repo = linkedout_repo
-    parent = Catalog.load(repo.version_dir("lo_ranker", 1))
+    vdir = repo.version_dir("lo_ranker", 1)
+    parent = Catalog.load(vdir)
+    before = {p.relative_to(vdir): p.read_bytes() for p in vdir.rglob("*") if p.is_file()}
     reader = FeatureReader(toy.features)
     twin_of = [str(i) for i in parent.ids[:3]]
     feats = reader.get_many(twin_of)  # new videos whose content equals three known ones
     gone = int(parent.ids[-1])
-    version, catalog = update_catalog(repo, "lo", add_ids=[900001, 900002, 900003], add_features=feats,
-                                      remove_ids=[gone], add_published=np.array([7, 8, 9]))
-    assert version == 2 and repo.versions("lo_ranker") == [1, 2]
-    assert repo.versions("lo_encoder") == [1]  # the encoder did not change
-    assert Catalog.load(repo.version_dir("lo_ranker", 1)).num_items == parent.num_items  # parent untouched
-    assert catalog.num_items == parent.num_items + 3 - 1
+    change = update_catalog(repo, "lo", add_ids=[900001, 900002, 900003], add_features=feats,
+                            remove_ids=[gone], add_published=np.array([7, 8, 9]))
+    n = parent.num_items
+    assert change == CatalogChange(1, [n + 1, n + 2, n + 3], [n], n + 3 - 1)
+    assert repo.versions("lo_ranker") == [1] and repo.versions("lo_encoder") == [1]  # no new version
+    # in place: appended to the index's added rows, records and tombstones, committed by its manifest;
+    # the graph, the exported columns and the index's table are not rewritten
+    after = {p.relative_to(vdir): p.read_bytes() for p in vdir.rglob("*") if p.is_file()}
+    changed = sorted(str(f) for f in after if after[f] != before.get(f))
+    assert changed == ["index/added-0.f32", "index/manifest.json", "index/payload-0.bin", "index/removed-0.i64"]
+    d = parent.dim
+    assert len(after[Path("index/added-0.f32")]) == 3 * d * 4 and len(after[Path("index/removed-0.i64")]) == 8
+    catalog = Catalog.load(vdir)
+    assert catalog.num_items == n + 3 - 1
     assert gone not in catalog and 900002 in catalog
-    assert catalog.meta["added"] == [900001, 900002, 900003] and catalog.meta["removed"] == [gone]
     assert catalog.published[-3:].tolist() == [7, 8, 9] and catalog.popularity[-3:].tolist() == [0, 0, 0]
+    assert catalog.gate.shape == (n + 2, 6) and np.allclose(catalog.gate[-3:].sum(1), 1.0, atol=1e-5)
     # an ID-free model encodes a new video exactly like the known video with the same content
     assert np.abs(catalog.embeddings[-3:] - parent.embeddings[:3]).max() <= TOL
-    sess = session(repo.version_dir("lo_ranker", 2) / "model.onnx")
-    hist = catalog.rows_of([int(i) for i in parent.ids[3:13]])[None, :]  # (1, 10)
-    rows, scores, _ = sess.run(None, {"history": hist})
-    ranked = catalog.ids_of(rows[0]).tolist()
-    assert gone not in ranked
-    meta = json.loads((repo.version_dir("lo_ranker", 2) / "catalog.json").read_text())
-    assert meta["parent_version"] == 1 and meta["encoder_version"] == 1
-    torch_ranker = RankerGraph(model, torch.from_numpy(catalog.table()), 10).eval()
+    # served: the removed video never comes back, a new twin scores exactly as its original
+    hist = np.arange(4, 14, dtype=np.int64)[None, :]  # rows of videos 4..13 of the export
+    rows, scores, _ = served_top_k(vdir, hist, n - 8)  # every live video not in the history
+    assert n not in rows[0].tolist() and {n + 1, n + 2, n + 3} <= set(rows[0].tolist())
+    got = dict(zip(rows[0].tolist(), scores[0].tolist()))
+    for twin, original in zip((n + 1, n + 2, n + 3), (1, 2, 3)):
+        assert abs(got[twin] - got[original]) <= TOL
     with torch.no_grad():
-        w_rows, w_scores, _ = torch_ranker(torch.from_numpy(hist))
-    assert np.abs(scores - w_scores.numpy()).max() <= TOL
-    # the rows agree but where two videos of the same content (a new twin and its original) tie: the
-    # order of near-equal scores is onnxruntime's or torch's own
-    table = catalog.table()
-    assert np.abs(table[rows[0]] - table[w_rows.numpy()[0]]).max() <= TOL
-    # a new twin scores exactly as its original
-    _, _, user = sess.run(None, {"history": hist})
-    table = catalog.table()
-    twins = catalog.rows_of([900001, 900002, 900003])
-    originals = catalog.rows_of([int(i) for i in twin_of])
-    assert np.abs(user[0] @ table[twins].T - user[0] @ table[originals].T).max() <= TOL
+        w_full, _ = full_scores(model, torch.from_numpy(parent.embeddings), torch.from_numpy(hist))
+    assert np.abs(got[1] - float(w_full[0, 1])) <= TOL
 
 
-def test_update_catalog_errors_name_the_problem_and_publish_nothing(
+def test_update_catalog_errors_name_the_problem_and_write_nothing(
         toy: Toy, linkedout_repo: tuple[Any, ModelRepository]) -> None:
     _, repo = linkedout_repo
-    known = int(Catalog.load(repo.version_dir("lo_ranker")).ids[0])
+    vdir = repo.version_dir("lo_ranker")
+    before = {p: p.read_bytes() for p in vdir.rglob("*") if p.is_file()}
+    known = int(Catalog.load(vdir).ids[0])
     feats = FeatureReader(toy.features).get_many([str(known)])
     with pytest.raises(CatalogError, match="already in the catalogue"):
         update_catalog(repo, "lo", add_ids=[known], add_features=feats)
     with pytest.raises(CatalogError, match="not in the catalogue"):
-        update_catalog(repo, "lo", remove_ids=[123456789])
+        update_catalog(repo, "lo", add_ids=[900001], add_features=feats, remove_ids=[123456789])
     with pytest.raises(CatalogError, match="features of the new videos must be"):
         update_catalog(repo, "lo", add_ids=[900001], add_features=feats[:, :2])
     with pytest.raises(CatalogError, match="is not an integer"):
         update_catalog(repo, "lo", add_ids=["clip-7"], add_features=feats)
     with pytest.raises(CatalogError, match="reads backbone features"):
         update_catalog(repo, "lo", add_ids=[900001])
+    with pytest.raises(CatalogError, match="fewer than the ranker's top-10"):
+        update_catalog(repo, "lo", remove_ids=[int(i) for i in Catalog.load(vdir).ids[:-5]])
     with pytest.raises(RepositoryError, match="no published version"):
         update_catalog(repo, "nope", add_ids=[1], add_features=feats)
     assert repo.versions("lo_ranker") == [1]
+    assert {p: p.read_bytes() for p in vdir.rglob("*") if p.is_file()} == before
 
 
 def test_id_models_encode_new_videos_without_an_id_row(toy: Toy, tmp_path: Path) -> None:
@@ -324,7 +358,8 @@ def test_id_models_encode_new_videos_without_an_id_row(toy: Toy, tmp_path: Path)
                      item_features=toy.item_features if model.needs_features else None,
                      config=ExportConfig(name=variant, max_k=10))
         known = str(toy.split.item_ids[1])
-        _, catalog = update_catalog(repo, variant, add_ids=[900001], add_features=reader.get_many([known]))
+        update_catalog(repo, variant, add_ids=[900001], add_features=reader.get_many([known]))
+        catalog = Catalog.load(repo.version_dir(ranker_name(variant)))
         new = torch.from_numpy(catalog.embeddings[-1])
         with torch.no_grad():
             feats = toy.item_features(torch.tensor([1]))
@@ -352,7 +387,8 @@ def test_cold_scale_is_set_at_export_without_retraining(toy: Toy, tmp_path: Path
     assert model.config.ids.cold_scale == base_scale  # the caller's model is left as it was
     feats = FeatureReader(toy.features).get_many([str(toy.split.item_ids[1])])
     for n, scale in (("a", base_scale), ("b", 2.0)):  # a live video has no ID row: it gets the factor too
-        _, cat = update_catalog(repo, n, add_ids=[900001], add_features=feats)
+        update_catalog(repo, n, add_ids=[900001], add_features=feats)
+        cat = Catalog.load(repo.version_dir(f"{n}_ranker", 1))
         with torch.no_grad():
             content = model.encode_items(torch.tensor([0]), toy.item_features(torch.tensor([1]))).emb[0]
         assert np.abs(cat.embeddings[-1] - content.numpy() * (scale / base_scale)).max() <= TOL

@@ -21,6 +21,7 @@ import pytest
 
 import linkedout.featurestore as lf
 from linkedout.data.synth import SynthConfig, generate_tables
+from linkedout.export.catalog import Catalog
 from linkedout.featurestore import definitions as d
 from linkedout.featurestore.online import read_rows
 
@@ -289,9 +290,8 @@ def test_publish_model_versions(local: lf.FeatureRepo, tmp_path: Path) -> None:
     v2 = toy_videos(seed=2)
     vdir = tmp_path / "linkedout_ranker" / "2"
     vdir.mkdir(parents=True)
-    np.savez(vdir / "catalog.npz", ids=v2.ids, embeddings=v2.embeddings, gate=v2.gate,
-             contributions=v2.contributions, popularity=v2.popularity, published=v2.published)
-    (vdir / "catalog.json").write_text(json.dumps({"format": 1, "model": "linkedout", "version": 2}))
+    Catalog(ids=v2.ids, embeddings=v2.embeddings, gate=v2.gate, contributions=v2.contributions,
+            popularity=v2.popularity, published=v2.published).save(vdir, model="linkedout", version=2)
     titles = pd.DataFrame({"item": ["7"], "title": ["the seventh"]})
     for _ in range(2):  # the second run is a re-run: same state
         lf.publish_catalog(local, vdir, titles=titles)

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import re
+import shutil
 import struct
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ import torch
 from conftest import ServingRepo
 
 from linkedout.export import Catalog
-from linkedout.export.graphs import RankerGraph
+from linkedout.export.catalog import append_videos
+from linkedout.export.graphs import full_scores
 from linkedout.export.model_config import CONFIG_NAME, config_to_dict, read_config
 from linkedout.serving.catalog import ServedCatalogs
 from linkedout.serving.engine import RecommendationEngine, ServingUnavailable, check_routable
@@ -182,13 +184,12 @@ class OnnxRanker:
         self.repository = repository
         self.runners: dict[tuple[str, int], OnnxRunner] = {}
 
-    async def __call__(self, model: str, version: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def __call__(self, model: str, version: int, history: np.ndarray, history_emb: np.ndarray) -> np.ndarray:
         if (model, version) not in self.runners:
             model_dir = self.repository / f"{model}_ranker"
             config = config_to_dict(read_config(model_dir / CONFIG_NAME))
             self.runners[model, version] = OnnxRunner(str(model_dir / str(version) / "model.onnx"), config, threads=1)
-        out = self.runners[model, version].run({"history": history})
-        return out["rows"], out["scores"]
+        return self.runners[model, version].run({"history": history, "history_emb": history_emb})["user"]
 
 
 class StoreHistories:
@@ -219,9 +220,9 @@ def torch_top_k(repo: ServingRepo, name: str, history_ids: list[int], k: int) ->
     rows = catalog.rows_of(history_ids)[-10:]
     hist = np.zeros((1, 10), dtype=np.int64)
     hist[0, 10 - len(rows):] = rows
-    ranker = RankerGraph(repo.models[name], torch.from_numpy(catalog.table()), 20).eval()
     with torch.no_grad():
-        top, _, _ = ranker(torch.from_numpy(hist))
+        full, _ = full_scores(repo.models[name].eval(), torch.from_numpy(catalog.embeddings), torch.from_numpy(hist))
+    top = torch.topk(full, 20, dim=1).indices
     return catalog.ids_of(top[0].numpy())[:k].tolist()
 
 
@@ -356,8 +357,8 @@ def test_catalogue_versions_are_listed_and_loaded(serving_repo: ServingRepo) -> 
     cats = ServedCatalogs(str(serving_repo.root))
     assert cats.versions("linkedout") == [1] and cats.versions("nope") == []
     view = cats.view("linkedout", 1)
-    assert view.catalog.num_items == serving_repo.toy.split.num_items
-    assert sorted(view.cold_start_rows.tolist()) == list(range(1, view.catalog.num_items + 1))
+    assert view.num_items == serving_repo.toy.split.num_items and view.index.kind == "exact"
+    assert sorted(view.cold_start_rows.tolist()) == list(range(1, view.num_items + 1))
     meta = json.loads((serving_repo.root / "linkedout_ranker" / "1" / "catalog.json").read_text())
     assert meta["max_history"] == 10
 
@@ -374,15 +375,27 @@ def test_the_transformer_reads_catalogues_from_an_s3_model_repository(serving_re
         uri = f"s3://{bucket}/repo"
         keys = ModelRepository(serving_repo.root).upload(uri, endpoint_url=endpoint)
         assert "linkedout_ranker/1/model.onnx" in keys and keys[-1].endswith("config.pbtxt")
-        assert ModelRepository(serving_repo.root).upload(uri, endpoint_url=endpoint) == [
+        commits = [f"{m}_ranker/1/{f}" for m in ("linkedout", "sasrec_id") for f in ("index/manifest.json",
+                                                                                     "catalog.json")]
+        assert sorted(ModelRepository(serving_repo.root).upload(uri, endpoint_url=endpoint)) == sorted([
             "linkedout_encoder/config.pbtxt", "linkedout_ranker/config.pbtxt", "sasrec_id_encoder/config.pbtxt",
-            "sasrec_id_ranker/config.pbtxt"]  # unchanged version files are not sent again
+            "sasrec_id_ranker/config.pbtxt", *commits])  # unchanged version files are not sent again
         cats = ServedCatalogs(uri, s3_endpoint=endpoint)
         assert cats.versions("linkedout") == [1]
         view = cats.view("linkedout", 1)
         local = Catalog.load(serving_repo.root / "linkedout_ranker" / "1")
-        assert np.array_equal(view.catalog.ids, local.ids)
-        assert np.allclose(view.catalog.embeddings, local.embeddings)
+        rows = np.arange(1, local.num_items + 1)
+        assert np.array_equal(view.ids_of(rows), local.ids)
+        assert np.allclose(view.vectors(rows), local.embeddings)
+        # a video added in place to a copy of the repository, uploaded: the S3 view takes it on refresh
+        copy = serving_repo.root.parent / "s3-copy"
+        shutil.copytree(serving_repo.root, copy)
+        append_videos(copy / "linkedout_ranker" / "1", {"ids": [777_000_001], "embeddings": local.embeddings[:1]})
+        sent = ModelRepository(copy).upload(uri, endpoint_url=endpoint)
+        assert "linkedout_ranker/1/index/added-0.f32" in sent and "linkedout_ranker/1/index/payload-0.bin" in sent
+        assert sent.index("linkedout_ranker/1/index/manifest.json") > sent.index("linkedout_ranker/1/index/added-0.f32")
+        assert cats.refresh("linkedout", 1) and view.num_items == local.num_items + 1
+        assert view.rows_of([777_000_001]).tolist() == [local.num_items + 1]
 
 
 def test_stack_settings_resolve_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,8 +29,8 @@ from conftest import Toy
 from process_checks import wait_until
 
 from linkedout.data.microlens import load_microlens
-from linkedout.export import Catalog, ModelRepository
-from linkedout.export.graphs import RankerGraph
+from linkedout.export import Catalog, ModelRepository, update_catalog
+from linkedout.export.graphs import full_scores
 from linkedout.featurestore import HistoryReader
 from linkedout.job.catalog import add_videos
 from linkedout.job.feast import publish_features
@@ -36,6 +38,7 @@ from linkedout.job.publish import export_if_new, export_run
 from linkedout.job.training import train_variant
 from linkedout.serving.client import RecommendClient, RecommendError
 from linkedout.serving.local import LocalStack, StackSettings
+from linkedout.shards import FeatureReader
 from linkedout.training.checkpoint import load_model_from_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -75,9 +78,9 @@ def pytorch_top_k(served: Served, version: int, history_ids: list[int], k: int) 
     rows = rows[rows > 0][-10:]
     hist = np.zeros((1, 10), dtype=np.int64)
     hist[0, 10 - len(rows):] = rows
-    ranker = RankerGraph(served.model, torch.from_numpy(catalog.table()), min(20, catalog.num_items)).eval()
     with torch.no_grad():
-        top, _, _ = ranker(torch.from_numpy(hist))
+        full, _ = full_scores(served.model, torch.from_numpy(catalog.embeddings), torch.from_numpy(hist))
+    top = torch.topk(full, min(20, catalog.num_items), dim=1).indices
     return catalog.ids_of(top[0].numpy())[:k].tolist()
 
 
@@ -140,7 +143,7 @@ def test_metrics_and_request_log(served: Served) -> None:
 
 
 def test_a_video_added_live_is_recommended_without_a_restart(served: Served, tmp_path: Path) -> None:
-    """``linkedout catalog add``'s path: a new mp4 is extracted, encoded, published, pushed to Feast, served."""
+    """``linkedout catalog add``'s path: a new mp4 is extracted, encoded, appended, pushed to Feast, served."""
     user = str(served.toy.split.test.user_ids[2])
     before = served.client.recommend([user], k=10)[0]
     target = before.items[0]  # the user's best match; a copy of its file is a new video of the same content
@@ -149,23 +152,73 @@ def test_a_video_added_live_is_recommended_without_a_restart(served: Served, tmp
     shutil.copy(dataset.video_path(str(target)), tmp_path / f"{twin}.mp4")
     pid_before = served.stack.server.pid
     out = add_videos([tmp_path / f"{twin}.mp4"], repository=served.workdir / "model_repository",
-                             name="linkedout", features=str(served.toy.features),
-                             added_store=served.workdir / "features-added", feast_dir=served.workdir / "feast")
-    assert out["version"] == 2 and out["added"] == [twin] and not out["failed"]
-    rec = wait_for(lambda: (r := served.client.recommend([user], k=10)[0]).model_version == "linkedout_ranker:2" and r)
-    assert twin in rec.items and target in rec.items  # the twin scores as the original (same content)
-    assert abs(rec.items.index(twin) - rec.items.index(target)) == 1
-    assert served.stack.server.pid == pid_before  # loaded by the running Triton, no restart
+                     name="linkedout", features=str(served.toy.features),
+                     added_store=served.workdir / "features-added", feast_dir=served.workdir / "feast")
+    assert out["version"] == 1 and out["added"] == [twin] and not out["failed"]
+    t0 = time.monotonic()
+    rec = wait_for(lambda: twin in (r := served.client.recommend([user], k=10)[0]).items and r, timeout=10)
+    assert time.monotonic() - t0 < 3.0  # the transformer polls every 0.3 s here
+    assert target in rec.items and rec.model_version == "linkedout_ranker:1"  # same version, no reload
+    assert abs(rec.items.index(twin) - rec.items.index(target)) == 1  # the twin scores as the original
+    assert served.stack.server.pid == pid_before and ModelRepository(
+        served.workdir / "model_repository").versions("linkedout_ranker") == [1]
     from linkedout.featurestore import open_repo
     from linkedout.featurestore.online import read_rows
 
     rows = read_rows(open_repo(served.workdir / "feast"), "video_embedding", [twin], ["model_version"])
     assert rows[0][1] is not None  # the new video is in Feast's online store
-    # the main job run again on the same checkpoint keeps serving the version with the live addition
+    # the main job run again on the same checkpoint keeps serving the catalogue with the live addition
     assert export_if_new(served.toy.data, str(served.toy.features), served.workdir / "runs" / "linkedout",
                          served.workdir / "model_repository", name="linkedout", split=served.toy.split,
-                         item_features=served.toy.item_features) == 2
-    assert ModelRepository(served.workdir / "model_repository").latest("linkedout_ranker") == 2
+                         item_features=served.toy.item_features) == 1
+    assert ModelRepository(served.workdir / "model_repository").latest("linkedout_ranker") == 1
+    # removed: never recommended again, with no restart either
+    update_catalog(served.workdir / "model_repository", "linkedout", remove_ids=[twin])
+    wait_for(lambda: twin not in served.client.recommend([user], k=10)[0].items, timeout=10)
+
+
+_KILLED_ADD = """
+import sys, time
+import numpy as np
+import linkedout.export.index_files as files
+from linkedout.export.update import update_catalog
+from linkedout.shards import FeatureReader
+
+def hang(path, text):
+    # the rows and records are appended; the manifest that would commit them is never put in place
+    open(sys.argv[4], "w").close()
+    time.sleep(120)
+
+files.atomic_write_text = hang
+update_catalog(sys.argv[1], "linkedout", add_ids=[int(sys.argv[3])],
+               add_features=FeatureReader(sys.argv[2]).get_many([sys.argv[5]]))
+"""
+
+
+def test_an_addition_killed_mid_write_leaves_the_catalogue_served_as_it_was(served: Served, tmp_path: Path) -> None:
+    repo = served.workdir / "model_repository"
+    vdir = repo / "linkedout_ranker" / "1"
+    user = str(served.toy.split.test.user_ids[4])
+    before = served.client.recommend([user], k=10)[0].items
+    target, new_id, ready = before[0], 7_000_002, tmp_path / "ready"
+    size_before = (vdir / "index" / "added-0.f32").stat().st_size
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_ADD, str(repo), str(served.toy.features), str(new_id),
+                              str(ready), str(target)], cwd=Path(__file__).resolve().parents[1])
+    try:
+        wait_for(lambda: ready.exists() or child.poll() is not None, timeout=120)
+        assert ready.exists(), f"the writer did not reach its manifest (exit {child.poll()})"
+        assert (vdir / "index" / "added-0.f32").stat().st_size > size_before  # half-written on disk
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    time.sleep(1.0)  # three catalogue polls of the transformer
+    assert served.client.recommend([user], k=10)[0].items == before  # nothing half-written is read
+    assert new_id not in Catalog.load(vdir)
+    # the next writer cuts the dead one's bytes off and commits its own
+    feats = FeatureReader(served.toy.features).get_many([str(target)])
+    update_catalog(repo, "linkedout", add_ids=[new_id], add_features=feats)
+    rec = wait_for(lambda: new_id in (r := served.client.recommend([user], k=10)[0]).items and r, timeout=10)
+    assert target in rec.items
 
 
 def test_killing_triton_is_a_clean_error_within_a_second_and_a_restart_serves_again(served: Served) -> None:

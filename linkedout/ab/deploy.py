@@ -81,8 +81,8 @@ class ServingDeployment:
         triton_runtime_version: the NVIDIA Triton image tag of the kserve-tritonserver runtime.
         gpus: GPUs per Triton replica (on the H100 pool: ``node_selector`` and ``tolerations``).
         predictor_replicas / transformer_replicas: (min, max) replicas of each component.
-        feast_timeout_ms, predictor_timeout_s, predictor_retries, max_batch_size, max_k, batch_window_ms:
-            transformer flags.
+        feast_timeout_ms, predictor_timeout_s, predictor_retries, max_batch_size, max_k, batch_window_ms,
+            catalog_poll_s: transformer flags.
         request_log: the transformer's ``--request_log``; ``/dev/stdout`` hands it to the cluster's
             log pipeline (``linkedout ab analyze --mixed-log`` reads ``kubectl logs`` output).
     """
@@ -108,6 +108,7 @@ class ServingDeployment:
     max_batch_size: int = 64
     max_k: int = 100
     batch_window_ms: float = 2.0
+    catalog_poll_s: float = 1.0
     request_log: str | None = "/dev/stdout"
 
     def __post_init__(self) -> None:
@@ -139,6 +140,8 @@ class ServingDeployment:
             raise ValueError(f"{w}.predictor_retries must be >= 0, got {self.predictor_retries}")
         if not self.batch_window_ms >= 0:
             raise ValueError(f"{w}.batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        if not self.catalog_poll_s > 0:
+            raise ValueError(f"{w}.catalog_poll_s must be > 0, got {self.catalog_poll_s}")
 
 
 def transformer_args(d: ServingDeployment) -> list[str]:
@@ -162,7 +165,7 @@ def transformer_args(d: ServingDeployment) -> list[str]:
     if d.request_log:
         args.append(f"--request_log={d.request_log}")
     args += [f"--max_batch_size={d.max_batch_size}", f"--max_k={d.max_k}", f"--batch_window_ms={d.batch_window_ms:g}",
-             "--bind_address=0.0.0.0"]
+             f"--catalog_poll_s={d.catalog_poll_s:g}", "--bind_address=0.0.0.0"]
     return args
 
 

@@ -13,11 +13,12 @@ def register(sub: Subparsers) -> None:
     cat = sub.add_parser("catalog", help="the served catalogue: add videos live")
     csub = cat.add_subparsers(dest="catalog_command", required=True, metavar="SUBCOMMAND")
     p = csub.add_parser(
-        "add", help="extract, encode, publish a new catalogue version with these videos, push them to Feast",
+        "add", help="extract, encode and append these videos to the served catalogue, push them to Feast",
         description="Read the videos with the frozen backbone (the feature store's own extraction config), "
-                    "encode them with the published ONNX item encoder, publish a new catalogue version of "
-                    "MODEL_ranker, push the videos to Feast, and make a running local stack load it. The new "
-                    "videos can be recommended at once: no retraining, no restart.")
+                    "encode them with the published ONNX item encoder, append them to the catalogue of the "
+                    "served MODEL_ranker version in place (its retrieval index: O(new videos) bytes, no new "
+                    "model version) and push them to Feast. A running transformer serves them from its next "
+                    "catalogue poll: no retraining, no restart, no reload.")
     p.add_argument("videos", nargs="+", type=Path, help="video files (named by video id: 1234.mp4, or give --ids)")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
                    help="the main job's work directory (features/, model_repository/, feast/)")
@@ -31,7 +32,7 @@ def register(sub: Subparsers) -> None:
 
 def cmd_catalog_add(args: argparse.Namespace) -> int:
     from linkedout.job.catalog import add_videos
-    from linkedout.serving.local import StackError, read_stack, refresh_served_model
+    from linkedout.serving.local import StackError, read_stack
 
     ids = None
     if args.ids:
@@ -48,7 +49,7 @@ def cmd_catalog_add(args: argparse.Namespace) -> int:
     except StackError:
         out["served"] = "no local stack runs for this work directory: `linkedout serve` will serve it"
     else:
-        ready = refresh_served_model(stack["model_server"], f"{args.model}_ranker")
-        out["served"] = f"the running stack's model server has {args.model}_ranker versions {ready} ready"
+        out["served"] = (f"the running stack's transformer (gRPC {stack['transformer']['grpc']}) serves them from "
+                         "its next catalogue poll (--catalog_poll_s)")
     print(json.dumps(out, indent=2))
     return 0

@@ -17,7 +17,8 @@ def register(sub: Subparsers) -> None:
         description="Start the local stack on loopback ports: the real Triton server (or the KServe predictor "
                     "where it cannot run) over W/model_repository, the KServe transformer reading Feast's "
                     "online store in W/feast. Prints where each part listens; stops everything on Ctrl-C or "
-                    "SIGTERM. New model or catalogue versions published into W/model_repository are loaded "
+                    "SIGTERM. New model versions published into W/model_repository, and videos added to a served "
+                    "catalogue (linkedout catalog add), are served "
                     "with no restart.")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
                    help="the main job's work directory (model_repository/, feast/)")

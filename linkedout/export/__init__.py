@@ -1,13 +1,15 @@
 """Export: ONNX graphs of the item encoder and the ranker, the Triton model repository, the catalogue.
 
-- ``graphs``: ``EncoderGraph`` and ``RankerGraph`` over any ``Recommender``, ``export_onnx``;
+- ``graphs``: ``EncoderGraph`` and ``UserGraph`` (the ranker: histories -> user states) over any
+  ``Recommender``, ``export_onnx``;
 - ``catalog``: ``Catalog``, the live catalogue of a served model: the videos a ranker version
-  serves (ids <-> rows, embeddings, gates) and its version's metadata;
+  serves (ids, embeddings, gates, popularity), saved with its retrieval index; changed in place;
+- ``index``: ``RetrievalIndex``, exact or ANN (faiss) top-K over the catalogue, appendable;
 - ``repository``: ``ModelRepository`` (versions, publish, retire, roll back, upload) and
   ``config_pbtxt`` for Triton's ONNX Runtime backend;
 - ``exporter``: ``export_model`` (checkpoint -> encoder + ranker versions, checked against PyTorch);
 - ``checks``: the checks of an export, onnxruntime against PyTorch or NumPy;
-- ``update``: ``update_catalog`` (add or remove videos: a new ranker version, no retraining).
+- ``update``: ``update_catalog`` (add or remove videos in place: no retraining, no new version).
 
 The contracts are in docs/serving.md §1. ``catalog`` needs numpy only (the KServe transformer reads
 it); the rest needs torch, onnx and onnxruntime, and no server package.
@@ -24,7 +26,7 @@ from linkedout.export.catalog import Catalog, CatalogError
 _LAZY = {
     "ExportConfig": "exporter", "ExportResult": "exporter", "encoder_name": "exporter", "export_model": "exporter",
     "ranker_name": "exporter", "export_ranker": "exporter",
-    "update_catalog": "update", "swap_catalog_table": "update",
+    "update_catalog": "update", "CatalogChange": "update",
     "ModelRepository": "repository", "RepositoryError": "repository", "TritonConfig": "repository",
     "config_pbtxt": "repository",
     "IndexSettings": "index", "RetrievalIndex": "index", "RetrievalIndexError": "index",

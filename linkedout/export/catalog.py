@@ -1,22 +1,31 @@
-"""The catalogue: the live list of videos a served model recommends from, one version per ranker version.
+"""The catalogue: the live list of videos a served model recommends from, one per ranker version.
 
 This is what "catalogue" means in LinkedOut: which video is which row of a ranker version, and what
-is known of each. Each published ``NAME_ranker`` version carries its own catalogue; adding or
-removing videos publishes a new ranker version with a new catalogue (``linkedout.export.update``),
-and the transformer serves the catalogue of the version it routes to.
+is known of each. Each published ``NAME_ranker`` version carries its own catalogue, and the
+transformer retrieves from the catalogue of the version it routes to (docs/serving.md §1).
 
-A ``Catalog`` holds, in row order (row ``r`` of the ranker is ``ids[r-1]``; row 0 is padding):
-``ids`` int64 (N,), ``embeddings`` float32 (N, d), ``gate`` and ``contributions`` float32 (N, L)
-(empty (N, 0) for models without a layer fusion), ``popularity`` int64 (N,) (training interactions)
-and ``published`` int64 (N,) (publish time, ms since the epoch). It is saved beside the ranker's
-``model.onnx`` as ``catalog.npz`` (the arrays) and ``catalog.json`` (metadata: model, version,
-encoder version, layer names, what changed since the parent version, where it came from).
+A ``Catalog`` holds, in row order (row ``r`` is ``ids[r-1]``; row 0 is padding): ``ids`` int64 (N,),
+``embeddings`` float32 (N, d), ``gate`` and ``contributions`` float32 (N, L) (empty (N, 0) for models
+without a layer fusion), ``popularity`` int64 (N,) (training interactions) and ``published`` int64
+(N,) (publish time, ms since the epoch). ``save`` writes it beside the ranker's ``model.onnx``:
 
-This module needs numpy alone: the KServe transformer imports it to map video ids to rows.
+- ``index/``: the embeddings as the retrieval index's table (``linkedout.export.index``: exact or
+  ANN, memory-mapped when served), and the records of videos added later (its payload);
+- ``catalog.npz``: the other columns of the exported videos;
+- ``catalog.json``: metadata (model, version, encoder version, layer names, the index's kind and
+  settings, where it came from), written last.
+
+Videos are added and removed in place (``append_videos``, ``remove_videos``): O(changed videos)
+bytes appended to the index's files and committed by replacing its small manifest, never a rewrite,
+so a 10 M-video catalogue takes a new video in milliseconds and a writer killed mid-change leaves
+the previous catalogue. Removed videos keep their rows (tombstones) and are never served.
+
+This module needs numpy alone (faiss for an ANN index): the KServe transformer imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -27,11 +36,21 @@ from typing import Any
 
 import numpy as np
 
+from linkedout.export.index import IndexSettings, RetrievalIndex, RetrievalIndexError
+from linkedout.export.index_files import (
+    append_rows,
+    dtype_from_json,
+    generation_files,
+    read_items,
+    read_manifest,
+    remove_rows,
+)
 from linkedout.utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "parse_video_ids"]
+__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "append_videos", "live_ids", "parse_video_ids", "read_meta",
+           "record_dtype", "remove_videos"]
 
-CATALOG_FORMAT = 1
+CATALOG_FORMAT = 2
 
 
 class CatalogError(ValueError):
@@ -147,96 +166,202 @@ class Catalog:
 
     # ------------------------------------------------------------------------------ changes
 
-    def with_changes(self, *, add: Mapping[str, np.ndarray] | None = None,
-                     remove: Sequence[int] | np.ndarray = ()) -> Catalog:
-        """A new catalogue: this one without the ids in ``remove``, plus the videos in ``add``.
-
-        ``add`` holds ``ids`` (M,) and ``embeddings`` (M, d), and optionally ``gate``,
-        ``contributions`` (M, L), ``popularity`` (M,) (default 0) and ``published`` (M,) (default:
-        now). Kept videos keep their order; new ones are appended. Adding an id that is already in
-        the catalogue, or removing one that is not, raises ``CatalogError``. ``meta`` records
-        ``added``/``removed``.
-        """
-        remove = parse_video_ids(remove)
-        rows = self.row_map()
-        missing = [int(v) for v in remove if int(v) not in rows]
-        if missing:
-            raise CatalogError(f"cannot remove videos not in the catalogue: {missing[:10]}")
-        keep = ~np.isin(self.ids, remove)
-        parts: dict[str, list[np.ndarray]] = {
-            k: [getattr(self, k)[keep]] for k in ("ids", "embeddings", "gate", "contributions", "popularity",
-                                                  "published")}
-        added: list[int] = []
-        if add is not None:
-            new_ids = parse_video_ids(add["ids"])
-            m = new_ids.shape[0]
-            dup = [int(v) for v in new_ids if int(v) in rows and int(v) not in set(remove.tolist())]
-            if dup:
-                raise CatalogError(f"videos already in the catalogue: {dup[:10]} (remove them first to replace)")
-            if len(set(new_ids.tolist())) != m:
-                raise CatalogError("the videos to add hold duplicate ids")
-            emb = np.asarray(add["embeddings"], dtype=np.float32)
-            if emb.shape != (m, self.dim):
-                raise CatalogError(f"embeddings of the new videos must be ({m}, {self.dim}), got {emb.shape}")
-            n_layers = self.num_layers
-            for k in ("gate", "contributions"):
-                arr = np.asarray(add.get(k, np.zeros((m, n_layers))), dtype=np.float32).reshape(m, -1)
-                if arr.shape[1] != n_layers:
-                    raise CatalogError(f"{k} of the new videos must be ({m}, {n_layers}), got {arr.shape}")
-                parts[k].append(arr)
-            now = int(time.time() * 1000)
-            parts["ids"].append(new_ids)
-            parts["embeddings"].append(emb)
-            parts["popularity"].append(np.asarray(add.get("popularity", np.zeros(m)), dtype=np.int64).reshape(m))
-            parts["published"].append(np.asarray(add.get("published", np.full(m, now)), dtype=np.int64).reshape(m))
-            added = new_ids.tolist()
-        merged = {k: np.concatenate(v) for k, v in parts.items()}
-        if merged["ids"].shape[0] == 0:
-            raise CatalogError("the change would leave the catalogue empty")
-        meta = {"added": added, "removed": remove.tolist()}
-        return Catalog(layers=list(self.layers), meta=meta, **merged)
-
     # ------------------------------------------------------------------------------ files
 
-    def save(self, directory: str | os.PathLike[str], **meta: Any) -> None:
-        """Write ``catalog.npz`` then ``catalog.json`` into ``directory`` (each atomically)."""
+    def save(self, directory: str | os.PathLike[str], *, index: IndexSettings | RetrievalIndex | None = None,
+             **meta: Any) -> None:
+        """Write the catalogue into ``directory``: ``index/`` (the embeddings, their retrieval index and
+        the records of videos added later), ``catalog.npz`` (the other columns), then ``catalog.json``
+        (its presence means complete). ``index``: how the retrieval index is built (default settings),
+        or the index already built from these embeddings with ``record_dtype`` as its payload.
+        """
         import io
 
         directory = Path(directory)
+        if isinstance(index, RetrievalIndex):
+            if index.num_rows != self.num_items or index.payload_dtype != record_dtype(self.num_layers):
+                raise CatalogError(f"the index given has {index.num_rows} rows and payload {index.payload_dtype}, "
+                                   f"the catalogue {self.num_items} videos of {self.num_layers} layers")
+            built = index
+        else:
+            built = RetrievalIndex.build(self.embeddings, index or IndexSettings(),
+                                         payload_dtype=record_dtype(self.num_layers))
+        built.save(directory / INDEX_DIR)
         buf = io.BytesIO()
-        np.savez(buf, ids=self.ids, embeddings=self.embeddings, gate=self.gate, contributions=self.contributions,
+        np.savez(buf, ids=self.ids, gate=self.gate, contributions=self.contributions,
                  popularity=self.popularity, published=self.published)
         atomic_write_bytes(directory / "catalog.npz", buf.getvalue())
         doc = {"format": CATALOG_FORMAT, **self.meta, **meta, "num_items": self.num_items, "dim": self.dim,
-               "layers": list(self.layers)}
+               "layers": list(self.layers), "index": {"kind": built.kind, "nlist": built.nlist,
+                                                       "settings": dataclasses.asdict(built.settings)}}
         self.meta = {k: v for k, v in doc.items() if k not in ("format", "num_items", "dim", "layers")}
         atomic_write_text(directory / "catalog.json", json.dumps(doc, indent=2, default=_json_default))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Catalog:
-        """Read a catalogue written by ``save``; ``CatalogError`` names the file at fault."""
+        """The catalogue saved in ``directory`` as it stands: the exported videos, less the removed ones,
+        plus the added ones (``append_videos``), in row order. ``CatalogError`` names the file at fault."""
         directory = Path(directory)
-        meta_file, arrays_file = directory / "catalog.json", directory / "catalog.npz"
-        for f in (meta_file, arrays_file):
-            if not f.is_file():
-                raise CatalogError(f"{f} is missing (not a catalogue version directory?)")
-        try:
-            doc = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CatalogError(f"{meta_file} is not valid JSON: {e}") from e
-        if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
-            raise CatalogError(f"{meta_file}: unknown catalogue format {doc.get('format') if isinstance(doc, dict) else doc!r}")
-        try:
-            with np.load(arrays_file, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("ids", "embeddings", "gate", "contributions", "popularity", "published")}
-        except (OSError, ValueError, KeyError) as e:
-            raise CatalogError(f"{arrays_file} cannot be read: {e}") from e
-        cat = cls(layers=list(doc.get("layers", [])),
+        doc = read_meta(directory)
+        base = _read_columns(directory)
+        index = _open_index(directory)
+        extra = index.added_payload()
+        cols = {k: np.concatenate([base[k], extra[PAYLOAD_FIELDS[k]]]) for k in COLUMNS}
+        live = np.ones(index.num_rows, dtype=bool)
+        live[index.removed_rows() - 1] = False
+        embeddings = index.vectors(np.flatnonzero(live) + 1)
+        cat = cls(layers=list(doc.get("layers", [])), embeddings=embeddings,
                   meta={k: v for k, v in doc.items() if k not in ("format", "num_items", "dim", "layers")},
-                  **arrays)
-        if cat.num_items != doc.get("num_items", cat.num_items):
-            raise CatalogError(f"{meta_file} says {doc.get('num_items')} items, {arrays_file} holds {cat.num_items}")
+                  **{k: v[live] for k, v in cols.items()})
         return cat
+
+
+#: The columns of ``catalog.npz`` (all but the embeddings, which live in the retrieval index).
+COLUMNS = ("ids", "gate", "contributions", "popularity", "published")
+#: Column -> field of an added video's record (the index's payload).
+PAYLOAD_FIELDS = {"ids": "id", "gate": "gate", "contributions": "contributions", "popularity": "popularity",
+                  "published": "published"}
+#: The retrieval index's directory inside a catalogue version.
+INDEX_DIR = "index"
+
+
+def record_dtype(num_layers: int) -> np.dtype:
+    """The record of one added video (the retrieval index's payload): id, popularity, published, and its
+    gate and contributions over ``num_layers`` layers."""
+    return np.dtype([("id", "<i8"), ("popularity", "<i8"), ("published", "<i8"),
+                     ("gate", "<f4", (num_layers,)), ("contributions", "<f4", (num_layers,))])
+
+
+def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``catalog.json`` of a catalogue version; ``CatalogError`` when missing, malformed or of another format."""
+    meta_file = Path(directory) / "catalog.json"
+    if not meta_file.is_file():
+        raise CatalogError(f"{meta_file} is missing (not a catalogue version directory?)")
+    try:
+        doc = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CatalogError(f"{meta_file} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else doc
+        raise CatalogError(f"{meta_file}: catalogue format {found!r}, this version reads {CATALOG_FORMAT} "
+                           "(export the model again)")
+    return doc
+
+
+def _read_columns(directory: Path) -> dict[str, np.ndarray]:
+    arrays_file = directory / "catalog.npz"
+    if not arrays_file.is_file():
+        raise CatalogError(f"{arrays_file} is missing (not a catalogue version directory?)")
+    try:
+        with np.load(arrays_file, allow_pickle=False) as z:
+            cols = {k: z[k] for k in COLUMNS}
+    except (OSError, ValueError, KeyError) as e:
+        raise CatalogError(f"{arrays_file} cannot be read: {e}") from e
+    n = cols["ids"].shape[0]
+    if any(v.shape[0] != n for v in cols.values()):
+        raise CatalogError(f"{arrays_file}: its columns have different lengths")
+    return cols
+
+
+def _open_index(directory: Path) -> RetrievalIndex:
+    try:
+        return RetrievalIndex.load(directory / INDEX_DIR)
+    except RetrievalIndexError as e:
+        raise CatalogError(f"{directory}: the catalogue's retrieval index cannot be read: {e}") from e
+
+
+def live_ids(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids of every row 1..R, removed rows)`` of the catalogue saved in ``directory``, read without
+    loading its embeddings or index (what a change checks its ids against)."""
+    directory = Path(directory)
+    ids = _read_columns(directory)["ids"]
+    d = directory / INDEX_DIR
+    doc = read_manifest(d)
+    files = generation_files(int(doc["generation"]))
+    base, added = int(doc["base_rows"]), int(doc["added_rows"])
+    pdoc = doc.get("payload") or {}
+    dtype = dtype_from_json(pdoc.get("dtype", []))
+    records = base + added + 1 - int(pdoc.get("from", ids.shape[0] + 1))
+    extra = read_items(d / files["payload"], dtype, 0, records)["id"] if records > 0 else np.empty(0, np.int64)
+    removed = read_items(d / files["removed"], np.int64, 0, int(doc["removed_count"]))
+    all_ids = np.concatenate([ids, extra]).astype(np.int64)
+    if all_ids.shape[0] != base + added:
+        raise CatalogError(f"{directory}: {all_ids.shape[0]} ids for {base + added} rows of its index")
+    return all_ids, np.unique(removed)
+
+
+def append_videos(directory: str | os.PathLike[str], additions: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Add videos to the catalogue saved in ``directory`` in place; their rows (int64).
+
+    ``additions`` holds ``ids`` (M,) and ``embeddings`` (M, d), and optionally ``gate``,
+    ``contributions`` (M, L), ``popularity`` (M,) (default 0) and ``published`` (M,) (default: now).
+    Appends M rows and M records to the retrieval index and commits them with one manifest (O(M) bytes
+    written, nothing rewritten); a reader (the transformer) sees them on its next refresh. An id
+    already live in the catalogue, or twice among the additions, raises ``CatalogError`` and writes
+    nothing.
+    """
+    directory = Path(directory)
+    doc = read_meta(directory)
+    new_ids = parse_video_ids(additions["ids"])
+    m = new_ids.shape[0]
+    if m == 0:
+        raise CatalogError("no videos to add")
+    if len(np.unique(new_ids)) != m:
+        raise CatalogError("the videos to add hold duplicate ids")
+    ids, removed = live_ids(directory)
+    live = np.ones(ids.shape[0], dtype=bool)
+    live[removed - 1] = False
+    dup = new_ids[np.isin(new_ids, ids[live])]
+    if dup.size:
+        raise CatalogError(f"videos already in the catalogue: {dup[:10].tolist()} (remove them first to replace)")
+    n_layers = len(doc.get("layers", []))
+    emb = np.asarray(additions["embeddings"], dtype=np.float32)
+    if emb.shape != (m, int(doc["dim"])):
+        raise CatalogError(f"embeddings of the new videos must be ({m}, {doc['dim']}), got {emb.shape}")
+    rec = np.zeros(m, dtype=record_dtype(n_layers))
+    rec["id"] = new_ids
+    for k in ("gate", "contributions"):
+        arr = np.asarray(additions.get(k, np.zeros((m, n_layers))), dtype=np.float32).reshape(m, -1)
+        if arr.shape[1] != n_layers:
+            raise CatalogError(f"{k} of the new videos must be ({m}, {n_layers}), got {arr.shape}")
+        rec[k] = arr
+    rec["popularity"] = np.asarray(additions.get("popularity", np.zeros(m)), dtype=np.int64).reshape(m)
+    rec["published"] = np.asarray(additions.get("published", np.full(m, int(time.time() * 1000))),
+                                  dtype=np.int64).reshape(m)
+    try:
+        return append_rows(directory / INDEX_DIR, emb, rec)
+    except RetrievalIndexError as e:
+        raise CatalogError(f"{directory}: {e}") from e
+
+
+def remove_videos(directory: str | os.PathLike[str], video_ids: Sequence[object] | np.ndarray) -> np.ndarray:
+    """Remove videos from the catalogue saved in ``directory`` in place (tombstones); their rows.
+
+    An id not live in the catalogue raises ``CatalogError`` and writes nothing; removing every video
+    is refused (a catalogue is never empty).
+    """
+    directory = Path(directory)
+    gone = parse_video_ids(video_ids)
+    if gone.size == 0:
+        raise CatalogError("no videos to remove")
+    ids, removed = live_ids(directory)
+    live = np.ones(ids.shape[0], dtype=bool)
+    live[removed - 1] = False
+    live_rows = np.flatnonzero(live) + 1
+    order = np.argsort(ids[live_rows - 1], kind="stable")
+    sorted_ids = ids[live_rows - 1][order]
+    pos = np.clip(np.searchsorted(sorted_ids, gone), 0, max(len(sorted_ids) - 1, 0))
+    found = sorted_ids[pos] == gone if sorted_ids.size else np.zeros(gone.shape, dtype=bool)
+    if not found.all():
+        raise CatalogError(f"cannot remove videos not in the catalogue: {gone[~found][:10].tolist()}")
+    if len(np.unique(gone)) == live_rows.size:
+        raise CatalogError("the change would leave the catalogue empty")
+    rows = live_rows[order[pos]]
+    try:
+        remove_rows(directory / INDEX_DIR, rows)
+    except RetrievalIndexError as e:
+        raise CatalogError(f"{directory}: {e}") from e
+    return rows
 
 
 def _json_default(o: object) -> Any:

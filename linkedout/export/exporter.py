@@ -6,8 +6,11 @@
    random features and on the catalogue's own features (max abs diff <= ``tolerance``);
 2. encodes the whole catalogue once (PyTorch, batched) into the embedding table, gate weights and
    layer contributions;
-3. exports the ranker (``RankerGraph``, the table inside; ``export_ranker``) and checks onnxruntime
-   against PyTorch on random histories: identical top-K rows, scores within ``tolerance``;
+3. exports the ranker (``UserGraph``: histories -> user states; ``export_ranker``), builds the
+   catalogue's retrieval index (exact below ``IndexSettings.exact_below`` videos, ANN above) and
+   checks onnxruntime against PyTorch on random histories: user states within ``tolerance``, and
+   the index's top-K of onnxruntime's user states is PyTorch's full-catalogue top-K (up to ties; an
+   ANN index: its exact re-search is, and its recall is recorded);
 4. publishes a new version of ``NAME_encoder`` and of ``NAME_ranker`` (with the catalogue files).
 
 The checks are in ``linkedout.export.checks``; changing the catalogue of a published model with no
@@ -32,9 +35,8 @@ import torch
 from torch import Tensor
 
 from linkedout.evaluation.encode import ItemFeatureFn
-from linkedout.export.catalog import Catalog, parse_video_ids
+from linkedout.export.catalog import Catalog, parse_video_ids, record_dtype
 from linkedout.export.checks import (
-    check_table_initializers,
     max_abs_diff,
     onnx_session,
     random_histories,
@@ -44,12 +46,15 @@ from linkedout.export.checks import (
 from linkedout.export.graphs import (
     EncoderGraph,
     GraphSpec,
-    RankerGraph,
+    UserGraph,
     encoder_spec,
     export_onnx,
+    full_scores,
+    history_embeddings,
     max_history,
     ranker_spec,
 )
+from linkedout.export.index import IndexSettings, RetrievalIndex
 from linkedout.export.repository import ModelRepository, TritonConfig, config_pbtxt
 from linkedout.model.base import Recommender
 from linkedout.utils import atomic_write_text, get_logger, progress, utc_now
@@ -77,6 +82,8 @@ class ExportConfig:
     name: str = "linkedout"
     # Most results the ranker returns per user (KMAX = min(max_k, N)); >= 1.
     max_k: int = 100
+    # How the catalogue's retrieval index is built and searched (exact brute force or ANN by size).
+    index: IndexSettings = field(default_factory=IndexSettings)
     # Triton settings written to config.pbtxt (batching, instance kind, version policy).
     triton: TritonConfig = field(default_factory=TritonConfig)
     # Largest allowed |onnxruntime - PyTorch| difference of any output in the checks; > 0.
@@ -100,6 +107,8 @@ class ExportConfig:
                 raise ValueError(f"ExportConfig.{f} must be an int >= {lo}, got {v!r}")
         if not isinstance(self.tolerance, float | int) or not self.tolerance > 0:
             raise ValueError(f"ExportConfig.tolerance must be > 0, got {self.tolerance!r}")
+        if not isinstance(self.index, IndexSettings):
+            raise ValueError(f"ExportConfig.index must be an IndexSettings, got {type(self.index).__name__}")
         if not isinstance(self.triton, TritonConfig):
             raise ValueError(f"ExportConfig.triton must be a TritonConfig, got {type(self.triton).__name__}")
         if self.cold_scale is not None and (isinstance(self.cold_scale, bool)
@@ -274,11 +283,13 @@ def with_cold_scale(model: Recommender, cold_scale: float | None) -> Recommender
 def export_ranker(model: Recommender, catalog: Catalog, repository: ModelRepository | str | os.PathLike[str],
                   config: ExportConfig | None = None, *, encoder_version: int | None = None,
                   source: Mapping[str, Any] | None = None, checks: dict[str, float] | None = None) -> int:
-    """Export ``model``'s ranker over ``catalog`` (its embedding table inside), check it, publish it.
+    """Export ``model``'s ranker (its user-state graph) with ``catalog`` and its retrieval index, check, publish.
 
-    onnxruntime is checked against PyTorch on random histories (the scores within ``tolerance``, the
-    top-K the same up to ties). Returns the new ``NAME_ranker`` version; ``checks`` (when given) gets
-    the measured differences.
+    onnxruntime is checked against PyTorch on random histories: the user states within
+    ``tolerance``; the index's top-K for onnxruntime's user states is PyTorch's full-catalogue top-K
+    (the scores within ``tolerance``, the rows the same up to ties); an ANN index is checked through
+    its exact re-search and its recall@KMAX recorded (``ranker_ann_recall``). Returns the new
+    ``NAME_ranker`` version; ``checks`` (when given) gets the measured differences.
     """
     cfg = config or ExportConfig()
     repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
@@ -288,40 +299,45 @@ def export_ranker(model: Recommender, catalog: Catalog, repository: ModelReposit
     rng = np.random.default_rng(1)
     t_hist = max_history(model)
     kmax = min(cfg.max_k, n)
-    rk_spec = ranker_spec(t_hist, kmax, catalog.dim)
-    rk_graph = RankerGraph(model, torch.from_numpy(catalog.table()), kmax).eval()
+    rk_spec = ranker_spec(t_hist, catalog.dim)
+    graph = UserGraph(model).eval()
+    emb = torch.from_numpy(catalog.embeddings)
+    t0 = time.perf_counter()
+    index = RetrievalIndex.build(catalog.embeddings, cfg.index, payload_dtype=record_dtype(catalog.num_layers))
+    log.info("retrieval index of %d videos: %s in %.1f s", n, index.kind, time.perf_counter() - t0)
     with tempfile.TemporaryDirectory(prefix="linkedout-ranker-") as tmp:
         rk_file = Path(tmp) / "ranker.onnx"
-        # not optimised by onnxscript (onnxruntime optimises at load anyway): the table stays the
-        # initializer called ``table``, which ``update_catalog`` replaces
-        export_onnx(rk_graph, (torch.from_numpy(random_histories(n, t_hist, 4, rng)),), rk_spec, rk_file,
-                    optimize=False)
-        check_table_initializers(rk_file, n + 1, catalog.dim)
-        hist = random_histories(n, t_hist, cfg.check_samples, rng)
-        got_rows, got_scores, got_user = onnx_session(rk_file).run(None, {"history": hist})
+        ex = torch.from_numpy(random_histories(n, t_hist, 4, rng))
+        export_onnx(graph, (ex, history_embeddings(emb, ex)), rk_spec, rk_file)
+        # PyTorch's full scores are (users, N): bounded to ~64 M values at large catalogues
+        users = max(1, min(cfg.check_samples, (1 << 26) // (n + 1)))
+        hist = random_histories(n, t_hist, users, rng)
+        (got_user,) = onnx_session(rk_file).run(None, {"history": hist, "history_emb": index.vectors(hist)})
         with torch.no_grad():
-            w_rows, w_scores, w_user = (x.numpy() for x in rk_graph(torch.from_numpy(hist)))
-            w_full = rk_graph.full_scores(torch.from_numpy(hist)).numpy()  # (B, N+1), masked
-        finite = np.isfinite(w_scores)
-        checks["ranker_scores_max_abs_diff"] = max_abs_diff([np.where(finite, got_scores, 0)],
-                                                           [np.where(finite, w_scores, 0)])
+            w_full, w_user = (x.numpy() for x in full_scores(model, emb, torch.from_numpy(hist)))
         checks["ranker_user_max_abs_diff"] = max_abs_diff([got_user], [w_user])
-        checks["ranker_topk_agreement"] = float(np.mean(got_rows[finite] == w_rows[finite]))
-        require(checks["ranker_scores_max_abs_diff"] <= cfg.tolerance,
-                f"ranker scores differ from PyTorch by {checks['ranker_scores_max_abs_diff']:.3g}")
+        require(checks["ranker_user_max_abs_diff"] <= cfg.tolerance,
+                f"ranker user states differ from PyTorch by {checks['ranker_user_max_abs_diff']:.3g}")
+        exact = index if index.kind == "exact" else index.exact()
+        rows, scores = exact.search(got_user, kmax, exclude=hist)
+        finite = np.isfinite(scores)
+        w_rows = np.argsort(-w_full, axis=1, kind="stable")[:, :kmax]
+        checks["ranker_topk_agreement"] = float(np.mean(rows[finite] == w_rows[finite]))
         # ties (equal scores, e.g. popularity) may be broken in another order: what must hold is that
         # every row returned has the score PyTorch gives it, and those are PyTorch's best K scores
-        mismatch = topk_mismatch(got_rows, got_scores, w_full, cfg.tolerance)
-        require(mismatch is None, f"ranker top-{kmax} is not PyTorch's: {mismatch}")
+        mismatch = topk_mismatch(rows, scores, w_full, cfg.tolerance)
+        require(mismatch is None, f"the catalogue's top-{kmax} is not PyTorch's: {mismatch}")
+        if exact is not index:
+            ann_rows, _ = index.search(got_user, kmax, exclude=hist)
+            checks["ranker_ann_recall"] = float(np.mean([len(set(a[f].tolist()) & set(b[f].tolist())) / max(1, f.sum())
+                                                         for a, b, f in zip(ann_rows, rows, finite)]))
         rk_cfg = config_pbtxt(ranker_name(cfg.name), rk_spec, cfg.triton)
-        parent = repo.latest(ranker_name(cfg.name))
         src = dict(source or {})
 
         def write_ranker(d: Path, version: int) -> None:
             os.replace(rk_file, d / "model.onnx")
-            catalog.save(d, model=cfg.name, version=version, encoder_version=encoder_version, max_k=kmax,
-                         max_history=t_hist, created=utc_now(), parent_version=parent, added=[], removed=[],
-                         source=src, checks=checks)
+            catalog.save(d, index=index, model=cfg.name, version=version, encoder_version=encoder_version, max_k=kmax,
+                         max_history=t_hist, created=utc_now(), source=src, checks=checks)
 
         return repo.publish(ranker_name(cfg.name), rk_cfg, rk_spec, write_ranker, replace=cfg.replace)
 

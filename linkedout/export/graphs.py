@@ -8,11 +8,12 @@ and popularity export alike (docs/serving.md §1):
   for models that read backbone features, ``features`` (N, L, K, D) -> ``embedding`` (N, d) and, for
   models with a layer fusion, ``gate`` (N, L) and ``contributions`` (N, L) (the shares
   ``pi_l ||h^(l)|| / sum_j pi_j ||h^(j)||``, as in ``linkedout.interpret.contributions``).
-- ``RankerGraph``: ``history`` (B, T) int64 catalogue rows (0 = padding, most recent last) ->
-  ``rows`` (B, KMAX) int64, ``scores`` (B, KMAX) float32, best first, and ``user`` (B, d) float32, the
-  user state the scores are dot products with. The catalogue's embedding table ``(N+1, d)`` (row 0 =
-  padding) is a constant of the graph (the initializer ``table``); row 0 and the history's rows are
-  masked out before the top-K.
+- ``UserGraph`` (the ranker): ``history`` (B, T) int64 catalogue rows (0 = padding, most recent
+  last) and ``history_emb`` (B, T, d) float32, their embeddings (zeros where padded) -> ``user``
+  (B, d) float32, the user state every catalogue video is scored against (``score``: a dot
+  product). The catalogue is not in the graph: its table and retrieval index are beside it
+  (``linkedout.export.catalog``), so the graph's size does not grow with the catalogue and adding
+  a video does not touch it. ``full_scores`` is the reference ranking over a whole table.
 
 ``export_onnx`` exports either with a dynamic batch axis through ``torch.onnx.export(dynamo=True)``
 and gives the graph's inputs and outputs the names of the contract.
@@ -37,11 +38,13 @@ from linkedout.utils import atomic_write_bytes
 __all__ = [
     "EncoderGraph",
     "GraphSpec",
-    "RankerGraph",
     "TensorSpec",
+    "UserGraph",
     "encoder_spec",
     "export_onnx",
+    "full_scores",
     "graph_spec_of",
+    "history_embeddings",
     "ranker_spec",
 ]
 
@@ -112,11 +115,11 @@ def encoder_spec(model: Recommender, features_shape: Sequence[int] | None) -> Gr
     return GraphSpec(tuple(inputs), tuple(outputs))
 
 
-def ranker_spec(history: int, max_k: int, d_model: int) -> GraphSpec:
-    """The I/O of a ``RankerGraph``: ``history`` (B, T) -> ``rows``, ``scores`` (B, KMAX), ``user`` (B, d)."""
-    return GraphSpec((TensorSpec("history", "INT64", (-1, history)),),
-                     (TensorSpec("rows", "INT64", (-1, max_k)), TensorSpec("scores", "FP32", (-1, max_k)),
-                      TensorSpec("user", "FP32", (-1, d_model))))
+def ranker_spec(history: int, d_model: int) -> GraphSpec:
+    """The I/O of a ``UserGraph``: ``history`` (B, T), ``history_emb`` (B, T, d) -> ``user`` (B, d)."""
+    return GraphSpec((TensorSpec("history", "INT64", (-1, history)),
+                      TensorSpec("history_emb", "FP32", (-1, history, d_model))),
+                     (TensorSpec("user", "FP32", (-1, d_model)),))
 
 
 class EncoderGraph(nn.Module):
@@ -141,58 +144,30 @@ class EncoderGraph(nn.Module):
         return enc.emb, gate, contrib
 
 
-class RankerGraph(nn.Module):
-    """``history (B, T) int64 -> rows (B, KMAX) int64, scores (B, KMAX) float32, user (B, d) float32``.
+class UserGraph(nn.Module):
+    """``history (B, T) int64, history_emb (B, T, d) float32 -> user (B, d) float32`` (the module docstring)."""
 
-    ``table`` is the catalogue's item embeddings ``(N+1, d)``; row 0 is the padding row (zeroed here,
-    and masked out of the ranking).
-    """
-
-    table: Tensor
-    never: Tensor
-
-    def __init__(self, model: Recommender, table: Tensor, max_k: int) -> None:
+    def __init__(self, model: Recommender) -> None:
         super().__init__()
-        if table.dim() != 2 or table.shape[0] < 2:
-            raise ValueError(f"table must be (N+1, d) with N >= 1, got {tuple(table.shape)}")
-        n = table.shape[0] - 1
-        if not 1 <= max_k <= n:
-            raise ValueError(f"max_k must be in 1..N={n}, got {max_k}")
         self.model = model
-        self.max_k = int(max_k)
-        self.register_buffer("table", padded_table(table))  # (N+1, d)
-        self.register_buffer("never", never_row(n))  # (N+1,)
 
-    def forward(self, history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        scores, user = self._scores(history)  # (B, N+1), (B, d)
-        top, rows = torch.topk(scores, self.max_k, dim=1)  # (B, KMAX) each
-        return rows, top, user
-
-    def full_scores(self, history: Tensor) -> Tensor:
-        """Every row's score (B, N+1), with the padding row and the history's rows at ``-inf``."""
-        return self._scores(history)[0]
-
-    def _scores(self, history: Tensor) -> tuple[Tensor, Tensor]:
-        mask = history > 0  # (B, T)
-        emb = self.table[history]  # (B, T, d); padding slots read the zero row
-        user = self.model.last_state(emb, mask)  # (B, d)
-        scores = self.model.score(user, self.table) + self.never  # (B, N+1); row 0 -> -inf
-        seen = torch.full(history.shape, float("-inf"), dtype=scores.dtype)  # (B, T)
-        return scores.scatter(1, history, seen), user  # the history's rows -> -inf
+    def forward(self, history: Tensor, history_emb: Tensor) -> Tensor:
+        return self.model.last_state(history_emb, history > 0)
 
 
-def padded_table(embeddings: Tensor) -> Tensor:
-    """``(N+1, d)`` float32 copy of a table whose row 0 is the padding row, with row 0 zeroed."""
-    t = embeddings.detach().to(torch.float32).clone()
-    t[0] = 0.0
-    return t
+def history_embeddings(embeddings: Tensor, history: Tensor) -> Tensor:
+    """``(B, T, d)``: the embeddings (N, d) of the history's rows (1..N), zeros where a slot is padding (0)."""
+    picked = embeddings[(history - 1).clamp_min(0)].to(torch.float32)
+    return torch.where((history > 0).unsqueeze(-1), picked, torch.zeros((), dtype=torch.float32))
 
 
-def never_row(n: int) -> Tensor:
-    """``(N+1,)`` float32 additive mask: ``-inf`` on the padding row 0, 0 elsewhere."""
-    never = torch.zeros(n + 1, dtype=torch.float32)
-    never[0] = float("-inf")
-    return never
+def full_scores(model: Recommender, embeddings: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
+    """The reference ranking: every row's score (B, N+1) against ``embeddings`` (N, d) (rows 1..N), with
+    the padding row 0 and the history's rows at ``-inf``, and the user states (B, d)."""
+    emb = embeddings.to(torch.float32)
+    user = UserGraph(model)(history, history_embeddings(emb, history))  # (B, d)
+    scores = torch.cat([torch.full((history.shape[0], 1), float("-inf")), model.score(user, emb)], dim=1)
+    return scores.scatter(1, history, float("-inf")), user
 
 
 def export_onnx(graph: nn.Module, args: tuple[Tensor, ...], spec: GraphSpec, path: str | os.PathLike[str],

@@ -24,97 +24,47 @@ the ANN index). Writers serialise on a lock; another process's index sees their 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from linkedout.export.index_files import (
     MANIFEST,
     RetrievalIndexError,
-    append_at,
+    append_rows,
+    check_vectors,
+    checked_payload,
+    dtype_from_json,
+    dtype_to_json,
     generation_files,
+    grown,
     read_items,
     read_manifest,
+    remove_rows,
     remove_stale,
     write_manifest,
     write_table,
     writer_lock,
 )
+from linkedout.export.index_kinds import (
+    ANN_KINDS,
+    KINDS,
+    IndexSettings,
+    auto_nlist,
+    faiss_module,
+    new_ann,
+)
 from linkedout.utils import atomic_write_bytes, is_int
 
-__all__ = ["ANN_KINDS", "KINDS", "IndexSettings", "RetrievalIndex", "RetrievalIndexError",
-           "auto_nlist"]
-
-KINDS = ("exact", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw")
-ANN_KINDS = KINDS[1:]
 _RESCORE_PAD = 16  # rows pre-selected by the exact search beyond n, so that rounding cannot change its answer
 _ADD_BLOCK = 1 << 20  # rows given to faiss at once
 
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """How an index is built and searched; every field is checked when the settings are made."""
-
-    kind: str = "auto"
-    """'auto' (exact below ``exact_below`` rows, else ``ann_kind``), 'exact', or one of ANN_KINDS."""
-    exact_below: int = 40_000
-    """'auto' builds exact below this many rows; >= 1 (bench/scale.py: its p99 <= ANN's + 1 ms to ~43k)."""
-    ann_kind: str = "ivf_sq8"
-    """The ANN kind 'auto' builds from ``exact_below`` rows on; one of ANN_KINDS."""
-    nlist: int = 0
-    """IVF kinds: inverted lists (k-means centroids); 0 = ``auto_nlist(rows at build)``; >= 0."""
-    nprobe: int = 64
-    """IVF kinds: lists searched per user (capped at nlist); >= 1. bench/scale.py: recall@10 .9997 at 1M,
-    .974 at 10M (32: .9985 and .955)."""
-    exact_block: int = 1 << 24
-    """Exact kind: scores computed at once (rows x users of one block); >= 1024."""
-    candidates: int = 100
-    """ANN kinds: candidates per user re-scored exactly, on top of the user's excluded rows; >= 1."""
-    pq_m: int = 16
-    """ivf_pq: bytes of code per vector (sub-quantizers of 8 bits); must divide d; >= 1."""
-    hnsw_m: int = 32
-    """hnsw: links per node; >= 2."""
-    ef_search: int = 128
-    """hnsw: breadth of the search (efSearch, raised to the candidates asked for); >= 1."""
-    seed: int = 0
-    """IVF kinds: seed of the training sample and of k-means; >= 0."""
-    SEARCH_FIELDS: ClassVar[tuple[str, ...]] = ("nprobe", "candidates", "ef_search", "exact_block")
-    """The fields ``RetrievalIndex.tune`` may change on a built index (search-time only)."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name not in ("kind", "ann_kind") and not is_int(getattr(self, f.name)):
-                raise RetrievalIndexError(f"IndexSettings.{f.name} must be an integer, got "
-                                          f"{getattr(self, f.name)!r}")
-        if self.kind not in ("auto", *KINDS):
-            raise RetrievalIndexError(f"IndexSettings.kind must be 'auto' or one of {KINDS}, got {self.kind!r}")
-        if self.ann_kind not in ANN_KINDS:
-            raise RetrievalIndexError(f"IndexSettings.ann_kind must be one of {ANN_KINDS}, got {self.ann_kind!r}")
-        least = {"exact_below": 1, "nlist": 0, "nprobe": 1, "candidates": 1, "pq_m": 1, "hnsw_m": 2,
-                 "ef_search": 1, "exact_block": 1024, "seed": 0}
-        for name, lo in least.items():
-            if getattr(self, name) < lo:
-                raise RetrievalIndexError(f"IndexSettings.{name} must be >= {lo}, got {getattr(self, name)}")
-
-    def kind_for(self, rows: int) -> str:
-        """The kind built for a table of ``rows`` rows."""
-        if self.kind != "auto":
-            return self.kind
-        return "exact" if rows < self.exact_below else self.ann_kind
-
-
-def auto_nlist(rows: int) -> int:
-    """IVF lists for ``rows`` rows when ``nlist`` is 0: the power of two nearest sqrt(rows), with at least
-    39 training rows per list (faiss's minimum), at most 65536. Measured with bench/scale.py
-    --compare-kinds: 1024 lists recalled more than 4096 at 1M rows, 4096 more than 1024 or 2048 at 10M,
-    for the same search time."""
-    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
-    return int(max(1, min(nlist, rows // 39, 65536)))
+__all__ = ["ANN_KINDS", "KINDS", "IndexSettings", "RetrievalIndex", "RetrievalIndexError",
+           "auto_nlist"]
 
 
 class RetrievalIndex:
@@ -155,7 +105,7 @@ class RetrievalIndex:
         knows of an added video there, so that a crash never leaves a row without its record.
         """
         settings = settings or IndexSettings()
-        table = _check_vectors(embeddings, None, "embeddings")
+        table = check_vectors(embeddings, None, "embeddings")
         n, d = table.shape
         kind = settings.kind_for(n)
         nlist = 0
@@ -165,7 +115,7 @@ class RetrievalIndex:
                 raise RetrievalIndexError(f"IndexSettings.nlist ({nlist}) must be <= the rows to index ({n})")
         if kind == "ivf_pq" and d % settings.pq_m:
             raise RetrievalIndexError(f"IndexSettings.pq_m ({settings.pq_m}) must divide the dimension ({d})")
-        ann = _new_ann(kind, d, nlist, settings) if kind != "exact" else None
+        ann = new_ann(kind, d, nlist, settings) if kind != "exact" else None
         if ann is not None and kind.startswith("ivf"):
             rng = np.random.default_rng(settings.seed)
             sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
@@ -218,7 +168,7 @@ class RetrievalIndex:
         rows with 0 as padding, as the ranker's histories, or B iterables). Removed rows are never
         returned. Where fewer than ``n`` rows are left, the answer ends with row 0 and score -inf.
         """
-        users = _check_vectors(users, self.dim, "users")
+        users = check_vectors(users, self.dim, "users")
         if not is_int(n) or n < 1:
             raise RetrievalIndexError(f"n must be an integer >= 1, got {n!r}")
         excl = self._exclusions(exclude, users.shape[0])
@@ -273,7 +223,7 @@ class RetrievalIndex:
 
     def _ann_candidates(self, users: np.ndarray, k: int, excl: list[np.ndarray]) -> np.ndarray:
         """Rows proposed by the ANN index (B, k + most excluded); 0 where it proposed none."""
-        faiss = _faiss()
+        faiss = faiss_module()
         k = min(k + max((e.size for e in excl), default=0), self.num_rows)
         sel = {"sel": self._selector[-1]} if self._selector else {}
         if self.kind == "hnsw":
@@ -324,63 +274,18 @@ class RetrievalIndex:
         """Append rows (M, d) float32 and return their row numbers (M,) int64 (the next ones).
 
         ``payload``: their M records, required when the index has a ``payload_dtype`` (and refused
-        otherwise). A saved index appends them to its directory first (``append_to``: O(M) bytes,
+        otherwise). A saved index appends them to its directory first (``append_rows``: O(M) bytes,
         visible to other processes after their ``refresh``) and then reads back what changed there.
         """
-        x = _check_vectors(embeddings, self.dim, "embeddings")
-        rec = _checked_payload(self.payload_dtype, payload, x.shape[0])
+        x = check_vectors(embeddings, self.dim, "embeddings")
+        rec = checked_payload(self.payload_dtype, payload, x.shape[0])
         if self._dir is not None:
-            rows = RetrievalIndex.append_to(self._dir, x, rec)
+            rows = append_rows(self._dir, x, rec)
             self._refresh_unlocked()
             return rows
         first = self.num_rows + 1
         self._extend(x, rec)
         return np.arange(first, first + x.shape[0], dtype=np.int64)
-
-    @staticmethod
-    def append_to(directory: str | os.PathLike[str], embeddings: np.ndarray,
-                  payload: np.ndarray | None = None) -> np.ndarray:
-        """Append rows (and their records) to the index saved in ``directory`` without loading it; their rows.
-
-        Under the writer lock: the added file, the payload file, then the manifest (the commit). Bytes
-        written: M rows and M records, whatever the index's size. A writer killed before the manifest
-        leaves the previous state.
-        """
-        d = Path(directory)
-        with writer_lock(d):
-            doc = read_manifest(d)
-            dim, base, added = int(doc["dim"]), int(doc["base_rows"]), int(doc["added_rows"])
-            x = _check_vectors(embeddings, dim, "embeddings")
-            pdoc = doc.get("payload")
-            rec = _checked_payload(dtype_from_json(pdoc["dtype"]) if pdoc else None, payload, x.shape[0])
-            files = generation_files(int(doc["generation"]))
-            append_at(d / files["added"], x, added * dim * 4)
-            if rec is not None and pdoc:
-                records = base + added + 1 - int(pdoc["from"])
-                append_at(d / files["payload"], rec, records * rec.dtype.itemsize)
-            write_manifest(d, {**doc, "added_rows": added + x.shape[0]})
-        first = base + added + 1
-        return np.arange(first, first + x.shape[0], dtype=np.int64)
-
-    @staticmethod
-    def remove_from(directory: str | os.PathLike[str], rows: np.ndarray | Sequence[int]) -> None:
-        """Tombstone live ``rows`` of the index saved in ``directory`` without loading it (O(rows) bytes)."""
-        d = Path(directory)
-        r = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if r.size == 0:
-            return
-        if len(np.unique(r)) != r.size:
-            raise RetrievalIndexError("the rows to remove hold duplicates")
-        with writer_lock(d):
-            doc = read_manifest(d)
-            files = generation_files(int(doc["generation"]))
-            total, count = int(doc["base_rows"]) + int(doc["added_rows"]), int(doc["removed_count"])
-            gone = read_items(d / files["removed"], np.int64, 0, count)
-            bad = r[(r < 1) | (r > total) | np.isin(r, gone)]
-            if bad.size:
-                raise RetrievalIndexError(f"cannot remove rows that are not live rows 1..{total}: {bad[:10].tolist()}")
-            append_at(d / files["removed"], r, count * 8)
-            write_manifest(d, {**doc, "removed_count": count + r.size})
 
     def added_payload(self) -> np.ndarray:
         """The records of rows ``payload_from``..``num_rows``, in row order (a structured array, not a copy)."""
@@ -394,7 +299,7 @@ class RetrievalIndex:
         if r.size == 0:
             return
         if self._dir is not None:
-            RetrievalIndex.remove_from(self._dir, r)
+            remove_rows(self._dir, r)
             self._refresh_unlocked()
             return
         if len(np.unique(r)) != r.size:
@@ -406,16 +311,16 @@ class RetrievalIndex:
 
     def _extend(self, x: np.ndarray, payload: np.ndarray | None = None) -> None:
         """Rows ``x`` (and their records) join the table (amortised O(M): the buffers double) and the ANN index."""
-        self._extra, self._n_extra = _grown(self._extra, self._n_extra, x)
+        self._extra, self._n_extra = grown(self._extra, self._n_extra, x)
         if payload is not None:
-            self._payload, self._n_payload = _grown(self._payload, self._n_payload, payload)
+            self._payload, self._n_payload = grown(self._payload, self._n_payload, payload)
         if self._ann is not None:
             self._ann.add(np.ascontiguousarray(x))
 
     def _tombstone(self, rows: np.ndarray) -> None:
         self._removed = np.union1d(self._removed, rows)
         if self._ann is not None and self._removed.size:
-            faiss = _faiss()
+            faiss = faiss_module()
             batch = faiss.IDSelectorBatch(self._removed - 1)
             self._selector = (batch, faiss.IDSelectorNot(batch))
 
@@ -431,7 +336,7 @@ class RetrievalIndex:
             write_table(d / files["table"], [seg for _, seg in self._segments()])
             if self._ann is not None:
                 tmp = d / f".{files['ann']}.tmp"
-                _faiss().write_index(self._ann, str(tmp))
+                faiss_module().write_index(self._ann, str(tmp))
                 os.replace(tmp, d / files["ann"])
             atomic_write_bytes(d / files["added"], b"")
             atomic_write_bytes(d / files["removed"], self._removed.tobytes())
@@ -473,7 +378,7 @@ class RetrievalIndex:
         if kind != "exact":
             if not (d / files["ann"]).is_file():
                 raise FileNotFoundError(d / files["ann"])
-            ann = _faiss().read_index(str(d / files["ann"]))
+            ann = faiss_module().read_index(str(d / files["ann"]))
             if ann.ntotal != base_rows or ann.d != dim:
                 raise RetrievalIndexError(f"{d / files['ann']} indexes {ann.ntotal} rows of dimension {ann.d}, "
                                           f"the manifest says {base_rows} of {dim}")
@@ -536,73 +441,6 @@ class RetrievalIndex:
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-def _faiss() -> Any:
-    """faiss, imported on first use: only the ANN kinds need it."""
-    try:
-        import faiss
-    except ImportError as e:
-        raise RetrievalIndexError("the ANN kinds need faiss (pip install faiss-cpu); the exact kind needs "
-                                  "numpy alone") from e
-    return faiss
-
-
-def _new_ann(kind: str, d: int, nlist: int, s: IndexSettings) -> Any:
-    faiss = _faiss()
-    ip = faiss.METRIC_INNER_PRODUCT
-    if kind == "hnsw":
-        return faiss.IndexHNSWFlat(d, s.hnsw_m, ip)
-    code = {"ivf_flat": "Flat", "ivf_sq8": "SQ8", "ivf_pq": f"PQ{s.pq_m}np"}[kind]  # np: no polysemous training
-    ann = faiss.index_factory(d, f"IVF{nlist},{code}", ip)
-    ann.cp.niter = 10  # k-means iterations: at 1M rows of bench/scale.py, the recall of faiss's 25 in half the time
-    return ann
-
-
-def _check_vectors(x: Any, dim: int | None, name: str) -> np.ndarray:
-    """``x`` as a C-contiguous float32 (M >= 1, d) array of finite values, d == ``dim`` when given."""
-    arr = np.ascontiguousarray(x, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1 or (dim is not None and arr.shape[1] != dim):
-        want = f"(M >= 1, {dim})" if dim is not None else "(N >= 1, d >= 1)"
-        raise RetrievalIndexError(f"{name} must be {want}, got shape {arr.shape}")
-    if not all(np.isfinite(arr[lo:lo + (1 << 18)]).all() for lo in range(0, arr.shape[0], 1 << 18)):
-        raise RetrievalIndexError(f"{name} holds non-finite values")
-    return arr
-
-
-def _checked_payload(dtype: np.dtype | None, payload: np.ndarray | None, m: int) -> np.ndarray | None:
-    """``payload`` as M contiguous records of ``dtype`` (None without a payload); an error naming the mismatch."""
-    if dtype is None:
-        if payload is not None:
-            raise RetrievalIndexError("this index carries no payload (built without payload_dtype)")
-        return None
-    if payload is None:
-        raise RetrievalIndexError(f"this index needs a payload record per added row ({dtype})")
-    rec = np.ascontiguousarray(payload)
-    if rec.dtype != dtype or rec.shape != (m,):
-        raise RetrievalIndexError(f"payload must be ({m},) of {dtype}, got {rec.shape} of {rec.dtype}")
-    return rec
-
-
-def _grown(buf: np.ndarray, used: int, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """``x`` written after the first ``used`` items of ``buf`` (a new buffer of double size when full)."""
-    need = used + x.shape[0]
-    if need > buf.shape[0]:
-        grown = np.empty((max(need, 2 * buf.shape[0], 16), *x.shape[1:]), dtype=x.dtype)
-        grown[:used] = buf[:used]
-        buf = grown
-    buf[used:need] = x
-    return buf, need
-
-
-def dtype_to_json(dtype: np.dtype) -> list[list[Any]]:
-    """A structured dtype as JSON lists (``dtype_from_json`` reads it back)."""
-    fields: Any = dtype.fields or {}
-    return [[name, fields[name][0].base.str, list(fields[name][0].shape)] for name in dtype.names or ()]
-
-
-def dtype_from_json(doc: list[list[Any]]) -> np.dtype:
-    return np.dtype([(str(name), str(base), tuple(int(s) for s in shape)) for name, base, shape in doc])
-
 
 def _top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` highest ``scores`` per line (unordered) and their rows."""

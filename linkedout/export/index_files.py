@@ -32,8 +32,9 @@ import numpy as np
 
 from linkedout.utils import atomic_write_text
 
-__all__ = ["INDEX_FORMAT", "MANIFEST", "RetrievalIndexError", "append_at", "generation_files", "read_items",
-           "read_manifest", "remove_stale", "write_manifest", "write_table", "writer_lock"]
+__all__ = ["INDEX_FORMAT", "MANIFEST", "RetrievalIndexError", "append_at", "append_rows", "check_vectors",
+           "checked_payload", "dtype_from_json", "dtype_to_json", "generation_files", "grown", "read_items",
+           "read_manifest", "remove_rows", "remove_stale", "write_manifest", "write_table", "writer_lock"]
 
 INDEX_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -124,3 +125,93 @@ def writer_lock(d: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_rows(directory: str | os.PathLike[str], embeddings: np.ndarray, payload: np.ndarray | None = None) -> np.ndarray:
+    """Append rows (and their records) to the index saved in ``directory`` without loading it; their rows.
+
+    Under the writer lock: the added file, the payload file, then the manifest (the commit). Bytes
+    written: M rows and M records, whatever the index's size. A writer killed before the manifest
+    leaves the previous state.
+    """
+    d = Path(directory)
+    with writer_lock(d):
+        doc = read_manifest(d)
+        dim, base, added = int(doc["dim"]), int(doc["base_rows"]), int(doc["added_rows"])
+        x = check_vectors(embeddings, dim, "embeddings")
+        pdoc = doc.get("payload")
+        rec = checked_payload(dtype_from_json(pdoc["dtype"]) if pdoc else None, payload, x.shape[0])
+        files = generation_files(int(doc["generation"]))
+        append_at(d / files["added"], x, added * dim * 4)
+        if rec is not None and pdoc:
+            records = base + added + 1 - int(pdoc["from"])
+            append_at(d / files["payload"], rec, records * rec.dtype.itemsize)
+        write_manifest(d, {**doc, "added_rows": added + x.shape[0]})
+    first = base + added + 1
+    return np.arange(first, first + x.shape[0], dtype=np.int64)
+
+
+def remove_rows(directory: str | os.PathLike[str], rows: np.ndarray | Sequence[int]) -> None:
+    """Tombstone live ``rows`` of the index saved in ``directory`` without loading it (O(rows) bytes)."""
+    d = Path(directory)
+    r = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if r.size == 0:
+        return
+    if len(np.unique(r)) != r.size:
+        raise RetrievalIndexError("the rows to remove hold duplicates")
+    with writer_lock(d):
+        doc = read_manifest(d)
+        files = generation_files(int(doc["generation"]))
+        total, count = int(doc["base_rows"]) + int(doc["added_rows"]), int(doc["removed_count"])
+        gone = read_items(d / files["removed"], np.int64, 0, count)
+        bad = r[(r < 1) | (r > total) | np.isin(r, gone)]
+        if bad.size:
+            raise RetrievalIndexError(f"cannot remove rows that are not live rows 1..{total}: {bad[:10].tolist()}")
+        append_at(d / files["removed"], r, count * 8)
+        write_manifest(d, {**doc, "removed_count": count + r.size})
+
+
+def check_vectors(x: Any, dim: int | None, name: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 (M >= 1, d) array of finite values, d == ``dim`` when given."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1 or (dim is not None and arr.shape[1] != dim):
+        want = f"(M >= 1, {dim})" if dim is not None else "(N >= 1, d >= 1)"
+        raise RetrievalIndexError(f"{name} must be {want}, got shape {arr.shape}")
+    if not all(np.isfinite(arr[lo:lo + (1 << 18)]).all() for lo in range(0, arr.shape[0], 1 << 18)):
+        raise RetrievalIndexError(f"{name} holds non-finite values")
+    return arr
+
+
+def checked_payload(dtype: np.dtype | None, payload: np.ndarray | None, m: int) -> np.ndarray | None:
+    """``payload`` as M contiguous records of ``dtype`` (None without a payload); an error naming the mismatch."""
+    if dtype is None:
+        if payload is not None:
+            raise RetrievalIndexError("this index carries no payload (built without payload_dtype)")
+        return None
+    if payload is None:
+        raise RetrievalIndexError(f"this index needs a payload record per added row ({dtype})")
+    rec = np.ascontiguousarray(payload)
+    if rec.dtype != dtype or rec.shape != (m,):
+        raise RetrievalIndexError(f"payload must be ({m},) of {dtype}, got {rec.shape} of {rec.dtype}")
+    return rec
+
+
+def grown(buf: np.ndarray, used: int, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``x`` written after the first ``used`` items of ``buf`` (a new buffer of double size when full)."""
+    need = used + x.shape[0]
+    if need > buf.shape[0]:
+        grown = np.empty((max(need, 2 * buf.shape[0], 16), *x.shape[1:]), dtype=x.dtype)
+        grown[:used] = buf[:used]
+        buf = grown
+    buf[used:need] = x
+    return buf, need
+
+
+def dtype_to_json(dtype: np.dtype) -> list[list[Any]]:
+    """A structured dtype as JSON lists (``dtype_from_json`` reads it back)."""
+    fields: Any = dtype.fields or {}
+    return [[name, fields[name][0].base.str, list(fields[name][0].shape)] for name in dtype.names or ()]
+
+
+def dtype_from_json(doc: list[list[Any]]) -> np.dtype:
+    return np.dtype([(str(name), str(base), tuple(int(s) for s in shape)) for name, base, shape in doc])

@@ -50,6 +50,8 @@ log = get_logger(__name__)
 __all__ = ["ModelRepository", "RepositoryError", "TritonConfig", "config_pbtxt", "validate_onnx"]
 
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
+#: Files that commit the others of their directory: uploaded last, whatever their size.
+_COMMITS = ("manifest.json", "catalog.json")
 
 
 class RepositoryError(RuntimeError):
@@ -289,19 +291,23 @@ class ModelRepository:
         """Copy the repository to ``uri`` (a directory or ``s3://bucket/prefix``); returns the keys written.
 
         Version files go first and each model's ``config.pbtxt`` last; files already there with the
-        same size are skipped; staging and retired directories are not copied.
+        same size are skipped, except the files that commit a catalogue (the index's ``manifest.json``
+        after the files it names, then ``catalog.json``, whose presence means complete); staging and retired directories and
+        hidden files (the index's writer lock) are not copied.
         """
         store = open_storage(uri, endpoint_url=endpoint_url)
         written: list[str] = []
         for model in self.models():
             mdir = self.model_dir(model)
             for v in self.versions(model):
-                for f in sorted((mdir / str(v)).rglob("*")):
-                    if f.is_file():
-                        key = f.relative_to(self.root).as_posix()
-                        if not (store.exists(key) and store.size(key) == f.stat().st_size):
-                            store.write_bytes(key, f.read_bytes())
-                            written.append(key)
+                files = [f for f in sorted((mdir / str(v)).rglob("*")) if f.is_file() and not f.name.startswith(".")]
+                # a catalogue's index changes in place (appends): its manifest commits them, so it goes
+                # after the files it names and always (its size may not change)
+                for f in sorted(files, key=lambda f: (f.name == "catalog.json", f.name == "manifest.json")):
+                    key = f.relative_to(self.root).as_posix()
+                    if f.name in _COMMITS or not (store.exists(key) and store.size(key) == f.stat().st_size):
+                        store.write_bytes(key, f.read_bytes())
+                        written.append(key)
             key = f"{model}/config.pbtxt"
             store.write_bytes(key, (mdir / "config.pbtxt").read_bytes())
             written.append(key)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from linkedout.export.catalog import Catalog, CatalogError
 from linkedout.featurestore.definitions import (
     HISTORY_LENGTH,
     TIMESTAMP,
@@ -124,18 +125,15 @@ class Videos:
 
     @classmethod
     def from_catalog(cls, version_dir: str | Path, titles: Mapping[Any, str] | pd.DataFrame | None = None) -> Videos:
-        """Read a ranker version's ``catalog.npz`` (docs/serving.md §1). ``titles``: ``{video id: title}``
-        or linkedout/data's titles table (``item, title``)."""
-        path = Path(version_dir) / "catalog.npz"
-        if not path.is_file():
-            raise FeatureRepoError(f"no catalogue at {path}")
+        """Read a ranker version's catalogue as it stands (docs/serving.md §1: the exported videos, less
+        those removed, plus those added in place). ``titles``: ``{video id: title}`` or linkedout/data's
+        titles table (``item, title``)."""
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in ("ids", "embeddings", "gate", "contributions", "popularity", "published")}
-        except (KeyError, ValueError, OSError) as e:
-            raise FeatureRepoError(f"{path} is not a catalogue (ids, embeddings, gate, contributions, "
-                                   f"popularity, published): {e}") from e
-        return cls(**arrays, titles=_titles_for(arrays["ids"], titles))
+            cat = Catalog.load(version_dir)
+        except CatalogError as e:
+            raise FeatureRepoError(f"no readable catalogue at {version_dir}: {e}") from e
+        return cls(ids=cat.ids, embeddings=cat.embeddings, gate=cat.gate, contributions=cat.contributions,
+                   popularity=cat.popularity, published=cat.published, titles=_titles_for(cat.ids, titles))
 
 
 def _titles_for(ids: np.ndarray, titles: Mapping[Any, str] | pd.DataFrame | None) -> tuple[str, ...]:
@@ -233,11 +231,12 @@ class VideoWrite:
 
 
 def write_videos(repo: FeatureRepo, videos: Videos, *, model_version: str, online: OnlineMode = "direct",
-                 published_at: datetime | None = None) -> VideoWrite:
+                 published_at: datetime | None = None, part: str | None = None) -> VideoWrite:
     """Write the metadata and embeddings of ``videos`` as published by ``model_version`` (``NAME_vV``).
 
-    Offline: ``video_meta/{model_version}.parquet`` and ``video_embedding/{model_version}.parquet``
-    (replaced on a re-run). Rows are stamped ``published_at`` (default: now), so the last
+    Offline: ``video_meta/{part}.parquet`` and ``video_embedding/{part}.parquet`` (``part`` defaults
+    to ``model_version``: a version's whole catalogue; videos added to it live go to parts of their
+    own), replaced on a re-run. Rows are stamped ``published_at`` (default: now), so the last
     publication of a video wins. Videos absent from ``videos`` keep their older rows.
     """
     _check_mode(online)
@@ -245,7 +244,8 @@ def write_videos(repo: FeatureRepo, videos: Videos, *, model_version: str, onlin
     if published_at.tzinfo is None:
         raise ValueError("published_at must be timezone-aware")
     meta, emb = videos_tables(videos, model_version, published_at)
-    files = (write_part(repo, VIDEO_META, model_version, meta), write_part(repo, VIDEO_EMBEDDING, model_version, emb))
+    part = part or model_version
+    files = (write_part(repo, VIDEO_META, part, meta), write_part(repo, VIDEO_EMBEDDING, part, emb))
     if online == "direct":
         write_online(repo, VIDEO_META, meta)
         write_online(repo, VIDEO_EMBEDDING, emb)
@@ -378,7 +378,7 @@ def publish_model_version(repo: FeatureRepo, model: str, version: int, videos: V
 def publish_catalog(repo: FeatureRepo, version_dir: str | Path, *, titles: Mapping[Any, str] | pd.DataFrame | None = None,
                     histories: pd.DataFrame | None = None, online: OnlineMode = "direct") -> FeatureService:
     """:func:`publish_model_version` from an exported ranker version directory (``catalog.json`` names
-    the model and version, ``catalog.npz`` holds the videos; docs/serving.md §1)."""
+    the model and version; docs/serving.md §1)."""
     path = Path(version_dir) / "catalog.json"
     try:
         meta = json.loads(path.read_text())

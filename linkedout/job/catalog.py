@@ -3,8 +3,8 @@
 
 Not a stage of the main job: an operation on what the main job published. The new videos are
 read by the frozen backbone with the feature shards' own extraction config, encoded by the
-published ONNX item encoder (content only: no ID row), appended as a new ranker version of the
-model repository, and written to Feast under that version.
+published ONNX item encoder (content only: no ID row), appended in place to the catalogue of the
+served ranker version (``update_catalog``), and written to Feast under that version.
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from typing import Any
 import numpy as np
 
 from linkedout.data.microlens import load_microlens
-from linkedout.export import Catalog, ModelRepository, ranker_name, update_catalog
-from linkedout.export.catalog import parse_video_ids
+from linkedout.export import ModelRepository, ranker_name, update_catalog
+from linkedout.export.catalog import live_ids, parse_video_ids
 from linkedout.extraction.backbone import load_backbone
 from linkedout.extraction.backbone_config import BackboneConfig
 from linkedout.extraction.driver import extract_dataset
 from linkedout.extraction.extractor import ExtractionConfig, LinkedOutExtractor
 from linkedout.extraction.reconcile import read_dataset_doc
 from linkedout.extraction.video import decode_frames
-from linkedout.featurestore import open_repo, publish_model_version
-from linkedout.featurestore.write import Videos
+from linkedout.featurestore import open_repo
+from linkedout.featurestore.definitions import service_name
+from linkedout.featurestore.write import Videos, write_videos
 from linkedout.shards import FeatureReader
 from linkedout.utils import get_logger
 
@@ -104,14 +105,14 @@ def add_videos(videos: list[Path], *, repository: str | os.PathLike[str], name: 
        with ``check``, one video of ``features`` is extracted again and must match its stored
        features, so that new and old videos live in one feature space;
     3. ``update_catalog`` encodes them with the published ONNX item encoder (no ID row: content only)
-       and publishes a new ranker version with them appended;
-    4. with ``feast_dir``, their metadata and embeddings go to Feast under the new version.
+       and appends them to the served catalogue in place (no new model version);
+    4. with ``feast_dir``, their metadata and embeddings go to Feast under the served version.
 
     A failure at any step leaves nothing behind (the batch's shards are written to a staging
     directory first) and the served catalogue as it was. ``ids`` default to the files' names
     (``1234.mp4`` is video 1234). Videos that cannot be decoded are reported and left out; none
-    decodable is an error. Returns a summary (new version, added, failed). A running local stack
-    loads the new version when its model server is told (``linkedout catalog add`` does it).
+    decodable is an error. Returns a summary (version, added, failed, rows). A running transformer
+    serves them from its next catalogue poll (``--catalog_poll_s``), with no reload.
     """
     paths, id_arr = _videos_to_add(videos, ids)
     _refuse_known_ids(repository, name, id_arr)
@@ -130,19 +131,24 @@ def add_videos(videos: list[Path], *, repository: str | os.PathLike[str], name: 
             raise ValueError(f"none of the videos could be decoded: {dict(list(summary.failed.items())[:5])}")
         feats = FeatureReader(str(staging)).get_many([str(v) for v in ok])  # (M, L, K, D)
         now = int(time.time() * 1000)
-        version, catalog = update_catalog(repository, name, add_ids=ok, add_features=feats,
-                                          add_published=np.full(len(ok), now, dtype=np.int64))
-        staging.rename(root / f"v{version}")
+        change = update_catalog(repository, name, add_ids=ok, add_features=feats,
+                                add_published=np.full(len(ok), now, dtype=np.int64))
+        # one store per batch, named by its first row (rows only grow: never taken twice)
+        batch = f"v{change.version}-row{change.added_rows[0]}"
+        staging.rename(root / batch)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    out: dict[str, Any] = {"model": name, "version": version, "added": ok, "failed": dict(summary.failed),
-                           "catalogue": catalog.num_items, "features": str(root / f"v{version}")}
+    out: dict[str, Any] = {"model": name, "version": change.version, "added": ok, "rows": change.added_rows,
+                           "failed": dict(summary.failed), "catalogue": change.num_items,
+                           "features": str(root / batch)}
     if feast_dir is not None and (Path(feast_dir) / "feature_store.yaml").is_file():
-        vdir = ModelRepository(repository).version_dir(ranker_name(name), version)
+        vdir = ModelRepository(repository).version_dir(ranker_name(name), change.version)
         new = Videos.from_catalog(vdir, titles or {}).subset(ok)
-        publish_model_version(open_repo(Path(feast_dir)), name, version, new)
+        service = service_name(name, change.version)
+        write_videos(open_repo(Path(feast_dir)), new, model_version=service, part=f"{service}-{batch}")
         out["feast"] = str(feast_dir)
-    log.info("catalogue of %s: version %d with %d new videos (%d failed)", name, version, len(ok), len(summary.failed))
+    log.info("catalogue of %s (version %d): %d new videos at rows %d.. (%d failed)", name, change.version, len(ok),
+             change.added_rows[0], len(summary.failed))
     return out
 
 
@@ -174,8 +180,10 @@ def _refuse_known_ids(repository: str | os.PathLike[str], name: str, ids: np.nda
     latest = repo.latest(ranker_name(name)) if Path(repository).is_dir() else None
     if latest is None:
         raise ValueError(f"{repository} serves no model {name!r} (no {ranker_name(name)} version): export one first")
-    catalog = Catalog.load(repo.version_dir(ranker_name(name), latest))
-    known = [int(i) for i in ids if int(i) in catalog]
+    all_ids, removed = live_ids(repo.version_dir(ranker_name(name), latest))
+    live = np.ones(all_ids.shape[0], dtype=bool)
+    live[removed - 1] = False
+    known = ids[np.isin(ids, all_ids[live])].tolist()
     if known:
         raise ValueError(f"video id(s) {known[:10]} are already in the catalogue of {name} (version {latest}); "
                          "give new ids (--ids) or remove those videos first")

@@ -43,11 +43,11 @@ def default_repository_configs(name: str = "linkedout") -> dict[str, str]:
     """
     spec = default_feature_spec()
     mcfg = default_model_config()
-    n = 1000  # any catalogue of at least max_k videos gives the same configuration
+    n = 1000  # any catalogue gives the same configuration (the catalogue is not in the graphs)
     with torch.device("meta"):
         model = build_model(mcfg, n, np.ones(n + 1, dtype=np.int64))
     xcfg = ExportConfig(name=name)
     enc = encoder_spec(model, (len(spec.layers), spec.tokens, spec.hidden))
-    rk = ranker_spec(max_history(model), xcfg.max_k, mcfg.d_model)
+    rk = ranker_spec(max_history(model), mcfg.d_model)
     return {f"{encoder_name(name)}/config.pbtxt": config_pbtxt(encoder_name(name), enc, xcfg.triton),
             f"{ranker_name(name)}/config.pbtxt": config_pbtxt(ranker_name(name), rk, xcfg.triton)}

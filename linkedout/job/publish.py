@@ -19,12 +19,12 @@ import torch
 from linkedout.data.microlens import load_microlens
 from linkedout.evaluation import evaluate as evaluate_model
 from linkedout.export import (
-    Catalog,
     ExportConfig,
     ModelRepository,
     export_model,
     ranker_name,
 )
+from linkedout.export.catalog import read_meta
 from linkedout.job.split import build_split, load_split
 from linkedout.job.step import step
 from linkedout.job.training import checkpoint_of, item_features_for, run_dir_of
@@ -73,9 +73,9 @@ def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *,
                   item_features: Any = None, extra_source: dict[str, Any] | None = None) -> int:
     """Export ``run_dir`` as ``name`` unless the repository's latest version already serves this checkpoint.
 
-    That version is the checkpoint's own export, or a live catalogue update of it (``linkedout
-    catalog add``: its ``source`` is carried forward): the videos added or removed since are kept,
-    never dropped by exporting the checkpoint again over the training catalogue. Returns the ranker
+    That version is the checkpoint's own export, whose catalogue ``linkedout catalog add`` may have
+    changed in place since: the videos added or removed are kept, never dropped by exporting the
+    checkpoint again over the training catalogue. Returns the ranker
     version that serves the run.
     """
     repo = ModelRepository(repository)
@@ -83,11 +83,9 @@ def export_if_new(data: Path, features: str, run_dir: Path, repository: Path, *,
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     latest = repo.latest(ranker_name(name))
     if latest is not None:
-        meta = Catalog.load(repo.version_dir(ranker_name(name), latest)).meta
+        meta = read_meta(repo.version_dir(ranker_name(name), latest))
         if (meta.get("source") or {}).get("checkpoint_sha256") == sha:
-            log.info("%s_ranker version %d already serves %s%s", name, latest, ckpt,
-                     " (with the live catalogue changes since its export)" if meta.get("added") or meta.get("removed")
-                     else "")
+            log.info("%s_ranker version %d already serves %s", name, latest, ckpt)
             return latest
     result = export_run(data, features, run_dir, repository, name=name, split=split, item_features=item_features,
                         extra_source=extra_source)
@@ -137,7 +135,7 @@ def compare_with_serving(run_dir: Path, repository: Path, *, name: str, split: A
     if latest is None:
         return {**out, "deploy": True, "reason": f"nothing serves {name!r} yet: deploy (validation {metric} "
                                                  f"{candidate:.4f})"}
-    source = Catalog.load(repo.version_dir(ranker_name(name), latest)).meta.get("source") or {}
+    source = read_meta(repo.version_dir(ranker_name(name), latest)).get("source") or {}
     out["serving_version"] = latest
     if source.get("checkpoint_sha256") == sha:
         return {**out, "deploy": True, "serving": candidate,

@@ -9,7 +9,8 @@ The production request path (this package; import the submodule you need):
   server in it.
 - :mod:`.request`: request parsing and checks (``parse_request``, ``RequestError``).
 - :mod:`.routing`: A/B routing (``Router``, ``RoutingConfig``: salted hash, sticky).
-- :mod:`.catalog`: ``ServedCatalogs``, the catalogue versions of the served rankers, loaded once.
+- :mod:`.catalog`: ``ServedCatalogs``, the catalogues of the served ranker versions (videos, retrieval index),
+  loaded once and followed as videos are added in place.
 - :mod:`.ranker`: ``TritonRanker``, the transformer's Triton client (kserve's gRPC client).
 - :mod:`.request_log`: the JSONL request log; :mod:`.metrics`: the Prometheus metrics.
 - :mod:`.kserve_server`: ``BoundModelServer``, a ``kserve.ModelServer`` bound to ``--bind_address``.

@@ -1,25 +1,37 @@
-"""The served catalog: the catalogue versions of the ranker models in the model repository, loaded once.
+"""The served catalogues: each ranker version's videos and retrieval index, loaded once, followed live.
 
 The model repository (a directory, or ``s3://bucket/prefix`` — what Triton's ``storageUri`` points
-at) holds each ranker version's ``catalog.json`` and ``catalog.npz`` beside its ``model.onnx``
-(docs/serving.md §1). ``ServedCatalogs`` lists the versions of the models it is asked about,
-loads a version's catalogue when it is first needed (S3 files are copied into a local cache
-first) and keeps it: ids <-> rows, the gate weights and contributions for ``explain``, and the
-cold-start list. Which version serves is decided by the engine (the newest one Triton reports
-ready, or the version a routing variant pins). numpy and the shards' storage only: no torch.
+at) holds beside each ranker version's ``model.onnx`` its catalogue (``linkedout.export.catalog``):
+``catalog.json``, ``catalog.npz`` and ``index/``. ``ServedCatalogs`` lists the versions of the models
+it is asked about, loads a version's catalogue when it is first needed (S3 files are copied into a
+local cache first) and keeps it as a ``CatalogView``: ids <-> rows, the rows' embeddings (the
+index's memory-mapped table) for the ranker's input, the retrieval of the top-K for a user state
+(exact or ANN), the gate weights and contributions for ``explain``, and the cold-start list.
+
+Videos added or removed in place (``linkedout catalog add``) reach a loaded view with ``refresh``:
+it reads what the index's manifest commits past what the view has read (O(change), plus the
+cold-start list again), so a new video is served without reloading anything. A view is not
+thread-safe against its own refresh: the engine runs searches and refreshes on one worker thread,
+and the row numbers a request holds stay valid across refreshes (rows only grow; removed rows are
+never returned again). numpy, faiss (ANN indexes) and the shards' storage only: no torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from linkedout.export.catalog import Catalog
+from linkedout.export.catalog import COLUMNS, INDEX_DIR, CatalogError, read_meta
+from linkedout.export.index import RetrievalIndex
+from linkedout.export.index_files import MANIFEST, generation_files
 from linkedout.shards.storage import open_storage
 from linkedout.utils import atomic_write_bytes, get_logger
 
@@ -29,38 +41,172 @@ __all__ = ["COLD_START_HALF_LIFE_DAYS", "CatalogView", "ServedCatalogs"]
 
 #: Recency half-life of the cold-start answer, in days of catalogue time (see ``CatalogView``).
 COLD_START_HALF_LIFE_DAYS = 14.0
+#: Catalogues up to this many live videos keep their whole cold-start order; larger ones its best this many.
+COLD_START_FULL = 1_000_000
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Rows:
+    """What a view knows of its rows at one point (replaced whole by ``refresh``)."""
+
+    ids: np.ndarray  # (R+1,) int64: video id of rows 0..R, -1 for the padding row 0
+    live: np.ndarray  # (R+1,) bool: row served (row 0 and removed rows False)
+    added: dict[int, int]  # video id -> its newest row, for rows added after the export
+    gate: np.ndarray  # (R_added, L) of the added rows
+    contributions: np.ndarray  # (R_added, L)
+    num_items: int  # live videos
+    cold_start_rows: np.ndarray  # (C,) rows, best first
+    cold_start_scores: np.ndarray  # (C,) their scores
+
+
 class CatalogView:
-    """One loaded catalogue version and what the transformer derives from it.
+    """One loaded catalogue version (a ranker version's) and what the transformer derives from it.
 
-    ``cold_start`` is the answer for a user with no history: videos ordered by
+    ``cold_start_rows`` is the answer for a user with no history: videos ordered by
     ``log1p(popularity) / log1p(max popularity) + 2 ** (-age / half-life)``, where ``age`` is the
     time since publication counted back from the newest video of the catalogue (so a replayed,
     historical catalogue behaves like a live one): popular and recently published videos first.
     """
 
-    model: str
-    version: int
-    catalog: Catalog
-    cold_start_rows: np.ndarray  # (N,) rows, best first
-    cold_start_scores: np.ndarray  # (N,) their scores
+    def __init__(self, model: str, version: int, directory: str | os.PathLike[str],
+                 half_life_days: float = COLD_START_HALF_LIFE_DAYS) -> None:
+        d = Path(directory)
+        self.model, self.version, self.directory = model, version, d
+        self.half_life_days = half_life_days
+        doc = read_meta(d)
+        self.meta: dict[str, Any] = {k: v for k, v in doc.items() if k not in ("format", "num_items", "dim", "layers")}
+        self.layers: list[str] = list(doc.get("layers", []))
+        self.max_history = int(doc.get("max_history") or 10)
+        self.max_k = int(doc.get("max_k") or 100)
+        try:
+            with np.load(d / "catalog.npz", allow_pickle=False) as z:
+                base = {k: z[k] for k in COLUMNS}
+        except (OSError, ValueError, KeyError) as e:
+            raise CatalogError(f"{d / 'catalog.npz'} cannot be read: {e}") from e
+        self.index = RetrievalIndex.load(d / INDEX_DIR)
+        n0 = int(base["ids"].shape[0])
+        if self.index.payload_from != n0 + 1:
+            raise CatalogError(f"{d}: the index's added rows start at {self.index.payload_from}, the catalogue "
+                               f"holds {n0} exported videos")
+        self._base = base
+        self._n0 = n0
+        order = np.argsort(base["ids"], kind="stable")
+        self._base_sorted, self._base_rows = base["ids"][order], order.astype(np.int64) + 1
+        self._seen = (-1, -1)  # (rows, removed) the current _Rows were built from
+        self.rows = self._build_rows()
 
-    @classmethod
-    def build(cls, model: str, version: int, catalog: Catalog,
-              half_life_days: float = COLD_START_HALF_LIFE_DAYS) -> CatalogView:
-        pop = np.log1p(catalog.popularity.astype(np.float64))
-        pop = pop / pop.max() if pop.max() > 0 else pop
-        age_days = (catalog.published.max() - catalog.published).astype(np.float64) / 86_400_000.0
-        recency = np.exp2(-age_days / half_life_days) if half_life_days > 0 else np.zeros_like(age_days)
-        score = pop + recency
-        order = np.argsort(-score, kind="stable")
-        return cls(model, version, catalog, order + 1, score[order].astype(np.float32))
+    # ------------------------------------------------------------------------------ lookups
+
+    @property
+    def num_items(self) -> int:
+        """Live videos (removed ones not counted)."""
+        return self.rows.num_items
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def cold_start_rows(self) -> np.ndarray:
+        return self.rows.cold_start_rows
+
+    @property
+    def cold_start_scores(self) -> np.ndarray:
+        return self.rows.cold_start_scores
+
+    def rows_of(self, video_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Rows (int64) of ``video_ids``; 0 for an id not (or no longer) in the catalogue."""
+        q = np.asarray(video_ids, dtype=np.int64).reshape(-1)
+        st = self.rows
+        out = np.zeros(q.shape[0], dtype=np.int64)
+        if self._base_sorted.size and q.size:
+            pos = np.minimum(np.searchsorted(self._base_sorted, q), self._base_sorted.size - 1)
+            hit = self._base_sorted[pos] == q
+            out[hit] = self._base_rows[pos[hit]]
+        if st.added:
+            for j, v in enumerate(q.tolist()):
+                r = st.added.get(v)
+                if r is not None and st.live[r]:
+                    out[j] = r
+        return np.where(st.live[out], out, 0)
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """Video ids of ``rows`` (any shape); -1 where a row is 0 (padding)."""
+        return self.rows.ids[np.asarray(rows, dtype=np.int64)]
+
+    def gate_of(self, rows: np.ndarray) -> np.ndarray:
+        """The layer gate weights (M, L) of ``rows`` (M,) >= 1."""
+        return self._column("gate", self.rows.gate, rows)
+
+    def contributions_of(self, rows: np.ndarray) -> np.ndarray:
+        """The layer contributions (M, L) of ``rows`` (M,) >= 1."""
+        return self._column("contributions", self.rows.contributions, rows)
+
+    def _column(self, name: str, added: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((rows.shape[0], self.num_layers), dtype=np.float32)
+        in_base = rows <= self._n0
+        out[in_base] = self._base[name][rows[in_base] - 1]
+        out[~in_base] = added[rows[~in_base] - self._n0 - 1]
+        return out
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The embeddings (..., d) of ``rows`` (any shape), zeros for row 0: the ranker's ``history_emb``."""
+        return self.index.vectors(rows)
+
+    def search(self, users: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best rows and scores (B, n) for user states (B, d), ``exclude`` (B, T) rows never returned."""
+        return self.index.search(users, n, exclude)
+
+    # ------------------------------------------------------------------------------ changes
+
+    def refresh(self) -> bool:
+        """Read the videos added or removed since (the index's manifest); whether anything changed."""
+        self.index.refresh()
+        if (self.index.num_rows, self.index.removed_rows().size) == self._seen:
+            return False
+        self.rows = self._build_rows()
+        log.info("catalogue %s v%d refreshed: %d videos", self.model, self.version, self.num_items)
+        return True
+
+    def _build_rows(self) -> _Rows:
+        index, n0 = self.index, self._n0
+        extra = index.added_payload()
+        ids = np.concatenate([[-1], self._base["ids"], extra["id"]]).astype(np.int64)
+        live = np.ones(ids.shape[0], dtype=bool)
+        live[0] = False
+        removed = index.removed_rows()
+        live[removed] = False
+        added = {int(v): r for r, v in enumerate(extra["id"].tolist(), start=n0 + 1)}
+        pop = np.concatenate([self._base["popularity"], extra["popularity"]])
+        pub = np.concatenate([self._base["published"], extra["published"]])
+        cs_rows, cs_scores = _cold_start(pop, pub, live[1:], self.half_life_days)
+        self._seen = (index.num_rows, removed.size)
+        return _Rows(ids, live, added, np.asarray(extra["gate"], dtype=np.float32),
+                     np.asarray(extra["contributions"], dtype=np.float32), int(live.sum()), cs_rows, cs_scores)
+
+
+def _cold_start(popularity: np.ndarray, published: np.ndarray, live: np.ndarray,
+                half_life_days: float) -> tuple[np.ndarray, np.ndarray]:
+    """Live rows by the cold-start score, best first (all of them up to ``COLD_START_FULL``), and the scores."""
+    pop = np.log1p(popularity.astype(np.float64))
+    top = pop[live].max() if live.any() else 0.0
+    pop = pop / top if top > 0 else pop
+    newest = published[live].max() if live.any() else 0
+    age_days = (newest - published).astype(np.float64) / 86_400_000.0
+    recency = np.exp2(-age_days / half_life_days) if half_life_days > 0 else np.zeros_like(age_days)
+    score = np.where(live, pop + recency, -np.inf)
+    n_live = int(live.sum())
+    if n_live > COLD_START_FULL:
+        cand = np.argpartition(-score, COLD_START_FULL)[:COLD_START_FULL]
+        order = cand[np.lexsort((cand, -score[cand]))]
+    else:
+        order = np.argsort(-score, kind="stable")[:n_live]
+    return order.astype(np.int64) + 1, score[order].astype(np.float32)
 
 
 class ServedCatalogs:
-    """Catalogue versions of ranker models in a model repository (thread-safe)."""
+    """Catalogue versions of ranker models in a model repository (loading is thread-safe)."""
 
     def __init__(self, repository: str, *, cache_dir: str | os.PathLike[str] | None = None,
                  s3_endpoint: str | None = None) -> None:
@@ -90,6 +236,11 @@ class ServedCatalogs:
                 found.add(int(parts[1]))
         return sorted(found)
 
+    def loaded(self, model: str, version: int) -> CatalogView | None:
+        """The view of ``model`` version ``version`` when it is loaded already, else None (never loads)."""
+        with self._lock:
+            return self._views.get((model, version))
+
     def view(self, model: str, version: int) -> CatalogView:
         """The loaded catalogue of ``model`` version ``version`` (read once, then kept)."""
         key = (model, version)
@@ -97,14 +248,23 @@ class ServedCatalogs:
             if key in self._views:
                 return self._views[key]
         directory = self._version_dir(model, version)
-        view = CatalogView.build(model, version, Catalog.load(directory))
+        view = CatalogView(model, version, directory)
         with self._lock:
-            self._views[key] = view
+            view = self._views.setdefault(key, view)
             # keep the newest few versions of each model in memory
             for old in sorted(v for m, v in self._views if m == model)[:-3]:
                 self._views.pop((model, old), None)
-        log.info("catalogue %s v%d loaded: %d videos", model, version, view.catalog.num_items)
+        log.info("catalogue %s v%d loaded: %d videos, %s index", model, version, view.num_items, view.index.kind)
         return view
+
+    def refresh(self, model: str, version: int) -> bool:
+        """Bring a loaded view up to the repository's catalogue (additions, removals); whether it changed."""
+        view = self.loaded(model, version)
+        if view is None:
+            return False
+        if self._storage is not None:
+            self._sync_index(model, version)
+        return view.refresh()
 
     def _version_dir(self, model: str, version: int) -> Path:
         if self._local is not None:
@@ -112,9 +272,29 @@ class ServedCatalogs:
         assert self._storage is not None
         target = self.cache_dir / f"{model}_ranker" / str(version)
         if not (target / "catalog.json").is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            for name in ("catalog.npz", "catalog.json"):  # the JSON last: its presence means complete
-                data = self._storage.read_bytes(f"{model}_ranker/{version}/{name}")
-                atomic_write_bytes(target / name, data)
+            (target / INDEX_DIR).mkdir(parents=True, exist_ok=True)
+            self._sync_index(model, version)
+            atomic_write_bytes(target / "catalog.npz", self._storage.read_bytes(f"{model}_ranker/{version}/catalog.npz"))
+            # the JSON last: its presence means complete
+            atomic_write_bytes(target / "catalog.json",
+                               self._storage.read_bytes(f"{model}_ranker/{version}/catalog.json"))
         return target
 
+    def _sync_index(self, model: str, version: int) -> None:
+        """Copy the S3 index's files that its manifest names and that differ from the cache's, the manifest last."""
+        assert self._storage is not None
+        prefix = f"{model}_ranker/{version}/{INDEX_DIR}"
+        local = self.cache_dir / f"{model}_ranker" / str(version) / INDEX_DIR
+        local.mkdir(parents=True, exist_ok=True)
+        manifest = self._storage.read_bytes(f"{prefix}/{MANIFEST}")
+        if (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == manifest:
+            return
+        files = generation_files(int(json.loads(manifest)["generation"]))
+        for name in files.values():
+            key = f"{prefix}/{name}"
+            if not self._storage.exists(key):
+                continue
+            size = self._storage.size(key)
+            if not (local / name).is_file() or (local / name).stat().st_size != size:
+                atomic_write_bytes(local / name, self._storage.read_bytes(key))
+        atomic_write_bytes(local / MANIFEST, manifest)

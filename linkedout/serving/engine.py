@@ -10,7 +10,10 @@
   catalogue rows (ids not in the catalogue are reported as ``unknown_items``), keep the last ``T``
   rows;
 - :meth:`~RecommendationEngine.rank` (``predict``): the users with a history get one ranker call
-  per catalogue version (``Ranker``, Triton's ``NAME_ranker`` in the transformer);
+  per catalogue version (``Ranker``, Triton's ``NAME_ranker`` in the transformer): their history
+  rows and those rows' embeddings in, their user states out; then the catalogue's retrieval index
+  (``CatalogView.search``: exact below a measured size, ANN above, re-scored exactly) gives each
+  user's top ``KMAX`` rows with the history masked, on the engine's retrieval thread;
 
 Concurrent requests share their calls to the store and the ranker (``linkedout.serving.batching``):
 a request that arrives while a Feast read (or a call to the same ranker version) is in flight goes
@@ -47,7 +50,6 @@ from typing import Protocol
 
 import numpy as np
 
-from linkedout.export.catalog import Catalog
 from linkedout.serving import metrics
 from linkedout.serving.batching import Coalescer
 from linkedout.serving.catalog import CatalogView, ServedCatalogs
@@ -76,8 +78,8 @@ class HistorySource(Protocol):
     def get(self, user_ids: Sequence[str]) -> list[list[int]]: ...
 
 
-#: ``rank(model, version, history rows (B, T) int64) -> (rows (B, KMAX) int64, scores (B, KMAX) float32)``.
-Ranker = Callable[[str, int, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+#: ``rank(model, version, history rows (B, T) int64, their embeddings (B, T, d) float32) -> user states (B, d)``.
+Ranker = Callable[[str, int, np.ndarray, np.ndarray], Awaitable[np.ndarray]]
 #: ``ready(model, version) -> bool``: whether the predictor serves that ranker version now.
 VersionReady = Callable[[str, int], Awaitable[bool]]
 
@@ -149,6 +151,9 @@ class RecommendationEngine:
         # file hangs too (a lock held on it: ~10 s of busy timeout), and a request that does not read
         # the store (an explicit history, the readiness probe) must not wait behind one that does
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
+        # retrieval (numpy / faiss, which release the GIL) and catalogue loads and refreshes run on one
+        # thread of their own: off the event loop, and never a refresh during a search
+        self._retrieval = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
         self.max_ranker_batch = max_ranker_batch
         self.batch_window = batch_window
         # requests on their way to the ranker: reading Feast, or prepared and not yet ranked (a plan
@@ -157,7 +162,8 @@ class RecommendationEngine:
         self._unranked: weakref.WeakSet[RecPlan] = weakref.WeakSet()
         self._feast_reads: Coalescer[list[str], list[list[int]]] = Coalescer(
             self._read_batch, name="feast", max_size=1024, size=len)
-        self._ranker_calls: dict[tuple[str, int], Coalescer[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
+        self._ranker_calls: dict[tuple[str, int], Coalescer[tuple[CatalogView, np.ndarray],
+                                                            tuple[np.ndarray, np.ndarray]]] = {}
         self._largest_k = max_k
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
@@ -180,7 +186,7 @@ class RecommendationEngine:
         return self._largest_k
 
     def _set_largest_k(self) -> None:
-        sizes = [self.catalogs.view(m, v).catalog.num_items for m, v in self.serving.items()]
+        sizes = [self.catalogs.view(m, v).num_items for m, v in self.serving.items()]
         self._largest_k = min([self.max_k, *sizes]) if sizes else self.max_k
 
     async def update_served_versions(self, ready: VersionReady) -> dict[str, int]:
@@ -188,8 +194,20 @@ class RecommendationEngine:
 
         A newer ready version replaces the current one (its catalogue is loaded first); when the
         current one stops being ready (rolled back, unloaded) the newest older ready one takes over.
-        Returns ``serving`` (model -> version).
+        The catalogues served (and those pinned) are refreshed first: videos added or removed in place
+        are served from then on. Returns ``serving`` (model -> version).
         """
+        loop = asyncio.get_running_loop()
+        pinned = {(v.model, v.version) for v in self.router.current().variants if v.version is not None}
+        changed = False
+        for model, version in {*self.serving.items(), *pinned}:
+            assert version is not None
+            try:
+                changed |= await loop.run_in_executor(self._retrieval, self.catalogs.refresh, model, version)
+            except Exception as e:  # a half-copied or unreadable change: keep serving what was read
+                log.warning("catalogue %s v%d not refreshed: %s: %s", model, version, type(e).__name__, e)
+        if changed:
+            self._set_largest_k()
         for model in self.router.current().models:
             current = self.serving.get(model)
             versions = self.catalogs.versions(model)
@@ -201,10 +219,10 @@ class RecommendationEngine:
                     self.serving.pop(model, None)
                     self._set_largest_k()
             if chosen is not None and chosen != current:
-                self.catalogs.view(model, chosen)  # load the catalogue before switching
+                # load the catalogue before switching (off the event loop: seconds at 10 M videos)
+                await loop.run_in_executor(self._retrieval, self.catalogs.view, model, chosen)
                 self.serving[model] = chosen
                 self._set_largest_k()
-                pinned = {(v.model, v.version) for v in self.router.current().variants if v.version is not None}
                 for key in [k for k in self._ranker_calls if k[0] == model and k[1] != chosen and k not in pinned]:
                     del self._ranker_calls[key]  # a version no longer served: its (idle) coalescer goes
                 log.info("serving %s_ranker version %d (was %s)", model, chosen, current)
@@ -257,15 +275,15 @@ class RecommendationEngine:
                            plan.cold, plan.unknown)
         result_rows = np.zeros((b, k), dtype=np.int64)
         for g in plan.groups:
-            cat = g.view.catalog
+            ids = g.view.rows.ids
             if g.rows is not None and g.scores is not None:
                 for jj, j in enumerate(g.warm):
                     i = g.users[j]
-                    _fill(i, g.rows[jj], g.scores[jj], plan.seen[i], k, cat, result, result_rows)
+                    _fill(i, g.rows[jj], g.scores[jj], plan.seen[i], k, ids, result, result_rows)
             for i in g.users:
                 if plan.cold[i]:
                     _fill(i, g.view.cold_start_rows[: k + len(plan.seen[i]) + 1], g.view.cold_start_scores,
-                          plan.seen[i], k, cat, result, result_rows)
+                          plan.seen[i], k, ids, result, result_rows)
         if plan.request.explain:
             _explain(result, plan.groups, result_rows)
         result.latency_ms = (time.perf_counter() - plan.started) * 1000.0
@@ -312,17 +330,19 @@ class RecommendationEngine:
             calls = self._ranker_calls[key] = Coalescer(
                 lambda parts: self._rank_batch(*key, parts), name="triton", max_size=self.max_ranker_batch, size=len,
                 on_the_way=self._on_the_way_to_rank, max_wait=self.batch_window)
-        g.rows, g.scores = await calls(g.history_rows[g.warm])
+        g.rows, g.scores = await calls((g.view, g.history_rows[g.warm]))
 
     def _on_the_way_to_rank(self) -> int:
         return self._reading + len(self._unranked)
 
-    async def _rank_batch(self, model: str, version: int, parts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One ranker call for the users of several requests (a ``Coalescer`` batch), split back."""
-        history = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    async def _rank_batch(self, model: str, version: int,
+                          parts: list[tuple[CatalogView, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One ranker call and one retrieval for the users of several requests (a ``Coalescer`` batch), split back."""
+        view = parts[0][0]
+        history = parts[0][1] if len(parts) == 1 else np.concatenate([p for _, p in parts], axis=0)
         t0 = time.perf_counter()
         try:
-            rows, scores = await self.ranker(model, version, history)
+            users = await self.ranker(model, version, history, view.vectors(history))
         except ServingUnavailable:
             raise
         except Exception as e:
@@ -330,8 +350,12 @@ class RecommendationEngine:
                                      "predictor") from e
         finally:
             metrics.TRITON_LATENCY.labels(model=model).observe(time.perf_counter() - t0)
-        bounds = list(itertools.accumulate(len(p) for p in parts))
-        return [(rows[hi - len(p):hi], scores[hi - len(p):hi]) for p, hi in zip(parts, bounds)]
+        t1 = time.perf_counter()
+        rows, scores = await asyncio.get_running_loop().run_in_executor(
+            self._retrieval, view.search, users, min(view.max_k, view.index.num_rows), history)
+        metrics.RETRIEVAL_LATENCY.labels(model=model).observe(time.perf_counter() - t1)
+        bounds = list(itertools.accumulate(len(p) for _, p in parts))
+        return [(rows[hi - len(p):hi], scores[hi - len(p):hi]) for (_, p), hi in zip(parts, bounds)]
 
     def _account(self, result: RecResult, experiment: str, variants: Sequence[RoutingVariant], t0: float) -> None:
         elapsed = time.perf_counter() - t0
@@ -349,6 +373,7 @@ class RecommendationEngine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._retrieval.shutdown(wait=False, cancel_futures=True)
         if self.request_log is not None:
             self.request_log.close()
 
@@ -380,18 +405,15 @@ def _count_error(variants: Sequence[RoutingVariant], e: ServingUnavailable) -> N
 
 def _map_histories(plan: RecPlan, g: _Group, histories: Sequence[Sequence[int]]) -> None:
     """Catalogue rows of each user's history in ``g`` (the last ``T``), unknown ids, cold users."""
-    cat = g.view.catalog
-    t = int(cat.meta.get("max_history") or 10)
-    rowmap = cat.row_map()
+    view = g.view
+    t = view.max_history
     g.history_rows = np.zeros((len(g.users), t), dtype=np.int64)
     for j, i in enumerate(g.users):
-        rows = []
-        for vid in histories[i]:
-            r = rowmap.get(int(vid))
-            if r is None:
-                plan.unknown[i].append(int(vid))
-            else:
-                rows.append(r)
+        hist = histories[i]
+        found = view.rows_of(hist) if len(hist) else np.zeros(0, dtype=np.int64)
+        if not found.all():
+            plan.unknown[i].extend(int(v) for v, r in zip(hist, found.tolist()) if r == 0)
+        rows = found[found > 0].tolist()
         plan.seen[i] = set(rows)
         plan.versions[i] = f"{g.view.model}_ranker:{g.view.version}"
         if rows:
@@ -417,15 +439,14 @@ def _log_records(result: RecResult, experiment: str, variants: Sequence[RoutingV
     return records
 
 
-def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, cat: Catalog,
+def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, ids: np.ndarray,
           result: RecResult, result_rows: np.ndarray) -> None:
-    """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer."""
+    """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer (``ids``: of rows 0..R)."""
     n = 0
-    ids = cat.ids
     for r, s in zip(rows.tolist(), row_scores.tolist()):
         if r <= 0 or r in seen or not np.isfinite(s):
             continue
-        result.items[i, n] = ids[r - 1]
+        result.items[i, n] = ids[r]
         result.scores[i, n] = s
         result_rows[i, n] = r
         n += 1
@@ -435,19 +456,19 @@ def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: i
 
 def _explain(result: RecResult, groups: Sequence[_Group], result_rows: np.ndarray) -> None:
     """The gate weights and contributions of each result's catalogue row, (B, k, L)."""
-    n_layers = max((g.view.catalog.num_layers for g in groups), default=0)
+    n_layers = max((g.view.num_layers for g in groups), default=0)
     b, k = result_rows.shape
     gate = np.zeros((b, k, n_layers), dtype=np.float32)
     contrib = np.zeros((b, k, n_layers), dtype=np.float32)
     layers: list[str] = []
     for g in groups:
-        cat = g.view.catalog
-        if not cat.num_layers:
+        view = g.view
+        if not view.num_layers:
             continue
-        layers = layers or list(cat.layers)
+        layers = layers or list(view.layers)
         for i in g.users:
             rows = result_rows[i]
             ok = rows > 0
-            gate[i, ok, : cat.num_layers] = cat.gate[rows[ok] - 1]
-            contrib[i, ok, : cat.num_layers] = cat.contributions[rows[ok] - 1]
+            gate[i, ok, : view.num_layers] = view.gate_of(rows[ok])
+            contrib[i, ok, : view.num_layers] = view.contributions_of(rows[ok])
     result.gate, result.contributions, result.layers = gate, contrib, layers

@@ -4,7 +4,7 @@ Names and labels are part of the serving contract (docs/serving.md §3); dashboa
 guardrails read them. Beside them on the same endpoint, KServe times the transformer's three phases
 (``request_preprocess_seconds``, ``request_predict_seconds``, ``request_postprocess_seconds``, by
 ``model_name``): Feast is read in the first (``FEAST_LATENCY``), Triton called in the second
-(``TRITON_LATENCY``). Concurrent requests share those calls (``linkedout.serving.batching``):
+(``TRITON_LATENCY``) and the catalogue's top-K retrieved after it (``RETRIEVAL_LATENCY``). Concurrent requests share those calls (``linkedout.serving.batching``):
 ``COALESCED`` counts how many requests went in each.
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-__all__ = ["COALESCED", "COLD_START", "ERRORS", "FEAST_LATENCY", "LATENCY", "REQUESTS", "TRITON_LATENCY"]
+__all__ = ["COALESCED", "COLD_START", "ERRORS", "FEAST_LATENCY", "LATENCY", "REQUESTS", "RETRIEVAL_LATENCY",
+           "TRITON_LATENCY"]
 
 # 0.5 ms .. 2.5 s: the end-to-end budget is a few ms, outages end at their timeouts
 _BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
@@ -25,6 +26,9 @@ LATENCY = Histogram("linkedout_request_latency_seconds", "Whole-request latency 
 FEAST_LATENCY = Histogram("linkedout_feast_latency_seconds", "Feast online read of user histories",
                           buckets=_BUCKETS)
 TRITON_LATENCY = Histogram("linkedout_triton_latency_seconds", "Triton ranker call", ["model"], buckets=_BUCKETS)
+RETRIEVAL_LATENCY = Histogram("linkedout_retrieval_latency_seconds",
+                              "Top-K retrieval from the catalogue's index (exact or ANN), per coalesced batch",
+                              ["model"], buckets=_BUCKETS)
 COLD_START = Counter("linkedout_cold_start_total", "Users answered with the cold-start list", ["variant"])
 COALESCED = Histogram("linkedout_coalesced_batch_size", "Requests joined into one Feast read or Triton call",
                       ["call"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))

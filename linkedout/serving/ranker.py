@@ -1,11 +1,12 @@
 """The transformer's Triton client: ``NAME_ranker`` versions called over gRPC with kserve's own client.
 
-``TritonRanker`` is the engine's ``Ranker`` (``await ranker(model, version, history) -> (rows,
-scores)``) and its ``VersionReady`` (``await ranker.ready(model, version)``), over the Open
+``TritonRanker`` is the engine's ``Ranker`` (``await ranker(model, version, history, history_emb) ->
+user states``) and its ``VersionReady`` (``await ranker.ready(model, version)``), over the Open
 Inference Protocol v2 with a timeout and bounded retries (the channel of kserve's
 ``InferenceGRPCClient``, with its retry policy). A call sends the protobuf message itself: the
-history as one raw little-endian INT64 tensor, the two outputs read straight from the response's
-raw contents, without kserve's ``InferRequest`` / ``InferResponse`` conversions. A failed call raises
+history's rows as one raw little-endian INT64 tensor and their embeddings as one raw FP32 tensor,
+the ``user`` output read straight from the response's raw contents, without kserve's
+``InferRequest`` / ``InferResponse`` conversions. A failed call raises
 ``ServingUnavailable`` naming Triton's address, the model version and the gRPC status. It imports
 kserve and therefore never tritonclient (kserve#3099).
 """
@@ -55,13 +56,15 @@ class TritonRanker:
         except grpc.RpcError:
             return False
 
-    async def __call__(self, model: str, version: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``history`` (B, T) catalogue rows -> ``rows`` (B, KMAX), ``scores`` (B, KMAX)."""
+    async def __call__(self, model: str, version: int, history: np.ndarray, history_emb: np.ndarray) -> np.ndarray:
+        """``history`` (B, T) catalogue rows and their embeddings (B, T, d) -> user states (B, d)."""
         history = np.ascontiguousarray(history, dtype="<i8")
+        history_emb = np.ascontiguousarray(history_emb, dtype="<f4")
         req = ModelInferRequest(
             model_name=f"{model}_ranker", model_version=str(version),
-            inputs=[ModelInferRequest.InferInputTensor(name="history", datatype="INT64", shape=history.shape)],
-            outputs=_OUTPUTS, raw_input_contents=[history.tobytes()])
+            inputs=[ModelInferRequest.InferInputTensor(name="history", datatype="INT64", shape=history.shape),
+                    ModelInferRequest.InferInputTensor(name="history_emb", datatype="FP32", shape=history_emb.shape)],
+            outputs=_OUTPUTS, raw_input_contents=[history.tobytes(), history_emb.tobytes()])
         try:
             resp = await self.client._client_stub.ModelInfer(req, timeout=self.timeout)
         except grpc.RpcError as e:
@@ -69,33 +72,28 @@ class TritonRanker:
             details = e.details() if hasattr(e, "details") and callable(e.details) else str(e)
             raise ServingUnavailable(f"Triton at {self.host} ({model}_ranker:{version}): {code}: {details}",
                                      "predictor") from None
-        out = _outputs(resp, len(history))
-        if out is None:
-            raise ServingUnavailable(f"Triton's {model}_ranker:{version} answered without rows/scores of "
+        user = _user(resp, len(history))
+        if user is None:
+            raise ServingUnavailable(f"Triton's {model}_ranker:{version} answered without user states of "
                                      f"{len(history)} users", "predictor")
-        return out
+        return user
 
 
-_OUTPUTS = [ModelInferRequest.InferRequestedOutputTensor(name=n) for n in ("rows", "scores")]
-_DTYPES = {"rows": ("INT64", "<i8"), "scores": ("FP32", "<f4")}
+_OUTPUTS = [ModelInferRequest.InferRequestedOutputTensor(name="user")]
 
 
-def _outputs(resp: ModelInferResponse, batch: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``rows`` and ``scores`` of a response in raw output contents (how Triton and the local predictor
-    answer over gRPC); None when they are not there or their shapes are wrong."""
-    got = {}
+def _user(resp: ModelInferResponse, batch: int) -> np.ndarray | None:
+    """The ``user`` output (B, d) of a response in raw output contents (how Triton and the local predictor
+    answer over gRPC); None when it is not there or its shape is wrong."""
     raw = resp.raw_output_contents
     for i, o in enumerate(resp.outputs):
-        want = _DTYPES.get(o.name)
-        if want is None or o.datatype != want[0]:
+        if o.name != "user" or o.datatype != "FP32":
             continue
         if i >= len(raw):
             return None
-        arr = np.frombuffer(raw[i], dtype=want[1])
+        arr = np.frombuffer(raw[i], dtype="<f4")
         shape = tuple(int(d) for d in o.shape)
         if len(shape) != 2 or shape[0] != batch or arr.size != shape[0] * shape[1]:
             return None
-        got[o.name] = arr.reshape(shape)
-    if len(got) != 2:
-        return None
-    return got["rows"], got["scores"]
+        return arr.reshape(shape)
+    return None

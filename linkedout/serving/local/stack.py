@@ -74,7 +74,8 @@ class StackSettings:
     grpc_port: int = 0
     # "triton" (the real tritonserver, falling back to KServe where it cannot run) or "kserve".
     prefer: str = "triton"
-    # Seconds between looks at the model repository for new versions; > 0.
+    # Seconds between looks at the model repository for new versions (the model server's) and at the
+    # served catalogues for videos added in place (the transformer's --catalog_poll_s); > 0.
     sync_interval: float = 1.0
     # Read user histories from W/feast (when it exists).
     use_feast: bool = True
@@ -266,7 +267,8 @@ class LocalStack:
     def _start_transformer(self, predictor: str) -> TransformerProcess:
         s = self.settings
         args = ["--predictor_host", predictor.split("://")[-1], "--model_repository", str(self.repository),
-                "--request_log", str(self.serving_dir / "requests.jsonl")]
+                "--request_log", str(self.serving_dir / "requests.jsonl"),
+                "--catalog_poll_s", str(s.sync_interval)]
         if self.feast_repo:
             args += ["--feast_repo", str(self.feast_repo)]
         if s.routing:
