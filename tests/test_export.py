@@ -321,6 +321,10 @@ def test_update_catalog_adds_and_removes_videos_in_place_without_retraining(
     with torch.no_grad():
         w_full, _ = full_scores(model, torch.from_numpy(parent.embeddings), torch.from_numpy(hist))
     assert np.abs(got[1] - float(w_full[0, 1])) <= TOL
+    # removing and adding one id in one change replaces the video (a new row, one commit)
+    replaced = update_catalog(repo, "lo", add_ids=[900002], add_features=feats[1:2], remove_ids=[900002])
+    assert replaced.added_rows == [n + 4] and replaced.removed_rows == [n + 2] and replaced.num_items == n + 2
+    assert Catalog.load(vdir).ids.tolist().count(900002) == 1
 
 
 def test_update_catalog_errors_name_the_problem_and_write_nothing(
@@ -340,6 +344,8 @@ def test_update_catalog_errors_name_the_problem_and_write_nothing(
         update_catalog(repo, "lo", add_ids=["clip-7"], add_features=feats)
     with pytest.raises(CatalogError, match="reads backbone features"):
         update_catalog(repo, "lo", add_ids=[900001])
+    with pytest.raises(CatalogError, match=rf"the videos to remove hold duplicate ids: \[{known}\]"):
+        update_catalog(repo, "lo", add_ids=[900001], add_features=feats, remove_ids=[known, known])
     with pytest.raises(CatalogError, match="fewer than the ranker's top-10"):
         update_catalog(repo, "lo", remove_ids=[int(i) for i in Catalog.load(vdir).ids[:-5]])
     with pytest.raises(RepositoryError, match="no published version"):

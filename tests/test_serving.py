@@ -22,7 +22,7 @@ import torch
 from conftest import ServingRepo
 
 from linkedout.export import Catalog
-from linkedout.export.catalog import append_videos
+from linkedout.export.catalog import CatalogError, append_videos
 from linkedout.export.graphs import full_scores
 from linkedout.export.model_config import CONFIG_NAME, config_to_dict, read_config
 from linkedout.serving.catalog import ServedCatalogs
@@ -32,6 +32,7 @@ from linkedout.serving.local.triton_model import OnnxRunner
 from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse_request
 from linkedout.serving.request_log import RequestLog, read_request_log
 from linkedout.serving.routing import BUCKETS, Router, RoutingConfig, RoutingError, bucket_of, load_routing
+from linkedout.shards.storage import open_storage
 
 
 def i64(name: str, values: list[int] | np.ndarray, shape: tuple[int, ...] | None = None) -> RawTensor:
@@ -375,8 +376,8 @@ def test_the_transformer_reads_catalogues_from_an_s3_model_repository(serving_re
         uri = f"s3://{bucket}/repo"
         keys = ModelRepository(serving_repo.root).upload(uri, endpoint_url=endpoint)
         assert "linkedout_ranker/1/model.onnx" in keys and keys[-1].endswith("config.pbtxt")
-        commits = [f"{m}_ranker/1/{f}" for m in ("linkedout", "sasrec_id") for f in ("index/manifest.json",
-                                                                                     "catalog.json")]
+        commits = [f"{m}_ranker/1/{f}" for m in ("linkedout", "sasrec_id") for f in (
+            "index/added-0.f32", "index/payload-0.bin", "index/removed-0.i64", "index/manifest.json", "catalog.json")]
         assert sorted(ModelRepository(serving_repo.root).upload(uri, endpoint_url=endpoint)) == sorted([
             "linkedout_encoder/config.pbtxt", "linkedout_ranker/config.pbtxt", "sasrec_id_encoder/config.pbtxt",
             "sasrec_id_ranker/config.pbtxt", *commits])  # unchanged version files are not sent again
@@ -391,6 +392,12 @@ def test_the_transformer_reads_catalogues_from_an_s3_model_repository(serving_re
         copy = serving_repo.root.parent / "s3-copy"
         shutil.copytree(serving_repo.root, copy)
         append_videos(copy / "linkedout_ranker" / "1", {"ids": [777_000_001], "embeddings": local.embeddings[:1]})
+        # the manifest there before the rows it names (an upload under way): nothing is taken, no harm done
+        open_storage(uri, endpoint_url=endpoint).write_bytes(
+            "linkedout_ranker/1/index/manifest.json", (copy / "linkedout_ranker/1/index/manifest.json").read_bytes())
+        with pytest.raises(CatalogError, match="an upload under way"):
+            cats.refresh("linkedout", 1)
+        assert view.num_items == local.num_items
         sent = ModelRepository(copy).upload(uri, endpoint_url=endpoint)
         assert "linkedout_ranker/1/index/added-0.f32" in sent and "linkedout_ranker/1/index/payload-0.bin" in sent
         assert sent.index("linkedout_ranker/1/index/manifest.json") > sent.index("linkedout_ranker/1/index/added-0.f32")

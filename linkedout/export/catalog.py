@@ -38,16 +38,15 @@ import numpy as np
 
 from linkedout.export.index import IndexSettings, RetrievalIndex, RetrievalIndexError
 from linkedout.export.index_files import (
-    append_rows,
+    change_rows,
     dtype_from_json,
     generation_files,
     read_items,
     read_manifest,
-    remove_rows,
 )
 from linkedout.utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "append_videos", "live_ids", "parse_video_ids", "read_meta",
+__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "append_videos", "change_videos", "live_ids", "parse_video_ids", "read_meta",
            "record_dtype", "remove_videos"]
 
 CATALOG_FORMAT = 2
@@ -152,12 +151,6 @@ class Catalog:
         padded = np.concatenate([np.array([-1], dtype=np.int64), self.ids])  # (N+1,)
         return padded[rows]
 
-    def table(self) -> np.ndarray:
-        """The ranker's embedding table (N+1, d) float32: row 0 (padding) zero, row r = ``embeddings[r-1]``."""
-        out = np.zeros((self.num_items + 1, self.dim), dtype=np.float32)
-        out[1:] = self.embeddings
-        return out
-
     def __contains__(self, video_id: object) -> bool:
         try:
             return int(video_id) in self.row_map()  # type: ignore[call-overload]
@@ -200,7 +193,9 @@ class Catalog:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Catalog:
         """The catalogue saved in ``directory`` as it stands: the exported videos, less the removed ones,
-        plus the added ones (``append_videos``), in row order. ``CatalogError`` names the file at fault."""
+        plus the added ones (``change_videos``), in the index's row order. With removals, the rows of the
+        ``Catalog`` are renumbered (the served rows keep their numbers: ``CatalogView``). Reads the whole
+        table: for a catalogue's ids alone, ``live_ids``. ``CatalogError`` names the file at fault."""
         directory = Path(directory)
         doc = read_meta(directory)
         base = _read_columns(directory)
@@ -270,50 +265,94 @@ def _open_index(directory: Path) -> RetrievalIndex:
         raise CatalogError(f"{directory}: the catalogue's retrieval index cannot be read: {e}") from e
 
 
-def live_ids(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+def live_ids(directory: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(ids of every row 1..R, removed rows)`` of the catalogue saved in ``directory``, read without
-    loading its embeddings or index (what a change checks its ids against)."""
+    loading its embeddings or index (what a change checks its ids against), as ``manifest`` (the
+    index's; default: read now) names them."""
     directory = Path(directory)
-    ids = _read_columns(directory)["ids"]
+    try:
+        with np.load(directory / "catalog.npz", allow_pickle=False) as z:
+            ids = z["ids"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CatalogError(f"{directory / 'catalog.npz'} cannot be read: {e}") from e
     d = directory / INDEX_DIR
-    doc = read_manifest(d)
+    doc = read_manifest(d) if manifest is None else manifest
     files = generation_files(int(doc["generation"]))
     base, added = int(doc["base_rows"]), int(doc["added_rows"])
     pdoc = doc.get("payload") or {}
-    dtype = dtype_from_json(pdoc.get("dtype", []))
     records = base + added + 1 - int(pdoc.get("from", ids.shape[0] + 1))
-    extra = read_items(d / files["payload"], dtype, 0, records)["id"] if records > 0 else np.empty(0, np.int64)
+    extra = (read_items(d / files["payload"], dtype_from_json(pdoc["dtype"]), 0, records)["id"] if records > 0
+             else np.empty(0, np.int64))
     removed = read_items(d / files["removed"], np.int64, 0, int(doc["removed_count"]))
     all_ids = np.concatenate([ids, extra]).astype(np.int64)
     if all_ids.shape[0] != base + added:
-        raise CatalogError(f"{directory}: {all_ids.shape[0]} ids for {base + added} rows of its index")
+        raise CatalogError(f"{directory}: {all_ids.shape[0]} ids for {base + added} rows of its index "
+                           f"(catalog.npz and index/ are not one catalogue)")
     return all_ids, np.unique(removed)
 
 
-def append_videos(directory: str | os.PathLike[str], additions: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Add videos to the catalogue saved in ``directory`` in place; their rows (int64).
+def change_videos(directory: str | os.PathLike[str], additions: Mapping[str, np.ndarray] | None = None,
+                  remove: Sequence[object] | np.ndarray = (), *, min_items: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Remove and add videos of the catalogue saved in ``directory`` in place, as one change; ``(rows
+    added, rows removed)``.
 
     ``additions`` holds ``ids`` (M,) and ``embeddings`` (M, d), and optionally ``gate``,
     ``contributions`` (M, L), ``popularity`` (M,) (default 0) and ``published`` (M,) (default: now).
-    Appends M rows and M records to the retrieval index and commits them with one manifest (O(M) bytes
-    written, nothing rewritten); a reader (the transformer) sees them on its next refresh. An id
-    already live in the catalogue, or twice among the additions, raises ``CatalogError`` and writes
-    nothing.
+    The removals are tombstones and the additions M rows and M records appended to the retrieval
+    index, all committed by one manifest (O(changed videos) bytes, nothing rewritten); a reader (the
+    transformer) sees them on its next refresh. Checked under the index's writer lock, before anything
+    is written (``CatalogError``, nothing written): an id to add already live (unless removed in the
+    same change: a replacement) or twice, an id to remove not live or twice, fewer than ``min_items``
+    videos left.
     """
     directory = Path(directory)
     doc = read_meta(directory)
+    gone = parse_video_ids(remove)
+    if len(np.unique(gone)) != gone.size:
+        raise CatalogError(f"the videos to remove hold duplicate ids: {_repeated(gone)}")
+    emb, rec = _records(doc, additions) if additions is not None else (None, None)
+    new_ids = rec["id"] if rec is not None else np.empty(0, dtype=np.int64)
+    if emb is None and not gone.size:
+        raise CatalogError("nothing to change: give videos to add or to remove")
+
+    removed_rows: list[np.ndarray] = []
+
+    def precheck(manifest: dict[str, Any]) -> np.ndarray:  # under the writer lock: the rows to remove
+        ids, removed = live_ids(directory, manifest)
+        live_rows = np.setdiff1d(np.arange(1, ids.shape[0] + 1), removed)
+        live = ids[live_rows - 1]
+        missing = gone[~np.isin(gone, live)]
+        if missing.size:
+            raise CatalogError(f"cannot remove videos not in the catalogue: {missing[:10].tolist()}")
+        dup = new_ids[np.isin(new_ids, live) & ~np.isin(new_ids, gone)]
+        if dup.size:
+            raise CatalogError(f"videos already in the catalogue: {dup[:10].tolist()} (remove them first to replace)")
+        left = live.size - gone.size + new_ids.size
+        if left < min_items:
+            raise CatalogError(f"the change would leave {left} videos in the catalogue, fewer than {min_items}")
+        removed_rows.append(live_rows[np.isin(live, gone)])
+        return removed_rows[-1]
+
+    try:
+        rows = change_rows(directory / INDEX_DIR, emb, rec, precheck=precheck)
+    except RetrievalIndexError as e:
+        raise CatalogError(f"{directory}: {e}") from e
+    return rows, removed_rows[0]
+
+
+def _repeated(ids: np.ndarray) -> list[int]:
+    uniq, counts = np.unique(ids, return_counts=True)
+    return uniq[counts > 1][:10].tolist()
+
+
+def _records(doc: Mapping[str, Any], additions: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings (M, d) and the records (``record_dtype``) of ``additions``, checked."""
     new_ids = parse_video_ids(additions["ids"])
     m = new_ids.shape[0]
     if m == 0:
         raise CatalogError("no videos to add")
     if len(np.unique(new_ids)) != m:
-        raise CatalogError("the videos to add hold duplicate ids")
-    ids, removed = live_ids(directory)
-    live = np.ones(ids.shape[0], dtype=bool)
-    live[removed - 1] = False
-    dup = new_ids[np.isin(new_ids, ids[live])]
-    if dup.size:
-        raise CatalogError(f"videos already in the catalogue: {dup[:10].tolist()} (remove them first to replace)")
+        raise CatalogError(f"the videos to add hold duplicate ids: {_repeated(new_ids)}")
     n_layers = len(doc.get("layers", []))
     emb = np.asarray(additions["embeddings"], dtype=np.float32)
     if emb.shape != (m, int(doc["dim"])):
@@ -328,40 +367,18 @@ def append_videos(directory: str | os.PathLike[str], additions: Mapping[str, np.
     rec["popularity"] = np.asarray(additions.get("popularity", np.zeros(m)), dtype=np.int64).reshape(m)
     rec["published"] = np.asarray(additions.get("published", np.full(m, int(time.time() * 1000))),
                                   dtype=np.int64).reshape(m)
-    try:
-        return append_rows(directory / INDEX_DIR, emb, rec)
-    except RetrievalIndexError as e:
-        raise CatalogError(f"{directory}: {e}") from e
+    return emb, rec
+
+
+def append_videos(directory: str | os.PathLike[str], additions: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Add videos to the catalogue saved in ``directory`` in place (``change_videos``); their rows."""
+    return change_videos(directory, additions)[0]
 
 
 def remove_videos(directory: str | os.PathLike[str], video_ids: Sequence[object] | np.ndarray) -> np.ndarray:
-    """Remove videos from the catalogue saved in ``directory`` in place (tombstones); their rows.
-
-    An id not live in the catalogue raises ``CatalogError`` and writes nothing; removing every video
-    is refused (a catalogue is never empty).
-    """
-    directory = Path(directory)
-    gone = parse_video_ids(video_ids)
-    if gone.size == 0:
-        raise CatalogError("no videos to remove")
-    ids, removed = live_ids(directory)
-    live = np.ones(ids.shape[0], dtype=bool)
-    live[removed - 1] = False
-    live_rows = np.flatnonzero(live) + 1
-    order = np.argsort(ids[live_rows - 1], kind="stable")
-    sorted_ids = ids[live_rows - 1][order]
-    pos = np.clip(np.searchsorted(sorted_ids, gone), 0, max(len(sorted_ids) - 1, 0))
-    found = sorted_ids[pos] == gone if sorted_ids.size else np.zeros(gone.shape, dtype=bool)
-    if not found.all():
-        raise CatalogError(f"cannot remove videos not in the catalogue: {gone[~found][:10].tolist()}")
-    if len(np.unique(gone)) == live_rows.size:
-        raise CatalogError("the change would leave the catalogue empty")
-    rows = live_rows[order[pos]]
-    try:
-        remove_rows(directory / INDEX_DIR, rows)
-    except RetrievalIndexError as e:
-        raise CatalogError(f"{directory}: {e}") from e
-    return rows
+    """Remove videos from the catalogue saved in ``directory`` in place (``change_videos``); their rows.
+    Removing every video is refused (a catalogue is never empty)."""
+    return change_videos(directory, remove=video_ids)[1]
 
 
 def _json_default(o: object) -> Any:

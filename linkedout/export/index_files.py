@@ -24,7 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from linkedout.utils import atomic_write_text
 
-__all__ = ["INDEX_FORMAT", "MANIFEST", "RetrievalIndexError", "append_at", "append_rows", "check_vectors",
+__all__ = ["INDEX_FORMAT", "MANIFEST", "RetrievalIndexError", "append_at", "append_rows", "change_rows", "check_vectors",
            "checked_payload", "dtype_from_json", "dtype_to_json", "generation_files", "grown", "read_items",
            "read_manifest", "remove_rows", "remove_stale", "write_manifest", "write_table", "writer_lock"]
 
@@ -127,48 +127,59 @@ def writer_lock(d: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def append_rows(directory: str | os.PathLike[str], embeddings: np.ndarray, payload: np.ndarray | None = None) -> np.ndarray:
-    """Append rows (and their records) to the index saved in ``directory`` without loading it; their rows.
+def change_rows(directory: str | os.PathLike[str], embeddings: np.ndarray | None = None,
+                payload: np.ndarray | None = None, removed: np.ndarray | Sequence[int] | None = None, *,
+                precheck: Callable[[dict[str, Any]], np.ndarray | None] | None = None) -> np.ndarray:
+    """Append rows (and their records) and tombstone rows of the index saved in ``directory``, as one
+    change, without loading the index; the new rows.
 
-    Under the writer lock: the added file, the payload file, then the manifest (the commit). Bytes
-    written: M rows and M records, whatever the index's size. A writer killed before the manifest
-    leaves the previous state.
+    Under the writer lock: ``precheck(manifest)`` (when given) may refuse the change by raising, and
+    returns the rows to remove (else ``removed``); then the removed file, the added file, the payload
+    file, and the manifest, whose replacement commits all of it at once. Bytes written: the changed
+    rows and records and the manifest, whatever the index's size. A writer killed before the manifest
+    leaves the previous state (its bytes past the valid counts are ignored, and cut off by the next).
     """
     d = Path(directory)
     with writer_lock(d):
         doc = read_manifest(d)
+        if precheck is not None:
+            removed = precheck(doc)
         dim, base, added = int(doc["dim"]), int(doc["base_rows"]), int(doc["added_rows"])
-        x = check_vectors(embeddings, dim, "embeddings")
-        pdoc = doc.get("payload")
-        rec = checked_payload(dtype_from_json(pdoc["dtype"]) if pdoc else None, payload, x.shape[0])
         files = generation_files(int(doc["generation"]))
-        append_at(d / files["added"], x, added * dim * 4)
+        count = int(doc["removed_count"])
+        r = np.asarray(removed if removed is not None else [], dtype=np.int64).reshape(-1)
+        if r.size:
+            if len(np.unique(r)) != r.size:
+                raise RetrievalIndexError("the rows to remove hold duplicates")
+            gone = read_items(d / files["removed"], np.int64, 0, count)
+            bad = r[(r < 1) | (r > base + added) | np.isin(r, gone)]
+            if bad.size:
+                raise RetrievalIndexError(f"cannot remove rows that are not live rows 1..{base + added}: "
+                                          f"{bad[:10].tolist()}")
+        x = np.zeros((0, dim), dtype=np.float32) if embeddings is None else check_vectors(embeddings, dim, "embeddings")
+        pdoc = doc.get("payload")
+        rec = checked_payload(dtype_from_json(pdoc["dtype"]) if pdoc else None, payload, x.shape[0]) \
+            if x.shape[0] else None
+        if r.size:
+            append_at(d / files["removed"], r, count * 8)
+        if x.shape[0]:
+            append_at(d / files["added"], x, added * dim * 4)
         if rec is not None and pdoc:
             records = base + added + 1 - int(pdoc["from"])
             append_at(d / files["payload"], rec, records * rec.dtype.itemsize)
-        write_manifest(d, {**doc, "added_rows": added + x.shape[0]})
+        write_manifest(d, {**doc, "added_rows": added + x.shape[0], "removed_count": count + r.size})
     first = base + added + 1
     return np.arange(first, first + x.shape[0], dtype=np.int64)
 
 
+def append_rows(directory: str | os.PathLike[str], embeddings: np.ndarray, payload: np.ndarray | None = None) -> np.ndarray:
+    """Append rows (and their records) to the index saved in ``directory`` (``change_rows``); their rows."""
+    return change_rows(directory, embeddings, payload)
+
+
 def remove_rows(directory: str | os.PathLike[str], rows: np.ndarray | Sequence[int]) -> None:
-    """Tombstone live ``rows`` of the index saved in ``directory`` without loading it (O(rows) bytes)."""
-    d = Path(directory)
-    r = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if r.size == 0:
-        return
-    if len(np.unique(r)) != r.size:
-        raise RetrievalIndexError("the rows to remove hold duplicates")
-    with writer_lock(d):
-        doc = read_manifest(d)
-        files = generation_files(int(doc["generation"]))
-        total, count = int(doc["base_rows"]) + int(doc["added_rows"]), int(doc["removed_count"])
-        gone = read_items(d / files["removed"], np.int64, 0, count)
-        bad = r[(r < 1) | (r > total) | np.isin(r, gone)]
-        if bad.size:
-            raise RetrievalIndexError(f"cannot remove rows that are not live rows 1..{total}: {bad[:10].tolist()}")
-        append_at(d / files["removed"], r, count * 8)
-        write_manifest(d, {**doc, "removed_count": count + r.size})
+    """Tombstone live ``rows`` of the index saved in ``directory`` (``change_rows``): O(rows) bytes."""
+    change_rows(directory, removed=rows)
 
 
 def check_vectors(x: Any, dim: int | None, name: str) -> np.ndarray:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from linkedout.export.graphs import GraphSpec, TensorSpec
+from linkedout.export.index_files import writer_lock
 from linkedout.export.model_config import (
     ModelConfigError,
     format_config,
@@ -52,6 +53,8 @@ __all__ = ["ModelRepository", "RepositoryError", "TritonConfig", "config_pbtxt",
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 #: Files that commit the others of their directory: uploaded last, whatever their size.
 _COMMITS = ("manifest.json", "catalog.json")
+#: A catalogue index's files changed in place (``linkedout.export.index_files``): uploaded whole each time.
+_APPENDED = ("added-", "payload-", "removed-")
 
 
 class RepositoryError(RuntimeError):
@@ -291,8 +294,9 @@ class ModelRepository:
         """Copy the repository to ``uri`` (a directory or ``s3://bucket/prefix``); returns the keys written.
 
         Version files go first and each model's ``config.pbtxt`` last; files already there with the
-        same size are skipped, except the files that commit a catalogue (the index's ``manifest.json``
-        after the files it names, then ``catalog.json``, whose presence means complete); staging and retired directories and
+        same size are skipped, except a catalogue's: its index's files are changed in place, so they
+        are sent whole, the index's ``manifest.json`` (read first, under the index's writer lock) after
+        them, and ``catalog.json`` (whose presence means complete) last; staging and retired directories and
         hidden files (the index's writer lock) are not copied.
         """
         store = open_storage(uri, endpoint_url=endpoint_url)
@@ -300,14 +304,29 @@ class ModelRepository:
         for model in self.models():
             mdir = self.model_dir(model)
             for v in self.versions(model):
-                files = [f for f in sorted((mdir / str(v)).rglob("*")) if f.is_file() and not f.name.startswith(".")]
-                # a catalogue's index changes in place (appends): its manifest commits them, so it goes
-                # after the files it names and always (its size may not change)
-                for f in sorted(files, key=lambda f: (f.name == "catalog.json", f.name == "manifest.json")):
+                vdir = mdir / str(v)
+                # a catalogue's index changes in place (appends, committed by its manifest): the manifest
+                # is read first, under the writer lock, and sent after the files it names, which by then
+                # hold at least what it names (appends only add past it)
+                index_dir = vdir / "index"
+                manifest = None
+                if (index_dir / "manifest.json").is_file():
+                    with writer_lock(index_dir):
+                        manifest = (index_dir / "manifest.json").read_bytes()
+                files = [f for f in sorted(vdir.rglob("*")) if f.is_file() and not f.name.startswith(".")
+                         and f.name not in _COMMITS]
+                for f in files:  # appended files are sent whole: a same-size file may hold other bytes
                     key = f.relative_to(self.root).as_posix()
-                    if f.name in _COMMITS or not (store.exists(key) and store.size(key) == f.stat().st_size):
+                    appended = f.parent == index_dir and f.name.startswith(_APPENDED)
+                    if appended or not (store.exists(key) and store.size(key) == f.stat().st_size):
                         store.write_bytes(key, f.read_bytes())
                         written.append(key)
+                if manifest is not None:
+                    store.write_bytes(f"{model}/{v}/index/manifest.json", manifest)
+                    written.append(f"{model}/{v}/index/manifest.json")
+                if (vdir / "catalog.json").is_file():
+                    store.write_bytes(f"{model}/{v}/catalog.json", (vdir / "catalog.json").read_bytes())
+                    written.append(f"{model}/{v}/catalog.json")
             key = f"{model}/config.pbtxt"
             store.write_bytes(key, (mdir / "config.pbtxt").read_bytes())
             written.append(key)

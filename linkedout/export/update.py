@@ -13,20 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from linkedout.export.catalog import (
-    CatalogError,
-    append_videos,
-    live_ids,
-    parse_video_ids,
-    read_meta,
-    remove_videos,
-)
+from linkedout.export.catalog import CatalogError, change_videos, live_ids, parse_video_ids, read_meta
 from linkedout.export.checks import onnx_session
 from linkedout.export.exporter import encoder_name, ranker_name
 from linkedout.export.repository import ModelRepository
@@ -40,12 +34,14 @@ __all__ = ["CatalogChange", "update_catalog"]
 @dataclass(frozen=True)
 class CatalogChange:
     """What ``update_catalog`` changed: the ranker version whose catalogue changed, the rows of the added
-    and removed videos, and how many videos it serves now."""
+    and removed videos, how many videos it serves now, and the added videos as encoded (``ids``,
+    ``embeddings``, ``gate``, ``contributions``, ``published``; empty without additions)."""
 
     version: int
     added_rows: list[int]
     removed_rows: list[int]
     num_items: int
+    additions: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
 
 def update_catalog(
@@ -61,9 +57,10 @@ def update_catalog(
 
     ``add_features`` (M, L, K, D) are the new videos' backbone features (for models that read them);
     the encoder version the ranker version was exported with encodes them, with ``id_rows`` 0 unless a
-    video has a row in that encoder's training ID table. Raises ``CatalogError`` (unknown or duplicate
-    ids, wrong shapes, fewer videos left than the ranker's top-K) or ``RepositoryError`` (no version)
-    before writing anything.
+    video has a row in that encoder's training ID table. The removals and additions are one change
+    (``change_videos``: one manifest commits both; removing and adding one id replaces the video).
+    Raises ``CatalogError`` (unknown or duplicate ids, wrong shapes, fewer videos left than the
+    ranker's top-K) or ``RepositoryError`` (no version) before writing anything.
     """
     repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
     vdir = repo.version_dir(ranker_name(name))
@@ -73,7 +70,7 @@ def update_catalog(
     remove = parse_video_ids(remove_ids)
     if not len(add) and not len(remove):
         raise CatalogError("nothing to change: give videos to add or to remove")
-    ids, removed = live_ids(vdir)
+    ids, removed = live_ids(vdir)  # checked early (before encoding), and again under the lock when written
     live = np.ones(ids.shape[0], dtype=bool)
     live[removed - 1] = False
     unknown = remove[~np.isin(remove, ids[live])]
@@ -84,20 +81,19 @@ def update_catalog(
     if left < kmax:
         raise CatalogError(f"the catalogue would have {left} videos, fewer than the ranker's top-{kmax}: "
                            "export the model again with a smaller max_k")
-    added: np.ndarray = np.empty(0, dtype=np.int64)
+    additions = None
     if len(add):
         ev = meta.get("encoder_version")
         additions = _encode_new_videos(repo.version_dir(encoder_name(name), ev), name, add, add_features, add_published)
-        added = append_videos(vdir, additions)
-    gone = remove_videos(vdir, remove) if len(remove) else np.empty(0, dtype=np.int64)
+    added, gone = change_videos(vdir, additions, remove, min_items=max(1, kmax))
     log.info("catalogue of %s_ranker version %d: %d videos (+%d, -%d), in place", name, version, left,
              len(added), len(gone))
-    return CatalogChange(version, added.tolist(), gone.tolist(), left)
+    return CatalogChange(version, added.tolist(), gone.tolist(), left, additions or {})
 
 
 def _encode_new_videos(enc_dir: Path, name: str, add: np.ndarray, add_features: np.ndarray | None,
                        add_published: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The additions of :meth:`Catalog.with_changes`: ids, embeddings (and gates, publication times) of ``add``,
+    """The additions of ``change_videos``: ids, embeddings (and gates, publication times) of ``add``,
     encoded by the published encoder version in ``enc_dir``."""
     sess = onnx_session(enc_dir / "model.onnx")
     in_names = [i.name for i in sess.get_inputs()]
@@ -117,6 +113,6 @@ def _encode_new_videos(enc_dir: Path, name: str, add: np.ndarray, add_features: 
     additions = {"ids": add, "embeddings": out["embedding"]}
     if "gate" in out:
         additions["gate"], additions["contributions"] = out["gate"], out["contributions"]
-    if add_published is not None:
-        additions["published"] = np.asarray(add_published, dtype=np.int64)
+    additions["published"] = (np.full(len(add), int(time.time() * 1000), dtype=np.int64) if add_published is None
+                              else np.asarray(add_published, dtype=np.int64))
     return additions

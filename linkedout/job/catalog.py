@@ -142,8 +142,11 @@ def add_videos(videos: list[Path], *, repository: str | os.PathLike[str], name: 
                            "failed": dict(summary.failed), "catalogue": change.num_items,
                            "features": str(root / batch)}
     if feast_dir is not None and (Path(feast_dir) / "feature_store.yaml").is_file():
-        vdir = ModelRepository(repository).version_dir(ranker_name(name), change.version)
-        new = Videos.from_catalog(vdir, titles or {}).subset(ok)
+        a = change.additions  # as encoded: no need to read the (maybe 10 M-video) catalogue back
+        new = Videos(ids=a["ids"], embeddings=a["embeddings"], gate=a.get("gate", np.zeros((len(ok), 0))),
+                     contributions=a.get("contributions", np.zeros((len(ok), 0))),
+                     popularity=np.zeros(len(ok), dtype=np.int64), published=a["published"],
+                     titles=tuple((titles or {}).get(v, "") for v in ok))
         service = service_name(name, change.version)
         write_videos(open_repo(Path(feast_dir)), new, model_version=service, part=f"{service}-{batch}")
         out["feast"] = str(feast_dir)

@@ -31,7 +31,7 @@ import numpy as np
 
 from linkedout.export.catalog import COLUMNS, INDEX_DIR, CatalogError, read_meta
 from linkedout.export.index import RetrievalIndex
-from linkedout.export.index_files import MANIFEST, generation_files
+from linkedout.export.index_files import MANIFEST, dtype_from_json, generation_files
 from linkedout.shards.storage import open_storage
 from linkedout.utils import atomic_write_bytes, get_logger
 
@@ -41,8 +41,8 @@ __all__ = ["COLD_START_HALF_LIFE_DAYS", "CatalogView", "ServedCatalogs"]
 
 #: Recency half-life of the cold-start answer, in days of catalogue time (see ``CatalogView``).
 COLD_START_HALF_LIFE_DAYS = 14.0
-#: Catalogues up to this many live videos keep their whole cold-start order; larger ones its best this many.
-COLD_START_FULL = 1_000_000
+#: Videos of the cold-start list kept (the best ones): a cold user's answer is its first ``k`` not watched.
+COLD_START_TOP = 10_000
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class _Rows:
 class CatalogView:
     """One loaded catalogue version (a ranker version's) and what the transformer derives from it.
 
-    ``cold_start_rows`` is the answer for a user with no history: videos ordered by
+    ``cold_start_rows`` is the answer for a user with no history: the best ``COLD_START_TOP`` videos by
     ``log1p(popularity) / log1p(max popularity) + 2 ** (-age / half-life)``, where ``age`` is the
     time since publication counted back from the newest video of the catalogue (so a replayed,
     historical catalogue behaves like a live one): popular and recently published videos first.
@@ -92,8 +92,13 @@ class CatalogView:
         self._n0 = n0
         order = np.argsort(base["ids"], kind="stable")
         self._base_sorted, self._base_rows = base["ids"][order], order.astype(np.int64) + 1
+        # what the cold-start score needs of the exported videos, computed once (float32)
+        self._ids0 = np.concatenate([np.array([-1], dtype=np.int64), base["ids"].astype(np.int64)])
+        self._t0 = int(base["published"].min()) if n0 else 0
+        self._pop0 = np.log1p(base["popularity"].astype(np.float32))
+        self._days0 = ((base["published"] - self._t0) / 86_400_000.0).astype(np.float32)
         self._seen = (-1, -1)  # (rows, removed) the current _Rows were built from
-        self.rows = self._build_rows()
+        self.rows = self._build_rows(self._snapshot())
 
     # ------------------------------------------------------------------------------ lookups
 
@@ -161,47 +166,77 @@ class CatalogView:
     # ------------------------------------------------------------------------------ changes
 
     def refresh(self) -> bool:
-        """Read the videos added or removed since (the index's manifest); whether anything changed."""
-        self.index.refresh()
-        if (self.index.num_rows, self.index.removed_rows().size) == self._seen:
+        """Read the videos added or removed since (the index's manifest); whether anything changed.
+
+        ``refresh_index`` then ``apply`` in one thread; the engine runs the first on its retrieval
+        thread (the index is searched there) and the second, the O(catalogue) part, off it."""
+        snap = self.refresh_index()
+        if snap is None:
             return False
-        self.rows = self._build_rows()
-        log.info("catalogue %s v%d refreshed: %d videos", self.model, self.version, self.num_items)
+        self.apply(snap)
         return True
 
-    def _build_rows(self) -> _Rows:
-        index, n0 = self.index, self._n0
-        extra = index.added_payload()
-        ids = np.concatenate([[-1], self._base["ids"], extra["id"]]).astype(np.int64)
+    def refresh_index(self) -> _Snapshot | None:
+        """Bring the index up to its manifest (O(change)); what changed, for ``apply``, or None.
+
+        Rows the index returns from then on may be newer than ``rows`` knows until ``apply``: the
+        engine skips those (``len(rows.ids)``) rather than serve a video it cannot name yet."""
+        self.index.refresh()
+        if (self.index.num_rows, self.index.removed_rows().size) == self._seen:
+            return None
+        return self._snapshot()
+
+    def _snapshot(self) -> _Snapshot:
+        """The index's added records and removed rows now (views and copies that later appends leave as they are)."""
+        return _Snapshot(self.index.num_rows, self.index.added_payload(), self.index.removed_rows())
+
+    def apply(self, snap: _Snapshot) -> None:
+        """Make ``rows`` what ``snap`` says (built aside, then swapped in whole)."""
+        rows = self._build_rows(snap)
+        if snap.num_rows >= self.rows.ids.shape[0] - 1:
+            self.rows = rows
+            self._seen = (snap.num_rows, snap.removed.size)
+            log.info("catalogue %s v%d refreshed: %d videos", self.model, self.version, self.num_items)
+
+    def _build_rows(self, snap: _Snapshot) -> _Rows:
+        n0, extra, removed = self._n0, snap.payload, snap.removed
+        ids = np.concatenate([self._ids0, extra["id"].astype(np.int64)]) if extra.size else self._ids0
         live = np.ones(ids.shape[0], dtype=bool)
         live[0] = False
-        removed = index.removed_rows()
         live[removed] = False
         added = {int(v): r for r, v in enumerate(extra["id"].tolist(), start=n0 + 1)}
-        pop = np.concatenate([self._base["popularity"], extra["popularity"]])
-        pub = np.concatenate([self._base["published"], extra["published"]])
-        cs_rows, cs_scores = _cold_start(pop, pub, live[1:], self.half_life_days)
-        self._seen = (index.num_rows, removed.size)
+        pop = np.concatenate([self._pop0, np.log1p(extra["popularity"].astype(np.float32))])
+        days = np.concatenate([self._days0, ((extra["published"] - self._t0) / 86_400_000.0).astype(np.float32)])
+        cs_rows, cs_scores = _cold_start(pop, days, live[1:], self.half_life_days)
         return _Rows(ids, live, added, np.asarray(extra["gate"], dtype=np.float32),
                      np.asarray(extra["contributions"], dtype=np.float32), int(live.sum()), cs_rows, cs_scores)
 
 
-def _cold_start(popularity: np.ndarray, published: np.ndarray, live: np.ndarray,
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a view's index held at one point: its rows, the added videos' records, the removed rows."""
+
+    num_rows: int
+    payload: np.ndarray
+    removed: np.ndarray
+
+
+def _cold_start(log_popularity: np.ndarray, days: np.ndarray, live: np.ndarray,
                 half_life_days: float) -> tuple[np.ndarray, np.ndarray]:
-    """Live rows by the cold-start score, best first (all of them up to ``COLD_START_FULL``), and the scores."""
-    pop = np.log1p(popularity.astype(np.float64))
-    top = pop[live].max() if live.any() else 0.0
-    pop = pop / top if top > 0 else pop
-    newest = published[live].max() if live.any() else 0
-    age_days = (newest - published).astype(np.float64) / 86_400_000.0
-    recency = np.exp2(-age_days / half_life_days) if half_life_days > 0 else np.zeros_like(age_days)
-    score = np.where(live, pop + recency, -np.inf)
-    n_live = int(live.sum())
-    if n_live > COLD_START_FULL:
-        cand = np.argpartition(-score, COLD_START_FULL)[:COLD_START_FULL]
-        order = cand[np.lexsort((cand, -score[cand]))]
-    else:
-        order = np.argsort(-score, kind="stable")[:n_live]
+    """The best ``COLD_START_TOP`` live rows by the cold-start score, best first (ties: lower row), and
+    their scores; ``days`` are publication times in days (any origin)."""
+    if not live.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    top = log_popularity[live].max()
+    pop = log_popularity / top if top > 0 else log_popularity
+    newest = days[live].max()
+    recency = (np.exp2((days - newest) / np.float32(half_life_days)) if half_life_days > 0
+               else np.zeros_like(days))
+    score = pop + recency
+    score[~live] = -np.inf
+    c = min(COLD_START_TOP, int(live.sum()))
+    cand = np.argpartition(-score, c - 1)[:c] if c < score.shape[0] else np.arange(score.shape[0])
+    order = cand[np.lexsort((cand, -score[cand]))][:c]
     return order.astype(np.int64) + 1, score[order].astype(np.float32)
 
 
@@ -258,13 +293,18 @@ class ServedCatalogs:
         return view
 
     def refresh(self, model: str, version: int) -> bool:
-        """Bring a loaded view up to the repository's catalogue (additions, removals); whether it changed."""
+        """Bring a loaded view up to the repository's catalogue (additions, removals); whether it changed.
+        (``sync`` then ``CatalogView.refresh``; the engine runs their parts on its own threads.)"""
         view = self.loaded(model, version)
         if view is None:
             return False
-        if self._storage is not None:
-            self._sync_index(model, version)
+        self.sync(model, version)
         return view.refresh()
+
+    def sync(self, model: str, version: int) -> None:
+        """For an S3 repository, copy the catalogue changes of a loaded version into the local cache."""
+        if self._storage is not None and self.loaded(model, version) is not None:
+            self._sync_index(model, version)
 
     def _version_dir(self, model: str, version: int) -> Path:
         if self._local is not None:
@@ -281,7 +321,11 @@ class ServedCatalogs:
         return target
 
     def _sync_index(self, model: str, version: int) -> None:
-        """Copy the S3 index's files that its manifest names and that differ from the cache's, the manifest last."""
+        """Copy the S3 index into the local cache, its manifest last, when the manifest changed.
+
+        A generation's table and ANN files never change (copied when missing); the appended files
+        (added rows, records, removals) are copied whole and must hold what the manifest names, else
+        nothing is committed locally and the next poll tries again (an upload still under way)."""
         assert self._storage is not None
         prefix = f"{model}_ranker/{version}/{INDEX_DIR}"
         local = self.cache_dir / f"{model}_ranker" / str(version) / INDEX_DIR
@@ -289,12 +333,23 @@ class ServedCatalogs:
         manifest = self._storage.read_bytes(f"{prefix}/{MANIFEST}")
         if (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == manifest:
             return
-        files = generation_files(int(json.loads(manifest)["generation"]))
-        for name in files.values():
+        doc = json.loads(manifest)
+        files = generation_files(int(doc["generation"]))
+        payload = doc.get("payload") or {}
+        records = int(doc["base_rows"]) + int(doc["added_rows"]) + 1 - int(payload.get("from", 1)) if payload else 0
+        need = {files["added"]: int(doc["added_rows"]) * int(doc["dim"]) * 4, files["removed"]: int(doc["removed_count"]) * 8,
+                files["payload"]: max(records, 0) * (dtype_from_json(payload["dtype"]).itemsize if payload else 0)}
+        for kind, name in files.items():
             key = f"{prefix}/{name}"
-            if not self._storage.exists(key):
+            if kind == "ann" and doc["kind"] == "exact":
                 continue
-            size = self._storage.size(key)
-            if not (local / name).is_file() or (local / name).stat().st_size != size:
-                atomic_write_bytes(local / name, self._storage.read_bytes(key))
+            if not self._storage.exists(key):
+                raise CatalogError(f"{self.repository}/{key} is named by its manifest but missing (an upload under way?)")
+            appended = name in need
+            if appended or not (local / name).is_file() or (local / name).stat().st_size != self._storage.size(key):
+                data = self._storage.read_bytes(key)
+                if appended and len(data) < need[name]:
+                    raise CatalogError(f"{self.repository}/{key} holds {len(data)} bytes, its manifest names "
+                                       f"{need[name]} (an upload under way?)")
+                atomic_write_bytes(local / name, data)
         atomic_write_bytes(local / MANIFEST, manifest)

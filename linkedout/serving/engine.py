@@ -151,9 +151,11 @@ class RecommendationEngine:
         # file hangs too (a lock held on it: ~10 s of busy timeout), and a request that does not read
         # the store (an explicit history, the readiness probe) must not wait behind one that does
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
-        # retrieval (numpy / faiss, which release the GIL) and catalogue loads and refreshes run on one
-        # thread of their own: off the event loop, and never a refresh during a search
+        # retrieval (numpy / faiss, which release the GIL) and the index's refreshes run on one thread
+        # of their own: off the event loop, and never a refresh during a search
         self._retrieval = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
+        # catalogue loads and rebuilds (O(catalogue)) on a thread of their own, so searches never wait for them
+        self._catalogue = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue")
         self.max_ranker_batch = max_ranker_batch
         self.batch_window = batch_window
         # requests on their way to the ranker: reading Feast, or prepared and not yet ranked (a plan
@@ -202,8 +204,15 @@ class RecommendationEngine:
         changed = False
         for model, version in {*self.serving.items(), *pinned}:
             assert version is not None
-            try:
-                changed |= await loop.run_in_executor(self._retrieval, self.catalogs.refresh, model, version)
+            view = self.catalogs.loaded(model, version)
+            if view is None:
+                continue
+            try:  # the copy (S3) and the O(catalogue) rebuild off the retrieval thread: searches go on
+                await loop.run_in_executor(self._catalogue, self.catalogs.sync, model, version)
+                snap = await loop.run_in_executor(self._retrieval, view.refresh_index)
+                if snap is not None:
+                    await loop.run_in_executor(self._catalogue, view.apply, snap)
+                    changed = True
             except Exception as e:  # a half-copied or unreadable change: keep serving what was read
                 log.warning("catalogue %s v%d not refreshed: %s: %s", model, version, type(e).__name__, e)
         if changed:
@@ -219,8 +228,9 @@ class RecommendationEngine:
                     self.serving.pop(model, None)
                     self._set_largest_k()
             if chosen is not None and chosen != current:
-                # load the catalogue before switching (off the event loop: seconds at 10 M videos)
-                await loop.run_in_executor(self._retrieval, self.catalogs.view, model, chosen)
+                # load the catalogue before switching (off the event loop and the retrieval thread:
+                # seconds at 10 M videos)
+                await loop.run_in_executor(self._catalogue, self.catalogs.view, model, chosen)
                 self.serving[model] = chosen
                 self._set_largest_k()
                 for key in [k for k in self._ranker_calls if k[0] == model and k[1] != chosen and k not in pinned]:
@@ -275,15 +285,15 @@ class RecommendationEngine:
                            plan.cold, plan.unknown)
         result_rows = np.zeros((b, k), dtype=np.int64)
         for g in plan.groups:
-            ids = g.view.rows.ids
+            st = g.view.rows  # one state of the catalogue for the whole answer
             if g.rows is not None and g.scores is not None:
                 for jj, j in enumerate(g.warm):
                     i = g.users[j]
-                    _fill(i, g.rows[jj], g.scores[jj], plan.seen[i], k, ids, result, result_rows)
+                    _fill(i, g.rows[jj], g.scores[jj], plan.seen[i], k, st.ids, result, result_rows)
             for i in g.users:
                 if plan.cold[i]:
-                    _fill(i, g.view.cold_start_rows[: k + len(plan.seen[i]) + 1], g.view.cold_start_scores,
-                          plan.seen[i], k, ids, result, result_rows)
+                    _fill(i, st.cold_start_rows[: k + len(plan.seen[i]) + 1], st.cold_start_scores,
+                          plan.seen[i], k, st.ids, result, result_rows)
         if plan.request.explain:
             _explain(result, plan.groups, result_rows)
         result.latency_ms = (time.perf_counter() - plan.started) * 1000.0
@@ -374,6 +384,7 @@ class RecommendationEngine:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._retrieval.shutdown(wait=False, cancel_futures=True)
+        self._catalogue.shutdown(wait=False, cancel_futures=True)
         if self.request_log is not None:
             self.request_log.close()
 
@@ -441,10 +452,12 @@ def _log_records(result: RecResult, experiment: str, variants: Sequence[RoutingV
 
 def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, ids: np.ndarray,
           result: RecResult, result_rows: np.ndarray) -> None:
-    """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer (``ids``: of rows 0..R)."""
+    """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer (``ids``: of rows 0..R;
+    a row past R, added to the index since that state, is skipped until the state knows it)."""
     n = 0
+    top = ids.shape[0]
     for r, s in zip(rows.tolist(), row_scores.tolist()):
-        if r <= 0 or r in seen or not np.isfinite(s):
+        if r <= 0 or r >= top or r in seen or not np.isfinite(s):
             continue
         result.items[i, n] = ids[r]
         result.scores[i, n] = s

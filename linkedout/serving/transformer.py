@@ -16,9 +16,10 @@
 
 KServe times each phase (its ``request_preprocess_seconds``, ``request_predict_seconds`` and
 ``request_postprocess_seconds`` histograms, beside ``linkedout.serving.metrics`` on ``/metrics``).
-A background task (kserve's model "engine": ``start_engine``) follows the model repository: when a
-new ranker version appears and Triton reports it ready, its catalogue is loaded and it becomes the
-version served, with no restart. A Feast or Triton outage answers UNAVAILABLE (HTTP 503) naming what
+A background task (kserve's model "engine": ``start_engine``) follows the model repository every
+``--catalog_poll_s``: when a new ranker version appears and Triton reports it ready, its catalogue
+is loaded and it becomes the version served, and videos added to or removed from a served
+catalogue in place are served from then on; no restart, no reload. A Feast or Triton outage answers UNAVAILABLE (HTTP 503) naming what
 failed, within its timeout.
 
 The flags map one to one to the constructor and to the InferenceService's ``args``
@@ -291,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_batch_size", type=int, default=64, help="most users per request")
     parser.add_argument("--max_k", type=int, default=100, help="most results per user")
     parser.add_argument("--catalog_poll_s", type=float, default=1.0,
-                        help="seconds between looks at the repository for new catalogue versions")
+                        help="seconds between looks at the repository for new ranker versions and for videos "
+                             "added to the served catalogues in place")
     parser.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL for an s3:// --model_repository")
     parser.add_argument("--batch_window_ms", type=float, default=2.0,
                         help="longest wait of a Triton call for the concurrent requests still reading Feast "
