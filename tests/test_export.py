@@ -33,6 +33,7 @@ from linkedout.export import (
     ranker_name,
     update_catalog,
 )
+from linkedout.export.catalog import live_rows_of
 from linkedout.export.checks import topk_mismatch
 from linkedout.export.graphs import EncoderGraph, full_scores, graph_spec_of
 from linkedout.export.index import IndexSettings, RetrievalIndex
@@ -325,6 +326,16 @@ def test_update_catalog_adds_and_removes_videos_in_place_without_retraining(
     replaced = update_catalog(repo, "lo", add_ids=[900002], add_features=feats[1:2], remove_ids=[900002])
     assert replaced.added_rows == [n + 4] and replaced.removed_rows == [n + 2] and replaced.num_items == n + 2
     assert Catalog.load(vdir).ids.tolist().count(900002) == 1
+
+
+def test_live_rows_of_finds_each_ids_live_row_for_few_and_many_ids() -> None:
+    ids = np.array([5, 7, 9, 7, 11], dtype=np.int64)  # row 2 (video 7) removed, then video 7 added again: row 4
+    removed = np.array([2], dtype=np.int64)
+    few = np.array([7, 5, 100, 7, 11])
+    many = np.concatenate([few, np.arange(1000, 1030)])  # past the per-id scan: the sorted lookup
+    assert live_rows_of(ids, removed, few).tolist() == [4, 1, 0, 4, 5]
+    assert live_rows_of(ids, removed, many).tolist() == [4, 1, 0, 4, 5] + [0] * 30
+    assert live_rows_of(ids, np.array([2, 4]), many)[:5].tolist() == [0, 1, 0, 0, 5]
 
 
 def test_update_catalog_errors_name_the_problem_and_write_nothing(

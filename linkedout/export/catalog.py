@@ -46,7 +46,7 @@ from linkedout.export.index_files import (
 )
 from linkedout.utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "append_videos", "change_videos", "live_ids", "parse_video_ids", "read_meta",
+__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "append_videos", "change_videos", "live_ids", "live_rows_of", "parse_video_ids", "read_meta",
            "record_dtype", "remove_videos"]
 
 CATALOG_FORMAT = 2
@@ -291,6 +291,32 @@ def live_ids(directory: str | os.PathLike[str], manifest: Mapping[str, Any] | No
     return all_ids, np.unique(removed)
 
 
+def live_rows_of(ids: np.ndarray, removed: np.ndarray, video_ids: np.ndarray) -> np.ndarray:
+    """The live row (1..R) of each of ``video_ids`` (M,), 0 where it is not live; ``ids`` (R,) and
+    ``removed`` are ``live_ids``'s. One pass over the catalogue: a few ids are compared with every row
+    (0.01 s per id at 10 M videos), more are looked up in their sorted list (O(R log M))."""
+    q = np.asarray(video_ids, dtype=np.int64).reshape(-1)
+    out = np.zeros(q.shape[0], dtype=np.int64)
+    if not q.size or not ids.size:
+        return out
+    live = np.ones(ids.shape[0], dtype=bool)
+    live[removed - 1] = False
+    if q.size <= 16:
+        for j, v in enumerate(q.tolist()):
+            rows = np.flatnonzero((ids == v) & live)
+            out[j] = rows[-1] + 1 if rows.size else 0
+        return out
+    order = np.argsort(q, kind="stable")
+    sq = q[order]
+    pos = np.minimum(np.searchsorted(sq, ids), sq.size - 1)  # (R,) where each catalogue id falls among q
+    rows = np.flatnonzero((sq[pos] == ids) & live) + 1
+    right = np.searchsorted(sq, sq, side="right")  # an id asked twice: every copy gets its row
+    for r in rows.tolist():
+        j = int(pos[r - 1])
+        out[order[j:right[j]]] = r
+    return out
+
+
 def change_videos(directory: str | os.PathLike[str], additions: Mapping[str, np.ndarray] | None = None,
                   remove: Sequence[object] | np.ndarray = (), *, min_items: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Remove and add videos of the catalogue saved in ``directory`` in place, as one change; ``(rows
@@ -319,19 +345,17 @@ def change_videos(directory: str | os.PathLike[str], additions: Mapping[str, np.
 
     def precheck(manifest: dict[str, Any]) -> np.ndarray:  # under the writer lock: the rows to remove
         ids, removed = live_ids(directory, manifest)
-        live_rows = np.setdiff1d(np.arange(1, ids.shape[0] + 1), removed)
-        live = ids[live_rows - 1]
-        missing = gone[~np.isin(gone, live)]
-        if missing.size:
-            raise CatalogError(f"cannot remove videos not in the catalogue: {missing[:10].tolist()}")
-        dup = new_ids[np.isin(new_ids, live) & ~np.isin(new_ids, gone)]
+        gone_rows = live_rows_of(ids, removed, gone)
+        if not gone_rows.all():
+            raise CatalogError(f"cannot remove videos not in the catalogue: {gone[gone_rows == 0][:10].tolist()}")
+        dup = new_ids[(live_rows_of(ids, removed, new_ids) > 0) & ~np.isin(new_ids, gone)]
         if dup.size:
             raise CatalogError(f"videos already in the catalogue: {dup[:10].tolist()} (remove them first to replace)")
-        left = live.size - gone.size + new_ids.size
+        left = ids.size - removed.size - gone.size + new_ids.size
         if left < min_items:
             raise CatalogError(f"the change would leave {left} videos in the catalogue, fewer than {min_items}")
-        removed_rows.append(live_rows[np.isin(live, gone)])
-        return removed_rows[-1]
+        removed_rows.append(gone_rows)
+        return gone_rows
 
     try:
         rows = change_rows(directory / INDEX_DIR, emb, rec, precheck=precheck)

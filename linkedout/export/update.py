@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from linkedout.export.catalog import CatalogError, change_videos, live_ids, parse_video_ids, read_meta
+from linkedout.export.catalog import (
+    CatalogError,
+    change_videos,
+    live_ids,
+    live_rows_of,
+    parse_video_ids,
+    read_meta,
+)
 from linkedout.export.checks import onnx_session
 from linkedout.export.exporter import encoder_name, ranker_name
 from linkedout.export.repository import ModelRepository
@@ -71,12 +78,10 @@ def update_catalog(
     if not len(add) and not len(remove):
         raise CatalogError("nothing to change: give videos to add or to remove")
     ids, removed = live_ids(vdir)  # checked early (before encoding), and again under the lock when written
-    live = np.ones(ids.shape[0], dtype=bool)
-    live[removed - 1] = False
-    unknown = remove[~np.isin(remove, ids[live])]
+    unknown = remove[live_rows_of(ids, removed, remove) == 0]
     if unknown.size:
         raise CatalogError(f"cannot remove videos not in the catalogue: {unknown[:10].tolist()}")
-    left = int(live.sum()) + len(add) - len(np.unique(remove))
+    left = ids.size - removed.size + len(add) - len(np.unique(remove))
     kmax = int(meta.get("max_k", 0))
     if left < kmax:
         raise CatalogError(f"the catalogue would have {left} videos, fewer than the ranker's top-{kmax}: "

@@ -20,7 +20,7 @@ import numpy as np
 
 from linkedout.data.microlens import load_microlens
 from linkedout.export import ModelRepository, ranker_name, update_catalog
-from linkedout.export.catalog import live_ids, parse_video_ids
+from linkedout.export.catalog import live_ids, live_rows_of, parse_video_ids
 from linkedout.extraction.backbone import load_backbone
 from linkedout.extraction.backbone_config import BackboneConfig
 from linkedout.extraction.driver import extract_dataset
@@ -184,9 +184,7 @@ def _refuse_known_ids(repository: str | os.PathLike[str], name: str, ids: np.nda
     if latest is None:
         raise ValueError(f"{repository} serves no model {name!r} (no {ranker_name(name)} version): export one first")
     all_ids, removed = live_ids(repo.version_dir(ranker_name(name), latest))
-    live = np.ones(all_ids.shape[0], dtype=bool)
-    live[removed - 1] = False
-    known = ids[np.isin(ids, all_ids[live])].tolist()
+    known = ids[live_rows_of(all_ids, removed, ids) > 0].tolist()
     if known:
         raise ValueError(f"video id(s) {known[:10]} are already in the catalogue of {name} (version {latest}); "
                          "give new ids (--ids) or remove those videos first")
