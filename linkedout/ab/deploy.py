@@ -82,7 +82,7 @@ class ServingDeployment:
         gpus: GPUs per Triton replica (on the H100 pool: ``node_selector`` and ``tolerations``).
         predictor_replicas / transformer_replicas: (min, max) replicas of each component.
         feast_timeout_ms, predictor_timeout_s, predictor_retries, max_batch_size, max_k, batch_window_ms,
-            catalog_poll_s: transformer flags.
+            catalog_poll_s, retrieval_threads: transformer flags.
         request_log: the transformer's ``--request_log``; ``/dev/stdout`` hands it to the cluster's
             log pipeline (``linkedout ab analyze --mixed-log`` reads ``kubectl logs`` output).
     """
@@ -109,6 +109,7 @@ class ServingDeployment:
     max_k: int = 100
     batch_window_ms: float = 2.0
     catalog_poll_s: float = 1.0
+    retrieval_threads: int = 1
     request_log: str | None = "/dev/stdout"
 
     def __post_init__(self) -> None:
@@ -133,7 +134,7 @@ class ServingDeployment:
             lo, hi = getattr(self, f)
             if not 0 <= lo <= hi or hi < 1:
                 raise ValueError(f"{w}.{f} must be (min, max) with 0 <= min <= max and max >= 1, got {(lo, hi)}")
-        for f in ("feast_timeout_ms", "predictor_timeout_s", "max_batch_size", "max_k"):
+        for f in ("feast_timeout_ms", "predictor_timeout_s", "max_batch_size", "max_k", "retrieval_threads"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{w}.{f} must be >= 1, got {getattr(self, f)}")
         if self.predictor_retries < 0:
@@ -165,7 +166,8 @@ def transformer_args(d: ServingDeployment) -> list[str]:
     if d.request_log:
         args.append(f"--request_log={d.request_log}")
     args += [f"--max_batch_size={d.max_batch_size}", f"--max_k={d.max_k}", f"--batch_window_ms={d.batch_window_ms:g}",
-             f"--catalog_poll_s={d.catalog_poll_s:g}", "--bind_address=0.0.0.0"]
+             f"--catalog_poll_s={d.catalog_poll_s:g}", f"--retrieval_threads={d.retrieval_threads}",
+             "--bind_address=0.0.0.0"]
     return args
 
 

@@ -97,8 +97,9 @@ class CatalogView:
         self._t0 = int(base["published"].min()) if n0 else 0
         self._pop0 = np.log1p(base["popularity"].astype(np.float32))
         self._days0 = ((base["published"] - self._t0) / 86_400_000.0).astype(np.float32)
-        self._seen = (-1, -1)  # (rows, removed) the current _Rows were built from
-        self.rows = self._build_rows(self._snapshot())
+        snap = self._snapshot()
+        self.rows = self._build_rows(snap)
+        self._seen = (snap.num_rows, snap.removed.size)  # what the current rows were built from
 
     # ------------------------------------------------------------------------------ lookups
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import kserve
 import numpy as np
+import threadpoolctl
 from kserve.errors import InvalidInput, ServerNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
@@ -102,9 +103,11 @@ class LinkedOutTransformer(kserve.Model):
                  feast_repo: str | None = None, feast_timeout_ms: float = 200.0, routing: str | None = None,
                  default_model: str | None = None, request_log: str | None = None, max_batch_size: int = 64,
                  max_k: int = 100, predictor_timeout_s: float = 1.0, predictor_retries: int = 1,
-                 catalog_poll_s: float = 1.0, s3_endpoint: str | None = None, batch_window_ms: float = 2.0) -> None:
+                 catalog_poll_s: float = 1.0, s3_endpoint: str | None = None, batch_window_ms: float = 2.0,
+                 retrieval_threads: int = 1) -> None:
         super().__init__(name)
-        for flag, value, lo in (("max_batch_size", max_batch_size, 1), ("max_k", max_k, 1)):
+        for flag, value, lo in (("max_batch_size", max_batch_size, 1), ("max_k", max_k, 1),
+                                ("retrieval_threads", retrieval_threads, 1)):
             if value < lo:
                 raise ValueError(f"--{flag} must be >= {lo}, got {value}")
         for flag, fvalue in (("feast_timeout_ms", feast_timeout_ms), ("predictor_request_timeout_seconds",
@@ -131,6 +134,7 @@ class LinkedOutTransformer(kserve.Model):
         self.catalog_poll_s = catalog_poll_s
         self.s3_endpoint = s3_endpoint
         self.batch_window_ms = batch_window_ms
+        self.retrieval_threads = retrieval_threads
         self.engine = True  # kserve's flag: run start_engine (the repository follower) in its event loop
         self._stopping = False
         self.ranker = TritonRanker(predictor_host, timeout=predictor_timeout_s, retries=predictor_retries)
@@ -140,6 +144,10 @@ class LinkedOutTransformer(kserve.Model):
     # ------------------------------------------------------------------------------------ lifecycle
 
     def load(self) -> bool:
+        # the process's BLAS and OpenMP pools (numpy's exact search, faiss's ANN search): their idle
+        # threads spin, and a server's concurrency comes from its requests; bench/serve.py measured
+        # 3.7 ms of transformer CPU per request with 2 spinning BLAS threads on 2 cores
+        threadpoolctl.threadpool_limits(self.retrieval_threads)
         histories: HistorySource | None = None
         if self.feast_repo:
             from linkedout.featurestore.online import HistoryReader  # Feast is slow to import: only if used
@@ -298,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_window_ms", type=float, default=2.0,
                         help="longest wait of a Triton call for the concurrent requests still reading Feast "
                              "(0: only those ready in the same event-loop turn); never waited without concurrency")
+    parser.add_argument("--retrieval_threads", type=int, default=1,
+                        help="threads of one retrieval (numpy's BLAS, faiss's OpenMP): 1 unless a pod has cores "
+                             "to spare beyond its concurrent requests")
     parser.add_argument("--bind_address", default="0.0.0.0",
                         help="address the REST and gRPC servers listen on (127.0.0.1 for a local stack)")
     parser.add_argument("--log_level", default="INFO", help="log level of the transformer (kserve's own: WARNING)")
@@ -320,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
             default_model=args.default_model, request_log=args.request_log, max_batch_size=args.max_batch_size,
             max_k=args.max_k, predictor_timeout_s=float(args.predictor_request_timeout_seconds),
             predictor_retries=int(args.predictor_request_retries), catalog_poll_s=args.catalog_poll_s,
-            s3_endpoint=args.s3_endpoint, batch_window_ms=args.batch_window_ms)
+            s3_endpoint=args.s3_endpoint, batch_window_ms=args.batch_window_ms,
+            retrieval_threads=args.retrieval_threads)
         model.load()
     except (ValueError, RoutingError, FileNotFoundError) as e:
         raise SystemExit(f"linkedout transformer: {e}") from None
