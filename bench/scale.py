@@ -1,6 +1,7 @@
 """Retrieval at catalogue scale: exact brute force against the ANN index of ``linkedout.export.index``.
 
-Synthetic catalogues of 20 k, 100 k, 1 M and 10 M videos at d = 64. Embeddings come from a mixture
+Synthetic catalogues of 20 k, 100 k, 1 M and 10 M videos at d = 64 (``--dim``: another width, e.g.
+the paper's preset 256). Embeddings come from a mixture
 of Gaussians, because real embeddings have topic structure: ``N / 1000`` topics (32 to 10,000) of
 Zipf-like sizes, centres N(0, I/d), a video = s * (centre + 0.6 * N(0, I/d)) with a per-video scale
 s ~ lognormal(0, 0.25) (norms vary, as popularity makes them, so inner-product search is not cosine
@@ -23,8 +24,8 @@ searches: the table's touched pages plus the ANN index). Timings are medians of 
 
 Writes ``bench/results/scale.json`` and ``bench/results/scale.png`` (``--compare-kinds N``:
 ``bench/results/scale_kinds_N.json``), and prints the table and the exact/ANN threshold
-(``threshold``: the default ``IndexSettings.exact_below``). The JSON's ``end_to_end`` holds a place
-for the figures through the serving stack (Triton + transformer), to be measured there.
+(``threshold``: the default ``IndexSettings.exact_below``). The JSON's ``end_to_end`` block is
+bench/scale_serve.py's (through the serving stack), kept when this script runs again.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import numpy as np
 
 from linkedout.export.index import ANN_KINDS, IndexSettings, RetrievalIndex, auto_nlist
 
-DIM = 64
+DIM = 64  # --dim changes it (the paper's preset item width is 256)
 SIZES = (20_000, 100_000, 1_000_000, 10_000_000)
 USERS = 1000
 HISTORY = 20
@@ -336,6 +337,7 @@ def plot(sizes: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
+    global DIM
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--quick", action="store_true", help="20k and 100k only")
@@ -349,8 +351,13 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, nargs="+", default=[50, 100, 200], help="with --compare-kinds")
     parser.add_argument("--workdir", type=Path, default=None, help="where indexes are written (default: a temp dir)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument("--dim", type=int, default=DIM, help="embedding width d (the paper's preset: 256)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/scale.json (scale_d<dim>.json for another --dim)")
     args = parser.parse_args()
+    DIM = args.dim
+    if args.out is None:
+        args.out = RESULTS / ("scale.json" if DIM == 64 else f"scale_d{DIM}.json")
     if args.runs < 3:
         parser.error("--runs must be >= 3 (timings are medians of at least 3 runs)")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -372,15 +379,15 @@ def main() -> None:
         for n in ([20_000, 100_000] if args.quick else args.sizes):
             child_out = work / f"size-{n}.json"
             cmd = [sys.executable, __file__, "--child", str(n), "--runs", str(args.runs), "--out", str(child_out),
-                   "--workdir", str(work)]
+                   "--workdir", str(work), "--dim", str(DIM)]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True)
             sizes[str(n)] = json.loads(child_out.read_text())
             print(f"{n:,} videos: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     doc = {**machine(), "data": __doc__.split("\n\n")[1], "settings": asdict(IndexSettings()), "runs": args.runs,
-           "targets": TARGETS, "sizes": sizes, "threshold": threshold(sizes),
-           "end_to_end": {"note": "through the serving stack (Triton user state + transformer retrieval), per size: "
-                                  "to be measured by the serving integration", "sizes": {}}}
+           "dim": DIM, "targets": TARGETS, "sizes": sizes, "threshold": threshold(sizes)}
+    if args.out.is_file():  # bench/scale_serve.py's figures through the stack stay
+        doc["end_to_end"] = json.loads(args.out.read_text()).get("end_to_end", {})
     args.out.write_text(json.dumps(doc, indent=1))
     print_table(sizes)
     print(json.dumps(doc["threshold"], indent=1))
