@@ -311,3 +311,34 @@ def test_nothing_is_left_running_once_the_stack_stops(running: Running) -> None:
     assert not (running.workdir / "serving" / "stack.json").exists()
     with pytest.raises(StackError, match="no local stack runs"):
         read_stack(running.workdir)
+
+
+def test_free_ports_are_distinct_and_skip_the_ports_given() -> None:
+    """Two probes closed one after the other may get the same port from the OS: a transformer once got
+    one port for REST and gRPC and its REST server never bound. ``free_ports`` holds its probes."""
+    from linkedout.serving.local.process import free_ports
+
+    for _ in range(200):
+        got = free_ports({"http": 0, "grpc": 0, "metrics": 0, "given": 8080})
+        assert got["given"] == 8080 and len({got["http"], got["grpc"], got["metrics"], 8080}) == 4
+
+
+def test_a_server_that_does_not_speak_http_on_the_port_is_named_a_port_clash() -> None:
+    """What a gRPC server on the REST port looks like to the readiness probe: a clear error, not BadStatusLine."""
+    from linkedout.serving.local.control import ModelControl, ModelServerError
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00")  # an HTTP/2 SETTINGS frame
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(answer)
+            with pytest.raises(ModelServerError, match="another server holds this port"):
+                ModelControl(f"http://127.0.0.1:{port}", timeout=5).ready("linkedout")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -27,11 +28,16 @@ from linkedout.utils import get_logger
 
 LOG = get_logger(__name__)
 
-__all__ = ["ModelControl", "ModelLoadError", "ModelServerError", "ServerChild", "VersionRejected", "refresh_model"]
+__all__ = ["ModelControl", "ModelLoadError", "ModelServerError", "PortClash", "ServerChild", "VersionRejected",
+           "refresh_model"]
 
 
 class ModelServerError(RuntimeError):
     """The model server failed to start, answered an error, or cannot be reached."""
+
+
+class PortClash(ModelServerError):
+    """What answers on a server's HTTP port is not an HTTP/1.1 server (another one holds the port)."""
 
 
 class ModelLoadError(ModelServerError):
@@ -79,6 +85,9 @@ class ModelControl:
             status, raw = e.code, e.read()
         except (urllib.error.URLError, OSError) as e:
             raise ModelServerError(f"{method} {self.url}{path}: {getattr(e, 'reason', e)}") from e
+        except http.client.HTTPException as e:  # not an HTTP/1.1 server: e.g. a gRPC one on the same port
+            raise PortClash(f"{method} {self.url}{path}: what answers there does not speak HTTP/1.1 "
+                            f"({type(e).__name__}): another server holds this port") from e
         try:
             payload = json.loads(raw) if raw else None
         except json.JSONDecodeError:
@@ -115,6 +124,8 @@ class ModelControl:
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/ready"
         try:
             return self._request("GET", path)[0] == 200
+        except PortClash:
+            raise  # not a server still starting: waiting will not help
         except ModelServerError:
             return False
 

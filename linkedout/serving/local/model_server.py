@@ -102,7 +102,7 @@ class LocalPredictor(ServerChild):
             return self
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository {self.repository} does not exist")
-        self.ports = {k: v or process.free_port(self.host) for k, v in self._ports.items()}
+        self.ports = process.free_ports(self._ports, self.host)
         cmd = [self.python, "-m", "linkedout.serving.local.predictor", f"--model_repository={self.repository}",
                f"--bind_address={self.host}", f"--http_port={self.ports['http']}",
                f"--grpc_port={self.ports['grpc']}", f"--poll_interval={self.poll_interval}",

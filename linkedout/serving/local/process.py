@@ -70,9 +70,36 @@ def check_ports(host: str, ports: Mapping[str, int]) -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now (the OS picks it; another process may race for it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports({"port": 0}, host)["port"]
+
+
+def free_ports(wanted: Mapping[str, int], host: str = "127.0.0.1") -> dict[str, int]:
+    """``wanted`` with every 0 replaced by a TCP port free on ``host`` right now, all of them distinct.
+
+    The probe sockets stay open until every port is picked: two probes closed one after the other
+    may be given the same port by the OS (a transformer once got ``--http_port 46385 --grpc_port
+    46385`` and its REST server could not bind). Another process may still race for them after.
+    """
+    taken = {v for v in wanted.values() if v}
+    out = dict(wanted)
+    probes = []
+    try:
+        for name, port in wanted.items():
+            if port:
+                continue
+            while True:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(s)
+                s.bind((host, 0))
+                got = int(s.getsockname()[1])
+                if got not in taken:
+                    break
+            out[name] = got
+            taken.add(got)
+    finally:
+        for s in probes:
+            s.close()
+    return out
 
 
 # Resolved in the parent: between fork and exec the child must not dlopen (a lock another thread of a

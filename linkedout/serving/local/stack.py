@@ -273,9 +273,9 @@ class LocalStack:
             args += ["--feast_repo", str(self.feast_repo)]
         if s.routing:
             args += ["--routing", str(s.routing)]
+        ports = process.free_ports({"http": s.http_port, "grpc": s.grpc_port}, s.host)
         transformer = TransformerProcess(args, model=s.default_model, host=s.host,
-                                         http_port=s.http_port or process.free_port(s.host),
-                                         grpc_port=s.grpc_port or process.free_port(s.host),
+                                         http_port=ports["http"], grpc_port=ports["grpc"],
                                          log_path=self.serving_dir / "transformer.log",
                                          startup_timeout=s.startup_timeout)
         try:

@@ -148,7 +148,7 @@ class LocalTriton(ServerChild):
 
     def _launch(self) -> None:
         assert self.install is not None
-        self.ports = {k: v or process.free_port(self.host) for k, v in self._ports.items()}
+        self.ports = process.free_ports(self._ports, self.host)
         install = self.install
         cmd = [str(install.tritonserver),
                f"--model-repository={self.repository}",
