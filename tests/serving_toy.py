@@ -1,11 +1,15 @@
-"""Toy ONNX models in the shapes of docs/serving.md §1, for tests, benchmarks and smoke runs.
+"""Toy ONNX models for the model servers' tests (local Triton, the KServe predictor) and their bench.
 
-Not LinkedOut's models (``linkedout.export`` writes those): small, seeded stand-ins with the same
-tensor names, types and shapes, so the serving path can be exercised without a trained run.
+Not LinkedOut's models (``linkedout.export`` writes those, and tests/test_export.py and
+tests/test_serving_stack.py serve them): small, seeded models that exercise what a model server
+does with any model — loading, versions, refusals, batching, shapes — without a trained run.
 
 - ranker: ``history`` INT64 ``[B, T]`` -> ``rows`` INT64 ``[B, K]``, ``scores`` FP32 ``[B, K]``: the
   mean embedding of the history scored against an item table (an initializer, row 0 = padding), the
-  history and row 0 masked, top-K.
+  history and row 0 masked, top-K. This is the shape of LinkedOut's ranker before two-stage
+  retrieval (the table inside the graph); the served ranker is now a user-state graph (docs/serving.md
+  §1). Kept as the servers' test model because a top-K with two outputs checks more of a server's
+  answer than a user state does.
 - encoder: ``id_rows`` INT64 ``[N]`` and ``features`` FP32 ``[N, L, K, D]`` -> ``embedding`` ``[N, d]``,
   ``gate`` ``[N, L]``, ``contributions`` ``[N, L]``: a softmax gate over the layers' mean tokens.
 

@@ -46,8 +46,8 @@ from linkedout.export.index_files import (
 )
 from linkedout.utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "append_videos", "change_videos", "live_ids", "live_rows_of", "parse_video_ids", "read_meta",
-           "record_dtype", "remove_videos"]
+__all__ = ["CATALOG_FORMAT", "Catalog", "CatalogError", "append_videos", "change_videos", "live_ids", "live_rows_of",
+           "open_index", "parse_video_ids", "read_columns", "read_meta", "record_dtype", "remove_videos"]
 
 CATALOG_FORMAT = 2
 
@@ -198,8 +198,8 @@ class Catalog:
         table: for a catalogue's ids alone, ``live_ids``. ``CatalogError`` names the file at fault."""
         directory = Path(directory)
         doc = read_meta(directory)
-        base = _read_columns(directory)
-        index = _open_index(directory)
+        base = read_columns(directory)
+        index = open_index(directory, base["ids"].shape[0])
         extra = index.added_payload()
         cols = {k: np.concatenate([base[k], extra[PAYLOAD_FIELDS[k]]]) for k in COLUMNS}
         live = np.ones(index.num_rows, dtype=bool)
@@ -243,26 +243,33 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def _read_columns(directory: Path) -> dict[str, np.ndarray]:
-    arrays_file = directory / "catalog.npz"
+def read_columns(directory: str | os.PathLike[str], names: Sequence[str] = COLUMNS) -> dict[str, np.ndarray]:
+    """The exported videos' columns ``names`` of ``catalog.npz`` (not the embeddings: those are the index's)."""
+    arrays_file = Path(directory) / "catalog.npz"
     if not arrays_file.is_file():
         raise CatalogError(f"{arrays_file} is missing (not a catalogue version directory?)")
     try:
         with np.load(arrays_file, allow_pickle=False) as z:
-            cols = {k: z[k] for k in COLUMNS}
+            cols = {k: z[k] for k in names}
     except (OSError, ValueError, KeyError) as e:
         raise CatalogError(f"{arrays_file} cannot be read: {e}") from e
-    n = cols["ids"].shape[0]
+    n = cols["ids"].shape[0] if "ids" in cols else next(iter(cols.values())).shape[0]
     if any(v.shape[0] != n for v in cols.values()):
         raise CatalogError(f"{arrays_file}: its columns have different lengths")
     return cols
 
 
-def _open_index(directory: Path) -> RetrievalIndex:
+def open_index(directory: str | os.PathLike[str], exported: int) -> RetrievalIndex:
+    """The catalogue's retrieval index (memory-mapped), checked against the ``exported`` videos of ``catalog.npz``."""
+    directory = Path(directory)
     try:
-        return RetrievalIndex.load(directory / INDEX_DIR)
+        index = RetrievalIndex.load(directory / INDEX_DIR)
     except RetrievalIndexError as e:
         raise CatalogError(f"{directory}: the catalogue's retrieval index cannot be read: {e}") from e
+    if index.payload_from != exported + 1:
+        raise CatalogError(f"{directory}: the index's added rows start at row {index.payload_from}, catalog.npz "
+                           f"holds {exported} exported videos (not one catalogue)")
+    return index
 
 
 def live_ids(directory: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -270,11 +277,7 @@ def live_ids(directory: str | os.PathLike[str], manifest: Mapping[str, Any] | No
     loading its embeddings or index (what a change checks its ids against), as ``manifest`` (the
     index's; default: read now) names them."""
     directory = Path(directory)
-    try:
-        with np.load(directory / "catalog.npz", allow_pickle=False) as z:
-            ids = z["ids"]
-    except (OSError, ValueError, KeyError) as e:
-        raise CatalogError(f"{directory / 'catalog.npz'} cannot be read: {e}") from e
+    ids = read_columns(directory, ("ids",))["ids"]
     d = directory / INDEX_DIR
     doc = read_manifest(d) if manifest is None else manifest
     files = generation_files(int(doc["generation"]))

@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from linkedout.export.catalog import COLUMNS, INDEX_DIR, CatalogError, read_meta
-from linkedout.export.index import RetrievalIndex
+from linkedout.export.catalog import INDEX_DIR, CatalogError, open_index, read_columns, read_meta
 from linkedout.export.index_files import MANIFEST, dtype_from_json, generation_files
 from linkedout.shards.storage import open_storage
 from linkedout.utils import atomic_write_bytes, get_logger
@@ -78,16 +77,9 @@ class CatalogView:
         self.layers: list[str] = list(doc.get("layers", []))
         self.max_history = int(doc.get("max_history") or 10)
         self.max_k = int(doc.get("max_k") or 100)
-        try:
-            with np.load(d / "catalog.npz", allow_pickle=False) as z:
-                base = {k: z[k] for k in COLUMNS}
-        except (OSError, ValueError, KeyError) as e:
-            raise CatalogError(f"{d / 'catalog.npz'} cannot be read: {e}") from e
-        self.index = RetrievalIndex.load(d / INDEX_DIR)
+        base = read_columns(d)
         n0 = int(base["ids"].shape[0])
-        if self.index.payload_from != n0 + 1:
-            raise CatalogError(f"{d}: the index's added rows start at {self.index.payload_from}, the catalogue "
-                               f"holds {n0} exported videos")
+        self.index = open_index(d, n0)
         self._base = base
         self._n0 = n0
         order = np.argsort(base["ids"], kind="stable")
