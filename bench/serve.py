@@ -132,8 +132,12 @@ def one_client(url: str, users: int, n: int, rng: np.random.Generator, model: st
     return times
 
 
-async def _concurrent(url: str, users: int, clients: int, seconds: float, seed: int) -> tuple[int, float, list[float]]:
+async def _concurrent(url: str, users: int, clients: int, seconds: float,
+                      seed: int) -> tuple[int, float, list[float], dict[str, int]]:
+    """``clients`` loops of requests for ``seconds``: answered, elapsed s, their latencies (ms), failures by reason
+    (counted, not fatal: a failed request is a figure of the run)."""
     import tritonclient.grpc.aio as ga
+    from tritonclient.utils import InferenceServerException
 
     rng = np.random.default_rng(seed)
     client = ga.InferenceServerClient(url)
@@ -142,6 +146,7 @@ async def _concurrent(url: str, users: int, clients: int, seconds: float, seed: 
     times: list[float] = []
     stop = time.monotonic() + seconds
     done = 0
+    failed: dict[str, int] = {}
 
     async def worker() -> None:
         nonlocal done
@@ -149,7 +154,12 @@ async def _concurrent(url: str, users: int, clients: int, seconds: float, seed: 
             uid = ga.InferInput("user_id", [1], "INT64")
             uid.set_data_from_numpy(np.array([rng.integers(0, users)], dtype=np.int64))
             t0 = time.perf_counter()
-            await client.infer("linkedout", [uid, k])
+            try:
+                await client.infer("linkedout", [uid, k])
+            except InferenceServerException as e:
+                reason = f"{e.status()}: {e.message()}"[:120]
+                failed[reason] = failed.get(reason, 0) + 1
+                continue
             times.append((time.perf_counter() - t0) * 1000)
             done += 1
 
@@ -157,7 +167,7 @@ async def _concurrent(url: str, users: int, clients: int, seconds: float, seed: 
     await asyncio.gather(*(worker() for _ in range(clients)))
     elapsed = time.perf_counter() - t0
     await client.close()
-    return done, elapsed, times
+    return done, elapsed, times, failed
 
 
 def predictor_alone(url: str, videos: int, n: int, rng: np.random.Generator) -> list[float]:
@@ -340,7 +350,9 @@ def measure(url: str, pids: list[int], args: argparse.Namespace, rng: np.random.
     times = one_client(url, args.users, args.requests, rng)
     before = scrape(metrics_url) if metrics_url else {}
     server0, front0, client0 = cpu_seconds(pids), cpu_seconds(pids[:1]), time.process_time()
-    done, elapsed, loaded = asyncio.run(_concurrent(url, args.users, args.clients, args.seconds, seed=seed))
+    done, elapsed, loaded, failed = asyncio.run(_concurrent(url, args.users, args.clients, args.seconds, seed=seed))
+    if failed:
+        print(f"  failed requests under load: {failed}", flush=True)
     server_cpu, client_cpu = cpu_seconds(pids) - server0, time.process_time() - client0
     front_cpu = cpu_seconds(pids[:1]) - front0
     coalesced = {}
@@ -354,7 +366,8 @@ def measure(url: str, pids: list[int], args: argparse.Namespace, rng: np.random.
             "rps": done / elapsed, "p50_ms": pct(loaded, 50), "p99_ms": pct(loaded, 99),
             "server_cpu_ms_per_request": 1000 * server_cpu / max(1, done),
             "front_server_cpu_ms_per_request": 1000 * front_cpu / max(1, done),
-            "client_cpu_ms_per_request": 1000 * client_cpu / max(1, done)}
+            "client_cpu_ms_per_request": 1000 * client_cpu / max(1, done),
+            "failed_requests": float(sum(failed.values()))}
 
 
 def where_time_goes(url: str, metrics_url: str, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, float]:
@@ -486,6 +499,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"{name:>12} {m['one_client_p50_ms']:>10.2f} ms {m['one_client_p99_ms']:>5.2f} ms {m['rps']:>8.0f} "
               f"{m['p50_ms']:>5.2f} ms {m['p99_ms']:>5.2f} ms {m['server_cpu_ms_per_request']:>12.2f} ms "
               f"{m['client_cpu_ms_per_request']:>4.2f} ms")
+    failed = {n: sum(r.get("failed_requests", 0.0) for r in results["per_run"][n]) for n in f}
+    print("requests failed under load (all runs): " + ", ".join(f"{n} {v:.0f}" for n, v in failed.items()))
     a = f["linkedout"]
     print("of the servers' CPU per request, the KServe process the client calls: " + ", ".join(
         f"{n} {f[n]['front_server_cpu_ms_per_request']:.2f} ms" for n in ("linkedout", "bare_kserve", "two_hop")))

@@ -127,6 +127,18 @@ def test_removed_rows_are_never_returned(table: np.ndarray, users: np.ndarray, k
     assert not np.isin(RetrievalIndex.load(tmp_path).search(users, 10)[0], gone).any()
 
 
+def test_the_exact_search_over_many_blocks_and_added_rows_skips_removed_and_excluded_rows(table: np.ndarray,
+                                                                                            users: np.ndarray) -> None:
+    index = RetrievalIndex.build(table[:2000], IndexSettings(kind="exact", exact_block=1024))  # 85 rows a block
+    index.add(table[2000:])
+    gone = np.unique(np.concatenate([index.search(users, 3)[0].ravel(), [5, 1999, 2001, 2999]]))
+    index.remove(gone)
+    banned = [set(b[1::2].tolist()) for b in index.search(users, 20)[0]]
+    rows, scores = index.search(users, 15, exclude=[sorted(b) for b in banned])
+    assert rows.tolist() == brute_force(table, users, 15, [b | set(gone.tolist()) for b in banned])
+    assert np.allclose(scores, (table[rows - 1] * users[:, None, :]).sum(-1), atol=1e-5)
+
+
 def test_a_search_past_the_live_rows_ends_with_padding() -> None:
     index = RetrievalIndex.build(clustered(5), IndexSettings(kind="exact"))
     index.remove([2])
@@ -279,7 +291,8 @@ def test_a_shorter_file_than_the_manifest_names_is_an_error(table: np.ndarray, t
         RetrievalIndex.load(tmp_path)
 
 
-def test_the_exact_kind_needs_no_faiss(tmp_path: Path) -> None:
+def test_without_faiss_an_exact_index_is_built_and_saved_and_a_search_names_the_missing_package(
+        tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
         sys.modules["faiss"] = None  # import faiss fails
@@ -287,16 +300,19 @@ def test_the_exact_kind_needs_no_faiss(tmp_path: Path) -> None:
         from linkedout.export.index import IndexSettings, RetrievalIndex, RetrievalIndexError
         x = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
         RetrievalIndex.build(x, IndexSettings(kind="exact")).save({str(tmp_path)!r})
-        found = RetrievalIndex.load({str(tmp_path)!r}).search(x[:1], 1)[0][0, 0]
-        print(found == np.argmax(x @ x[0]) + 1)
-        try:
-            RetrievalIndex.build(x, IndexSettings(kind="ivf_sq8"))
-        except RetrievalIndexError as e:
-            print(e)
+        index = RetrievalIndex.load({str(tmp_path)!r})
+        print(index.num_rows)
+        for call in (lambda: index.search(x[:1], 1), lambda: RetrievalIndex.build(x, IndexSettings(kind="ivf_sq8"))):
+            try:
+                call()
+            except RetrievalIndexError as e:
+                print(e)
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == "True" and "pip install faiss-cpu" in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0] == "100"
+    assert len(lines) == 3 and all("pip install faiss-cpu" in line for line in lines[1:])
 
 
 # ---------------------------------------------------------------------------------- refusals

@@ -5,14 +5,14 @@ Rows follow the catalogue's convention (``linkedout.export.catalog``): row ``r``
 ``Catalog.embeddings``), rows added later take the next numbers, and row 0 is padding: never
 returned, ignored in ``exclude``. Scores are inner products user · item (the ranker's scoring),
 recomputed in float32 against the table: an ANN index only proposes candidates, and the exact search
-only pre-selects with a matrix product, so both give the same rows and scores wherever they find the
-same candidates. Ties are broken by the lower row.
+only pre-selects them, so both give the same rows and scores wherever they find the same candidates.
+Ties are broken by the lower row.
 
-Kinds: ``exact`` (numpy, over the table in blocks) and the faiss kinds ``ivf_flat``, ``ivf_sq8``,
-``ivf_pq`` and ``hnsw`` (inner product). ``IndexSettings(kind="auto")`` builds ``exact`` below
-``exact_below`` rows and ``ann_kind`` from there; the defaults were measured with bench/scale.py
-(bench/results/scale.json). faiss is imported only when an ANN index is built or loaded, so the
-``exact`` kind needs numpy alone.
+Kinds: ``exact`` (faiss's brute-force search over the memory-mapped table, in blocks: no copy of it,
+no index to build) and the faiss kinds ``ivf_flat``, ``ivf_sq8``, ``ivf_pq`` and ``hnsw`` (inner
+product). ``IndexSettings(kind="auto")`` builds ``exact`` below ``exact_below`` rows and ``ann_kind``
+from there; the defaults were measured with bench/scale.py (bench/results/scale.json). faiss is
+imported on the first search or ANN build.
 
 On disk (``save``, ``load``; the format is ``linkedout.export.index_files``'s) the table is
 memory-mapped, and ``add`` and ``remove`` append O(changed rows) bytes and replace a small manifest,
@@ -82,6 +82,7 @@ class RetrievalIndex:
         self._ann = ann  # faiss index of every row (faiss id = row - 1), or None for the exact kind
         self._removed = np.empty(0, dtype=np.int64)  # sorted tombstoned rows
         self._selector: tuple[Any, ...] = ()  # faiss selectors of the live rows (kept alive here)
+        self._block_live: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}  # the exact search's, per block
         # per-row records of the rows from ``payload_from`` on (what the catalogue knows of each added video):
         # a structured array grown like ``_extra``, or no payload at all (dtype None)
         self.payload_dtype: np.dtype | None = None
@@ -200,26 +201,43 @@ class RetrievalIndex:
             yield self._base.shape[0] + 1, self._extra[: self._n_extra]
 
     def _exact_candidates(self, users: np.ndarray, k: int, excl: list[np.ndarray]) -> np.ndarray:
-        """The ``k`` best rows per user by a blockwise matrix product (B, k); 0 where none is left."""
+        """The ``k`` best live rows per user (B, k + most excluded), by faiss's brute-force inner product
+        over each block of the table (its SIMD kernel and a heap per user, without the GIL); 0 where
+        none is left. Excluded rows are dropped by ``_rescored_top``: enough are asked for to cover them.
+        """
+        faiss = faiss_module()
         b = users.shape[0]
+        want = k + max((e.size for e in excl), default=0)
         per_block = max(1, self.settings.exact_block // b)
         best_rows = np.zeros((b, 0), dtype=np.int64)
         best = np.zeros((b, 0), dtype=np.float32)
+        ptr = faiss.swig_ptr
         for first, seg in self._segments():
             for lo in range(0, seg.shape[0], per_block):
-                start = first + lo
-                scores = users @ np.asarray(seg[lo:lo + per_block]).T  # (B, c)
-                stop = start + scores.shape[1]
-                dead = self._removed[np.searchsorted(self._removed, start):np.searchsorted(self._removed, stop)]
-                scores[:, dead - start] = -np.inf
-                for i, ex in enumerate(excl):
-                    scores[i, ex[np.searchsorted(ex, start):np.searchsorted(ex, stop)] - start] = -np.inf
-                c = scores.shape[1]
-                idx = np.argpartition(scores, c - k, axis=1)[:, c - k:] if c > k else \
-                    np.broadcast_to(np.arange(c), scores.shape)
-                best_rows, best = _top_k(np.concatenate([best_rows, idx + start], 1),
-                                         np.concatenate([best, np.take_along_axis(scores, idx, 1)], 1), k)
-        return np.where(np.isfinite(best), best_rows, 0)
+                block = np.ascontiguousarray(seg[lo:lo + per_block])
+                start, n = first + lo, block.shape[0]
+                dead = self._removed[np.searchsorted(self._removed, start):np.searchsorted(self._removed, start + n)]
+                kk = min(want, n - dead.size)
+                if kk <= 0:
+                    continue
+                scores = np.empty((b, kk), dtype=np.float32)
+                labels = np.empty((b, kk), dtype=np.int64)
+                live = (self._live_selector(start, n, dead),) if dead.size else ()
+                faiss.knn_inner_product(ptr(users), ptr(block), self.dim, b, n, kk, ptr(scores), ptr(labels), *live)
+                best_rows, best = _top_k(np.concatenate([best_rows, np.where(labels >= 0, labels + start, 0)], 1),
+                                         np.concatenate([best, scores], 1), want)
+        return best_rows
+
+    def _live_selector(self, start: int, n: int, dead: np.ndarray) -> Any:
+        """A faiss selector of the live rows of the block of ``n`` rows from ``start`` (``dead``: its removed
+        rows), made once per block and set of removed rows (a bitmap: one bit test per row)."""
+        key = (start, n)
+        if key not in self._block_live:
+            live = np.ones(n, dtype=bool)
+            live[dead - start] = False
+            bits = np.packbits(live, bitorder="little")
+            self._block_live[key] = (bits, faiss_module().IDSelectorBitmap(n, faiss_module().swig_ptr(bits)))
+        return self._block_live[key][1]
 
     def _ann_candidates(self, users: np.ndarray, k: int, excl: list[np.ndarray]) -> np.ndarray:
         """Rows proposed by the ANN index (B, k + most excluded); 0 where it proposed none."""
@@ -237,11 +255,15 @@ class RetrievalIndex:
                       excl: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The candidates re-scored exactly, excluded and removed ones dropped, best ``n`` by (score, row)."""
         cand = cand.copy()
-        for i, ex in enumerate(excl):
-            if ex.size:
-                cand[i, np.isin(cand[i], ex)] = 0
+        most = max((e.size for e in excl), default=0)
+        if most:  # every user's excluded rows at once: (B, K, most) comparisons, a few thousand
+            banned = np.zeros((len(excl), most), dtype=np.int64)
+            for i, ex in enumerate(excl):
+                banned[i, : ex.size] = ex
+            cand[(cand[:, :, None] == banned[:, None, :]).any(-1)] = 0
         if self._removed.size:
-            cand[np.isin(cand, self._removed)] = 0
+            at = np.minimum(np.searchsorted(self._removed, cand), self._removed.size - 1)
+            cand[self._removed[at] == cand] = 0
         scores = (self.vectors(cand) * users[:, None, :]).sum(-1)  # (B, K): the same sum for a row in any path
         scores[cand == 0] = -np.inf
         order = np.lexsort((cand, -scores), axis=-1)[:, :n]
@@ -319,6 +341,7 @@ class RetrievalIndex:
 
     def _tombstone(self, rows: np.ndarray) -> None:
         self._removed = np.union1d(self._removed, rows)
+        self._block_live.clear()
         if self._ann is not None and self._removed.size:
             faiss = faiss_module()
             batch = faiss.IDSelectorBatch(self._removed - 1)

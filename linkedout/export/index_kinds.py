@@ -1,7 +1,8 @@
 """The kinds of retrieval index (``linkedout.export.index``) and the settings they are built and searched with.
 
-``exact`` needs numpy alone; the ANN kinds (``ivf_flat``, ``ivf_sq8``, ``ivf_pq``, ``hnsw``: inner
-product) are faiss indexes, built by ``new_ann``; faiss is imported on first use (``faiss_module``).
+``exact`` is faiss's brute-force search over the table itself (nothing to build); the ANN kinds
+(``ivf_flat``, ``ivf_sq8``, ``ivf_pq``, ``hnsw``: inner product) are faiss indexes, built by ``new_ann``;
+faiss is imported on first use (``faiss_module``).
 The defaults were measured with bench/scale.py (bench/results/scale.json).
 """
 
@@ -36,7 +37,7 @@ class IndexSettings:
     """IVF kinds: lists searched per user (capped at nlist); >= 1. bench/scale.py: recall@10 .9997 at 1M,
     .974 at 10M (32: .9985 and .955)."""
     exact_block: int = 1 << 24
-    """Exact kind: scores computed at once (rows x users of one block); >= 1024."""
+    """Exact kind: rows x users searched in one faiss call (one block of the table); >= 1024."""
     candidates: int = 100
     """ANN kinds: candidates per user re-scored exactly, on top of the user's excluded rows; >= 1."""
     pq_m: int = 16
@@ -82,12 +83,11 @@ def auto_nlist(rows: int) -> int:
 
 
 def faiss_module() -> Any:
-    """faiss, imported on first use: only the ANN kinds need it."""
+    """faiss, imported on first use (a search, an ANN build or load)."""
     try:
         import faiss
     except ImportError as e:
-        raise RetrievalIndexError("the ANN kinds need faiss (pip install faiss-cpu); the exact kind needs "
-                                  "numpy alone") from e
+        raise RetrievalIndexError("retrieval needs faiss (pip install faiss-cpu)") from e
     return faiss
 
 

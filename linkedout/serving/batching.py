@@ -99,7 +99,7 @@ class Coalescer(Generic[T, R]):
                 self._arrival = None
 
     async def _call(self, items: list[T]) -> Sequence[R]:
-        metrics.COALESCED.labels(call=self.name).observe(len(items))
+        metrics.child(metrics.COALESCED, self.name).observe(len(items))
         results = await self._run(items)
         if len(results) != len(items):
             raise RuntimeError(f"{self.name}: the batch call answered {len(results)} results for {len(items)} items")

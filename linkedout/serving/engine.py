@@ -40,16 +40,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
+from linkedout.export.index_kinds import faiss_module
 from linkedout.serving import metrics
 from linkedout.serving.batching import Coalescer
 from linkedout.serving.catalog import CatalogView, ServedCatalogs
@@ -60,8 +62,16 @@ from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["HistorySource", "Ranker", "RecPlan", "RecResult", "RecommendationEngine", "ServingUnavailable",
+__all__ = ["INLINE_ROWS", "HistorySource", "Ranker", "RecPlan", "RecResult", "RecommendationEngine", "ServingUnavailable",
            "VersionReady", "check_routable"]
+
+
+#: an exact index of at most this many rows is searched on the event loop: its brute-force pass (0.1 ms
+#: for one user, 0.6 ms for 4, at 20k rows and d = 64) costs less than a round trip to a thread (a
+#: retrieval of 1.18 ms per request on the thread, one client, bench/serve.py) and holds the loop less
+#: than that trip's wake-ups under load
+INLINE_ROWS = 50_000
+_T = TypeVar("_T")
 
 
 class ServingUnavailable(RuntimeError):
@@ -137,7 +147,7 @@ class RecommendationEngine:
     def __init__(self, *, router: Router, catalogs: ServedCatalogs, ranker: Ranker,
                  histories: HistorySource | None = None, request_log: RequestLog | None = None,
                  feast_timeout: float = 0.2, max_k: int = 100, max_ranker_batch: int = 64,
-                 batch_window: float = 0.002) -> None:
+                 batch_window: float = 0.002, retrieval_threads: int | None = None) -> None:
         self.router = router
         self.catalogs = catalogs
         self.ranker = ranker
@@ -151,9 +161,16 @@ class RecommendationEngine:
         # file hangs too (a lock held on it: ~10 s of busy timeout), and a request that does not read
         # the store (an explicit history, the readiness probe) must not wait behind one that does
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
-        # retrieval (numpy / faiss, which release the GIL) and the index's refreshes run on one thread
-        # of their own: off the event loop, and never a refresh during a search
-        self._retrieval = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
+        # retrieval (faiss, which releases the GIL) and the index's refreshes run on one thread of their
+        # own, never a refresh during a search; small exact indexes on the loop itself (``_on_index``). ``retrieval_threads``
+        # limits the BLAS and OpenMP threads of a search, set in that thread (OpenMP's limit is per thread:
+        # faiss's pool, left at one per core, spun 4 ms of CPU per request away)
+        self._retrieval = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="retrieval",
+            initializer=functools.partial(_limit_threads, retrieval_threads) if retrieval_threads else None)
+        # the thread started and its limits set, faiss loaded, here: that holds the GIL ~0.2 s, which on a
+        # user's first request ran out the Feast read's deadline (200 ms)
+        self._retrieval.submit(faiss_module).result()
         # catalogue loads and rebuilds (O(catalogue)) on a thread of their own, so searches never wait for them
         self._catalogue = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue")
         self.max_ranker_batch = max_ranker_batch
@@ -209,7 +226,7 @@ class RecommendationEngine:
                 continue
             try:  # the copy (S3) and the O(catalogue) rebuild off the retrieval thread: searches go on
                 await loop.run_in_executor(self._catalogue, self.catalogs.sync, model, version)
-                snap = await loop.run_in_executor(self._retrieval, view.refresh_index)
+                snap = await self._on_index(view, view.refresh_index)
                 if snap is not None:
                     await loop.run_in_executor(self._catalogue, view.apply, snap)
                     changed = True
@@ -318,8 +335,8 @@ class RecommendationEngine:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            out = await asyncio.wait_for(loop.run_in_executor(self._pool, self.histories.get, users),
-                                         timeout=self.feast_timeout)
+            async with asyncio.timeout(self.feast_timeout):  # no task of its own, as wait_for makes
+                out = await loop.run_in_executor(self._pool, self.histories.get, users)
         except TimeoutError:
             raise ServingUnavailable(f"the feature store did not answer within {self.feast_timeout * 1000:.0f} ms",
                                      "feast") from None
@@ -359,13 +376,20 @@ class RecommendationEngine:
             raise ServingUnavailable(f"the ranker {model}_ranker:{version} failed: {type(e).__name__}: {e}",
                                      "predictor") from e
         finally:
-            metrics.TRITON_LATENCY.labels(model=model).observe(time.perf_counter() - t0)
+            metrics.child(metrics.TRITON_LATENCY, model).observe(time.perf_counter() - t0)
         t1 = time.perf_counter()
-        rows, scores = await asyncio.get_running_loop().run_in_executor(
-            self._retrieval, view.search, users, min(view.max_k, view.index.num_rows), history)
-        metrics.RETRIEVAL_LATENCY.labels(model=model).observe(time.perf_counter() - t1)
+        rows, scores = await self._on_index(view, view.search, users, min(view.max_k, view.index.num_rows), history)
+        metrics.child(metrics.RETRIEVAL_LATENCY, model).observe(time.perf_counter() - t1)
         bounds = list(itertools.accumulate(len(p) for _, p in parts))
         return [(rows[hi - len(p):hi], scores[hi - len(p):hi]) for (_, p), hi in zip(parts, bounds)]
+
+    async def _on_index(self, view: CatalogView, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` on ``view``'s index: on the event loop itself for an exact index of at most
+        ``INLINE_ROWS`` rows, else on the retrieval thread. Rows are only ever added, so an index
+        leaves the loop once and for all, and its searches and refreshes never overlap."""
+        if view.index.kind == "exact" and view.index.num_rows <= INLINE_ROWS:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._retrieval, fn, *args)
 
     def _account(self, result: RecResult, experiment: str, variants: Sequence[RoutingVariant], t0: float) -> None:
         elapsed = time.perf_counter() - t0
@@ -373,10 +397,10 @@ class RecommendationEngine:
         for i, v in enumerate(variants):
             by_variant[v.name] = by_variant.get(v.name, 0) + 1
             if result.cold_start[i]:
-                metrics.COLD_START.labels(variant=v.name).inc()
+                metrics.child(metrics.COLD_START, v.name).inc()
         for name, count in by_variant.items():
-            metrics.REQUESTS.labels(variant=name).inc(count)
-            metrics.LATENCY.labels(variant=name).observe(elapsed)
+            metrics.child(metrics.REQUESTS, name).inc(count)
+            metrics.child(metrics.LATENCY, name).observe(elapsed)
         if self.request_log is not None:  # the records are made on the log's writer thread
             now_ms = int(time.time() * 1000)
             self.request_log.write_later(lambda: _log_records(result, experiment, variants, now_ms))
@@ -399,6 +423,13 @@ def check_routable(catalogs: ServedCatalogs, config: RoutingConfig) -> None:
         if v.version is not None and v.version not in versions:
             raise RoutingError(f"variant {v.name!r}: {v.model}_ranker has no version {v.version} "
                                f"(it has {versions})")
+
+
+def _limit_threads(threads: int) -> None:
+    import threadpoolctl
+
+    faiss_module()  # loaded before the limit: threadpoolctl limits the libraries loaded
+    threadpoolctl.threadpool_limits(threads)
 
 
 async def _newest_ready(model: str, versions: Sequence[int], ready: VersionReady) -> int | None:

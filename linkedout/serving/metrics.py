@@ -10,10 +10,13 @@ guardrails read them. Beside them on the same endpoint, KServe times the transfo
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 __all__ = ["COALESCED", "COLD_START", "ERRORS", "FEAST_LATENCY", "LATENCY", "REQUESTS", "RETRIEVAL_LATENCY",
-           "TRITON_LATENCY"]
+           "TRITON_LATENCY", "child"]
 
 # 0.5 ms .. 2.5 s: the end-to-end budget is a few ms, outages end at their timeouts
 _BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
@@ -32,3 +35,9 @@ RETRIEVAL_LATENCY = Histogram("linkedout_retrieval_latency_seconds",
 COLD_START = Counter("linkedout_cold_start_total", "Users answered with the cold-start list", ["variant"])
 COALESCED = Histogram("linkedout_coalesced_batch_size", "Requests joined into one Feast read or Triton call",
                       ["call"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set (``labels`` checks and locks on every call)."""
+    return metric.labels(*labels)

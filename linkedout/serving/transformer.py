@@ -46,8 +46,10 @@ import kserve
 import numpy as np
 import threadpoolctl
 from kserve.errors import InvalidInput, ServerNotReady
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import InferParameter, ModelInferResponse
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from linkedout.export.index_kinds import faiss_module
 from linkedout.serving.catalog import ServedCatalogs
 from linkedout.serving.engine import (
     HistorySource,
@@ -144,9 +146,12 @@ class LinkedOutTransformer(kserve.Model):
     # ------------------------------------------------------------------------------------ lifecycle
 
     def load(self) -> bool:
-        # the process's BLAS and OpenMP pools (numpy's exact search, faiss's ANN search): their idle
-        # threads spin, and a server's concurrency comes from its requests; bench/serve.py measured
-        # 3.7 ms of transformer CPU per request with 2 spinning BLAS threads on 2 cores
+        # the process's BLAS and OpenMP pools (numpy, faiss): their idle threads spin, and a server's
+        # concurrency comes from its requests; bench/serve.py measured 3.7 ms of transformer CPU per
+        # request with 2 spinning BLAS threads on 2 cores. faiss is loaded first (threadpoolctl limits
+        # the libraries loaded), and OpenMP's limit holds for the calling thread only: this one (where
+        # small exact indexes are searched) here, the retrieval thread in the engine
+        faiss_module()
         threadpoolctl.threadpool_limits(self.retrieval_threads)
         histories: HistorySource | None = None
         if self.feast_repo:
@@ -167,7 +172,7 @@ class LinkedOutTransformer(kserve.Model):
             router=router, catalogs=catalogs, ranker=self.ranker, histories=histories,
             request_log=RequestLog(self.request_log_path) if self.request_log_path else None,
             feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k, max_ranker_batch=self.max_batch_size,
-            batch_window=self.batch_window_ms / 1000.0)
+            batch_window=self.batch_window_ms / 1000.0, retrieval_threads=self.retrieval_threads)
         self.ready = True
         return self.ready
 
@@ -253,34 +258,52 @@ class LinkedOutTransformer(kserve.Model):
         return payload
 
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None,
-                          response_headers: dict[str, str] | None = None) -> InferResponse:
-        """Filter, cut to ``k``, explain, log and count; the v2 response."""
+                          response_headers: dict[str, str] | None = None) -> InferResponse | ModelInferResponse:
+        """Filter, cut to ``k``, explain, log and count; the v2 response (the gRPC message itself to a gRPC call)."""
         assert self.logic is not None and isinstance(result, _Call)
-        return self._response(self.logic.finish(result.plan), result.from_grpc)
-
-    def _response(self, r: RecResult, from_grpc: bool) -> InferResponse:
-        outputs = [
-            _output("items", r.items.astype(np.int64)),
-            _output("scores", r.scores.astype(np.float32)),
-            _output("variant", np.asarray([v.encode() for v in r.variants], dtype=object)),
-            _output("model_version", np.asarray([v.encode() for v in r.model_versions], dtype=object)),
-            _output("cold_start", r.cold_start.astype(bool)),
-            _output("unknown_items", np.asarray([json.dumps(u).encode() for u in r.unknown_items], dtype=object)),
-        ]
-        params: dict[str, Any] = {}
-        if r.gate is not None and r.contributions is not None:
-            outputs += [_output("gate", r.gate.astype(np.float32)),
-                        _output("contributions", r.contributions.astype(np.float32))]
-            params["layers"] = ",".join(r.layers)
+        r = self.logic.finish(result.plan)
+        tensors = _tensors(r)
+        params = {"layers": ",".join(r.layers)} if r.gate is not None else {}
+        if result.from_grpc:  # the message built here once: KServe's InferOutput/to_grpc encoded every tensor twice
+            return ModelInferResponse(
+                id=r.request_id, model_name=self.name,
+                outputs=[ModelInferResponse.InferOutputTensor(name=name, datatype=OUTPUT_DATATYPES[name],
+                                                              shape=arr.shape) for name, arr in tensors],
+                raw_output_contents=[_raw(arr, OUTPUT_DATATYPES[name]) for name, arr in tensors],
+                parameters={k: InferParameter(string_param=v) for k, v in params.items()})
+        outputs = []
+        for name, arr in tensors:
+            out = InferOutput(name=name, shape=list(arr.shape), datatype=OUTPUT_DATATYPES[name])
+            out.set_data_from_numpy(arr, binary_data=True)
+            outputs.append(out)
         return InferResponse(response_id=r.request_id, model_name=self.name, infer_outputs=outputs,
-                             from_grpc=from_grpc, parameters=params or None, use_binary_outputs=from_grpc)
+                             from_grpc=False, parameters=params or None, use_binary_outputs=False)
 
 
-def _output(name: str, arr: np.ndarray) -> InferOutput:
-    """Output ``name`` of ``request.OUTPUTS``, in its datatype there (KServe refuses an array of another type)."""
-    out = InferOutput(name=name, shape=list(arr.shape), datatype=OUTPUT_DATATYPES[name])
-    out.set_data_from_numpy(arr, binary_data=True)
-    return out
+def _tensors(r: RecResult) -> list[tuple[str, np.ndarray]]:
+    """The outputs of ``request.OUTPUTS`` for an answer, in their datatypes (BYTES as arrays of bytes)."""
+    tensors: list[tuple[str, np.ndarray]] = [
+        ("items", r.items.astype(np.int64, copy=False)),
+        ("scores", r.scores.astype(np.float32, copy=False)),
+        ("variant", np.asarray([v.encode() for v in r.variants], dtype=object)),
+        ("model_version", np.asarray([v.encode() for v in r.model_versions], dtype=object)),
+        ("cold_start", r.cold_start.astype(bool, copy=False)),
+        ("unknown_items", np.asarray([json.dumps(u).encode() for u in r.unknown_items], dtype=object)),
+    ]
+    if r.gate is not None and r.contributions is not None:
+        tensors += [("gate", r.gate.astype(np.float32, copy=False)),
+                    ("contributions", r.contributions.astype(np.float32, copy=False))]
+    return tensors
+
+
+_RAW_DTYPES = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4", "BOOL": "?"}
+
+
+def _raw(arr: np.ndarray, datatype: str) -> bytes:
+    """A tensor's raw contents in the v2 binary layout: little-endian elements, BYTES as 4-byte length + bytes."""
+    if datatype == "BYTES":
+        return b"".join(len(v).to_bytes(4, "little") + v for v in arr.reshape(-1).tolist())
+    return np.ascontiguousarray(arr, dtype=_RAW_DTYPES[datatype]).tobytes()
 
 
 def build_parser() -> argparse.ArgumentParser:
