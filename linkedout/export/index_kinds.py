@@ -27,8 +27,9 @@ class IndexSettings:
 
     kind: str = "auto"
     """'auto' (exact below ``exact_below`` rows, else ``ann_kind``), 'exact', or one of ANN_KINDS."""
-    exact_below: int = 40_000
-    """'auto' builds exact below this many rows; >= 1 (bench/scale.py: its p99 <= ANN's + 1 ms to ~43k)."""
+    exact_below: int = 100_000
+    """'auto' builds exact below this many rows; >= 1 (bench/scale.py, d = 64: faiss's brute force within the
+    ANN's p99 + 1 ms up to ~118k rows; 40,000 when the exact search was numpy's)."""
     ann_kind: str = "ivf_sq8"
     """The ANN kind 'auto' builds from ``exact_below`` rows on; one of ANN_KINDS."""
     nlist: int = 0
