@@ -53,6 +53,7 @@ import numpy as np
 
 from linkedout.export.index_kinds import faiss_module
 from linkedout.serving import metrics
+from linkedout.serving.answer import RecResult, explain, fill, log_records
 from linkedout.serving.batching import Coalescer
 from linkedout.serving.catalog import CatalogView, ServedCatalogs
 from linkedout.serving.request import RecRequest
@@ -92,24 +93,6 @@ class HistorySource(Protocol):
 Ranker = Callable[[str, int, np.ndarray, np.ndarray], Awaitable[np.ndarray]]
 #: ``ready(model, version) -> bool``: whether the predictor serves that ranker version now.
 VersionReady = Callable[[str, int], Awaitable[bool]]
-
-
-@dataclass
-class RecResult:
-    """The answer for ``B`` users (see docs/serving.md §3 for the tensors)."""
-
-    request_id: str
-    user_ids: list[str]
-    items: np.ndarray  # (B, k) int64 video ids, -1 where fewer are left
-    scores: np.ndarray  # (B, k) float32, 0 where padded
-    variants: list[str]
-    model_versions: list[str]  # "NAME_ranker:v"
-    cold_start: np.ndarray  # (B,) bool
-    unknown_items: list[list[int]]
-    gate: np.ndarray | None = None  # (B, k, L) with explain
-    contributions: np.ndarray | None = None  # (B, k, L) with explain
-    layers: list[str] = field(default_factory=list)
-    latency_ms: float = 0.0
 
 
 @dataclass
@@ -306,13 +289,13 @@ class RecommendationEngine:
             if g.rows is not None and g.scores is not None:
                 for jj, j in enumerate(g.warm):
                     i = g.users[j]
-                    _fill(i, g.rows[jj], g.scores[jj], plan.seen[i], k, st.ids, result, result_rows)
+                    fill(i, g.rows[jj], g.scores[jj], plan.seen[i], k, st.ids, result, result_rows)
             for i in g.users:
                 if plan.cold[i]:
-                    _fill(i, st.cold_start_rows[: k + len(plan.seen[i]) + 1], st.cold_start_scores,
+                    fill(i, st.cold_start_rows[: k + len(plan.seen[i]) + 1], st.cold_start_scores,
                           plan.seen[i], k, st.ids, result, result_rows)
         if plan.request.explain:
-            _explain(result, plan.groups, result_rows)
+            explain(result, [(g.view, g.users) for g in plan.groups], result_rows)
         result.latency_ms = (time.perf_counter() - plan.started) * 1000.0
         self._account(result, plan.experiment, plan.variants, plan.started)
         return result
@@ -403,7 +386,7 @@ class RecommendationEngine:
             metrics.child(metrics.LATENCY, name).observe(elapsed)
         if self.request_log is not None:  # the records are made on the log's writer thread
             now_ms = int(time.time() * 1000)
-            self.request_log.write_later(lambda: _log_records(result, experiment, variants, now_ms))
+            self.request_log.write_later(lambda: log_records(result, experiment, variants, now_ms))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -464,55 +447,3 @@ def _map_histories(plan: RecPlan, g: _Group, histories: Sequence[Sequence[int]])
             g.warm.append(j)
         else:
             plan.cold[i] = True
-
-
-def _log_records(result: RecResult, experiment: str, variants: Sequence[RoutingVariant],
-                 now_ms: int) -> list[dict[str, object]]:
-    """The request log's records of one answer, one per user."""
-    records = []
-    for i, v in enumerate(variants):
-        n = int((result.items[i] >= 0).sum())
-        records.append({
-            "request_id": result.request_id, "ts": now_ms, "user_id": result.user_ids[i],
-            "experiment": experiment, "variant": v.name, "model": v.model,
-            "model_version": result.model_versions[i], "items": result.items[i, :n].tolist(),
-            "scores": [round(float(s), 6) for s in result.scores[i, :n]],
-            "cold_start": bool(result.cold_start[i]), "latency_ms": round(result.latency_ms, 3)})
-    return records
-
-
-def _fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, ids: np.ndarray,
-          result: RecResult, result_rows: np.ndarray) -> None:
-    """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer (``ids``: of rows 0..R;
-    a row past R, added to the index since that state, is skipped until the state knows it)."""
-    n = 0
-    top = ids.shape[0]
-    for r, s in zip(rows.tolist(), row_scores.tolist()):
-        if r <= 0 or r >= top or r in seen or not np.isfinite(s):
-            continue
-        result.items[i, n] = ids[r]
-        result.scores[i, n] = s
-        result_rows[i, n] = r
-        n += 1
-        if n == k:
-            break
-
-
-def _explain(result: RecResult, groups: Sequence[_Group], result_rows: np.ndarray) -> None:
-    """The gate weights and contributions of each result's catalogue row, (B, k, L)."""
-    n_layers = max((g.view.num_layers for g in groups), default=0)
-    b, k = result_rows.shape
-    gate = np.zeros((b, k, n_layers), dtype=np.float32)
-    contrib = np.zeros((b, k, n_layers), dtype=np.float32)
-    layers: list[str] = []
-    for g in groups:
-        view = g.view
-        if not view.num_layers:
-            continue
-        layers = layers or list(view.layers)
-        for i in g.users:
-            rows = result_rows[i]
-            ok = rows > 0
-            gate[i, ok, : view.num_layers] = view.gate_of(rows[ok])
-            contrib[i, ok, : view.num_layers] = view.contributions_of(rows[ok])
-    result.gate, result.contributions, result.layers = gate, contrib, layers
