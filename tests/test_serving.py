@@ -13,8 +13,10 @@ import json
 import re
 import shutil
 import struct
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ from linkedout.export.catalog import CatalogError, append_videos
 from linkedout.export.graphs import full_scores
 from linkedout.export.model_config import CONFIG_NAME, config_to_dict, read_config
 from linkedout.serving.catalog import ServedCatalogs
-from linkedout.serving.engine import RecommendationEngine, ServingUnavailable, check_routable
+from linkedout.serving.engine import INLINE_ROWS, RecommendationEngine, ServingUnavailable, check_routable
 from linkedout.serving.local.stack import StackSettings
 from linkedout.serving.local.triton_model import OnnxRunner
 from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse_request
@@ -225,6 +227,23 @@ def torch_top_k(repo: ServingRepo, name: str, history_ids: list[int], k: int) ->
         full, _ = full_scores(repo.models[name].eval(), torch.from_numpy(catalog.embeddings), torch.from_numpy(hist))
     top = torch.topk(full, 20, dim=1).indices
     return catalog.ids_of(top[0].numpy())[:k].tolist()
+
+
+@pytest.mark.parametrize(("kind", "rows", "on_the_loop"), [("exact", 20_000, True), ("exact", INLINE_ROWS + 1, False),
+                                                       ("ivf_sq8", 1_000, False)])
+def test_small_exact_indexes_are_searched_on_the_event_loop_and_the_others_off_it(
+        serving_repo: ServingRepo, kind: str, rows: int, on_the_loop: bool) -> None:
+    engine = make_engine(serving_repo)
+    view = SimpleNamespace(index=SimpleNamespace(kind=kind, num_rows=rows))
+
+    async def where() -> bool:
+        loop_thread = threading.get_ident()
+        return await engine._on_index(view, lambda: threading.get_ident() == loop_thread)  # type: ignore[arg-type]
+
+    try:
+        assert asyncio.run(where()) is on_the_loop
+    finally:
+        engine.close()
 
 
 def test_engine_answers_the_pytorch_top_k_without_watched_videos(serving_repo: ServingRepo) -> None:
