@@ -208,7 +208,7 @@ class RetrievalIndex:
         faiss = faiss_module()
         b = users.shape[0]
         want = k + max((e.size for e in excl), default=0)
-        per_block = max(1, self.settings.exact_block // b)
+        per_block = self.settings.exact_block  # faiss bounds its own memory: the blocks do not depend on b
         best_rows = np.zeros((b, 0), dtype=np.int64)
         best = np.zeros((b, 0), dtype=np.float32)
         ptr = faiss.swig_ptr
@@ -233,10 +233,11 @@ class RetrievalIndex:
         rows), made once per block and set of removed rows (a bitmap: one bit test per row)."""
         key = (start, n)
         if key not in self._block_live:
+            faiss = faiss_module()
             live = np.ones(n, dtype=bool)
             live[dead - start] = False
             bits = np.packbits(live, bitorder="little")
-            self._block_live[key] = (bits, faiss_module().IDSelectorBitmap(n, faiss_module().swig_ptr(bits)))
+            self._block_live[key] = (bits, faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits)))
         return self._block_live[key][1]
 
     def _ann_candidates(self, users: np.ndarray, k: int, excl: list[np.ndarray]) -> np.ndarray:
@@ -255,15 +256,12 @@ class RetrievalIndex:
                       excl: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The candidates re-scored exactly, excluded and removed ones dropped, best ``n`` by (score, row)."""
         cand = cand.copy()
-        most = max((e.size for e in excl), default=0)
-        if most:  # every user's excluded rows at once: (B, K, most) comparisons, a few thousand
-            banned = np.zeros((len(excl), most), dtype=np.int64)
-            for i, ex in enumerate(excl):
-                banned[i, : ex.size] = ex
-            cand[(cand[:, :, None] == banned[:, None, :]).any(-1)] = 0
-        if self._removed.size:
-            at = np.minimum(np.searchsorted(self._removed, cand), self._removed.size - 1)
-            cand[self._removed[at] == cand] = 0
+        # every user's excluded rows at once: user i's row r is the key r + i * (num_rows + 1), and the
+        # keys of the sorted per-user lists are sorted as well
+        span = self.num_rows + 1
+        keys = np.concatenate([ex + i * span for i, ex in enumerate(excl)])
+        cand[_member(keys, cand + np.arange(cand.shape[0])[:, None] * span)] = 0
+        cand[_member(self._removed, cand)] = 0
         scores = (self.vectors(cand) * users[:, None, :]).sum(-1)  # (B, K): the same sum for a row in any path
         scores[cand == 0] = -np.inf
         order = np.lexsort((cand, -scores), axis=-1)[:, :n]
@@ -334,6 +332,8 @@ class RetrievalIndex:
     def _extend(self, x: np.ndarray, payload: np.ndarray | None = None) -> None:
         """Rows ``x`` (and their records) join the table (amortised O(M): the buffers double) and the ANN index."""
         self._extra, self._n_extra = grown(self._extra, self._n_extra, x)
+        nb = self._base.shape[0]  # the added rows' blocks changed: their selectors go (the base's stay)
+        self._block_live = {key: v for key, v in self._block_live.items() if key[0] <= nb}
         if payload is not None:
             self._payload, self._n_payload = grown(self._payload, self._n_payload, payload)
         if self._ann is not None:
@@ -464,6 +464,14 @@ class RetrievalIndex:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+def _member(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in ``sorted_keys`` (sorted int64), by binary search: O(values log keys)."""
+    if not sorted_keys.size:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[at] == values
+
 
 def _top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` highest ``scores`` per line (unordered) and their rows."""

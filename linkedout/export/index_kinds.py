@@ -38,7 +38,7 @@ class IndexSettings:
     """IVF kinds: lists searched per user (capped at nlist); >= 1. bench/scale.py: recall@10 .9997 at 1M,
     .974 at 10M (32: .9985 and .955)."""
     exact_block: int = 1 << 24
-    """Exact kind: rows x users searched in one faiss call (one block of the table); >= 1024."""
+    """Exact kind: table rows searched in one faiss call (a block); >= 1024."""
     candidates: int = 100
     """ANN kinds: candidates per user re-scored exactly, on top of the user's excluded rows; >= 1."""
     pq_m: int = 16

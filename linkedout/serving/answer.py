@@ -34,9 +34,8 @@ class RecResult:
     latency_ms: float = 0.0
 
 
-
 def log_records(result: RecResult, experiment: str, variants: Sequence[RoutingVariant],
-                 now_ms: int) -> list[dict[str, object]]:
+                now_ms: int) -> list[dict[str, object]]:
     """The request log's records of one answer, one per user."""
     records = []
     for i, v in enumerate(variants):
@@ -51,7 +50,7 @@ def log_records(result: RecResult, experiment: str, variants: Sequence[RoutingVa
 
 
 def fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: int, ids: np.ndarray,
-          result: RecResult, result_rows: np.ndarray) -> None:
+         result: RecResult, result_rows: np.ndarray) -> None:
     """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer (``ids``: of rows 0..R;
     a row past R, added to the index since that state, is skipped until the state knows it)."""
     n = 0

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import numpy as np
+import threadpoolctl
 
 from linkedout.export.index_kinds import faiss_module
 from linkedout.serving import metrics
@@ -63,8 +64,8 @@ from linkedout.utils import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["INLINE_ROWS", "HistorySource", "Ranker", "RecPlan", "RecResult", "RecommendationEngine", "ServingUnavailable",
-           "VersionReady", "check_routable"]
+__all__ = ["INLINE_ROWS", "HistorySource", "Ranker", "RecPlan", "RecResult", "RecommendationEngine",
+           "ServingUnavailable", "VersionReady", "check_routable"]
 
 
 #: an exact index of at most this many rows is searched on the event loop: its brute-force pass (0.1 ms
@@ -145,15 +146,17 @@ class RecommendationEngine:
         # the store (an explicit history, the readiness probe) must not wait behind one that does
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
         # retrieval (faiss, which releases the GIL) and the index's refreshes run on one thread of their
-        # own, never a refresh during a search; small exact indexes on the loop itself (``_on_index``). ``retrieval_threads``
-        # limits the BLAS and OpenMP threads of a search, set in that thread (OpenMP's limit is per thread:
-        # faiss's pool, left at one per core, spun 4 ms of CPU per request away)
-        self._retrieval = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="retrieval",
-            initializer=functools.partial(_limit_threads, retrieval_threads) if retrieval_threads else None)
-        # the thread started and its limits set, faiss loaded, here: that holds the GIL ~0.2 s, which on a
+        # own, never a refresh during a search; small exact indexes on the loop itself (``_on_index``).
+        # ``retrieval_threads`` limits the BLAS and OpenMP threads of a search in both threads that search:
+        # idle pool threads spin (2 BLAS threads on 2 cores: 3.7 ms of transformer CPU per request; faiss's
+        # OpenMP pool, whose limit holds per calling thread: 4.2 ms), and the concurrency comes from requests
+        limit = functools.partial(_limit_threads, retrieval_threads) if retrieval_threads else faiss_module
+        limit()  # this thread: the event loop's when the engine is made where it serves (the transformer's load)
+        self._retrieval = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval",
+                                                                initializer=limit)
+        # the thread started, its limits set and faiss loaded here: that holds the GIL ~0.2 s, which on a
         # user's first request ran out the Feast read's deadline (200 ms)
-        self._retrieval.submit(faiss_module).result()
+        self._retrieval.submit(lambda: None).result()
         # catalogue loads and rebuilds (O(catalogue)) on a thread of their own, so searches never wait for them
         self._catalogue = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue")
         self.max_ranker_batch = max_ranker_batch
@@ -293,7 +296,7 @@ class RecommendationEngine:
             for i in g.users:
                 if plan.cold[i]:
                     fill(i, st.cold_start_rows[: k + len(plan.seen[i]) + 1], st.cold_start_scores,
-                          plan.seen[i], k, st.ids, result, result_rows)
+                         plan.seen[i], k, st.ids, result, result_rows)
         if plan.request.explain:
             explain(result, [(g.view, g.users) for g in plan.groups], result_rows)
         result.latency_ms = (time.perf_counter() - plan.started) * 1000.0
@@ -409,9 +412,8 @@ def check_routable(catalogs: ServedCatalogs, config: RoutingConfig) -> None:
 
 
 def _limit_threads(threads: int) -> None:
-    import threadpoolctl
-
-    faiss_module()  # loaded before the limit: threadpoolctl limits the libraries loaded
+    """Limit this thread's BLAS and OpenMP pools (faiss loaded first: threadpoolctl limits the libraries loaded)."""
+    faiss_module()
     threadpoolctl.threadpool_limits(threads)
 
 

@@ -44,12 +44,10 @@ from typing import Any
 
 import kserve
 import numpy as np
-import threadpoolctl
 from kserve.errors import InvalidInput, ServerNotReady
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import InferParameter, ModelInferResponse
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from linkedout.export.index_kinds import faiss_module
 from linkedout.serving.catalog import ServedCatalogs
 from linkedout.serving.engine import (
     HistorySource,
@@ -146,13 +144,6 @@ class LinkedOutTransformer(kserve.Model):
     # ------------------------------------------------------------------------------------ lifecycle
 
     def load(self) -> bool:
-        # the process's BLAS and OpenMP pools (numpy, faiss): their idle threads spin, and a server's
-        # concurrency comes from its requests; bench/serve.py measured 3.7 ms of transformer CPU per
-        # request with 2 spinning BLAS threads on 2 cores. faiss is loaded first (threadpoolctl limits
-        # the libraries loaded), and OpenMP's limit holds for the calling thread only: this one (where
-        # small exact indexes are searched) here, the retrieval thread in the engine
-        faiss_module()
-        threadpoolctl.threadpool_limits(self.retrieval_threads)
         histories: HistorySource | None = None
         if self.feast_repo:
             from linkedout.featurestore.online import HistoryReader  # Feast is slow to import: only if used
