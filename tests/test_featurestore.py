@@ -277,6 +277,33 @@ def test_histories_online_and_the_reader(local: lf.FeatureRepo) -> None:
     assert parquet_files(Path(local.settings.offline_root), "user_history") == ["batch.parquet"]
 
 
+def _file_bytes_read(reader: lf.HistoryReader, users: list[str]) -> int:
+    """Bytes this thread's read calls returned (Linux's rchar) while ``reader`` reads every user twice."""
+    def rchar() -> int:
+        return int(Path("/proc/thread-self/io").read_text().split()[1])
+
+    before = rchar()
+    for user in users * 2:
+        reader.get([user])
+    return rchar() - before
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="needs Linux's per-thread I/O counters")
+def test_the_sqlite_reader_holds_the_history_pages_and_reads_no_file(local: lf.FeatureRepo) -> None:
+    pairs = toy_interactions()
+    lf.write_histories(local, lf.histories_from_interactions(pairs))
+    users = list(expected_histories(pairs))
+    held = lf.HistoryReader(local.path)
+    assert held.held_pages_bytes == (local.path / "data" / "online.db").stat().st_size > 0
+    # a read never waits for the disk: not one 4 KiB page read in 48 reads (the counter's own file: ~120 B)
+    assert _file_bytes_read(held, users) < 4096
+    plain = lf.HistoryReader(local.path, sqlite_cache_mb=0)  # SQLite's own default: pages read as needed
+    assert plain.held_pages_bytes == 0 and _file_bytes_read(plain, users) > 4096
+    assert held.get(users) == plain.get(users)
+    with pytest.raises(ValueError, match="sqlite_cache_mb must be >= 0"):
+        lf.HistoryReader(local.path, sqlite_cache_mb=-1)
+
+
 def test_publish_model_versions(local: lf.FeatureRepo, tmp_path: Path) -> None:
     v1 = toy_videos(seed=1)
     fs = lf.publish_model_version(local, "linkedout", 1, v1)
