@@ -44,6 +44,7 @@ LOG = get_logger(__name__)
 #: the most memory (MiB) a history reader's SQLite page cache holds by default (``HistoryReader``)
 SQLITE_CACHE_MB = 256
 
+
 def user_keys(user_ids: Sequence[Any]) -> list[str]:
     """User ids as the ``user`` entity's STRING keys; ints and bytes are accepted, anything else is a
     ``ValueError`` naming the position."""
@@ -237,7 +238,7 @@ class HistoryReader:
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
                 return 0  # not applied yet: reads report it
             quoted = _quote(table)
-            for _ in conn.execute(f"SELECT * FROM {quoted}"):
+            for _ in conn.execute(f"SELECT value FROM {quoted} NOT INDEXED"):  # the table's pages, no conversions
                 pass
             for index in indexes:
                 conn.execute(f"SELECT count(*) FROM {quoted} INDEXED BY {_quote(index)}").fetchall()
