@@ -7,6 +7,7 @@ reuse the helpers below.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -266,6 +267,10 @@ def test_histories_online_and_the_reader(local: lf.FeatureRepo) -> None:
     with pytest.raises(ValueError, match=r"user_ids\[0\] is an empty user id"):
         reader.get([""])
     assert reader.address == f"sqlite {local.path}/data/online.db"
+    assert not reader.reads_async  # SQLite is read on a worker thread, with the deadline
+    with pytest.raises(RuntimeError, match="no asyncio client"):
+        asyncio.run(reader.get_async(users))
+    assert asyncio.run(reader.aget(users, timeout_s=5.0)) == [expected[u] for u in users]
     import contextlib
     import sqlite3
 

@@ -59,6 +59,10 @@ def test_redis_end_to_end(repo: lf.FeatureRepo) -> None:
     expected = expected_histories(pairs)
     users = list(expected)
     assert reader.get([*users, "nobody"]) == [*(expected[u] for u in users), []]
+    # the transformer's read: Feast's asyncio client on the event loop, the same answer
+    assert reader.reads_async
+    assert asyncio.run(reader.get_async([*users, "nobody"])) == [*(expected[u] for u in users), []]
+    assert asyncio.run(reader.aget(users[:3], timeout_s=2.0)) == [expected[u] for u in users[:3]]  # another loop
     videos = toy_videos(seed=4)
     lf.publish_model_version(repo, "hybrid", 2, videos)
     got = online_videos(repo, [5])

@@ -332,7 +332,8 @@ def test_a_store_outage_is_a_clear_error_within_its_timeout(serving_repo: Servin
 
 
 def test_a_hung_store_never_delays_a_request_that_does_not_read_it(serving_repo: ServingRepo) -> None:
-    """Every store, SQLite too, is read on a worker with the deadline: the event loop never waits for it."""
+    """A store without an asyncio client, SQLite too, is read on a worker with the deadline: the event loop
+    never waits for it."""
     engine = make_engine(serving_repo, histories=StoreHistories({}, delay=1.5), feast_timeout=0.2)
     hist = [[int(Catalog.load(serving_repo.root / "linkedout_ranker" / "1").ids[0])]]
 
@@ -349,6 +350,41 @@ def test_a_hung_store_never_delays_a_request_that_does_not_read_it(serving_repo:
     assert explicit < 0.5 and feast < 0.6
     assert isinstance(error, ServingUnavailable) and "did not answer within 200 ms" in str(error)
     engine.close()
+
+
+class AsyncStoreHistories(StoreHistories):
+    """A store with an asyncio client (as Feast's Redis store through ``HistoryReader``): read on the loop."""
+
+    reads_async = True
+
+    def get(self, user_ids: list[str]) -> list[list[int]]:
+        raise AssertionError("a store with an asyncio client is not read on a thread")
+
+    async def get_async(self, user_ids: list[str]) -> list[list[int]]:
+        await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        return [list(self.histories.get(u, [])) for u in user_ids]
+
+
+def test_a_store_with_an_asyncio_client_is_read_on_the_loop_with_the_deadline(serving_repo: ServingRepo) -> None:
+    hist = [int(i) for i in Catalog.load(serving_repo.root / "linkedout_ranker" / "1").ids[:3]]
+    engine = make_engine(serving_repo, histories=AsyncStoreHistories({"1": hist}))
+    res = asyncio.run(engine.recommend(RecRequest(["1", "nobody"], 5, None, False)))
+    assert res.cold_start.tolist() == [False, True]
+    assert res.items[0].tolist() == torch_top_k(serving_repo, "linkedout", hist, 5)
+    assert not engine._pool._threads  # no worker thread was started for it
+    engine.close()
+    slow = make_engine(serving_repo, histories=AsyncStoreHistories({}, delay=2.0), feast_timeout=0.2)
+    t0 = time.perf_counter()
+    with pytest.raises(ServingUnavailable, match="did not answer within 200 ms"):
+        asyncio.run(slow.recommend(RecRequest(["1"], 5, None, False)))
+    assert time.perf_counter() - t0 < 1.0
+    slow.close()
+    down = make_engine(serving_repo, histories=AsyncStoreHistories({}, fail=ConnectionError("127.0.0.1:6379 refused")))
+    with pytest.raises(ServingUnavailable, match=r"127\.0\.0\.1:6379 refused"):
+        asyncio.run(down.recommend(RecRequest(["1"], 5, None, False)))
+    down.close()
 
 
 def test_no_ready_version_is_unavailable_not_a_crash(serving_repo: ServingRepo) -> None:

@@ -85,7 +85,10 @@ class ServingUnavailable(RuntimeError):
 
 
 class HistorySource(Protocol):
-    """Users' recent watches: ``get(user_ids) -> [[video id, ...] oldest first, ...]`` ([] = unknown user)."""
+    """Users' recent watches: ``get(user_ids) -> [[video id, ...] oldest first, ...]`` ([] = unknown user).
+
+    A source whose ``reads_async`` is true (Feast's Redis store: ``HistoryReader``) is read with its
+    ``get_async`` on the event loop instead of ``get`` on a worker thread."""
 
     def get(self, user_ids: Sequence[str]) -> list[list[int]]: ...
 
@@ -141,10 +144,14 @@ class RecommendationEngine:
         self.max_k = max_k
         #: model -> the catalogue version served by default (set by update_served_versions)
         self.serving: dict[str, int] = {}
-        # every store is read on a worker with the deadline, never on the event loop: a local SQLite
-        # file hangs too (a lock held on it: ~10 s of busy timeout), and a request that does not read
-        # the store (an explicit history, the readiness probe) must not wait behind one that does
+        # a store without an asyncio client is read on a worker with the deadline, never on the event
+        # loop: a local SQLite file hangs too (a lock held on it: ~10 s of busy timeout), and a request
+        # that does not read the store (an explicit history, the readiness probe) must not wait behind one
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="feast")
+        # ... except a store with an asyncio client (Redis), read on the loop with the same deadline:
+        # no thread hop (under 8 concurrent readers a third of the CPU per read: HistoryReader.get_async)
+        self._read_async: Callable[[list[str]], Awaitable[list[list[int]]]] | None = (
+            getattr(histories, "get_async", None) if getattr(histories, "reads_async", False) else None)
         # retrieval (faiss, which releases the GIL) and the index's refreshes run on one thread of their
         # own, never a refresh during a search; small exact indexes on the loop itself (``_on_index``).
         # ``retrieval_threads`` limits the BLAS and OpenMP threads of a search in both threads that search:
@@ -319,10 +326,12 @@ class RecommendationEngine:
         assert self.histories is not None
         users = [u for r in requests for u in r]
         t0 = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.feast_timeout):  # no task of its own, as wait_for makes
-                out = await loop.run_in_executor(self._pool, self.histories.get, users)
+                if self._read_async is not None:  # Redis: its asyncio client, on this loop
+                    out = await self._read_async(users)
+                else:
+                    out = await asyncio.get_running_loop().run_in_executor(self._pool, self.histories.get, users)
         except TimeoutError:
             raise ServingUnavailable(f"the feature store did not answer within {self.feast_timeout * 1000:.0f} ms",
                                      "feast") from None
