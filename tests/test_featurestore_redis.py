@@ -177,6 +177,21 @@ def test_reader_recovers_when_redis_comes_back(tmp_path: Path) -> None:
         lf.write_histories(repo, hist)
         assert reader.get([user]) == [want]
         assert asyncio.run(reader.aget([user, "nobody"], timeout_s=2.0)) == [want, []]
+
+        async def down_and_back() -> tuple[BaseException, float]:  # one event loop, as in the transformer
+            assert await reader.get_async([user]) == [want]
+            server.stop()
+            t = time.monotonic()
+            with pytest.raises(lf.OnlineStoreUnavailable) as err:
+                await reader.aget([user], timeout_s=2.0)
+            took = time.monotonic() - t
+            server.start()
+            lf.write_histories(repo, hist)
+            assert await reader.get_async([user]) == [want]  # the same asyncio client reconnects
+            return err.value, took
+
+        err, took = asyncio.run(down_and_back())
+        assert server.address in str(err) and took < 2.0, (str(err), took)
         reader.close()
     finally:
         server.stop()

@@ -66,22 +66,29 @@ def user_keys(user_ids: Sequence[Any]) -> list[str]:
     return out
 
 
-def configure_redis_client(repo: FeatureRepo) -> bool:
+def configure_redis_client(repo: FeatureRepo, client: Any = None) -> bool:
     """Bound Feast's Redis client: ``repo.settings.redis_retries`` retries, no backoff.
 
     Feast builds the client from the connection string, which carries the socket timeouts but cannot
-    carry a retry policy, so it is set on the client Feast made (``RedisOnlineStore._get_client``).
-    Returns False (and logs) if this Feast no longer exposes it; the socket timeouts still hold.
+    carry a retry policy, so it is set on the client Feast made: the blocking one
+    (``RedisOnlineStore._get_client``), or ``client`` (its asyncio one, :meth:`HistoryReader.get_async`).
+    Returns False (and logs) if this Feast or redis-py no longer exposes it; the socket timeouts still hold.
     """
     if repo.settings.environment != "production":
         return False
     try:
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
-        online_store: Any = repo.store.provider.online_store
-        client = online_store._get_client(repo.store.config.online_store)
-        client.set_retry(Retry(NoBackoff(), repo.settings.redis_retries))
+        if client is None:
+            from redis.retry import Retry
+
+            online_store: Any = repo.store.provider.online_store
+            online_store._get_client(repo.store.config.online_store).set_retry(
+                Retry(NoBackoff(), repo.settings.redis_retries))
+        else:
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            client.set_retry(AsyncRetry(NoBackoff(), repo.settings.redis_retries))
         return True
     except Exception as e:  # an API change in Feast or redis-py: keep the socket timeouts
         LOG.warning("could not set the Redis retry policy (%s); calls are bounded by the socket timeouts only", e)
@@ -299,14 +306,7 @@ class HistoryReader:
             return
         online_store: Any = self._provider.online_store
         online_store._client_async = None
-        client = await online_store._get_client_async(self._config.online_store)
-        try:
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            client.set_retry(Retry(NoBackoff(), self.repo.settings.redis_retries))
-        except Exception as e:  # an API change in redis-py: the socket timeouts and the caller's deadline hold
-            LOG.warning("could not set the asyncio Redis client's retry policy: %s", e)
+        configure_redis_client(self.repo, await online_store._get_client_async(self._config.online_store))
         self._async_loop = loop
 
     def _entity_keys(self, keys: list[str]) -> list[Any]:
