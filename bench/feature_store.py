@@ -9,8 +9,12 @@ persistence) and each of ``--repeats`` fresh repositories:
   newer-than-online check, then again without it: ``check_newer=False``) and ``write_videos``
   (meta + embeddings of one model version);
 - ``materialize``: the same data written offline only, then ``materialize`` from the parquet files;
-- online latency of ``HistoryReader.get`` (what the transformer calls) and of Feast's own
-  ``get_online_features`` for 1 user and for 64 users: p50/p99 over ``--calls`` random calls.
+- online latency of ``HistoryReader.get`` and of Feast's own ``get_online_features`` for 1 user
+  and for 64 users: p50/p99 over ``--calls`` random calls; on SQLite also of a reader without its
+  held pages (``sqlite_cache_mb=0``) with the bytes its reads take from the file (Linux's rchar);
+- the transformer's read under concurrency: 8 coroutines reading 2 users each for ``--seconds``,
+  reads/s and this process's CPU per read, through ``HistoryReader.get`` on a pool of 4 threads and,
+  on Redis, through ``HistoryReader.get_async`` on the event loop.
 
 Medians over the repeats. ``--cli`` also times ``feast -c DIR apply`` in a fresh process (Feast's
 import included), the figure DESIGN.md §2 quotes (13 s). Writes ``bench/results/feast.json``.
@@ -22,6 +26,8 @@ import included), the figure DESIGN.md §2 quotes (13 s). Writes ``bench/results
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import json
 import os
 import platform
@@ -54,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=2000, help="timed online calls per batch size")
     p.add_argument("--stores", default="sqlite,redis", help="comma-separated: sqlite, redis")
     p.add_argument("--cli", action="store_true", help="also time `feast -c DIR apply` in a fresh process")
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds of each concurrent-read measure")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=_HERE / "results" / "feast.json")
     return p.parse_args(argv)
@@ -98,6 +105,42 @@ def latency(fn: Callable[[list[str]], Any], users: int, batch: int, calls: int, 
             "mean_ms": float(ms.mean())}
 
 
+def file_bytes_per_read(fn: Callable[[list[str]], Any], users: int, calls: int, seed: int) -> float:
+    """Bytes this thread's read calls returned (Linux's rchar) per call of ``fn`` on 4 random users."""
+    io = Path("/proc/thread-self/io")
+    if not io.exists():
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    before = int(io.read_text().split()[1])
+    for _ in range(calls):
+        fn([str(u) for u in rng.integers(0, users, 4)])
+    return (int(io.read_text().split()[1]) - before) / calls
+
+
+def concurrent_reads(read: Callable[[list[str]], Any], users: int, seconds: float, seed: int,
+                     clients: int = 8, batch: int = 2) -> dict[str, float]:
+    """``clients`` coroutines awaiting ``read(users)`` for ``seconds``: reads/s and CPU (us) per read."""
+    rng = np.random.default_rng(seed)
+
+    async def run() -> tuple[int, float]:
+        done = 0
+        stop = time.monotonic() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                await read([str(u) for u in rng.integers(0, users, batch)])
+                done += 1
+
+        t = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return done, time.perf_counter() - t
+
+    cpu = time.process_time()
+    done, elapsed = asyncio.run(run())
+    return {"reads_per_s": done / elapsed, "cpu_us_per_read": 1e6 * (time.process_time() - cpu) / max(1, done)}
+
+
 def settings_for(store: str, root: Path, redis: LocalRedis | None, project: str) -> lf.FeastSettings:
     if store == "sqlite":
         return lf.FeastSettings(project=project)
@@ -126,6 +169,20 @@ def one_round(store: str, root: Path, redis: LocalRedis | None, histories: pd.Da
         calls = args.calls if batch == 1 else max(args.calls // 4, 100)
         out[f"reader_{batch}"] = latency(reader.get, args.users, batch, calls, args.seed + i)
         out[f"feast_{batch}"] = latency(feast_alone, args.users, batch, calls, args.seed + i)
+    if store == "sqlite":  # the reader without its held pages: reads go to the file
+        plain = lf.HistoryReader(repo.path, sqlite_cache_mb=0)
+        out["reader_uncached_1"] = latency(plain.get, args.users, 1, args.calls, args.seed + i)
+        out["file_bytes_per_read"] = {"held": file_bytes_per_read(reader.get, args.users, 500, args.seed),
+                                      "uncached": file_bytes_per_read(plain.get, args.users, 500, args.seed)}
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+
+    async def on_a_thread(users: list[str]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, reader.get, users)
+
+    out["concurrent_thread"] = concurrent_reads(on_a_thread, args.users, args.seconds, args.seed + i)
+    pool.shutdown()
+    if reader.reads_async:
+        out["concurrent_asyncio"] = concurrent_reads(reader.get_async, args.users, args.seconds, args.seed + i)
     # materialisation: a second repository, written offline only, then materialised
     mat_root = root / "mat"
     mat = lf.open_repo(lf.render_repo(mat_root / "repo", settings_for(store, mat_root, redis, f"mat{i}")))
@@ -207,6 +264,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['write_videos_s']:14.1f}s "
               f"{m['materialize_s']:11.1f}s {m['reader_1']['p50_ms']:8.3f}/{m['reader_1']['p99_ms']:<8.3f} "
               f"{m['reader_64']['p50_ms']:9.3f}/{m['reader_64']['p99_ms']:<8.3f} {m['feast_1']['p50_ms']:11.3f}")
+    print("the transformer's read, 8 concurrent readers of 2 users (reads/s, CPU per read):")
+    for store, res in results["stores"].items():
+        if isinstance(res, str):
+            continue
+        m = res["median"]
+        line = (f"  {store:8} on a thread pool {m['concurrent_thread']['reads_per_s']:7.0f}/s "
+                f"{m['concurrent_thread']['cpu_us_per_read']:5.0f} us")
+        if "concurrent_asyncio" in m:
+            line += (f" | asyncio client {m['concurrent_asyncio']['reads_per_s']:7.0f}/s "
+                     f"{m['concurrent_asyncio']['cpu_us_per_read']:5.0f} us")
+        if "reader_uncached_1" in m:
+            line += (f" | 1 user p50 held pages {m['reader_1']['p50_ms']:.3f} ms, without "
+                     f"{m['reader_uncached_1']['p50_ms']:.3f} ms; bytes from the file per 4-user read "
+                     f"{m['file_bytes_per_read']['held']:.0f} vs {m['file_bytes_per_read']['uncached']:.0f}")
+        print(line)
     if "feast_cli_apply_s" in results:
         print(f"feast -c DIR apply (fresh process, import included): {results['feast_cli_apply_s']:.1f} s")
     print(f"DESIGN.md §2 (SQLite): feast apply 13 s, materialize 38 s, get 1 user p50 0.34 ms, 64 users 5.2 ms; "
