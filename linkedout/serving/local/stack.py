@@ -27,7 +27,8 @@ process. This module imports neither kserve nor tritonclient.
 
 Refused before anything starts: a work directory another stack serves (the running stack holds an
 exclusive ``flock`` on ``W/serving/stack.lock`` until it stops, SIGKILL included: the kernel drops
-it), and a port given in the settings that is in use already (named, one line).
+it), a port given in the settings that is in use already (named, one line), and a served model none
+of whose catalogue versions this version can read (an older export: the reason and the fix, one line).
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from linkedout.export.catalog import CatalogError, read_meta
 from linkedout.serving.local import process
 from linkedout.serving.local.control import ModelServerError, ServerChild
 from linkedout.serving.local.model_server import ModelServerProcess, start_model_server
+from linkedout.serving.routing import RoutingError, load_routing
 from linkedout.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
@@ -102,6 +105,13 @@ class StackSettings:
 
 
 LOCK_NAME = "stack.lock"
+
+
+def _routed_models(routing: Path) -> list[str]:
+    try:
+        return list(load_routing(routing).models)
+    except (RoutingError, OSError) as e:
+        raise StackError(f"the routing config {routing} cannot be read: {e}") from None
 
 
 def read_stack(workdir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -193,6 +203,34 @@ class LocalStack:
         except OSError as e:
             raise StackError(str(e)) from None
 
+    def check_catalogues(self) -> None:
+        """``StackError`` naming a served model none of whose catalogue versions this version can read.
+
+        The transformer would wait for one to load (and only its log would say why): an operator
+        serving a work directory exported by an older version is told at once what to do.
+        """
+        s = self.settings
+        served = [s.default_model] if s.routing is None else _routed_models(s.routing)
+        for name in served:
+            rdir = self.repository / f"{name}_ranker"
+            versions = sorted((p for p in rdir.iterdir() if p.name.isdigit() and (p / "catalog.json").is_file()),
+                              key=lambda p: int(p.name), reverse=True) if rdir.is_dir() else []
+            problems = []
+            for vdir in versions:
+                try:
+                    read_meta(vdir)
+                    break
+                except CatalogError as e:
+                    problems.append(str(e))
+            else:
+                if problems:
+                    why = "; ".join(problems)
+                elif s.routing is None:  # a routed model may come later; the default one is waited for
+                    why = f"{rdir} holds no version with a catalog.json (export one first)"
+                else:
+                    continue
+                raise StackError(f"{name} has no catalogue version this version of LinkedOut can serve: {why}")
+
     def start(self) -> LocalStack:
         s = self.settings
         models = self.models()
@@ -206,6 +244,7 @@ class LocalStack:
         self.lock()
         try:
             self.check_ports()
+            self.check_catalogues()
         except StackError:
             self._unlock()
             raise
