@@ -1,11 +1,15 @@
 """Serving against its floors: the LinkedOut stack, a bare KServe model and a two-hop chain, in one run.
 
     python bench/serve.py [--videos 19738] [--users 100000] [--runs 3] [--requests 1000] [--seconds 10]
+                          [--online-store sqlite|redis]
 
 Builds, in ``--workdir`` (default ``runs/bench-serve``): the embedded default's ranker (the model
 ``linkedout run`` serves, random weights: latency does not depend on them) over a catalogue of
 ``--videos`` videos, and a Feast store (SQLite) with ``--users`` users holding a 10-video history each
 (MicroLens-100K scale by default; ``--videos 400 --users 1000`` is the size of ``linkedout run``'s demo).
+With ``--online-store redis`` the store is production's instead: Feast's Redis online store on a
+``redis-server`` this bench starts on 127.0.0.1 (in ``runs/bench-serve-redis``; its CPU counted with
+the stack's), read by the transformer with Feast's asyncio client; figures to ``serve_redis.json``.
 Starts, all on loopback:
 
 - (a) the local stack (the real ``tritonserver`` + the KServe transformer + Feast): one user id in,
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -58,55 +63,78 @@ def med(values: list[float]) -> float:
 # --------------------------------------------------------------------------------------------- setup
 
 
-def build(workdir: Path, videos: int, users: int, seed: int = 0) -> dict[str, Any]:
-    """The model repository (encoder-less: only the ranker is on the request path) and the Feast store."""
-    import pandas as pd
+def build(workdir: Path, videos: int, users: int, seed: int = 0, redis_address: str | None = None) -> dict[str, Any]:
+    """The model repository (encoder-less: only the ranker is on the request path) and the Feast store:
+    SQLite in ``workdir/feast`` (kept between runs), or with ``redis_address`` Feast's production
+    Redis store at that address (written again each run: the bench's redis-server keeps nothing)."""
     import torch
 
     from linkedout.export import Catalog, ExportConfig, ModelRepository, export_ranker
-    from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo, write_histories
     from linkedout.job.defaults import default_model_config
     from linkedout.model import build_model
 
     repo_dir = workdir / "model_repository"
-    feast_dir = workdir / "feast"
     stamp = workdir / "built.json"
-    want = {"videos": videos, "users": users, "seed": seed, "catalogue_format": 2}
+    want = {"videos": videos, "users": users, "seed": seed, "catalogue_format": 2, "histories": 2}
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         print(f"reusing {workdir} ({videos:,} videos, {users:,} users)", flush=True)
+        if redis_address is not None:
+            write_store(workdir / "feast", videos, users, seed, redis_address)
         return want
     import shutil
 
-    for d in (repo_dir, feast_dir):
-        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(repo_dir, ignore_errors=True)
     rng = np.random.default_rng(seed)
     cfg = default_model_config()
     torch.manual_seed(seed)
     model = build_model(cfg, videos, np.ones(videos + 1, dtype=np.int64)).eval()
-    ids = np.arange(1, videos + 1, dtype=np.int64) * 7 + 100_000  # arbitrary, not row numbers
     emb = rng.standard_normal((videos, cfg.d_model)).astype(np.float32) * 0.1
     n_layers = cfg.fusion.num_layers
     gate = rng.dirichlet(np.ones(n_layers), size=videos).astype(np.float32)
-    catalog = Catalog(ids=ids, embeddings=emb, gate=gate, contributions=gate,
+    catalog = Catalog(ids=video_ids(videos), embeddings=emb, gate=gate, contributions=gate,
                       popularity=rng.zipf(1.3, size=videos).clip(0, 10**6),
                       published=1_700_000_000_000 + rng.integers(0, 86_400_000 * 90, size=videos),
                       layers=[f"L{4 * i}" for i in range(n_layers)])
     t0 = time.perf_counter()
     export_ranker(model, catalog, ModelRepository(repo_dir), ExportConfig(name="linkedout"))
     print(f"ranker over {videos:,} videos exported in {time.perf_counter() - t0:.1f} s", flush=True)
+    write_store(workdir / "feast", videos, users, seed, redis_address)
+    stamp.write_text(json.dumps(want))
+    return want
+
+
+def video_ids(videos: int) -> np.ndarray:
+    return np.arange(1, videos + 1, dtype=np.int64) * 7 + 100_000  # arbitrary, not row numbers
+
+
+def write_store(feast_dir: Path, videos: int, users: int, seed: int, redis_address: str | None) -> None:
+    """``users`` 10-video histories (the same for either store) in a Feast repository at ``feast_dir``."""
+    import shutil
+
+    import pandas as pd
+
+    from linkedout.featurestore import FeastSettings, apply, open_repo, render_repo, write_histories
+
+    shutil.rmtree(feast_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    render_repo(feast_dir, FeastSettings(environment="local"))
+    if redis_address is None:
+        settings = FeastSettings(environment="local")
+    else:  # the production store: Redis online, parquet offline (a local directory here, S3 in a cluster)
+        settings = FeastSettings(environment="production", redis_address=redis_address,
+                                 offline_root=str(feast_dir / "offline"), registry=str(feast_dir / "registry.db"))
+    render_repo(feast_dir, settings)
     frepo = open_repo(feast_dir)
     apply(frepo)
+    rng = np.random.default_rng(seed + 1)
+    ids = video_ids(videos)
     watched = [ids[rng.integers(0, videos, size=10)] for _ in range(users)]
     last = 1_710_000_000_000 + rng.integers(0, 86_400_000, size=users)
     histories = pd.DataFrame({"user_id": [str(u) for u in range(users)], "watched": watched,
                               "last_watch": last.astype(np.int64),
                               "event_timestamp": pd.to_datetime(last, unit="ms", utc=True)})
     write_histories(frepo, histories, check_newer=False)
-    print(f"feast: {users:,} histories written in {time.perf_counter() - t0:.1f} s", flush=True)
-    stamp.write_text(json.dumps(want))
-    return want
+    store = "SQLite" if redis_address is None else f"Redis at {redis_address}"
+    print(f"feast ({store}): {users:,} histories written in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 # --------------------------------------------------------------------------------------------- measures
@@ -410,7 +438,8 @@ def verdict(figures: dict[str, dict[str, float]]) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-serve")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="default runs/bench-serve (SQLite), runs/bench-serve-redis (--online-store redis)")
     p.add_argument("--videos", type=int, default=19_738)
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--runs", type=int, default=3)
@@ -418,16 +447,41 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per throughput run")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--prefer", choices=("triton", "kserve"), default="triton")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite",
+                   help="the transformer's Feast online store: the local default's SQLite file, or production's "
+                        "Redis (a redis-server this bench starts on 127.0.0.1, read with Feast's asyncio client)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default bench/results/serve.json (serve_redis.json with --online-store redis)")
     args = p.parse_args()
+    redis = args.online_store == "redis"
+    args.workdir = args.workdir or ROOT / "runs" / ("bench-serve-redis" if redis else "bench-serve")
+    args.out = args.out or ROOT / "bench" / "results" / ("serve_redis.json" if redis else "serve.json")
     os.environ.setdefault("LINKEDOUT_PROGRESS", "0")
     sys.path.insert(0, str(ROOT / "bench"))
 
-    from linkedout.serving.local import LocalStack, StackSettings
     from linkedout.utils import configure_logging
 
     configure_logging("WARNING")
-    built = build(args.workdir, args.videos, args.users)
+    with contextlib.ExitStack() as servers:
+        redis_address = None
+        if redis:
+            from linkedout.featurestore.local_redis import LocalRedis
+
+            server = servers.enter_context(LocalRedis())
+            redis_address, args.store_pid = server.address, server.pid  # its CPU counts as the stack's
+        results = run(args, build(args.workdir, args.videos, args.users, redis_address=redis_address))
+    results["setup"]["online_store"] = args.online_store
+    report(results, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, Any]:
+    """The stack and the floors started, measured interleaved, stopped; the figures."""
+    from linkedout.serving.local import LocalStack, StackSettings
+
     rng = np.random.default_rng(42)
     results: dict[str, Any] = {"setup": {**built, "runs": args.runs, "requests_per_run": args.requests,
                                          "throughput_seconds": args.seconds, "clients": args.clients,
@@ -439,7 +493,8 @@ def main() -> int:
     results["setup"]["model_server"] = stack.info["model_server"]["kind"]
     triton_url = stack.info["model_server"]["grpc"].split("://")[-1]
     urls = {"linkedout": stack.info["transformer"]["grpc"]}
-    pids = {"linkedout": [stack.info["transformer"]["pid"], stack.info["model_server"]["pid"]]}
+    pids = {"linkedout": [stack.info["transformer"]["pid"], stack.info["model_server"]["pid"],
+                          *([args.store_pid] if getattr(args, "store_pid", None) else [])]}
     floors: dict[str, Floor] = {}
     identity_triton = None
     print(f"stack up in {results['setup']['stack_start_s']:.1f} s ({results['setup']['model_server']})", flush=True)
@@ -478,11 +533,7 @@ def main() -> int:
             identity_triton.stop()
         stack.stop()
     results["targets"] = {**TARGETS, **verdict(results["figures"])}
-    report(results, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return results
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
@@ -490,6 +541,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     t = results["targets"]
     w = results["where_the_time_goes_ms"]
     print(f"\n== serving at {args.videos:,} videos, {args.users:,} users ({results['setup']['model_server']}, "
+          f"Feast online store {args.online_store}, "
           f"{os.cpu_count()} CPUs, no GPU; medians of {args.runs} interleaved runs; {args.clients} clients for "
           f"{args.seconds:.0f} s, {args.requests} one-client requests per run)")
     print(f"{'':>12} {'1 client p50':>13} {'p99':>8} {'req/s':>8} {'p50':>8} {'p99':>8} {'CPU/req server':>15} "
