@@ -246,3 +246,28 @@ def test_concurrent_requests_share_feast_reads_and_ranker_calls_and_get_their_ow
     assert isinstance(store, CountingStore)
     assert sum(store.reads) == 16 and len(store.reads) < 16  # users read together
     assert sum(ranker.calls) == 16 and len(ranker.calls) < 16 and max(ranker.calls) > 1
+
+
+def test_coalesced_ranker_calls_never_exceed_the_rankers_batch_in_users(serving_repo: ServingRepo) -> None:
+    """Requests of several users each: a joined call holds at most ``max_ranker_batch`` users (Triton refuses
+    a batch over its max_batch_size), and every user gets the answer it gets alone."""
+    split = serving_repo.toy.split
+    users = {str(u): [int(split.item_ids[r]) for r in h[h > 0]] for u, h in
+             zip(split.test.user_ids[:18], split.test.histories[:18])}
+    alone = make_engine(serving_repo, histories=StoreHistories(users))
+    expected = {u: asyncio.run(alone.recommend(RecRequest([u], 10, None, False))).items[0].tolist() for u in users}
+    alone.close()
+
+    engine = make_engine(serving_repo, histories=CountingStore(users))
+    engine.max_ranker_batch = 6
+    ranker = engine.ranker = CountingRanker(serving_repo.root)
+    groups = [list(users)[i:i + 4] for i in range(0, len(users), 4)]  # 4 requests of 4 users, 1 of 2
+
+    async def all_at_once() -> list[RecResult]:
+        return await asyncio.gather(*(engine.recommend(RecRequest(g, 10, None, False)) for g in groups))
+
+    results = asyncio.run(all_at_once())
+    engine.close()
+    for g, res in zip(groups, results):
+        assert res.user_ids == g and [row.tolist() for row in res.items] == [expected[u] for u in g]
+    assert sum(ranker.calls) == 18 and max(ranker.calls) <= 6, ranker.calls

@@ -467,3 +467,17 @@ def test_stack_settings_resolve_relative_paths(tmp_path: Path, monkeypatch: pyte
     s = StackSettings(workdir=Path("runs/demo"), routing=Path("routing.yaml"))
     assert s.workdir == tmp_path / "runs" / "demo" and s.workdir.is_absolute()
     assert s.routing == tmp_path / "routing.yaml"
+
+
+def test_a_history_longer_than_the_ranker_reads_never_shortens_the_answer(serving_repo: ServingRepo) -> None:
+    """The ranker reads the last T videos; the answer skips every watched one and still holds k videos."""
+    split = serving_repo.toy.split
+    history = [int(i) for i in split.item_ids[1:16]]  # 15 watched videos, T = 10
+    engine = make_engine(serving_repo, histories=StoreHistories({"long": history}))
+    try:
+        res = asyncio.run(engine.recommend(RecRequest(["long"], 20, None, False)))  # k = max_k
+    finally:
+        engine.close()
+    items = res.items[0].tolist()
+    assert -1 not in items and len(set(items)) == 20 and not set(items) & set(history)
+    assert (np.diff(res.scores[0]) <= 1e-6).all()

@@ -53,17 +53,23 @@ def fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: in
          result: RecResult, result_rows: np.ndarray) -> None:
     """Put the first ``k`` rows not in ``seen`` (and finite) into user ``i``'s answer (``ids``: of rows 0..R;
     a row past R, added to the index since that state, is skipped until the state knows it)."""
-    n = 0
-    top = ids.shape[0]
-    for r, s in zip(rows.tolist(), row_scores.tolist()):
-        if r <= 0 or r >= top or r in seen or not np.isfinite(s):
-            continue
-        result.items[i, n] = ids[r]
-        result.scores[i, n] = s
-        result_rows[i, n] = r
-        n += 1
-        if n == k:
-            break
+    row_scores = row_scores[: rows.shape[0]]
+    ok = np.flatnonzero((rows > 0) & (rows < ids.shape[0]) & np.isfinite(row_scores))
+    if seen:  # a handful of rows: a set lookup per candidate, stopping at k
+        picked = []
+        for j in ok.tolist():
+            if int(rows[j]) not in seen:
+                picked.append(j)
+                if len(picked) == k:
+                    break
+        ok = np.asarray(picked, dtype=np.int64)
+    else:
+        ok = ok[:k]
+    n = ok.shape[0]
+    chosen = rows[ok]
+    result.items[i, :n] = ids[chosen]
+    result.scores[i, :n] = row_scores[ok]
+    result_rows[i, :n] = chosen
 
 
 def explain(result: RecResult, groups: Sequence[tuple[CatalogView, list[int]]], result_rows: np.ndarray) -> None:

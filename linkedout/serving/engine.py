@@ -108,8 +108,8 @@ class _Group:
     users: list[int]  # positions in the request
     history_rows: np.ndarray | None = None  # (len(users), T) catalogue rows, left-padded with 0
     warm: list[int] = field(default_factory=list)  # indices into users of those with a known history
-    rows: np.ndarray | None = None  # (len(warm), KMAX) the ranker's rows, after rank()
-    scores: np.ndarray | None = None  # (len(warm), KMAX) their scores
+    rows: np.ndarray | None = None  # (len(warm), n) the rows the search returned, after rank()
+    scores: np.ndarray | None = None  # (len(warm), n) their scores
 
 
 @dataclass(eq=False)  # compared and hashed by identity (the engine keeps a weak set of them)
@@ -174,7 +174,7 @@ class RecommendationEngine:
         self._unranked: weakref.WeakSet[RecPlan] = weakref.WeakSet()
         self._feast_reads: Coalescer[list[str], list[list[int]]] = Coalescer(
             self._read_batch, name="feast", max_size=1024, size=len)
-        self._ranker_calls: dict[tuple[str, int], Coalescer[tuple[CatalogView, np.ndarray],
+        self._ranker_calls: dict[tuple[str, int], Coalescer[tuple[CatalogView, np.ndarray, int],
                                                             tuple[np.ndarray, np.ndarray]]] = {}
         self._largest_k = max_k
         self._ids = itertools.count(1)
@@ -282,7 +282,7 @@ class RecommendationEngine:
         """One ranker call per catalogue version with users of a known history (concurrently)."""
         self._unranked.discard(plan)
         try:
-            await asyncio.gather(*(self._rank_group(g) for g in plan.groups if g.warm))
+            await asyncio.gather(*(self._rank_group(plan, g) for g in plan.groups if g.warm))
         except ServingUnavailable as e:
             _count_error(plan.variants, e)
             raise
@@ -344,24 +344,31 @@ class RecommendationEngine:
         bounds = list(itertools.accumulate(len(r) for r in requests))
         return [out[hi - len(r):hi] for r, hi in zip(requests, bounds)]
 
-    async def _rank_group(self, g: _Group) -> None:
+    async def _rank_group(self, plan: RecPlan, g: _Group) -> None:
         assert g.history_rows is not None
         key = (g.view.model, g.view.version)
         calls = self._ranker_calls.get(key)
         if calls is None:
             calls = self._ranker_calls[key] = Coalescer(
-                lambda parts: self._rank_batch(*key, parts), name="triton", max_size=self.max_ranker_batch, size=len,
+                lambda parts: self._rank_batch(*key, parts), name="triton", max_size=self.max_ranker_batch,
+                size=lambda part: len(part[1]),  # users: Triton refuses a batch over its max_batch_size
                 on_the_way=self._on_the_way_to_rank, max_wait=self.batch_window)
-        g.rows, g.scores = await calls((g.view, g.history_rows[g.warm]))
+        # rows the answer may skip: k are kept, the known history (beyond the T the search excludes) is not
+        need = plan.request.k + max(len(plan.seen[g.users[j]]) for j in g.warm)
+        g.rows, g.scores = await calls((g.view, g.history_rows[g.warm], need))
 
     def _on_the_way_to_rank(self) -> int:
         return self._reading + len(self._unranked)
 
     async def _rank_batch(self, model: str, version: int,
-                          parts: list[tuple[CatalogView, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One ranker call and one retrieval for the users of several requests (a ``Coalescer`` batch), split back."""
+                          parts: list[tuple[CatalogView, np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One ranker call and one retrieval for the users of several requests (a ``Coalescer`` batch), split back.
+
+        The search returns as many rows as the neediest request may skip and keep (its ``k`` and its
+        known history), plus the rows added to the index that the catalogue state does not know yet
+        (skipped until it does): every answer gets its ``k`` videos wherever the catalogue has them."""
         view = parts[0][0]
-        history = parts[0][1] if len(parts) == 1 else np.concatenate([p for _, p in parts], axis=0)
+        history = parts[0][1] if len(parts) == 1 else np.concatenate([p for _, p, _ in parts], axis=0)
         t0 = time.perf_counter()
         try:
             users = await self.ranker(model, version, history, view.vectors(history))
@@ -373,10 +380,13 @@ class RecommendationEngine:
         finally:
             metrics.child(metrics.TRITON_LATENCY, model).observe(time.perf_counter() - t0)
         t1 = time.perf_counter()
-        rows, scores = await self._on_index(view, view.search, users, min(view.max_k, view.index.num_rows), history)
+        num_rows = view.index.num_rows
+        unknown = max(0, num_rows - (view.rows.ids.shape[0] - 1))
+        n = min(max(need for _, _, need in parts) + unknown, num_rows)
+        rows, scores = await self._on_index(view, view.search, users, n, history)
         metrics.child(metrics.RETRIEVAL_LATENCY, model).observe(time.perf_counter() - t1)
-        bounds = list(itertools.accumulate(len(p) for _, p in parts))
-        return [(rows[hi - len(p):hi], scores[hi - len(p):hi]) for (_, p), hi in zip(parts, bounds)]
+        bounds = list(itertools.accumulate(len(p) for _, p, _ in parts))
+        return [(rows[hi - len(p):hi], scores[hi - len(p):hi]) for (_, p, _), hi in zip(parts, bounds)]
 
     async def _on_index(self, view: CatalogView, fn: Callable[..., _T], *args: object) -> _T:
         """``fn(*args)`` on ``view``'s index: on the event loop itself for an exact index of at most
