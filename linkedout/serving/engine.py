@@ -13,7 +13,9 @@
   per catalogue version (``Ranker``, Triton's ``NAME_ranker`` in the transformer): their history
   rows and those rows' embeddings in, their user states out; then the catalogue's retrieval index
   (``CatalogView.search``: exact below a measured size, ANN above, re-scored exactly) gives each
-  user's top ``KMAX`` rows with the history masked, on the engine's retrieval thread;
+  user's best rows with the history masked (as many as the answer may need: ``k``, the known
+  history, the rows the catalogue state does not know yet), on the retrieval thread or, for a small
+  exact index, on the event loop;
 
 Concurrent requests share their calls to the store and the ranker (``linkedout.serving.batching``):
 a request that arrives while a Feast read (or a call to the same ranker version) is in flight goes
