@@ -288,6 +288,9 @@ def threshold(sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     exceeds the ANN search's by 1 ms, for 1 user and for batches of 8 (the exact search's time grows
     linearly with the rows: its median cost per row and user; the ANN's median p99 up to 1M rows)."""
     out: dict[str, Any] = {"rule": "exact while its p99 per user <= the ANN's + 1 ms"}
+    if not any(s["n"] <= 1_000_000 for s in sizes.values()):  # e.g. --sizes 10000000 alone
+        out["not_computed"] = "needs a size of at most 1,000,000 videos (the ANN's p99 is taken there)"
+        return out
     for b in (1, 8):
         exact_per_row = statistics.median(s[f"exact_b{b}"]["p99_ms"] / b / s["n"] for s in sizes.values())
         ann = statistics.median(s[f"ann_b{b}"]["p99_ms"] / b for s in sizes.values() if s["n"] <= 1_000_000)
