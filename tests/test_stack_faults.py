@@ -104,7 +104,6 @@ def test_a_second_stack_on_the_same_workdir_is_refused_and_leaves_the_first_ones
     first.stop()
 
 
-
 def test_a_catalogue_of_an_older_format_is_refused_at_once_saying_what_to_do(tmp_path: Path) -> None:
     """An old work directory: the operator is told why at start, not left waiting on the transformer."""
     work = fake_workdir(tmp_path)
@@ -125,6 +124,7 @@ def test_a_repository_with_no_catalogue_version_is_refused_naming_it(tmp_path: P
     with pytest.raises(StackError, match=r"linkedout_ranker holds no version with a catalog.json \(export one first\)"):
         stack.start()
     assert stack.server is None
+
 
 def test_a_stale_stack_json_says_the_stack_is_not_running(tmp_path: Path) -> None:
     """After a SIGKILL the stack.json stays; its PID may even be alive again (reused), but nobody holds the lock."""

@@ -233,6 +233,15 @@ def _cold_start(log_popularity: np.ndarray, days: np.ndarray, live: np.ndarray,
     return order.astype(np.int64) + 1, score[order].astype(np.float32)
 
 
+def local_versions(repository: Path, model: str) -> list[int]:
+    """Ranker versions of ``model`` in the local model repository ``repository`` that hold a catalogue, ascending."""
+    d = repository / f"{model}_ranker"
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir()
+                  if p.name.isdigit() and not p.name.startswith("0") and (p / "catalog.json").is_file())
+
+
 class ServedCatalogs:
     """Catalogue versions of ranker models in a model repository (loading is thread-safe)."""
 
@@ -251,11 +260,7 @@ class ServedCatalogs:
         """Ranker versions of ``model`` that hold a catalogue, ascending."""
         rdir = f"{model}_ranker"
         if self._local is not None:
-            d = self._local / rdir
-            if not d.is_dir():
-                return []
-            return sorted(int(p.name) for p in d.iterdir()
-                          if p.name.isdigit() and not p.name.startswith("0") and (p / "catalog.json").is_file())
+            return local_versions(self._local, model)
         assert self._storage is not None
         found = set()
         for key in self._storage.list(f"{rdir}/"):

@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from linkedout.export.catalog import CatalogError, read_meta
+from linkedout.serving.catalog import local_versions
 from linkedout.serving.local import process
 from linkedout.serving.local.control import ModelServerError, ServerChild
 from linkedout.serving.local.model_server import ModelServerProcess, start_model_server
@@ -213,12 +214,10 @@ class LocalStack:
         served = [s.default_model] if s.routing is None else _routed_models(s.routing)
         for name in served:
             rdir = self.repository / f"{name}_ranker"
-            versions = sorted((p for p in rdir.iterdir() if p.name.isdigit() and (p / "catalog.json").is_file()),
-                              key=lambda p: int(p.name), reverse=True) if rdir.is_dir() else []
             problems = []
-            for vdir in versions:
+            for version in reversed(local_versions(self.repository, name)):  # the transformer's own listing
                 try:
-                    read_meta(vdir)
+                    read_meta(rdir / str(version))
                     break
                 except CatalogError as e:
                     problems.append(str(e))
