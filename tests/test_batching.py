@@ -223,15 +223,23 @@ class CountingStore(StoreHistories):
         return super().get(user_ids)
 
 
-def test_concurrent_requests_share_feast_reads_and_ranker_calls_and_get_their_own_answers(
-        serving_repo: ServingRepo) -> None:
+def toy_users_and_answers(serving_repo: ServingRepo, n: int) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """The toy split's first ``n`` test users' histories, and the top 10 each gets when asking alone."""
     split = serving_repo.toy.split
     users = {str(u): [int(split.item_ids[r]) for r in h[h > 0]] for u, h in
-             zip(split.test.user_ids[:16], split.test.histories[:16])}
+             zip(split.test.user_ids[:n], split.test.histories[:n])}
     alone = make_engine(serving_repo, histories=StoreHistories(users))
-    expected = {u: asyncio.run(alone.recommend(RecRequest([u], 10, None, False))).items[0].tolist() for u in users}
-    alone.close()
+    try:
+        expected = {u: asyncio.run(alone.recommend(RecRequest([u], 10, None, False))).items[0].tolist()
+                    for u in users}
+    finally:
+        alone.close()
+    return users, expected
 
+
+def test_concurrent_requests_share_feast_reads_and_ranker_calls_and_get_their_own_answers(
+        serving_repo: ServingRepo) -> None:
+    users, expected = toy_users_and_answers(serving_repo, 16)
     engine = make_engine(serving_repo, histories=CountingStore(users))
     ranker = engine.ranker = CountingRanker(serving_repo.root)
 
@@ -251,13 +259,7 @@ def test_concurrent_requests_share_feast_reads_and_ranker_calls_and_get_their_ow
 def test_coalesced_ranker_calls_never_exceed_the_rankers_batch_in_users(serving_repo: ServingRepo) -> None:
     """Requests of several users each: a joined call holds at most ``max_ranker_batch`` users (Triton refuses
     a batch over its max_batch_size), and every user gets the answer it gets alone."""
-    split = serving_repo.toy.split
-    users = {str(u): [int(split.item_ids[r]) for r in h[h > 0]] for u, h in
-             zip(split.test.user_ids[:18], split.test.histories[:18])}
-    alone = make_engine(serving_repo, histories=StoreHistories(users))
-    expected = {u: asyncio.run(alone.recommend(RecRequest([u], 10, None, False))).items[0].tolist() for u in users}
-    alone.close()
-
+    users, expected = toy_users_and_answers(serving_repo, 18)
     engine = make_engine(serving_repo, histories=CountingStore(users))
     engine.max_ranker_batch = 6
     ranker = engine.ranker = CountingRanker(serving_repo.root)
