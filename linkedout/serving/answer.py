@@ -55,16 +55,9 @@ def fill(i: int, rows: np.ndarray, row_scores: np.ndarray, seen: set[int], k: in
     a row past R, added to the index since that state, is skipped until the state knows it)."""
     row_scores = row_scores[: rows.shape[0]]
     ok = np.flatnonzero((rows > 0) & (rows < ids.shape[0]) & np.isfinite(row_scores))
-    if seen:  # a handful of rows: a set lookup per candidate, stopping at k
-        picked = []
-        for j in ok.tolist():
-            if int(rows[j]) not in seen:
-                picked.append(j)
-                if len(picked) == k:
-                    break
-        ok = np.asarray(picked, dtype=np.int64)
-    else:
-        ok = ok[:k]
+    if seen:  # the candidates are about k + |seen|: a set lookup each
+        ok = np.asarray([j for j, r in zip(ok.tolist(), rows[ok].tolist()) if r not in seen], dtype=np.int64)
+    ok = ok[:k]
     n = ok.shape[0]
     chosen = rows[ok]
     result.items[i, :n] = ids[chosen]
