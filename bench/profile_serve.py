@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve import _concurrent, build, cpu_seconds, one_client, warm_up  # noqa: E402
+from serve import build_for, concurrent_load, cpu_seconds, default_workdir, one_client, warm_up  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -171,8 +171,7 @@ def main() -> int:
     p.add_argument("--raw", type=Path, default=ROOT / "bench" / "results" / "profile_serve.gil.txt",
                    help="where the GIL profile's collapsed stacks are kept (flamegraph.pl or speedscope read them)")
     args = p.parse_args()
-    redis = args.online_store == "redis"
-    args.workdir = args.workdir or ROOT / "runs" / ("bench-serve-redis" if redis else "bench-serve")
+    args.workdir = args.workdir or default_workdir(args.online_store)
     os.environ.setdefault("LINKEDOUT_PROGRESS", "0")
     _py_spy()
 
@@ -181,17 +180,11 @@ def main() -> int:
 
     configure_logging("WARNING")
     with contextlib.ExitStack() as running:
-        servers: dict[str, int] = {}
-        redis_address = None
-        if redis:
-            from linkedout.featurestore.local_redis import LocalRedis
-
-            server = running.enter_context(LocalRedis())
-            redis_address, servers["redis"] = server.address, int(server.pid or 0)
-        build(args.workdir, args.videos, args.users, redis_address=redis_address)
+        _, store_pid = build_for(args, running)
         stack = running.enter_context(LocalStack(StackSettings(workdir=args.workdir)))
         transformer = int(stack.info["transformer"]["pid"])
-        servers = {"transformer": transformer, "triton": int(stack.info["model_server"]["pid"]), **servers}
+        servers = {"transformer": transformer, "triton": int(stack.info["model_server"]["pid"]),
+                   **({"redis": store_pid} if store_pid else {})}
         url = stack.info["transformer"]["grpc"]
         rng = np.random.default_rng(7)
         warm_up(url, args.users, rng)
@@ -211,7 +204,7 @@ def main() -> int:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 with Meter(servers, transformer) as m:
-                    done, _, lat, failed = asyncio.run(_concurrent(url, args.users, args.clients, args.seconds, 3))
+                    done, _, lat, failed = asyncio.run(concurrent_load(url, args.users, args.clients, args.seconds, 3))
                 spy.wait(timeout=args.seconds + 60)
             finally:
                 if spy.poll() is None:

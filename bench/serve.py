@@ -103,6 +103,21 @@ def build(workdir: Path, videos: int, users: int, seed: int = 0, redis_address: 
     return want
 
 
+def default_workdir(online_store: str) -> Path:
+    return ROOT / "runs" / ("bench-serve-redis" if online_store == "redis" else "bench-serve")
+
+
+def build_for(args: argparse.Namespace, servers: contextlib.ExitStack) -> tuple[dict[str, Any], int | None]:
+    """``build`` for ``args.online_store`` (``args.workdir``, ``args.videos``, ``args.users``); with Redis, a
+    redis-server started first and left on ``servers``. (What was built, the redis-server's PID or None.)"""
+    if args.online_store != "redis":
+        return build(args.workdir, args.videos, args.users), None
+    from linkedout.featurestore.local_redis import LocalRedis
+
+    server = servers.enter_context(LocalRedis())
+    return build(args.workdir, args.videos, args.users, redis_address=server.address), server.pid
+
+
 def video_ids(videos: int) -> np.ndarray:
     return np.arange(1, videos + 1, dtype=np.int64) * 7 + 100_000  # arbitrary, not row numbers
 
@@ -160,7 +175,7 @@ def one_client(url: str, users: int, n: int, rng: np.random.Generator, model: st
     return times
 
 
-async def _concurrent(url: str, users: int, clients: int, seconds: float,
+async def concurrent_load(url: str, users: int, clients: int, seconds: float,
                       seed: int) -> tuple[int, float, list[float], dict[str, int]]:
     """``clients`` loops of requests for ``seconds``: answered, elapsed s, their latencies (ms), failures by reason
     (counted, not fatal: a failed request is a figure of the run)."""
@@ -378,7 +393,7 @@ def measure(url: str, pids: list[int], args: argparse.Namespace, rng: np.random.
     times = one_client(url, args.users, args.requests, rng)
     before = scrape(metrics_url) if metrics_url else {}
     server0, front0, client0 = cpu_seconds(pids), cpu_seconds(pids[:1]), time.process_time()
-    done, elapsed, loaded, failed = asyncio.run(_concurrent(url, args.users, args.clients, args.seconds, seed=seed))
+    done, elapsed, loaded, failed = asyncio.run(concurrent_load(url, args.users, args.clients, args.seconds, seed=seed))
     if failed:
         print(f"  failed requests under load: {failed}", flush=True)
     server_cpu, client_cpu = cpu_seconds(pids) - server0, time.process_time() - client0
@@ -454,7 +469,7 @@ def main() -> int:
                    help="default bench/results/serve.json (serve_redis.json with --online-store redis)")
     args = p.parse_args()
     redis = args.online_store == "redis"
-    args.workdir = args.workdir or ROOT / "runs" / ("bench-serve-redis" if redis else "bench-serve")
+    args.workdir = args.workdir or default_workdir(args.online_store)
     args.out = args.out or ROOT / "bench" / "results" / ("serve_redis.json" if redis else "serve.json")
     os.environ.setdefault("LINKEDOUT_PROGRESS", "0")
     sys.path.insert(0, str(ROOT / "bench"))
@@ -463,13 +478,8 @@ def main() -> int:
 
     configure_logging("WARNING")
     with contextlib.ExitStack() as servers:
-        redis_address = None
-        if redis:
-            from linkedout.featurestore.local_redis import LocalRedis
-
-            server = servers.enter_context(LocalRedis())
-            redis_address, args.store_pid = server.address, server.pid  # its CPU counts as the stack's
-        results = run(args, build(args.workdir, args.videos, args.users, redis_address=redis_address))
+        built, store_pid = build_for(args, servers)
+        results = run(args, built, store_pid=store_pid)
     results["setup"]["online_store"] = args.online_store
     report(results, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -478,8 +488,9 @@ def main() -> int:
     return 0
 
 
-def run(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, Any]:
-    """The stack and the floors started, measured interleaved, stopped; the figures."""
+def run(args: argparse.Namespace, built: dict[str, Any], store_pid: int | None = None) -> dict[str, Any]:
+    """The stack and the floors started, measured interleaved, stopped; the figures (``store_pid``: a
+    server of the stack's own, the redis-server, whose CPU counts as the stack's)."""
     from linkedout.serving.local import LocalStack, StackSettings
 
     rng = np.random.default_rng(42)
@@ -494,7 +505,7 @@ def run(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, Any]:
     triton_url = stack.info["model_server"]["grpc"].split("://")[-1]
     urls = {"linkedout": stack.info["transformer"]["grpc"]}
     pids = {"linkedout": [stack.info["transformer"]["pid"], stack.info["model_server"]["pid"],
-                          *([args.store_pid] if getattr(args, "store_pid", None) else [])]}
+                          *([store_pid] if store_pid else [])]}
     floors: dict[str, Floor] = {}
     identity_triton = None
     print(f"stack up in {results['setup']['stack_start_s']:.1f} s ({results['setup']['model_server']})", flush=True)
