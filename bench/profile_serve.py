@@ -1,6 +1,6 @@
 """Where the served request's CPU goes: the transformer profiled under load, and what that bounds.
 
-    python bench/profile_serve.py [--seconds 20] [--requests 2000] [--clients 8] [--online-store sqlite|redis]
+    python bench/profile_serve.py [--runs 3] [--seconds 20] [--requests 2000] [--clients 8] [--online-store sqlite|redis]
 
 Builds (or reuses) ``bench/serve.py``'s work directory (19,738 videos, 100,000 users by default),
 starts the local stack (the real ``tritonserver``, the KServe transformer, Feast) on 127.0.0.1, and
@@ -13,6 +13,8 @@ measures, with ``bench/serve.py``'s client (``tritonclient``'s gRPC stubs):
 - **the GIL profile** of the transformer under that load (``py-spy record --gil --threads
   --nonblocking``: a sample only where a thread holds the GIL, the process never paused): the share
   of each thread, and the main thread's top functions, inclusive and self;
+- both phases ``--runs`` times, one after the other: the figures are their medians, the GIL profile
+  all runs' samples together;
 - **the bounds those figures set** on this machine: requests/s if the servers and the client could use
   every core (cores / CPU per request of all of them), and if the transformer's main thread were the
   only limit (1 s / its CPU per request) — the event loop serves every request on one thread.
@@ -31,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,6 +169,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of load, profiled")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25, help="functions listed")
+    p.add_argument("--runs", type=int, default=3, help="runs of both phases (figures: their medians)")
     p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profile_serve.json")
     p.add_argument("--raw", type=Path, default=ROOT / "bench" / "results" / "profile_serve.gil.txt",
@@ -191,37 +195,59 @@ def main() -> int:
         results: dict[str, Any] = {"setup": {"videos": args.videos, "users": args.users, "clients": args.clients,
                                              "online_store": args.online_store, "cpus": os.cpu_count(),
                                              "load_average_at_start": os.getloadavg()[0]}}
-        print(f"one client, {args.requests} requests ...", flush=True)
-        with Meter(servers, transformer) as m:
-            times = one_client(url, args.users, args.requests, rng)
-        results["one_client"] = {**m.per_request(len(times)), "p50_ms": float(np.median(times))}
-        print(f"{args.clients} clients for {args.seconds:.0f} s, profiled ...", flush=True)
+        one_runs, load_runs = [], []
         with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "gil.txt"
-            spy = subprocess.Popen([_py_spy(), "record", "--pid", str(transformer), "--gil", "--threads",
-                                    "--nonblocking", "--rate", str(args.rate), "--duration", str(int(args.seconds)),
-                                    "--format", "raw", "--output", str(raw)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
+            raws = []
+            for r in range(args.runs):  # one client, then the load (profiled), run after run
+                print(f"run {r + 1}/{args.runs}: one client, {args.requests} requests; then {args.clients} clients "
+                      f"for {args.seconds:.0f} s, profiled", flush=True)
                 with Meter(servers, transformer) as m:
-                    done, _, lat, failed = asyncio.run(concurrent_load(url, args.users, args.clients, args.seconds, 3))
-                spy.wait(timeout=args.seconds + 60)
-            finally:
-                if spy.poll() is None:
-                    spy.terminate()
-                    spy.wait(timeout=10)
-            results["load"] = {**m.per_request(done), "p50_ms": float(np.median(lat)) if lat else None,
-                               "failed": sum(failed.values())}
-            results["gil_profile"] = gil_profile(raw, args.top) if raw.is_file() else None
-            if raw.is_file():
+                    times = one_client(url, args.users, args.requests, rng)
+                one_runs.append({**m.per_request(len(times)), "p50_ms": float(np.median(times))})
+                raws.append(Path(tmp) / f"gil-{r}.txt")
+                load_runs.append(profiled_load(url, servers, transformer, raws[-1], args, seed=r))
+            results["one_client"], results["load"] = medians(one_runs), medians(load_runs)
+            results["per_run"] = {"one_client": one_runs, "load": load_runs}
+            merged = "".join(f.read_text() for f in raws if f.is_file())
+            if merged:
                 args.raw.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(raw, args.raw)
+                args.raw.write_text(merged)
+                results["gil_profile"] = gil_profile(args.raw, args.top)
+            else:
+                results["gil_profile"] = None
     results["bounds"] = bounds(results["load"], os.cpu_count() or 1)
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
+
+
+def profiled_load(url: str, servers: dict[str, int], transformer: int, raw: Path, args: argparse.Namespace,
+                  seed: int) -> dict[str, Any]:
+    """``args.clients`` clients for ``args.seconds`` s under ``py-spy record --gil`` (to ``raw``): CPU per request."""
+    spy = subprocess.Popen([_py_spy(), "record", "--pid", str(transformer), "--gil", "--threads", "--nonblocking",
+                            "--rate", str(args.rate), "--duration", str(int(args.seconds)), "--format", "raw",
+                            "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with Meter(servers, transformer) as m:
+            done, _, lat, failed = asyncio.run(concurrent_load(url, args.users, args.clients, args.seconds, seed))
+        spy.wait(timeout=args.seconds + 60)
+    finally:
+        if spy.poll() is None:
+            spy.terminate()
+            spy.wait(timeout=10)
+    return {**m.per_request(done), "p50_ms": float(np.median(lat)) if lat else float("nan"),
+            "failed": sum(failed.values())}
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over runs (nested dicts of figures; a figure a run lacks counts as 0)."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for run in runs for k in run):
+        values = [run.get(key, 0.0) for run in runs]
+        out[key] = medians(values) if isinstance(values[0], dict) else float(statistics.median(values))
+    return out
 
 
 def bounds(load: dict[str, Any], cpus: int) -> dict[str, float]:
@@ -237,7 +263,7 @@ def bounds(load: dict[str, Any], cpus: int) -> dict[str, float]:
 def report(r: dict[str, Any]) -> None:
     one, load = r["one_client"], r["load"]
     s = r["setup"]
-    print(f"\n== CPU per request (ms), {s['videos']:,} videos, {s['users']:,} users, Feast {s['online_store']}, "
+    print(f"\n== CPU per request (ms, medians of {len(r['per_run']['load'])} runs), {s['videos']:,} videos, {s['users']:,} users, Feast {s['online_store']}, "
           f"{s['cpus']} CPUs")
     print(f"{'':>28} {'1 client':>10} {str(s['clients']) + ' clients':>11}")
     print(f"{'requests/s':>28} {one['requests_per_s']:>10.0f} {load['requests_per_s']:>11.0f}")

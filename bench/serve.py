@@ -443,6 +443,11 @@ def verdict(figures: dict[str, dict[str, float]]) -> dict[str, Any]:
               "p99_vs_bare": a["p99_ms"] / b["p99_ms"], "p99_vs_two_hop": a["p99_ms"] / c["p99_ms"],
               "one_client_p50_vs_bare": a["one_client_p50_ms"] / b["one_client_p50_ms"],
               "one_client_p50_vs_two_hop": a["one_client_p50_ms"] / c["one_client_p50_ms"]}
+    # the most requests/s the stack's CPU per request (its servers' and the client's) allows if every
+    # process could use every core: what parallelism alone could reach, against the floors' measured figures
+    ceiling = 1000.0 * (os.cpu_count() or 1) / (a["server_cpu_ms_per_request"] + a["client_cpu_ms_per_request"])
+    ratios.update({"cpu_ceiling_rps": ceiling, "cpu_ceiling_vs_bare": ceiling / b["rps"],
+                   "cpu_ceiling_vs_two_hop": ceiling / c["rps"]})
     met = {"rps_vs_bare": ratios["rps_vs_bare"] >= TARGETS["rps_vs_bare"],
            "rps_vs_two_hop": ratios["rps_vs_two_hop"] >= TARGETS["rps_vs_two_hop"],
            "p99_vs_bare": ratios["p99_vs_bare"] <= TARGETS["p99_vs_bare"],
@@ -574,6 +579,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
           f"{r['rps_vs_two_hop']:.2f}x two-hop (>= {TARGETS['rps_vs_two_hop']}); p99 {r['p99_vs_bare']:.2f}x bare "
           f"(<= {TARGETS['p99_vs_bare']}); one-client p50 {r['one_client_p50_vs_bare']:.2f}x bare "
           f"(<= {TARGETS['one_client_p50_vs_bare']})")
+    print(f"the stack's CPU per request (servers and client) allows at most {r['cpu_ceiling_rps']:.0f} req/s on "
+          f"{os.cpu_count()} CPUs if every process used every core: {r['cpu_ceiling_vs_bare']:.2f}x bare, "
+          f"{r['cpu_ceiling_vs_two_hop']:.2f}x two-hop as measured")
     print(f"predictor alone p50 {results['predictor_alone']['p50_ms']:.2f} ms; feast alone p50 "
           f"{results['feast_alone']['p50_ms']:.3f} ms")
     print(f"where one client's {w['client_mean_ms']:.2f} ms (mean) go: Feast {w['feast_ms']:.2f}, Triton call "
