@@ -88,12 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--predictor_host", default="")
     p.add_argument("--http_port", type=int, default=8080)
     p.add_argument("--grpc_port", type=int, default=8081)
+    p.add_argument("--event-loop", dest="event_loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="the servers' event loop, as the transformer's (auto: uvloop where installed)")
     args = p.parse_args(argv)
     if args.kind == "two-hop" and not args.predictor_host:
         p.error("two-hop needs --predictor_host (Triton's gRPC host:port)")
     model = BareModel() if args.kind == "bare" else TwoHop(args.predictor_host)
     server = BoundModelServer(bind_address="127.0.0.1", http_port=args.http_port, grpc_port=args.grpc_port,
-                              workers=1, enable_latency_logging=False)
+                              workers=1, enable_latency_logging=False, event_loop=args.event_loop)
     for name in ("kserve", "kserve.trace", "uvicorn.access"):  # as LinkedOut's transformer: no line per request
         logging.getLogger(name).setLevel(logging.WARNING)
     server.start([model])

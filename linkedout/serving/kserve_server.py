@@ -280,6 +280,25 @@ async def request_validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"error": "the body is not a v2 inference request", "detail": detail})
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a server runs on, by KServe's ``--event-loop`` (``auto``: uvloop where installed).
+
+    KServe 0.21 hands the flag to uvicorn only, and its single-process ``start`` serves REST and gRPC
+    on ``asyncio.run``'s default loop whatever it says; this honours it for the whole server.
+    """
+    if choice not in ("auto", "asyncio", "uvloop"):
+        raise ValueError(f"--event-loop must be auto, asyncio or uvloop, got {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("--event-loop uvloop: the uvloop package is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 class BoundModelServer(ModelServer):
     """``kserve.ModelServer`` bound to ``bind_address`` (REST and gRPC).
 
@@ -297,6 +316,7 @@ class BoundModelServer(ModelServer):
         super().__init__(**kwargs)
         if self.workers != 1:
             raise ValueError(f"workers: BoundModelServer serves REST in one process, got {self.workers}")
+        event_loop_factory(self.event_loop)  # an unknown choice or a missing uvloop fails here, not at start
         self.bind_address = bind_address
         self.servicer_class = servicer_class
         self.routes = routes
@@ -325,6 +345,8 @@ class BoundModelServer(ModelServer):
             self.servers.append(self._grpc_server.start(self.max_threads))
         logger.info("REST on %s:%d, gRPC on %s", self.bind_address, self.http_port,
                     _listen_address(self.bind_address, self.grpc_port) if self.enable_grpc else "off")
-        self.setup_event_loop()
-        self.register_signal_handler()
-        asyncio.run(self._serve())
+        with asyncio.Runner(loop_factory=event_loop_factory(self.event_loop)) as runner:
+            asyncio.set_event_loop(runner.get_loop())  # KServe's set-up configures the loop that serves
+            self.setup_event_loop()
+            self.register_signal_handler()
+            runner.run(self._serve())

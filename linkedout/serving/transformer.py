@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     server = BoundModelServer(bind_address=args.bind_address, http_port=args.http_port, grpc_port=args.grpc_port,
                               enable_grpc=args.enable_grpc, workers=1, max_threads=args.max_threads,
-                              enable_latency_logging=False)
+                              enable_latency_logging=False, event_loop=args.event_loop)
     for name in ("kserve", "kserve.trace", "uvicorn.access"):  # kserve configured its loggers just now
         logging.getLogger(name).setLevel(logging.WARNING)
     try:

@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     server = BoundModelServer(bind_address=args.bind_address, servicer_class=RepositoryServicer, routes=add_routes,
                               http_port=args.http_port, grpc_port=args.grpc_port, registered_models=repository,
                               enable_grpc=args.enable_grpc, workers=args.workers, max_threads=args.max_threads,
-                              enable_latency_logging=args.enable_latency_logging)
+                              enable_latency_logging=args.enable_latency_logging, event_loop=args.event_loop)
     started = time.monotonic()
     try:
         server.start(models)
