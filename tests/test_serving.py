@@ -411,6 +411,7 @@ def test_served_versions_follow_what_the_predictor_reports_ready(serving_repo: S
 
 def test_catalogue_versions_are_listed_and_loaded(serving_repo: ServingRepo) -> None:
     cats = ServedCatalogs(str(serving_repo.root))
+    assert cats.cache_dir is None  # a local repository is read in place: no copies, no temporary directory
     assert cats.versions("linkedout") == [1] and cats.versions("nope") == []
     view = cats.view("linkedout", 1)
     assert view.num_items == serving_repo.toy.split.num_items and view.index.kind == "exact"
@@ -458,6 +459,10 @@ def test_the_transformer_reads_catalogues_from_an_s3_model_repository(serving_re
         assert sent.index("linkedout_ranker/1/index/manifest.json") > sent.index("linkedout_ranker/1/index/added-0.f32")
         assert cats.refresh("linkedout", 1) and view.num_items == local.num_items + 1
         assert view.rows_of([777_000_001]).tolist() == [local.num_items + 1]
+        cache = cats.cache_dir
+        assert cache is not None and (cache / "linkedout_ranker" / "1" / "catalog.json").is_file()
+        cats.close()  # the transformer's stop: its copies go with it
+        assert not cache.exists()
 
 
 def test_stack_settings_resolve_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

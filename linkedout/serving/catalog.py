@@ -252,7 +252,13 @@ class ServedCatalogs:
         self._storage = None
         if self._local is None:
             self._storage = open_storage(repository, endpoint_url=s3_endpoint)
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="linkedout-catalogs-"))
+        # an S3 repository's catalogues are read from local copies: in ``cache_dir``, else in a temporary
+        # directory removed by ``close`` (or when this object goes, or at exit); a local one is read in place
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if cache_dir is None and self._storage is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="linkedout-catalogs-")
+            cache_dir = self._tmp.name
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._views: dict[tuple[str, int], CatalogView] = {}
         self._lock = threading.Lock()
 
@@ -299,6 +305,12 @@ class ServedCatalogs:
         self.sync(model, version)
         return view.refresh()
 
+    def close(self) -> None:
+        """Remove the temporary copies of an S3 repository's catalogues (a given ``cache_dir`` is kept)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
     def sync(self, model: str, version: int) -> None:
         """For an S3 repository, copy the catalogue changes of a loaded version into the local cache."""
         if self._storage is not None and self.loaded(model, version) is not None:
@@ -307,7 +319,7 @@ class ServedCatalogs:
     def _version_dir(self, model: str, version: int) -> Path:
         if self._local is not None:
             return self._local / f"{model}_ranker" / str(version)
-        assert self._storage is not None
+        assert self._storage is not None and self.cache_dir is not None
         target = self.cache_dir / f"{model}_ranker" / str(version)
         if not (target / "catalog.json").is_file():
             (target / INDEX_DIR).mkdir(parents=True, exist_ok=True)
@@ -324,7 +336,7 @@ class ServedCatalogs:
         A generation's table and ANN files never change (copied when missing); the appended files
         (added rows, records, removals) are copied whole and must hold what the manifest names, else
         nothing is committed locally and the next poll tries again (an upload still under way)."""
-        assert self._storage is not None
+        assert self._storage is not None and self.cache_dir is not None
         prefix = f"{model}_ranker/{version}/{INDEX_DIR}"
         local = self.cache_dir / f"{model}_ranker" / str(version) / INDEX_DIR
         local.mkdir(parents=True, exist_ok=True)

@@ -416,6 +416,7 @@ class RecommendationEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._retrieval.shutdown(wait=False, cancel_futures=True)
         self._catalogue.shutdown(wait=False, cancel_futures=True)
+        self.catalogs.close()
         if self.request_log is not None:
             self.request_log.close()
 
