@@ -1,7 +1,7 @@
 """Serving against its floors: the LinkedOut stack, a bare KServe model and a two-hop chain, in one run.
 
     python bench/serve.py [--videos 19738] [--users 100000] [--runs 3] [--requests 1000] [--seconds 10]
-                          [--online-store sqlite|redis]
+                          [--online-store sqlite|redis] [--event-loop auto|asyncio|uvloop]
 
 Builds, in ``--workdir`` (default ``runs/bench-serve``): the embedded default's ranker (the model
 ``linkedout run`` serves, random weights: latency does not depend on them) over a catalogue of
@@ -328,7 +328,7 @@ def write_identity_repository(directory: Path) -> Path:
     return directory
 
 
-def start_floors(workdir: Path) -> tuple[dict[str, Floor], Any]:
+def start_floors(workdir: Path, event_loop: str = "auto") -> tuple[dict[str, Floor], Any]:
     """(b) the bare KServe model; (c) the two-hop chain and the local Triton serving ``identity``."""
     from linkedout.serving.local.triton import LocalTriton
     from linkedout.serving.local.triton_repo import LocalRepository
@@ -338,8 +338,9 @@ def start_floors(workdir: Path) -> tuple[dict[str, Floor], Any]:
     triton = LocalTriton(LocalRepository(source, logs / "identity_triton"), models=[IDENTITY],
                          log_path=logs / "identity_triton.log").start()
     try:
-        floors = {"bare_kserve": Floor("bare", logs),
-                  "two_hop": Floor("two-hop", logs, "--predictor_host", triton.grpc_url.split("://")[-1])}
+        loop = ("--event-loop", event_loop)
+        floors = {"bare_kserve": Floor("bare", logs, *loop),
+                  "two_hop": Floor("two-hop", logs, "--predictor_host", triton.grpc_url.split("://")[-1], *loop)}
     except BaseException:
         triton.stop()
         raise
@@ -470,6 +471,8 @@ def main() -> int:
     p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite",
                    help="the transformer's Feast online store: the local default's SQLite file, or production's "
                         "Redis (a redis-server this bench starts on 127.0.0.1, read with Feast's asyncio client)")
+    p.add_argument("--event-loop", dest="event_loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="every server's event loop (KServe's --event-loop; auto: uvloop where installed)")
     p.add_argument("--out", type=Path, default=None,
                    help="default bench/results/serve.json (serve_redis.json with --online-store redis)")
     args = p.parse_args()
@@ -501,8 +504,8 @@ def run(args: argparse.Namespace, built: dict[str, Any], store_pid: int | None =
     rng = np.random.default_rng(42)
     results: dict[str, Any] = {"setup": {**built, "runs": args.runs, "requests_per_run": args.requests,
                                          "throughput_seconds": args.seconds, "clients": args.clients,
-                                         "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}}
-    stack = LocalStack(StackSettings(workdir=args.workdir, prefer=args.prefer))
+                                         "event_loop": args.event_loop, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}}
+    stack = LocalStack(StackSettings(workdir=args.workdir, prefer=args.prefer, event_loop=args.event_loop))
     t0 = time.perf_counter()
     stack.start()
     results["setup"]["stack_start_s"] = time.perf_counter() - t0
@@ -515,7 +518,7 @@ def run(args: argparse.Namespace, built: dict[str, Any], store_pid: int | None =
     identity_triton = None
     print(f"stack up in {results['setup']['stack_start_s']:.1f} s ({results['setup']['model_server']})", flush=True)
     try:
-        floors, identity_triton = start_floors(args.workdir)
+        floors, identity_triton = start_floors(args.workdir, args.event_loop)
         urls.update({name: f.url for name, f in floors.items()})
         pids.update({"bare_kserve": [floors["bare_kserve"].proc.pid],
                      "two_hop": [floors["two_hop"].proc.pid, identity_triton.pid]})

@@ -474,6 +474,11 @@ def test_stack_settings_resolve_relative_paths(tmp_path: Path, monkeypatch: pyte
     assert s.routing == tmp_path / "routing.yaml"
 
 
+def test_stack_settings_refuse_an_unknown_event_loop_naming_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="event_loop must be 'auto', 'asyncio' or 'uvloop', got 'trio'"):
+        StackSettings(workdir=tmp_path, event_loop="trio")
+
+
 def test_a_history_longer_than_the_ranker_reads_never_shortens_the_answer(serving_repo: ServingRepo) -> None:
     """The ranker reads the last T videos; the answer skips every watched one and still holds k videos."""
     split = serving_repo.toy.split

@@ -90,6 +90,8 @@ class StackSettings:
     max_restarts: int = 5
     restart_window: float = 300.0
     restart_delay: float = 0.5
+    # The transformer's event loop (KServe's --event-loop): "auto" (uvloop where installed), "asyncio", "uvloop".
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()  # the servers run in other directories
@@ -101,6 +103,8 @@ class StackSettings:
             raise ValueError(f"StackSettings.sync_interval must be > 0, got {self.sync_interval}")
         if self.max_restarts < 0 or not self.restart_window > 0 or self.restart_delay < 0:
             raise ValueError("StackSettings: max_restarts and restart_delay must be >= 0, restart_window > 0")
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(f"StackSettings.event_loop must be 'auto', 'asyncio' or 'uvloop', got {self.event_loop!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"StackSettings.host must be a loopback address, got {self.host!r}")
 
@@ -306,7 +310,7 @@ class LocalStack:
         s = self.settings
         args = ["--predictor_host", predictor.split("://")[-1], "--model_repository", str(self.repository),
                 "--request_log", str(self.serving_dir / "requests.jsonl"),
-                "--catalog_poll_s", str(s.sync_interval)]
+                "--catalog_poll_s", str(s.sync_interval), "--event-loop", s.event_loop]
         if self.feast_repo:
             args += ["--feast_repo", str(self.feast_repo)]
         if s.routing:
