@@ -28,6 +28,7 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from linkedout.serving import EVENT_LOOPS
 from linkedout.serving.kserve_server import BoundModelServer
 
 IDENTITY = "identity"  # Triton's model (bench/serve.py writes it: this process imports kserve, not onnx)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--predictor_host", default="")
     p.add_argument("--http_port", type=int, default=8080)
     p.add_argument("--grpc_port", type=int, default=8081)
-    p.add_argument("--event-loop", dest="event_loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+    p.add_argument("--event-loop", dest="event_loop", choices=EVENT_LOOPS, default="auto",
                    help="the servers' event loop, as the transformer's (auto: uvloop where installed)")
     args = p.parse_args(argv)
     if args.kind == "two-hop" and not args.predictor_host:

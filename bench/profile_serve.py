@@ -1,6 +1,7 @@
 """Where the served request's CPU goes: the transformer profiled under load, and what that bounds.
 
-    python bench/profile_serve.py [--runs 3] [--seconds 20] [--requests 2000] [--clients 8] [--online-store sqlite|redis]
+    python bench/profile_serve.py [--runs 3] [--seconds 20] [--requests 2000] [--clients 8]
+                                  [--online-store sqlite|redis] [--event-loop auto|asyncio|uvloop]
 
 Builds (or reuses) ``bench/serve.py``'s work directory (19,738 videos, 100,000 users by default),
 starts the local stack (the real ``tritonserver``, the KServe transformer, Feast) on 127.0.0.1, and
@@ -47,7 +48,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve import build_for, concurrent_load, cpu_seconds, default_workdir, one_client, warm_up  # noqa: E402
+from serve import (  # noqa: E402
+    add_stack_args,
+    build_for,
+    concurrent_load,
+    cpu_seconds,
+    default_workdir,
+    one_client,
+    warm_up,
+)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -161,16 +170,13 @@ def gil_profile(raw: Path, top: int) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", type=Path, default=None, help="default: bench/serve.py's for the store")
-    p.add_argument("--videos", type=int, default=19_738)
-    p.add_argument("--users", type=int, default=100_000)
+    add_stack_args(p)
     p.add_argument("--requests", type=int, default=2000, help="one-client requests")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of load, profiled")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25, help="functions listed")
     p.add_argument("--runs", type=int, default=3, help="runs of both phases (figures: their medians)")
-    p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profile_serve.json")
     p.add_argument("--raw", type=Path, default=ROOT / "bench" / "results" / "profile_serve.gil.txt",
                    help="where the GIL profile's collapsed stacks are kept (flamegraph.pl or speedscope read them)")
@@ -185,7 +191,7 @@ def main() -> int:
     configure_logging("WARNING")
     with contextlib.ExitStack() as running:
         _, store_pid = build_for(args, running)
-        stack = running.enter_context(LocalStack(StackSettings(workdir=args.workdir)))
+        stack = running.enter_context(LocalStack(StackSettings(workdir=args.workdir, event_loop=args.event_loop)))
         transformer = int(stack.info["transformer"]["pid"])
         servers = {"transformer": transformer, "triton": int(stack.info["model_server"]["pid"]),
                    **({"redis": store_pid} if store_pid else {})}
@@ -193,7 +199,7 @@ def main() -> int:
         rng = np.random.default_rng(7)
         warm_up(url, args.users, rng)
         results: dict[str, Any] = {"setup": {"videos": args.videos, "users": args.users, "clients": args.clients,
-                                             "online_store": args.online_store, "cpus": os.cpu_count(),
+                                             "online_store": args.online_store, "event_loop": args.event_loop, "cpus": os.cpu_count(),
                                              "load_average_at_start": os.getloadavg()[0]}}
         one_runs, load_runs = [], []
         with tempfile.TemporaryDirectory() as tmp:

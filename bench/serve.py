@@ -49,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY = "identity"  # the two-hop floor's Triton model (bench/floor.py)
 sys.path.insert(0, str(ROOT))
-
+from linkedout.serving import EVENT_LOOPS  # noqa: E402  (the package's __init__ alone: no kserve, no tritonclient)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -457,22 +457,29 @@ def verdict(figures: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {"ratios": ratios, "met": met}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_stack_args(p: argparse.ArgumentParser) -> None:
+    """The flags of what ``build_for`` builds and the stack it serves (this bench's and profile_serve.py's):
+    ``--workdir`` (then ``args.workdir or default_workdir(args.online_store)``), ``--videos``,
+    ``--users``, ``--online-store``, ``--event-loop``."""
     p.add_argument("--workdir", type=Path, default=None,
                    help="default runs/bench-serve (SQLite), runs/bench-serve-redis (--online-store redis)")
     p.add_argument("--videos", type=int, default=19_738)
     p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite",
+                   help="the transformer's Feast online store: the local default's SQLite file, or production's "
+                        "Redis (a redis-server this bench starts on 127.0.0.1, read with Feast's asyncio client)")
+    p.add_argument("--event-loop", dest="event_loop", choices=EVENT_LOOPS, default="auto",
+                   help="every server's event loop (KServe's --event-loop; auto: uvloop where installed)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_stack_args(p)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--requests", type=int, default=1000, help="requests per single-client run")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per throughput run")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--prefer", choices=("triton", "kserve"), default="triton")
-    p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite",
-                   help="the transformer's Feast online store: the local default's SQLite file, or production's "
-                        "Redis (a redis-server this bench starts on 127.0.0.1, read with Feast's asyncio client)")
-    p.add_argument("--event-loop", dest="event_loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                   help="every server's event loop (KServe's --event-loop; auto: uvloop where installed)")
     p.add_argument("--out", type=Path, default=None,
                    help="default bench/results/serve.json (serve_redis.json with --online-store redis)")
     args = p.parse_args()

@@ -43,7 +43,7 @@ def test_an_unknown_event_loop_is_refused_when_the_server_is_made() -> None:
         except ValueError as e:
             print(e)
     """)
-    assert out.strip() == "--event-loop must be auto, asyncio or uvloop, got 'trio'"
+    assert out.strip() == "--event-loop must be one of auto, asyncio, uvloop, got 'trio'"
 
 
 def test_grpc_aio_serves_and_calls_on_the_loop_auto_picks() -> None:

@@ -475,7 +475,7 @@ def test_stack_settings_resolve_relative_paths(tmp_path: Path, monkeypatch: pyte
 
 
 def test_stack_settings_refuse_an_unknown_event_loop_naming_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="event_loop must be 'auto', 'asyncio' or 'uvloop', got 'trio'"):
+    with pytest.raises(ValueError, match="event_loop must be one of auto, asyncio, uvloop, got 'trio'"):
         StackSettings(workdir=tmp_path, event_loop="trio")
 
 

@@ -21,3 +21,7 @@ The local stand-ins that replace a cluster on one machine (``linkedout serve``) 
 :mod:`linkedout.serving.local`: the Triton launcher and its environment, the Python-backend twin
 repository, the KServe fallback predictor, the stack. Production modules never import them.
 """
+
+#: the event loops a server of this package can run on: KServe's ``--event-loop`` choices (``auto``:
+#: uvloop where installed; ``kserve_server.event_loop_factory``)
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")

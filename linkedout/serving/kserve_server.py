@@ -57,6 +57,8 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 from kserve.utils.numpy_codec import to_np_dtype
 
+from linkedout.serving import EVENT_LOOPS
+
 RouteHook = Callable[[FastAPI, DataPlane, ModelRepositoryExtension], None]
 SERVICE = "inference.GRPCInferenceService"
 #: the ``InferTensorContents`` field that carries each v2 datatype's values (KServe's ``get_content``);
@@ -286,8 +288,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     KServe 0.21 hands the flag to uvicorn only, and its single-process ``start`` serves REST and gRPC
     on ``asyncio.run``'s default loop whatever it says; this honours it for the whole server.
     """
-    if choice not in ("auto", "asyncio", "uvloop"):
-        raise ValueError(f"--event-loop must be auto, asyncio or uvloop, got {choice!r}")
+    if choice not in EVENT_LOOPS:
+        raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {choice!r}")
     if choice == "asyncio":
         return None
     try:

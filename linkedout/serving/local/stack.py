@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from linkedout.export.catalog import CatalogError, read_meta
+from linkedout.serving import EVENT_LOOPS
 from linkedout.serving.catalog import local_versions
 from linkedout.serving.local import process
 from linkedout.serving.local.control import ModelServerError, ServerChild
@@ -103,8 +104,8 @@ class StackSettings:
             raise ValueError(f"StackSettings.sync_interval must be > 0, got {self.sync_interval}")
         if self.max_restarts < 0 or not self.restart_window > 0 or self.restart_delay < 0:
             raise ValueError("StackSettings: max_restarts and restart_delay must be >= 0, restart_window > 0")
-        if self.event_loop not in ("auto", "asyncio", "uvloop"):
-            raise ValueError(f"StackSettings.event_loop must be 'auto', 'asyncio' or 'uvloop', got {self.event_loop!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"StackSettings.event_loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"StackSettings.host must be a loopback address, got {self.host!r}")
 
