@@ -404,8 +404,14 @@ def test_served_versions_follow_what_the_predictor_reports_ready(serving_repo: S
         return (model, version) in ready
 
     assert asyncio.run(engine.update_served_versions(is_ready)) == {"linkedout": 1}
-    ready.clear()  # unloaded, and no older version to fall back to
+    ready.clear()  # unloaded (or the predictor went down), and no older version to fall back to
     assert asyncio.run(engine.update_served_versions(is_ready)) == {}
+    with pytest.raises(ServingUnavailable, match="is ready to serve any more: the predictor does not report "
+                                                 "linkedout_ranker version 1 ready"):
+        asyncio.run(engine.recommend(RecRequest(["1"], 5, [[1]], False)))
+    ready.add(("linkedout", 1))  # back: served again, and the reason is gone with it
+    assert asyncio.run(engine.update_served_versions(is_ready)) == {"linkedout": 1}
+    assert asyncio.run(engine.recommend(RecRequest(["1"], 5, [[1]], False))).items.shape == (1, 5)
     engine.close()
 
 

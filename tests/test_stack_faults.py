@@ -171,6 +171,25 @@ def test_the_reason_line_of_a_log(log: str, reason: str) -> None:
     assert reason_line(log) == reason
 
 
+def test_a_server_killed_by_a_signal_is_said_so_not_its_logs_last_error(tmp_path: Path) -> None:
+    """Triton killed outright: its log's last error line ("DCGM unable to start", written at boot) is not why."""
+    log_path = tmp_path / "triton.log"
+    log_path.write_text('W1207 metrics.cc:798] "DCGM unable to start: DCGM initialization error"\n')
+    child = TransformerProcess([], model="m", host="127.0.0.1", http_port=1, grpc_port=2, log_path=log_path,
+                               startup_timeout=1)
+    child._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child._log_offset = 0
+    try:
+        os.kill(child._proc.pid, signal.SIGKILL)
+        child._proc.wait(timeout=10)
+        assert child.failure() == f"killed by SIGKILL (log {log_path})"
+    finally:
+        child._proc.kill()
+    child._proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    child._proc.wait(timeout=30)
+    assert child.failure() == f'W1207 metrics.cc:798] "DCGM unable to start: DCGM initialization error" (log {log_path})'
+
+
 # -- integration: the real stack, one fault at a time --------------------------------------------------
 
 
@@ -320,7 +339,7 @@ def test_a_killed_model_server_is_restarted_by_the_stack(running: Running) -> No
     assert answered(running, timeout=120).items == before.items
     assert running.proc.poll() is None
     assert not group_pids(old)  # the dead server's helpers went with it
-    assert "died" in (running.output.read_text())
+    assert "died: killed by SIGKILL" in (running.output.read_text())
 
 
 @pytest.mark.integration

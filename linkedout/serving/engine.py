@@ -146,6 +146,8 @@ class RecommendationEngine:
         self.max_k = max_k
         #: model -> the catalogue version served by default (set by update_served_versions)
         self.serving: dict[str, int] = {}
+        #: model -> why it serves no version any more (the version it served stopped being ready)
+        self._lost: dict[str, str] = {}
         # a store without an asyncio client is read on a worker with the deadline, never on the event
         # loop: a local SQLite file hangs too (a lock held on it: ~10 s of busy timeout), and a request
         # that does not read the store (an explicit history, the readiness probe) must not wait behind one
@@ -187,7 +189,8 @@ class RecommendationEngine:
     def view_for(self, variant: RoutingVariant) -> CatalogView:
         version = variant.version if variant.version is not None else self.serving.get(variant.model)
         if version is None:
-            raise ServingUnavailable(f"no version of model {variant.model!r} is ready to serve yet", "predictor")
+            why = self._lost.get(variant.model, "yet")
+            raise ServingUnavailable(f"no version of model {variant.model!r} is ready to serve {why}", "predictor")
         try:
             return self.catalogs.view(variant.model, version)
         except Exception as e:  # a pinned version that is not (any more) in the repository, an unreadable file
@@ -238,12 +241,15 @@ class RecommendationEngine:
                 if chosen is None:
                     log.warning("%s_ranker: no version is ready any more (was %d)", model, current)
                     self.serving.pop(model, None)
+                    self._lost[model] = (f"any more: the predictor does not report {model}_ranker version {current} "
+                                         "ready (it is down, or unloaded the version)")
                     self._set_largest_k()
             if chosen is not None and chosen != current:
                 # load the catalogue before switching (off the event loop and the retrieval thread:
                 # seconds at 10 M videos)
                 await loop.run_in_executor(self._catalogue, self.catalogs.view, model, chosen)
                 self.serving[model] = chosen
+                self._lost.pop(model, None)
                 self._set_largest_k()
                 for key in [k for k in self._ranker_calls if k[0] == model and k[1] != chosen and k not in pinned]:
                     del self._ranker_calls[key]  # a version no longer served: its (idle) coalescer goes

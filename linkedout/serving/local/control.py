@@ -213,7 +213,11 @@ class ServerChild:
         return "\n".join(text.splitlines()[-lines:])
 
     def failure(self) -> str:
-        """One line: why the server failed, from the lines of this start's log only, then the log's path."""
+        """One line: why the server failed (the signal that killed it, else the reason in this start's
+        log lines), then the log's path."""
+        code = self._proc.poll() if self._proc is not None else None
+        if code is not None and code < 0:  # a kill says nothing in the log: its last error line is not the cause
+            return f"killed by {process.signal_name(-code)} (log {self.log_path})"
         reason = process.reason_line(self._log_since_start(lines=200)) if self._proc is not None else ""
         return f"{reason or 'no reason in its log'} (log {self.log_path})"
 

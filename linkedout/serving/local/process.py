@@ -173,6 +173,14 @@ _REASON = re.compile(r"error|exception|failed|in use|refused|denied|not found|ca
 _NO_REASON = re.compile(r"^(SystemExit: \d*|KeyboardInterrupt|Traceback .*|During handling .*|The above exception.*)$")
 
 
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 64`` for a number with no name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def reason_line(text: str) -> str:
     """The line of a server's log text that says why it failed: the last unindented line that reads as
     an error (a traceback's exception line, Triton's error, a bind error), else the last line; '' for none."""
