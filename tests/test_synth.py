@@ -11,7 +11,6 @@ import pytest
 
 from linkedout.data import DatasetError, leave_one_out, load_microlens, preprocess, validate_microlens
 from linkedout.data.synth import SynthConfig, generate, generate_tables, read_synth_topics
-from linkedout.data.synth_video import encode_videos
 
 PREFIX = "MicroLens-synth"
 
@@ -62,18 +61,18 @@ def test_same_seed_same_tables_other_seed_different(toy: Path, tmp_path: Path) -
     assert not other.pairs.equals(pd.read_csv(toy / f"{PREFIX}_pairs.csv", dtype=str))
 
 
-def test_video_content_is_reproducible(tmp_path: Path) -> None:
-    cfg = SynthConfig.preset("toy", seed=3, num_videos=6, num_users=4, num_interactions=20, num_topics=2,
-                             max_interactions_per_user=5)
-    frames = []
-    for name in ("one", "two"):
-        job = generate_tables(cfg, tmp_path / name).jobs[0]
-        Path(job.video_path).parent.mkdir(parents=True)
-        Path(job.cover_path).parent.mkdir(parents=True)
-        encode_videos([job])
-        with av.open(job.video_path) as c:
-            frames.append(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
-    np.testing.assert_array_equal(frames[0], frames[1])
+def test_videos_are_byte_identical_from_run_to_run(toy: Path, tmp_path: Path) -> None:
+    """The same config writes the same mp4 bytes, in one process or across a pool of encoders: before
+    x264's assembly was turned off, 1 to 10 of 60 videos came out different from a rerun with 2 workers
+    (the same frames, another bitstream), so every rerun trained a slightly different model."""
+    cfg = SynthConfig.preset("toy", seed=3, workers=2)
+    runs = [generate(tmp_path / name, cfg) for name in ("one", "two")]
+    videos = sorted(p.name for p in (toy / f"{PREFIX}_videos").glob("*.mp4"))
+    assert len(videos) == cfg.num_videos
+    differ = [name for name in videos
+              if not all((run / f"{PREFIX}_videos" / name).read_bytes() == (toy / f"{PREFIX}_videos" / name).read_bytes()
+                         for run in runs)]
+    assert not differ, f"{len(differ)} of {len(videos)} videos differ between runs: {differ[:5]}"
 
 
 def test_cold_start_items_are_only_last_interactions() -> None:

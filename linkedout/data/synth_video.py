@@ -178,8 +178,13 @@ def _encode_job(job: VideoJob) -> str:
     tmp = video_path.with_name(f".{video_path.name}.{os.getpid()}.tmp")
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=job.fps,
-                                          options={"crf": str(job.crf), "preset": "veryfast", "threads": "1"})
+            # asm=0: x264's C code only. Its assembly gave the same frames another bitstream now and then
+            # (1 to 10 of 60 toy videos from one run to the next with 2 workers; none with asm=0 over 540
+            # re-encodes, or with its lookahead off): the same seed must give the same videos (and no path
+            # depends on the CPU's instruction sets). Costs ~20 % of the synth's time at 64 px (rendering
+            # is most of it).
+            stream = container.add_stream("libx264", rate=job.fps, options={
+                "crf": str(job.crf), "preset": "veryfast", "threads": "1", "x264-params": "asm=0"})
             stream.width = job.size
             stream.height = job.size
             stream.pix_fmt = "yuv420p"
