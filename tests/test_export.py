@@ -129,10 +129,12 @@ def test_ranker_matches_pytorch_top_k_for_real_histories(exported: Exported) -> 
                                                              torch.from_numpy(hist)))
         w_rows = np.argsort(-w_full, axis=1, kind="stable")[:, :20]
         assert rows.shape == scores.shape == (len(hist), 20)
-        if exported.variant == "popularity":  # equal counts tie: any order of the tied rows is right
-            assert topk_mismatch(rows, scores, w_full, TOL) is None
-        else:
-            assert np.array_equal(rows, w_rows)
+        # PyTorch's order, except that rows whose scores tie within TOL may come in any order (equal
+        # popularity counts; two videos 5e-7 apart in the uniform ranker, where the float sums of
+        # onnxruntime and PyTorch round differently)
+        assert topk_mismatch(rows, scores, w_full, TOL) is None
+        differ = rows != w_rows
+        assert np.all(np.abs(np.take_along_axis(w_full, rows, 1) - np.take_along_axis(w_full, w_rows, 1))[differ] <= TOL)
         assert np.abs(scores - np.take_along_axis(w_full, w_rows, 1)).max() <= TOL
         assert np.abs(user - w_user).max() <= TOL
         # never the padding row, never a video of the history
