@@ -54,6 +54,7 @@ from serve import (  # noqa: E402
     concurrent_load,
     cpu_seconds,
     default_workdir,
+    host_state,
     one_client,
     warm_up,
 )
@@ -199,8 +200,7 @@ def main() -> int:
         rng = np.random.default_rng(7)
         warm_up(url, args.users, rng)
         results: dict[str, Any] = {"setup": {"videos": args.videos, "users": args.users, "clients": args.clients,
-                                             "online_store": args.online_store, "event_loop": args.event_loop, "cpus": os.cpu_count(),
-                                             "load_average_at_start": os.getloadavg()[0]}}
+                                             "online_store": args.online_store, "event_loop": args.event_loop, **host_state()}}
         one_runs, load_runs = [], []
         with tempfile.TemporaryDirectory() as tmp:
             raws = []

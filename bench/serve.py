@@ -63,6 +63,21 @@ def med(values: list[float]) -> float:
 # --------------------------------------------------------------------------------------------- setup
 
 
+def host_state() -> dict[str, Any]:
+    """When and on what a bench ran, for its JSON: the host's speed drifts, so figures compare only within a
+    run, and a run is found again by its time and commit (``-dirty``: uncommitted changes; None outside a git checkout)."""
+    import datetime
+    import subprocess
+
+    try:
+        commit: str | None = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                                            text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": commit, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
+
+
 def build(workdir: Path, videos: int, users: int, seed: int = 0, redis_address: str | None = None) -> dict[str, Any]:
     """The model repository (encoder-less: only the ranker is on the request path) and the Feast store:
     SQLite in ``workdir/feast`` (kept between runs), or with ``redis_address`` Feast's production
@@ -511,7 +526,7 @@ def run(args: argparse.Namespace, built: dict[str, Any], store_pid: int | None =
     rng = np.random.default_rng(42)
     results: dict[str, Any] = {"setup": {**built, "runs": args.runs, "requests_per_run": args.requests,
                                          "throughput_seconds": args.seconds, "clients": args.clients,
-                                         "event_loop": args.event_loop, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}}
+                                         "event_loop": args.event_loop, **host_state()}}
     stack = LocalStack(StackSettings(workdir=args.workdir, prefer=args.prefer, event_loop=args.event_loop))
     t0 = time.perf_counter()
     stack.start()
