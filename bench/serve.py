@@ -66,15 +66,16 @@ def med(values: list[float]) -> float:
 def host_state() -> dict[str, Any]:
     """When and on what a bench ran, for its JSON: the host's speed drifts, so figures compare only within a
     run, and a run is found again by its time and commit (``-dirty``: uncommitted changes; None outside a git checkout)."""
-    import datetime
     import subprocess
+
+    from linkedout.utils import utc_now
 
     try:
         commit: str | None = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                             text=True, timeout=10, check=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    return {"started_at": utc_now(),
             "commit": commit, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
 
 

@@ -99,6 +99,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def rotated_name(path: str | os.PathLike[str], i: int) -> Path:
+    """The ``i``-th older file of a rotated log: ``PATH.i`` (``PATH.1`` the newest, as ``logging`` names them)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{i}")
+
+
+def rotated_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files of a rotated log, oldest first: ``PATH.N``, ..., ``PATH.1``, ``PATH`` (those that exist)."""
+    older: list[Path] = []
+    while rotated_name(path, len(older) + 1).exists():
+        older.append(rotated_name(path, len(older) + 1))
+    return [*reversed(older), *([Path(path)] if Path(path).exists() else [])]
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 (hex) of a file's bytes, read in 4 MiB chunks."""
     h = hashlib.sha256()

@@ -270,6 +270,20 @@ def test_cli_analyze_writes_json_and_plot(tmp_path: Path, capsys: pytest.Capture
     assert main(["ab", "simulate", str(exp_file), "--offline", "--ctr", "control=0.05",
                  "--out", str(tmp_path / "x")]) == 2
     assert "no value for variant(s) treatment" in capsys.readouterr().err
+    # the same log rotated by the transformer (--request_log_max_mb) into three files: naming the
+    # current one reads all three, oldest first, and gives the same analysis
+    lines = (tmp_path / "sim" / "requests.jsonl").read_text().splitlines(keepends=True)
+    rotated = tmp_path / "rotated"
+    rotated.mkdir()
+    third = len(lines) // 3
+    for name, part in (("requests.jsonl.2", lines[:third]), ("requests.jsonl.1", lines[third:2 * third]),
+                       ("requests.jsonl", lines[2 * third:])):
+        (rotated / name).write_text("".join(part))
+    assert main(["ab", "analyze", str(exp_file), "--requests", str(rotated / "requests.jsonl"),
+                 "--interactions", str(tmp_path / "sim" / "interactions.jsonl"), "--out", str(rotated / "report")]) == 0
+    assert "request logs: 3 files, the rotated ones included" in capsys.readouterr().out
+    again = json.loads((rotated / "report" / "analysis.json").read_text())
+    assert again["variants"] == report["variants"] and again["decision"] == report["decision"]
 
 
 def test_guardrails_config_type() -> None:

@@ -35,6 +35,7 @@ from linkedout.serving.request import RawTensor, RecRequest, RequestError, parse
 from linkedout.serving.request_log import RequestLog, read_request_log
 from linkedout.serving.routing import BUCKETS, Router, RoutingConfig, RoutingError, bucket_of, load_routing
 from linkedout.shards.storage import open_storage
+from linkedout.utils import rotated_files
 
 
 def i64(name: str, values: list[int] | np.ndarray, shape: tuple[int, ...] | None = None) -> RawTensor:
@@ -175,6 +176,44 @@ def test_request_log_writes_jsonl_off_the_request_path(tmp_path: Path) -> None:
     with open(tmp_path / "requests.jsonl", "a") as f:
         f.write('{"request_id": "torn')  # a writer killed mid-line
     assert len(list(read_request_log(tmp_path / "requests.jsonl"))) == 500
+
+
+def _written(log: RequestLog, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while log.written < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.written == n
+
+
+def test_request_log_rotates_by_size_keeping_its_backups_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    line = len(json.dumps({"request_id": "r0000", "user_id": "0"}, separators=(",", ":"))) + 1
+    log = RequestLog(path, flush_interval=0.05, max_bytes=40 * line, backups=2)  # full after two batches of 20
+    for batch in range(12):
+        for i in range(20):
+            log.write({"request_id": f"r{batch * 20 + i:04d}", "user_id": str(i % 10)})
+        _written(log, (batch + 1) * 20)  # one batch written (and checked for size) at a time
+    log.close()
+    assert log.rotations == 6
+    files = rotated_files(path)
+    assert files == [tmp_path / "requests.jsonl.2", tmp_path / "requests.jsonl.1", path]
+    assert not (tmp_path / "requests.jsonl.3").exists()  # the oldest beyond the backups is gone
+    assert [f.stat().st_size for f in files] == [40 * line, 40 * line, 0]
+    ids = [int(r["request_id"][1:]) for f in files for r in read_request_log(f)]
+    assert ids == list(range(160, 240))  # the newest 80, oldest first, none lost between the files
+
+
+def test_request_log_never_rotates_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    log = RequestLog("/dev/null", flush_interval=0.05, max_bytes=1)  # as /dev/stdout in a pod
+    for i in range(50):
+        log.write({"request_id": f"r{i}"})
+    _written(log, 50)
+    log.close()
+    assert log.rotations == 0 and not Path("/dev/null.1").exists()
+    with pytest.raises(ValueError, match="backups must be >= 1"):
+        RequestLog(tmp_path / "x.jsonl", max_bytes=10, backups=0)
+    with pytest.raises(ValueError, match="max_bytes must be >= 0"):
+        RequestLog(tmp_path / "x.jsonl", max_bytes=-1)
 
 
 # ------------------------------------------------------------------------------------------ the engine

@@ -85,6 +85,7 @@ class ServingDeployment:
             catalog_poll_s, retrieval_threads: transformer flags.
         request_log: the transformer's ``--request_log``; ``/dev/stdout`` hands it to the cluster's
             log pipeline (``linkedout ab analyze --mixed-log`` reads ``kubectl logs`` output).
+        request_log_max_mb, request_log_backups: its rotation when it is a file (0: never; a pipe never is).
     """
 
     name: str = "linkedout"
@@ -111,6 +112,8 @@ class ServingDeployment:
     catalog_poll_s: float = 1.0
     retrieval_threads: int = 1
     request_log: str | None = "/dev/stdout"
+    request_log_max_mb: float = 0.0
+    request_log_backups: int = 4
 
     def __post_init__(self) -> None:
         w = "ServingDeployment"
@@ -134,13 +137,15 @@ class ServingDeployment:
             lo, hi = getattr(self, f)
             if not 0 <= lo <= hi or hi < 1:
                 raise ValueError(f"{w}.{f} must be (min, max) with 0 <= min <= max and max >= 1, got {(lo, hi)}")
-        for f in ("feast_timeout_ms", "predictor_timeout_s", "max_batch_size", "max_k", "retrieval_threads"):
+        for f in ("feast_timeout_ms", "predictor_timeout_s", "max_batch_size", "max_k", "retrieval_threads",
+                  "request_log_backups"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{w}.{f} must be >= 1, got {getattr(self, f)}")
         if self.predictor_retries < 0:
             raise ValueError(f"{w}.predictor_retries must be >= 0, got {self.predictor_retries}")
-        if not self.batch_window_ms >= 0:
-            raise ValueError(f"{w}.batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        for f in ("batch_window_ms", "request_log_max_mb"):
+            if not getattr(self, f) >= 0:
+                raise ValueError(f"{w}.{f} must be >= 0, got {getattr(self, f)}")
         if not self.catalog_poll_s > 0:
             raise ValueError(f"{w}.catalog_poll_s must be > 0, got {self.catalog_poll_s}")
 
@@ -164,7 +169,8 @@ def transformer_args(d: ServingDeployment) -> list[str]:
         f"--default_model={d.default_model}",
     ]
     if d.request_log:
-        args.append(f"--request_log={d.request_log}")
+        args += [f"--request_log={d.request_log}", f"--request_log_max_mb={d.request_log_max_mb:g}",
+                 f"--request_log_backups={d.request_log_backups}"]
     args += [f"--max_batch_size={d.max_batch_size}", f"--max_k={d.max_k}", f"--batch_window_ms={d.batch_window_ms:g}",
              f"--catalog_poll_s={d.catalog_poll_s:g}", f"--retrieval_threads={d.retrieval_threads}",
              "--bind_address=0.0.0.0"]

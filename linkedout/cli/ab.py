@@ -52,7 +52,8 @@ def register(sub: Subparsers) -> None:
 
     p = cmds.add_parser("analyze", help="per-variant metric with intervals, lift, guardrails, SRM, decision, plot")
     p.add_argument("experiment", type=Path, help="experiment YAML file")
-    p.add_argument("--requests", type=Path, nargs="+", required=True, help="request log(s), JSONL")
+    p.add_argument("--requests", type=Path, nargs="+", required=True,
+                   help="request log(s), JSONL; a rotated one's older files (PATH.1, ...) are read with it")
     p.add_argument("--interactions", type=Path, nargs="+", required=True, help="interaction log(s), JSONL")
     p.add_argument("--metrics", type=Path, default=None,
                    help="a scrape of the transformer's /metrics (error rates from its counters)")
@@ -161,6 +162,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _patch_cmd(args, "rollback")
 
 
+def with_rotated(paths: list[Path]) -> list[Path]:
+    """``paths`` with the older files of each rotated log in front of it (``PATH.N`` ... ``PATH.1``,
+    the transformer's ``--request_log_max_mb``), each file once: naming ``requests.jsonl`` reads all of it."""
+    from linkedout.utils import rotated_files
+
+    out: dict[Path, None] = {}
+    for path in paths:
+        for f in rotated_files(path) or [path]:  # a missing file stays, for the reader's own error
+            out.setdefault(f.resolve() if f.exists() else f, None)
+    if len(out) > len(set(paths)):
+        print(f"request logs: {len(out)} files, the rotated ones included")
+    return list(out)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from linkedout.ab import load_experiment
     from linkedout.ab.analysis import analyze, format_report
@@ -168,7 +183,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from linkedout.utils import atomic_write_text
 
     exp = load_experiment(args.experiment)
-    requests = read_request_log(args.requests, mixed=args.mixed_log)
+    requests = read_request_log(with_rotated(args.requests), mixed=args.mixed_log)
     interactions = read_interaction_log(args.interactions)
     metrics_text = args.metrics.read_text(encoding="utf-8") if args.metrics else None
     a = analyze(exp, requests, interactions, start_ms=args.start, end_ms=args.end, metrics_text=metrics_text)

@@ -9,6 +9,14 @@ in batches and flushes at least every ``flush_interval``
 seconds and on ``close``. When the queue is full (the disk cannot keep up) records are dropped and
 counted rather than slowing requests down; ``dropped`` says how many. A/B analysis
 (``linkedout ab analyze``) reads the file with ``read_request_log``.
+
+With ``max_bytes``, a log written to a regular file is rotated like ``logging``'s
+``RotatingFileHandler``: once a write leaves it at ``max_bytes`` or more (checked after each batch,
+so a file may pass the size by one batch), ``PATH`` becomes ``PATH.1``, ``PATH.1`` becomes
+``PATH.2``, ... up to ``PATH.{backups}``; the oldest beyond that is deleted, which bounds the disk
+used at about ``(backups + 1) * max_bytes``. ``linkedout.utils.rotated_files(PATH)`` lists the files
+oldest first; ``linkedout ab analyze --requests PATH`` reads them all. A log that is not a regular file (``/dev/stdout`` in a
+pod: the cluster's log shipping keeps it) is never rotated.
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ from __future__ import annotations
 import json
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from linkedout.utils import get_logger
+from linkedout.utils import get_logger, rotated_name
 
 log = get_logger(__name__)
 
@@ -31,15 +40,24 @@ __all__ = ["RequestLog", "read_request_log"]
 class RequestLog:
     """Append-only JSONL request log written off the request path."""
 
-    def __init__(self, path: str | os.PathLike[str], *, max_queue: int = 100_000, flush_interval: float = 0.5) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_queue: int = 100_000, flush_interval: float = 0.5,
+                 max_bytes: int = 0, backups: int = 4) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0 (0: never rotate), got {max_bytes}")
+        if backups < 1:
+            raise ValueError(f"backups must be >= 1, got {backups}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes, self.backups = max_bytes, backups
+        self.rotations = 0
         self._queue: queue.Queue[Mapping[str, Any] | Callable[[], Iterable[Mapping[str, Any]]] | None] = \
             queue.Queue(maxsize=max_queue)
         self.flush_interval = flush_interval
         self.dropped = 0
         self.written = 0
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if max_bytes and not stat.S_ISREG(os.fstat(self._file.fileno()).st_mode):
+            self.max_bytes = 0  # a pipe or a terminal (/dev/stdout): nothing to rotate
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
 
@@ -81,8 +99,25 @@ class RequestLog:
                 self._file.flush()
             except OSError as e:
                 log.error("request log %s: write failed (%s); %d records lost", self.path, e, len(lines))
+            if self.max_bytes and not stop and self._file.tell() >= self.max_bytes:
+                self._rotate()
             if stop:
                 return
+
+    def _rotate(self) -> None:
+        """PATH -> PATH.1 -> ... -> PATH.{backups} (the oldest beyond is replaced), then a new PATH."""
+        try:
+            self._file.close()
+            for i in range(self.backups - 1, 0, -1):
+                older = rotated_name(self.path, i)
+                if older.exists():
+                    os.replace(older, rotated_name(self.path, i + 1))
+            os.replace(self.path, rotated_name(self.path, 1))
+            self.rotations += 1
+        except OSError as e:  # keep appending to PATH: a log too long beats a log lost
+            log.error("request log %s: rotation failed (%s); still appending to it", self.path, e)
+        finally:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def close(self) -> None:
         """Write everything queued, then close the file."""

@@ -104,18 +104,19 @@ class LinkedOutTransformer(kserve.Model):
                  default_model: str | None = None, request_log: str | None = None, max_batch_size: int = 64,
                  max_k: int = 100, predictor_timeout_s: float = 1.0, predictor_retries: int = 1,
                  catalog_poll_s: float = 1.0, s3_endpoint: str | None = None, batch_window_ms: float = 2.0,
-                 retrieval_threads: int = 1) -> None:
+                 retrieval_threads: int = 1, request_log_max_mb: float = 0.0, request_log_backups: int = 4) -> None:
         super().__init__(name)
         for flag, value, lo in (("max_batch_size", max_batch_size, 1), ("max_k", max_k, 1),
-                                ("retrieval_threads", retrieval_threads, 1)):
+                                ("retrieval_threads", retrieval_threads, 1), ("request_log_backups", request_log_backups, 1)):
             if value < lo:
                 raise ValueError(f"--{flag} must be >= {lo}, got {value}")
         for flag, fvalue in (("feast_timeout_ms", feast_timeout_ms), ("predictor_request_timeout_seconds",
                                                                       predictor_timeout_s), ("catalog_poll_s", catalog_poll_s)):
             if not fvalue > 0:
                 raise ValueError(f"--{flag} must be > 0, got {fvalue}")
-        if not batch_window_ms >= 0:
-            raise ValueError(f"--batch_window_ms must be >= 0, got {batch_window_ms}")
+        for flag, fvalue in (("batch_window_ms", batch_window_ms), ("request_log_max_mb", request_log_max_mb)):
+            if not fvalue >= 0:
+                raise ValueError(f"--{flag} must be >= 0, got {fvalue}")
         if predictor_retries < 0:
             raise ValueError(f"--predictor_request_retries must be >= 0, got {predictor_retries}")
         if not predictor_host:
@@ -127,6 +128,8 @@ class LinkedOutTransformer(kserve.Model):
         self.routing_path = routing
         self.default_model = default_model or name
         self.request_log_path = request_log
+        self.request_log_max_bytes = int(request_log_max_mb * 2**20)
+        self.request_log_backups = request_log_backups
         self.max_batch_size = max_batch_size
         self.max_k = max_k
         self.predictor_timeout_s = predictor_timeout_s
@@ -161,7 +164,8 @@ class LinkedOutTransformer(kserve.Model):
                         "published and loaded", missing, self.model_repository)
         self.logic = RecommendationEngine(
             router=router, catalogs=catalogs, ranker=self.ranker, histories=histories,
-            request_log=RequestLog(self.request_log_path) if self.request_log_path else None,
+            request_log=RequestLog(self.request_log_path, max_bytes=self.request_log_max_bytes,
+                                   backups=self.request_log_backups) if self.request_log_path else None,
             feast_timeout=self.feast_timeout_ms / 1000.0, max_k=self.max_k, max_ranker_batch=self.max_batch_size,
             batch_window=self.batch_window_ms / 1000.0, retrieval_threads=self.retrieval_threads)
         self.ready = True
@@ -311,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default_model", default=None,
                         help="model NAME served without a routing config (default: --model_name)")
     parser.add_argument("--request_log", default=None, help="append one JSON line per user served to this file")
+    parser.add_argument("--request_log_max_mb", type=float, default=0.0,
+                        help="rotate a --request_log file once it reaches this size, keeping "
+                             "--request_log_backups older files (0: never; a pipe such as /dev/stdout never is)")
+    parser.add_argument("--request_log_backups", type=int, default=4, help="rotated request-log files kept")
     parser.add_argument("--max_batch_size", type=int, default=64, help="most users per request")
     parser.add_argument("--max_k", type=int, default=100, help="most results per user")
     parser.add_argument("--catalog_poll_s", type=float, default=1.0,
@@ -346,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
             max_k=args.max_k, predictor_timeout_s=float(args.predictor_request_timeout_seconds),
             predictor_retries=int(args.predictor_request_retries), catalog_poll_s=args.catalog_poll_s,
             s3_endpoint=args.s3_endpoint, batch_window_ms=args.batch_window_ms,
-            retrieval_threads=args.retrieval_threads)
+            retrieval_threads=args.retrieval_threads, request_log_max_mb=args.request_log_max_mb,
+            request_log_backups=args.request_log_backups)
         model.load()
     except (ValueError, RoutingError, FileNotFoundError) as e:
         raise SystemExit(f"linkedout transformer: {e}") from None

@@ -55,6 +55,11 @@ from linkedout.utils import atomic_write_text, get_logger
 
 log = get_logger(__name__)
 
+#: the local stack's request log (``serving/requests.jsonl``) rotates at this size, keeping this many
+#: older files (``requests.jsonl.1`` newest): at most ~1.25 GB of it (a run of bench/serve.py adds ~10 MB)
+REQUEST_LOG_MAX_MB = 256
+REQUEST_LOG_BACKUPS = 4
+
 __all__ = ["LocalStack", "StackError", "StackSettings", "TransformerProcess", "read_stack"]
 
 
@@ -310,7 +315,8 @@ class LocalStack:
     def _start_transformer(self, predictor: str) -> TransformerProcess:
         s = self.settings
         args = ["--predictor_host", predictor.split("://")[-1], "--model_repository", str(self.repository),
-                "--request_log", str(self.serving_dir / "requests.jsonl"),
+                "--request_log", str(self.serving_dir / "requests.jsonl"), "--request_log_max_mb",
+                str(REQUEST_LOG_MAX_MB), "--request_log_backups", str(REQUEST_LOG_BACKUPS),
                 "--catalog_poll_s", str(s.sync_interval), "--event-loop", s.event_loop]
         if self.feast_repo:
             args += ["--feast_repo", str(self.feast_repo)]
