@@ -38,6 +38,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -66,8 +67,6 @@ def med(values: list[float]) -> float:
 def host_state() -> dict[str, Any]:
     """When and on what a bench ran, for its JSON: the host's speed drifts, so figures compare only within a
     run, and a run is found again by its time and commit (``-dirty``: uncommitted changes; None outside a git checkout)."""
-    import subprocess
-
     from linkedout.utils import utc_now
 
     try:
