@@ -360,3 +360,16 @@ def test_bad_input_is_refused_naming_the_problem(table: np.ndarray, users: np.nd
     (tmp_path / MANIFEST).write_text(json.dumps({"format": 99}))
     with pytest.raises(RetrievalIndexError, match="unknown index format 99"):
         RetrievalIndex.load(tmp_path)
+
+
+def test_loading_faiss_logs_no_import_errors_where_info_is_shown() -> None:
+    """Where the root logger shows INFO (a KFP step), loading faiss must not print the loader's failed
+    attempts at SIMD builds (``ModuleNotFoundError("No module named 'faiss.swigfaiss_avx512'")``), which read
+    like a failure of the job; a fresh interpreter, since faiss loads once per process."""
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from linkedout.export.index_kinds import faiss_module\n"
+            "print(faiss_module().IndexFlatIP(4).d)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4"
+    assert "Error" not in out.stderr and "faiss.loader" not in out.stderr, out.stderr

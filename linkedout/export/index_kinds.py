@@ -8,6 +8,7 @@ The defaults were measured with bench/scale.py (bench/results/scale.json).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -84,7 +85,12 @@ def auto_nlist(rows: int) -> int:
 
 
 def faiss_module() -> Any:
-    """faiss, imported on first use (a search, an ANN build or load)."""
+    """faiss, imported on first use (a search, an ANN build or load).
+
+    faiss's loader logs at INFO each SIMD build it tries and cannot load, with the ImportError on a line of
+    its own ("ModuleNotFoundError("No module named 'faiss.swigfaiss_avx512'")"): where the root logger
+    shows INFO (a KFP step), that reads like a failure, so the loader's logger is kept to warnings."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError as e:
