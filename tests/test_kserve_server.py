@@ -14,6 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from conftest import ServingRepo
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -76,3 +78,33 @@ def test_grpc_aio_serves_and_calls_on_the_loop_auto_picks() -> None:
             print(*runner.run(main()))
     """)
     assert out.split() == ["uvloop", "True"]
+
+
+def test_requests_while_no_version_is_served_never_rebuild_the_transformers_engine(serving_repo: ServingRepo) -> None:
+    """KServe's data plane calls a model's ``load()`` before each request while its ``healthy()`` is False
+    (for the transformer: no catalogue version served, e.g. while Triton restarts). The engine is made once:
+    the same object, no new threads, what it served kept (before: a new engine per request, its thread
+    pools and request-log writer leaked, the old one's state forgotten)."""
+    out = run_python(f"""
+        import asyncio, threading
+        from kserve.model_repository import ModelRepository
+        from kserve.protocol.dataplane import DataPlane
+        from linkedout.serving.transformer import LinkedOutTransformer
+
+        model = LinkedOutTransformer(predictor_host="127.0.0.1:9", model_repository={str(serving_repo.root)!r})
+        model.load()
+        first, threads = model.logic, threading.active_count()
+        registry = ModelRepository()
+        registry.update(model)
+        data_plane = DataPlane(model_registry=registry)
+
+        async def requests():
+            healthy = await model.healthy()
+            for _ in range(5):
+                assert await data_plane.get_model("linkedout") is model
+            return healthy
+
+        print(asyncio.run(requests()), model.logic is first, threading.active_count() - threads)
+        model.stop()
+    """)
+    assert out.split() == ["False", "True", "0"]

@@ -99,6 +99,8 @@ class _Call:
 class LinkedOutTransformer(kserve.Model):
     """See the module docstring; every argument is a flag of ``python -m linkedout.serving.transformer``."""
 
+    ready: bool  # kserve.Model's: whether load() made the engine (and stop() not yet undone it)
+
     def __init__(self, name: str = "linkedout", *, predictor_host: str, model_repository: str,
                  feast_repo: str | None = None, feast_timeout_ms: float = 200.0, routing: str | None = None,
                  default_model: str | None = None, request_log: str | None = None, max_batch_size: int = 64,
@@ -147,6 +149,13 @@ class LinkedOutTransformer(kserve.Model):
     # ------------------------------------------------------------------------------------ lifecycle
 
     def load(self) -> bool:
+        if self.logic is not None:
+            # KServe's data plane calls load() again before every request while healthy() is False (no
+            # catalogue version served: Triton down or restarting, or none published yet). The engine is
+            # made once: a new one per request held the event loop for the Feast warm-up read, leaked its
+            # thread pools and request-log writer, and forgot what it served; the repository follower
+            # (start_engine) serves the version again once Triton reports it ready.
+            return self.ready
         histories: HistorySource | None = None
         if self.feast_repo:
             from linkedout.featurestore.online import HistoryReader  # Feast is slow to import: only if used
